@@ -1,0 +1,87 @@
+"""aioabort: stop a running coroutine from any process, cleanly, with the reason recorded.
+
+Layout, lowest first; imports point one way:
+  _types, _errors   values, ids and the error tree; no I/O
+  _state            task states and their legal changes, pure functions; knows nothing of storage
+  _backend          the storage contract; backends/ implement it (SQLite, PostgreSQL), loaded by URL
+  _scope, _watcher, _handle   the consumer, the per-process watcher, the producer
+  _app              the App that ties a store, a watcher and a heartbeat together; cli sits on top
+"""
+
+from __future__ import annotations
+
+from ._app import App
+from ._errors import (
+    AioabortError,
+    AppClosed,
+    InvalidReason,
+    InvalidTaskId,
+    InvalidURL,
+    MissingDriver,
+    NoAppOpen,
+    NoCurrentScope,
+    NotJSONSerializable,
+    ScopeAlreadyEntered,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
+    TaskAborted,
+    TaskAlreadyExists,
+    TaskAlreadyFinished,
+    TaskAlreadyStarted,
+    TaskFailed,
+    TaskNotFound,
+    TaskStateError,
+    UsageError,
+)
+from ._handle import AbortHandle
+from ._scope import AbortScope, abortable, current_scope
+from ._state import TaskRecord, TaskState
+from ._types import AbortReason, TaskError
+from ._watcher import Watcher, WatcherStatistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbortHandle",
+    "AbortReason",
+    "AbortScope",
+    "AioabortError",
+    "App",
+    "AppClosed",
+    "InvalidReason",
+    "InvalidTaskId",
+    "InvalidURL",
+    "MissingDriver",
+    "NoAppOpen",
+    "NoCurrentScope",
+    "NotJSONSerializable",
+    "ScopeAlreadyEntered",
+    "StoreBusy",
+    "StoreError",
+    "StoreUnavailable",
+    "TaskAborted",
+    "TaskAlreadyExists",
+    "TaskAlreadyFinished",
+    "TaskAlreadyStarted",
+    "TaskError",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskRecord",
+    "TaskState",
+    "TaskStateError",
+    "UsageError",
+    "Watcher",
+    "WatcherStatistics",
+    "abortable",
+    "current_scope",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("aioabort."):
+        try:
+            _obj.__module__ = "aioabort"
+        except (AttributeError, TypeError):  # pragma: no cover - builtins-like objects
+            pass
+del _name, _obj

@@ -1,0 +1,282 @@
+"""The App: one store, one watcher and one heartbeat per process; the front door for users."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+import warnings
+from collections.abc import Callable, Collection
+from contextlib import suppress
+from types import TracebackType
+from typing import final
+
+import anyio
+
+from . import _runtime
+from ._backend import OwnerInfo, Store, shielded
+from ._errors import AppClosed, InvalidURL, UsageError
+from ._handle import AbortHandle
+from ._state import TaskRecord, TaskState
+from ._types import MAX_TASK_NAME_LENGTH, AbortReason, check_task_id
+from ._watcher import Watcher
+from .backends import redact, store_factory
+
+logger = logging.getLogger("aioabort")
+
+
+@final
+class App:
+    """An aioabort application: the store every process shares, and this process's watcher.
+
+    Constructing an App does no I/O (it only checks the URL and loads the store's driver); open
+    it with ``async with app:`` or ``await app.open()``. The first App opened in a process is
+    also found ambiently by :func:`abortable` and :func:`current_scope`.
+
+    Example::
+
+        app = aioabort.App("sqlite:///aioabort.db")
+        async with app:
+            async with aioabort.abortable("job-1"):
+                await work()
+
+    :param url: ``sqlite:///path.db`` (a file, created on first use; ``sqlite:////abs/path.db``
+        for an absolute path) or ``postgresql://user@host/db``. Defaults to ``$AIOABORT_URL``.
+    :param heartbeat_interval: seconds between this process's heartbeats (one write each).
+    :param stale_after: seconds without a heartbeat after which another process ends this
+        process's running tasks as FAILURE (cause ``lost``).
+    :param shutdown_grace: on close, seconds open scopes get to finish after being aborted
+        with code ``shutdown``.
+    :raises InvalidURL: for a missing or unknown URL.
+    :raises MissingDriver: when the URL's driver is not installed.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        heartbeat_interval: float = 5.0,
+        stale_after: float = 30.0,
+        shutdown_grace: float = 5.0,
+    ) -> None:
+        if url is None:
+            url = os.environ.get("AIOABORT_URL")
+            if not url:
+                raise InvalidURL(
+                    "no store URL: pass one, e.g. App('sqlite:///aioabort.db'), or set AIOABORT_URL"
+                )
+        if not heartbeat_interval > 0:
+            raise UsageError(f"heartbeat_interval must be positive, got {heartbeat_interval!r}")
+        if not stale_after > heartbeat_interval:
+            raise UsageError(
+                f"stale_after ({stale_after!r}) must be longer than heartbeat_interval "
+                f"({heartbeat_interval!r})"
+            )
+        self._make_store: Callable[[], Store] = store_factory(url)
+        self.url: str = redact(url)
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.shutdown_grace = shutdown_grace
+        self._store: Store | None = None
+        self._watcher: Watcher | None = None
+        self._owner: OwnerInfo | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._tokens: list[object] = []
+        self._state = "new"
+
+    def __repr__(self) -> str:
+        return f"<aioabort.App url={self.url!r} {self._state}>"
+
+    # -- Runtime protocol --------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the App is open."""
+        return self._state == "open"
+
+    @property
+    def store(self) -> Store:
+        if self._store is None or not self.is_open:
+            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
+        return self._store
+
+    @property
+    def watcher(self) -> Watcher:
+        """This process's watcher (see :meth:`Watcher.statistics`)."""
+        if self._watcher is None or not self.is_open:
+            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
+        return self._watcher
+
+    @property
+    def owner(self) -> str:
+        """This process's owner id, stored on the tasks it runs."""
+        if self._owner is None:
+            raise AppClosed(f"{self!r} is not open")
+        return self._owner.id
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the store (creating its schema), start the watcher and the heartbeat.
+
+        :raises StoreUnavailable: when the store cannot be opened.
+        """
+        if self._state == "open":
+            raise UsageError(f"{self!r} is already open")
+        if self._state == "opening":
+            raise UsageError(f"{self!r} is being opened")
+        self._state = "opening"
+        store = self._make_store()
+        try:
+            await store.open()
+            owner = OwnerInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid())
+            await store.heartbeat(owner)
+            watcher = Watcher(store)
+            await watcher.start()
+        except BaseException:
+            self._state = "new"
+            with anyio.CancelScope(shield=True):
+                await store.aclose()
+            raise
+        self._store, self._watcher, self._owner = store, watcher, owner
+        # The first cancel scope in a process loads anyio's asyncio backend (tens of ms): do it
+        # now so the first abort is not slow.
+        with anyio.CancelScope() as warm:  # noqa: ASYNC100 - entering it is the point
+            warm.cancel()
+        self._heartbeat_task = asyncio.get_running_loop().create_task(
+            self._heartbeat_forever(), name="aioabort-heartbeat"
+        )
+        self._state = "open"
+        _runtime.add_default(self)
+        logger.debug("app opened", extra={"action": "app_opened", "url": self.url})
+
+    async def aclose(self) -> None:
+        """Abort scopes still open (code ``shutdown``), let them finish for ``shutdown_grace``
+        seconds, then stop the watcher and close the store. Safe to call twice."""
+        if self._state != "open":
+            return
+        with anyio.CancelScope(shield=True):
+            self._state = "closing"
+            _runtime.remove_default(self)
+            store, watcher, owner = self._store, self._watcher, self._owner
+            assert store is not None and watcher is not None and owner is not None
+            await self._abort_open_scopes(store, watcher)
+            if self._heartbeat_task is not None:
+                self._heartbeat_task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await self._heartbeat_task
+            watcher.stop()
+            try:
+                lost = await store.release_owner(owner.id)
+                if lost:
+                    logger.warning(
+                        "tasks still running when the App closed were ended as lost",
+                        extra={"action": "tasks_lost", "task_ids": lost},
+                    )
+            finally:
+                await store.aclose()
+                self._state = "closed"
+
+    async def _abort_open_scopes(self, store: Store, watcher: Watcher) -> None:
+        scopes = watcher.scopes()
+        if not scopes:
+            return
+        reason = AbortReason(AbortReason.SHUTDOWN, "the aioabort App is closing")
+        for scope in scopes:
+            _recorded, record = await shielded(store.request_abort(scope.id, reason))
+            if record is not None and record.reason is not None:
+                watcher.deliver(scope.id, record.reason)
+        with anyio.move_on_after(self.shutdown_grace):
+            await watcher.wait_idle()
+
+    async def __aenter__(self) -> App:
+        await self.open()
+        self._tokens.append(_runtime.set_current(self))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._tokens:
+            _runtime.reset_current(self._tokens.pop())  # type: ignore[arg-type]
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if self._state == "open":
+            warnings.warn(
+                f"{self!r} was never closed: use `async with app:` or `await app.aclose()`",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+    async def _heartbeat_forever(self) -> None:
+        store, owner = self._store, self._owner
+        assert store is not None and owner is not None
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await shielded(store.heartbeat(owner))
+                lost = await shielded(store.reap(stale_after=self.stale_after))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
+                continue
+            if lost:
+                logger.warning(
+                    "tasks whose owner stopped heartbeating were ended as lost",
+                    extra={"action": "tasks_reaped", "task_ids": lost},
+                )
+
+    # -- producer API ------------------------------------------------------------------------
+
+    def handle(self, task_id: str) -> AbortHandle:
+        """A handle on ``task_id`` (no I/O). :raises InvalidTaskId: for a bad id."""
+        return AbortHandle(self, task_id)
+
+    async def create(self, task_id: str | None = None, *, name: str | None = None) -> AbortHandle:
+        """Record a new PENDING task (e.g. before handing it to a background job).
+
+        An abort before the task starts ends it ABORTED at once; the scope that later enters it
+        is cancelled at its first await.
+
+        :param task_id: the id; a random one by default.
+        :raises TaskAlreadyExists: if the id is taken (nothing is written).
+        """
+        task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_TASK_NAME_LENGTH):
+            raise UsageError(f"name must be a str of at most {MAX_TASK_NAME_LENGTH} characters")
+        await shielded(self.store.create(task_id, name=name))
+        return AbortHandle(self, task_id)
+
+    async def tasks(
+        self,
+        *,
+        states: Collection[TaskState | str] | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Task records, newest first, optionally filtered by state and name."""
+        try:
+            wanted = None if states is None else [TaskState(s) for s in states]
+        except ValueError as exc:
+            raise UsageError(
+                f"unknown state in {list(states or [])!r}; states are "
+                + ", ".join(s.value for s in TaskState)
+            ) from exc
+        if not 1 <= limit <= 10_000 or offset < 0:
+            raise UsageError("limit must be within 1..10000 and offset not negative")
+        return await self.store.list_tasks(states=wanted, name=name, limit=limit, offset=offset)
+
+    async def reap(self) -> list[str]:
+        """End now, as FAILURE (cause ``lost``), running tasks whose owner stopped heartbeating.
+
+        Runs by itself every ``heartbeat_interval``; call it to reap at once.
+        """
+        return await shielded(self.store.reap(stale_after=self.stale_after))

@@ -1,0 +1,214 @@
+"""The storage contract every store implements, and how the core calls it.
+
+A store keeps task records and tells the core when something changed. It decides nothing: the
+legal state changes come from :mod:`aioabort._state`, and the SQL guards mirror its sets. Stores
+live in :mod:`aioabort.backends` and are imported only when their URL scheme is used.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+
+from ._state import StartDecision, TaskRecord, TaskState
+from ._types import AbortReason, TaskError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AbortNotice:
+    """An abort request the store saw committed: the id and the first reason on its record."""
+
+    task_id: str
+    reason: AbortReason
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Something was committed to the store; ``aborts`` lists abort requests among it.
+
+    A change with no aborts still wakes whoever waits for a record to change (``handle.wait()``).
+    """
+
+    aborts: tuple[AbortNotice, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    """What :meth:`Store.start` found and did."""
+
+    decision: StartDecision
+    record: TaskRecord
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerInfo:
+    """A live process (one open App) that owns the tasks it runs."""
+
+    id: str
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    """Counters a store keeps, for tests, benchmarks and ``watcher.statistics()``.
+
+    :ivar statements: SQL statements run for callers (starts, aborts, reads, heartbeats...).
+    :ivar watch_statements: SQL statements run by the change watcher alone.
+    :ivar watch_polls: how many times the change watcher polled.
+    :ivar notifications: push notifications received (PostgreSQL NOTIFY).
+    :ivar reconnects: times the change watcher reconnected after losing its connection.
+    """
+
+    statements: int = 0
+    watch_statements: int = 0
+    watch_polls: int = 0
+    notifications: int = 0
+    reconnects: int = 0
+
+
+#: Called on the event loop thread with each change the store sees.
+ChangeCallback = Callable[[Change], None]
+#: Returns the ids of the scopes open in this process (read after every reconnect).
+WatchedIds = Callable[[], Collection[str]]
+
+
+class Store(abc.ABC):
+    """The storage contract. One instance serves one open App.
+
+    Every write runs in one short transaction and is a compare-and-set on the record's state:
+    a terminal record is never changed. Methods that write report whether they did.
+    """
+
+    #: The store URL with any password removed, for messages and logs.
+    display_url: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema. Raises :class:`StoreUnavailable`."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop watching and close every connection. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def create(
+        self,
+        task_id: str,
+        *,
+        name: str | None,
+        queue: str | None = None,
+        args_json: str | None = None,
+        parent_id: str | None = None,
+    ) -> TaskRecord:
+        """Record a new PENDING task. Raises :class:`TaskAlreadyExists` if the id is taken."""
+
+    @abc.abstractmethod
+    async def start(
+        self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
+    ) -> StartResult:
+        """Start a task for ``owner``: create it STARTED, or move it PENDING → STARTED.
+
+        Reads the record and applies :func:`aioabort._state.decide_start` in one transaction;
+        for any decision other than CREATE/START nothing is written.
+        """
+
+    @abc.abstractmethod
+    async def request_abort(
+        self, task_id: str, reason: AbortReason
+    ) -> tuple[bool, TaskRecord | None]:
+        """Record an abort request; the first one wins.
+
+        PENDING → ABORTED, STARTED → ABORTING, with ``reason`` stored and the request logged
+        for watchers, in one transaction. Returns whether this call recorded the request, and
+        the record as it is afterwards (``None`` if there is no record: nothing is written).
+        """
+
+    @abc.abstractmethod
+    async def finish(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        state: TaskState,
+        result_json: str | None = None,
+        error: TaskError | None = None,
+    ) -> TaskRecord | None:
+        """Write the end state, only if the record is running and owned by ``owner``.
+
+        Returns the record as it is afterwards, or ``None`` if there is none.
+        """
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record with this id, or ``None``."""
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Records, newest first, optionally filtered by state and name."""
+
+    @abc.abstractmethod
+    async def report(
+        self, task_id: str, *, owner: str, progress: float | None, message: str | None
+    ) -> bool:
+        """Store progress on a running task owned by ``owner``; no push notification."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, owner: OwnerInfo) -> None:
+        """Record that ``owner`` is alive (one write for all its tasks)."""
+
+    @abc.abstractmethod
+    async def reap(self, *, stale_after: float) -> list[str]:
+        """End FAILURE (cause ``lost``) every running task whose owner missed its heartbeats
+        for ``stale_after`` seconds; forget those owners. Returns the ids ended."""
+
+    @abc.abstractmethod
+    async def release_owner(self, owner: str) -> list[str]:
+        """A clean shutdown of ``owner``: end its still-running tasks as lost, forget it."""
+
+    @abc.abstractmethod
+    async def start_watching(self, on_change: ChangeCallback, watched: WatchedIds) -> None:
+        """Begin delivering changes to ``on_change`` on the event loop thread.
+
+        The store's cost per poll must not depend on how many ids are watched.
+        """
+
+    @abc.abstractmethod
+    def statistics(self) -> StoreStatistics:
+        """Counters for tests and benchmarks."""
+
+
+async def shielded(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one of aioabort's own store calls to completion, whatever cancels the caller.
+
+    The call runs in its own task, so neither an anyio cancel scope (blocked by a shield) nor a
+    native ``Task.cancel()`` (caught while waiting, re-raised afterwards) can interrupt it half
+    way. The store bounds its own time (busy timeouts, command timeouts).
+    """
+    task: asyncio.Task[T] = asyncio.ensure_future(coro)
+    pending_cancel: BaseException | None = None
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError as exc:
+                pending_cancel = exc
+    if pending_cancel is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved, so a failed write does not warn unobserved
+        raise pending_cancel
+    return task.result()

@@ -1,0 +1,128 @@
+"""The producer side: a handle on a task id, usable from any process that reaches the store."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, final
+
+import anyio
+
+from ._backend import shielded
+from ._errors import TaskAborted, TaskFailed, TaskNotFound
+from ._runtime import resolve
+from ._state import TaskRecord, TaskState
+from ._types import AbortReason, JSONValue, check_task_id, coerce_reason
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+#: How long wait() sleeps between re-reads when no change wakes it (a safety net only).
+_WAIT_REREAD_INTERVAL = 1.0
+
+
+@final
+class AbortHandle:
+    """A handle on the task ``id``: ask it to stop, read its state, wait for its end.
+
+    Get one with :meth:`App.handle`. Holding a handle does no I/O; each method reads or writes
+    the store once (``wait()`` re-reads when the watcher sees a change).
+
+    Example::
+
+        handle = app.handle("report-42")
+        if await handle.abort(reason="user pressed stop"):
+            record = await handle.wait(timeout=10)
+            print(record.state, record.reason)
+    """
+
+    __slots__ = ("_app", "id")
+
+    def __init__(self, app: Runtime, task_id: str) -> None:
+        self.id: str = check_task_id(task_id)
+        self._app = app
+
+    def __repr__(self) -> str:
+        return f"<AbortHandle id={self.id!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AbortHandle) and (other.id, other._app) == (self.id, self._app)
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _runtime(self) -> Runtime:
+        return resolve(self._app)
+
+    async def abort(
+        self, reason: str | AbortReason | None = None, *, by: str | None = None
+    ) -> bool:
+        """Ask the task to stop. The request is committed before anything is cancelled.
+
+        A PENDING task becomes ABORTED at once and never runs; a running one becomes ABORTING
+        and its scope, in whatever process, is cancelled at its next await. The first reason
+        wins; later calls return False.
+
+        :param reason: a message (the reason's code is ``user``) or an :class:`AbortReason`.
+        :param by: who asks; defaults to ``host:pid``.
+        :returns: whether this call recorded a new abort request. False for an id with no
+            record, a task already aborting, or a finished task; nothing is written then.
+        :raises InvalidReason: for a bad reason (nothing is written).
+        """
+        abort_reason = coerce_reason(reason, by)
+        runtime = self._runtime()
+        recorded, record = await shielded(runtime.store.request_abort(self.id, abort_reason))
+        if recorded and record is not None:
+            runtime.watcher.deliver(self.id, record.reason or abort_reason)
+        return recorded
+
+    async def record(self) -> TaskRecord:
+        """The task's record. :raises TaskNotFound: if there is none."""
+        record = await self._runtime().store.get(self.id)
+        if record is None:
+            raise TaskNotFound(self.id)
+        return record
+
+    async def state(self) -> TaskState:
+        """The task's :class:`TaskState`. :raises TaskNotFound: if there is no record."""
+        return (await self.record()).state
+
+    async def is_aborted(self) -> bool:
+        """True once an abort was requested (Celery's meaning), whatever the task did next.
+
+        :raises TaskNotFound: if there is no record.
+        """
+        return (await self.record()).reason is not None
+
+    async def wait(self, timeout: float | None = None) -> TaskRecord:
+        """Wait until the task has really stopped (a terminal state); return its record.
+
+        Wakes on every change the watcher sees, so it returns within one change-detection
+        interval of the final write.
+
+        :raises TimeoutError: if ``timeout`` seconds pass first.
+        :raises TaskNotFound: if there is no record.
+        """
+        runtime = self._runtime()
+        with anyio.fail_after(timeout):
+            while True:
+                changed = runtime.watcher.change_event()
+                record = await runtime.store.get(self.id)
+                if record is None:
+                    raise TaskNotFound(self.id)
+                if record.state.is_terminal:
+                    return record
+                with anyio.move_on_after(_WAIT_REREAD_INTERVAL):
+                    await changed.wait()
+
+    async def result(self, timeout: float | None = None) -> JSONValue:
+        """Wait for the task to end and return its stored result.
+
+        :raises TaskAborted: if it ended ABORTED (with the reason).
+        :raises TaskFailed: if it ended FAILURE (with the error).
+        :raises TimeoutError: if ``timeout`` seconds pass first.
+        """
+        record = await self.wait(timeout)
+        if record.state is TaskState.ABORTED:
+            raise TaskAborted(self.id, record.reason)
+        if record.state is TaskState.FAILURE:
+            raise TaskFailed(self.id, record.error)
+        return record.result

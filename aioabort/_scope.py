@@ -1,0 +1,352 @@
+"""The consumer side: an abort scope around a body of code, tied to a task id.
+
+In flight an abort is cancellation: the body sees ``CancelledError`` at its next await, and again
+at every await until it leaves (an anyio cancel scope, level-triggered). At the boundary it is
+data: the scope records how the body ended and raises :class:`TaskAborted` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.lowlevel
+
+from . import _runtime
+from ._backend import shielded
+from ._errors import (
+    AioabortError,
+    NoCurrentScope,
+    TaskAborted,
+    TaskAlreadyFinished,
+    TaskAlreadyStarted,
+)
+from ._state import StartDecision, TaskRecord, TaskState, end_state
+from ._types import AbortReason, TaskError, check_task_id
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+logger = logging.getLogger("aioabort.scope")
+
+_current_scope: contextvars.ContextVar[AbortScope | None] = contextvars.ContextVar(
+    "aioabort_current_scope", default=None
+)
+
+
+def current_scope() -> AbortScope:
+    """The innermost abort scope around the calling code (also in tasks and threads it started).
+
+    :raises NoCurrentScope: when called outside any :func:`abortable` block.
+    """
+    scope = _current_scope.get()
+    if scope is None:
+        raise NoCurrentScope(
+            "current_scope() was called outside any `async with aioabort.abortable(...)` block"
+        )
+    return scope
+
+
+def _parent_scope() -> AbortScope | None:
+    return _current_scope.get()
+
+
+class _Callback:
+    __slots__ = ("callback", "handle", "ran", "stopped")
+
+    def __init__(self, callback: Callable[[AbortReason], object]) -> None:
+        self.callback = callback
+        self.handle: asyncio.Handle | None = None
+        self.ran = False
+        self.stopped = False
+
+
+@final
+class AbortScope:
+    """An abortable block of code, tied to a task id; see :func:`abortable`.
+
+    Example::
+
+        async with aioabort.abortable("report-42") as scope:
+            for chunk in chunks:
+                await process(chunk)          # cancelled here once aborted
+        # raises TaskAborted("report-42", reason) if an abort stopped the body
+
+    :ivar id: the task id.
+    :ivar aborted: True once the body was actually stopped by an abort.
+    :ivar reason: the first abort reason seen, or ``None``; set even if the body was not stopped.
+    :ivar record: the task's record as the scope last wrote or read it.
+    """
+
+    __slots__ = (
+        "_app",
+        "_body_running",
+        "_callbacks",
+        "_cancel_scope",
+        "_detached",
+        "_loop",
+        "_name",
+        "_preaborted",
+        "_requested",
+        "_runtime",
+        "_suppress",
+        "_token",
+        "aborted",
+        "id",
+        "reason",
+        "record",
+    )
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        app: Runtime | None = None,
+        suppress: bool = False,
+        name: str | None = None,
+        detached: bool = False,
+    ) -> None:
+        self.id: str = check_task_id(task_id)
+        self.aborted = False
+        self.reason: AbortReason | None = None
+        self.record: TaskRecord | None = None
+        self._app = app
+        self._suppress = suppress
+        self._name = name
+        self._detached = detached
+        self._requested = False
+        self._preaborted = False
+        self._body_running = False
+        self._cancel_scope: anyio.CancelScope | None = None
+        self._callbacks: list[_Callback] = []
+        self._runtime: Runtime | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._token: contextvars.Token[AbortScope | None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<AbortScope id={self.id!r} aborted={self.aborted} requested={self._requested}>"
+
+    # -- reading the abort -------------------------------------------------------------------
+
+    def is_aborted(self) -> bool:
+        """Whether an abort was requested. A local read: cheap, and safe from any thread."""
+        return self._requested
+
+    async def checkpoint(self) -> None:
+        """An await point for loops that have none: raises ``CancelledError`` once aborted."""
+        await anyio.lowlevel.checkpoint()
+
+    def on_abort(self, callback: Callable[[AbortReason], object]) -> Callable[[], bool]:
+        """Run ``callback(reason)`` on the event loop when an abort arrives.
+
+        It is scheduled with ``loop.call_soon``, never run inline by the watcher; if the scope is
+        already aborted it is scheduled at once. Exceptions are logged, not raised.
+
+        :returns: ``stop()``, which unregisters the callback and returns True if that prevented
+            it from running.
+        """
+        registration = _Callback(callback)
+        self._callbacks.append(registration)
+        if self._requested:
+            self._schedule(registration)
+
+        def stop() -> bool:
+            if registration.ran or registration.stopped:
+                return False
+            registration.stopped = True
+            if registration.handle is not None:
+                registration.handle.cancel()
+            self._callbacks.remove(registration)
+            return True
+
+        return stop
+
+    def _schedule(self, registration: _Callback) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        registration.handle = loop.call_soon(self._run_callback, registration)
+
+    def _run_callback(self, registration: _Callback) -> None:
+        if registration.stopped:
+            return
+        registration.ran = True
+        try:
+            registration.callback(self.reason or AbortReason())
+        except Exception:
+            logger.exception(
+                "on_abort callback failed",
+                extra={"action": "callback_failed", "task_id": self.id},
+            )
+
+    @asynccontextmanager
+    async def cleanup(self, timeout: float = 5.0) -> AsyncIterator[anyio.CancelScope]:
+        """Shielded, time-bounded cleanup after an abort::
+
+            except BaseException:
+                async with scope.cleanup(timeout=2):
+                    await release_resources()
+                raise
+
+        The block is shielded from the abort (and other anyio cancellation) but stops after
+        ``timeout`` seconds.
+        """
+        with anyio.move_on_after(timeout, shield=True) as cancel_scope:
+            yield cancel_scope
+
+    # -- delivery (event loop thread) --------------------------------------------------------
+
+    def _deliver_abort(self, reason: AbortReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if self._requested:
+            return
+        self._requested = True
+        if self._body_running and self._cancel_scope is not None:
+            self._cancel_scope.cancel(f"aioabort: task {self.id!r} aborted: {self.reason}")
+        for registration in self._callbacks:
+            if registration.handle is None:
+                self._schedule(registration)
+
+    # -- the block ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AbortScope:
+        runtime = _runtime.resolve(self._app)
+        self._runtime = runtime
+        self._loop = asyncio.get_running_loop()
+        parent = None if self._detached else _parent_scope()
+        runtime.watcher.register(self)
+        try:
+            started = await shielded(
+                runtime.store.start(
+                    self.id,
+                    owner=runtime.owner,
+                    name=self._name,
+                    parent_id=parent.id if parent is not None else None,
+                )
+            )
+        except BaseException:
+            runtime.watcher.unregister(self)
+            raise
+        self.record = started.record
+        decision = started.decision
+        if decision is StartDecision.ALREADY_FINISHED:
+            runtime.watcher.unregister(self)
+            raise TaskAlreadyFinished(
+                self.id,
+                f"task {self.id!r} already finished ({started.record.state}); "
+                "a finished task cannot run again",
+            )
+        if decision is StartDecision.ALREADY_STARTED:
+            runtime.watcher.unregister(self)
+            raise TaskAlreadyStarted(
+                self.id,
+                f"task {self.id!r} is already running (owner {started.record.owner})",
+            )
+        cancel_scope = anyio.CancelScope()
+        self._cancel_scope = cancel_scope
+        if decision is StartDecision.ABORTED_BEFORE_START:
+            self._preaborted = True
+            self._deliver_abort(started.record.reason or AbortReason())
+        cancel_scope.__enter__()
+        self._body_running = True
+        if self._requested:
+            cancel_scope.cancel(f"aioabort: task {self.id!r} aborted: {self.reason}")
+        self._token = _current_scope.set(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        runtime = self._runtime
+        cancel_scope = self._cancel_scope
+        assert runtime is not None and cancel_scope is not None, "scope was never entered"
+        self._body_running = False
+        if self._token is not None:
+            _current_scope.reset(self._token)
+            self._token = None
+        swallowed = bool(cancel_scope.__exit__(exc_type, exc, tb))
+        stopped = cancel_scope.cancelled_caught
+        try:
+            if self._preaborted:
+                # Aborted while PENDING: the record is already ABORTED; nothing to write.
+                self.aborted = True
+            else:
+                body_failed = exc is not None and not swallowed
+                state = end_state(stopped_by_abort=stopped, failed=body_failed)
+                error = None
+                if state is TaskState.FAILURE and exc is not None:
+                    error = (
+                        TaskError(
+                            TaskError.CANCELLED,
+                            type(exc).__qualname__,
+                            "cancelled from outside the scope",
+                        )
+                        if isinstance(exc, asyncio.CancelledError)
+                        else TaskError.from_exception(exc)
+                    )
+                await self._finish(runtime, state, error)
+        finally:
+            runtime.watcher.unregister(self)
+        if self.aborted and (exc is None or swallowed):
+            if self._suppress:
+                return True
+            raise TaskAborted(self.id, self.reason) from None
+        return swallowed
+
+    async def _finish(self, runtime: Runtime, state: TaskState, error: TaskError | None) -> None:
+        try:
+            record = await shielded(
+                runtime.store.finish(self.id, owner=runtime.owner, state=state, error=error)
+            )
+        except AioabortError:
+            logger.exception(
+                "could not record how the task ended",
+                extra={"action": "finish_failed", "task_id": self.id},
+            )
+            self.aborted = state is TaskState.ABORTED
+            return
+        self.record = record
+        if record is not None and record.state is TaskState.ABORTED and state is TaskState.ABORTED:
+            self.aborted = True
+            if self.reason is None:
+                self.reason = record.reason
+        elif record is not None and self.reason is None and record.reason is not None:
+            self.reason = record.reason
+
+
+def abortable(
+    task_id: str,
+    *,
+    app: Any = None,
+    suppress: bool = False,
+    name: str | None = None,
+    detached: bool = False,
+) -> AbortScope:
+    """Run a block as the task ``task_id``, stoppable by ``await handle.abort()`` from anywhere.
+
+    ``async with abortable(task_id) as scope:`` reads the task's record and starts it (creating
+    it if there is none). When an abort is requested the body is cancelled at its next await,
+    and at every await after that until it leaves. On exit the scope records how the body ended
+    (SUCCESS, FAILURE or ABORTED) and, if an abort stopped it, raises :class:`TaskAborted`.
+
+    :param task_id: the task's id: a non-empty string of at most 200 characters.
+    :param app: the :class:`~aioabort.App` to use; by default the open one is found ambiently.
+    :param suppress: exit quietly instead of raising :class:`TaskAborted`; read
+        ``scope.aborted`` and ``scope.reason`` instead.
+    :param name: a name stored on the record (for listings).
+    :param detached: do not link this task to the enclosing scope as its child.
+    :raises InvalidTaskId: for a bad id (before anything is written).
+    :raises NoAppOpen: when no App is open.
+    :raises TaskAlreadyFinished: when the record is already terminal.
+    :raises TaskAlreadyStarted: when the task already runs in another scope.
+    :raises ScopeAlreadyEntered: when a scope with this id is open in this process.
+    """
+    return AbortScope(task_id, app=app, suppress=suppress, name=name, detached=detached)

@@ -1,0 +1,183 @@
+"""Task states and the legal changes between them, as pure functions.
+
+Nothing here touches storage. Each store's SQL guards (``WHERE state IN (...)``) are built from
+the sets defined here, so the database and this module cannot disagree.
+
+::
+
+    PENDING ──start──▶ STARTED ──finish──▶ SUCCESS | FAILURE | ABORTED
+       │                  │
+       │abort             │abort
+       ▼                  ▼
+    ABORTED            ABORTING ──finish──▶ SUCCESS | FAILURE | ABORTED
+
+Only the consumer (the scope that runs the body) writes an end state from STARTED/ABORTING;
+``abort()`` records a request. Terminal states never change.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from ._types import AbortReason, JSONValue, TaskError
+
+
+class TaskState(enum.StrEnum):
+    """Where a task is in its life."""
+
+    PENDING = "PENDING"
+    """Recorded (queued), not yet started."""
+    STARTED = "STARTED"
+    """Running in a scope."""
+    ABORTING = "ABORTING"
+    """Running, and an abort was requested; the scope has not ended yet."""
+    SUCCESS = "SUCCESS"
+    """The body completed (an abort request, if any, stays on the record)."""
+    FAILURE = "FAILURE"
+    """The body raised, was cancelled from outside, or its owner process was lost."""
+    ABORTED = "ABORTED"
+    """Stopped by an abort, or aborted before it ever started."""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+#: States that never change again.
+TERMINAL_STATES: frozenset[TaskState] = frozenset(
+    {TaskState.SUCCESS, TaskState.FAILURE, TaskState.ABORTED}
+)
+#: States in which a scope is running the body.
+RUNNING_STATES: frozenset[TaskState] = frozenset({TaskState.STARTED, TaskState.ABORTING})
+#: States in which ``abort()`` records a new request.
+ABORTABLE_STATES: frozenset[TaskState] = frozenset({TaskState.PENDING, TaskState.STARTED})
+#: States from which the owning scope may write an end state.
+FINISHABLE_STATES: frozenset[TaskState] = RUNNING_STATES
+#: States a dead owner's records are reaped from.
+REAPABLE_STATES: frozenset[TaskState] = RUNNING_STATES
+
+_ALLOWED: frozenset[tuple[TaskState, TaskState]] = frozenset(
+    {
+        (TaskState.PENDING, TaskState.STARTED),
+        (TaskState.PENDING, TaskState.ABORTED),
+        (TaskState.STARTED, TaskState.ABORTING),
+        *((s, end) for s in RUNNING_STATES for end in TERMINAL_STATES),
+    }
+)
+
+
+def is_allowed(old: TaskState | None, new: TaskState) -> bool:
+    """Whether a record may move from ``old`` (``None``: no record yet) to ``new``.
+
+    A new record starts PENDING (queued) or STARTED (a scope entered with no record).
+    """
+    if old is None:
+        return new in (TaskState.PENDING, TaskState.STARTED)
+    return (old, new) in _ALLOWED
+
+
+def after_abort_request(state: TaskState) -> TaskState | None:
+    """The state an abort request moves ``state`` to, or ``None`` if it records nothing.
+
+    PENDING ends ABORTED at once (the task never runs); STARTED becomes ABORTING (only the
+    consumer writes the end state); an ABORTING task already has a request (first reason wins);
+    a terminal task never changes.
+    """
+    if state is TaskState.PENDING:
+        return TaskState.ABORTED
+    if state is TaskState.STARTED:
+        return TaskState.ABORTING
+    return None
+
+
+class StartDecision(enum.Enum):
+    """What entering a scope does with the record it finds."""
+
+    CREATE = "create"
+    """No record: create one, STARTED."""
+    START = "start"
+    """A PENDING record: move it to STARTED."""
+    ABORTED_BEFORE_START = "aborted_before_start"
+    """Aborted while PENDING: cancel the body at once, write nothing."""
+    ALREADY_FINISHED = "already_finished"
+    """SUCCESS/FAILURE (or ABORTED after running): refuse."""
+    ALREADY_STARTED = "already_started"
+    """STARTED/ABORTING: refuse; another scope owns it."""
+
+
+def decide_start(state: TaskState | None, *, ever_started: bool) -> StartDecision:
+    """Decide what entering a scope does, from the record's state (``None``: no record).
+
+    :param ever_started: whether the record was ever started (``started_at`` is set); tells
+        "aborted before it started" from "stopped by an abort while running".
+    """
+    if state is None:
+        return StartDecision.CREATE
+    if state is TaskState.PENDING:
+        return StartDecision.START
+    if state in RUNNING_STATES:
+        return StartDecision.ALREADY_STARTED
+    if state is TaskState.ABORTED and not ever_started:
+        return StartDecision.ABORTED_BEFORE_START
+    return StartDecision.ALREADY_FINISHED
+
+
+def end_state(*, stopped_by_abort: bool, failed: bool) -> TaskState:
+    """The end state the consumer writes when its scope exits.
+
+    :param stopped_by_abort: the scope's own cancellation stopped the body.
+    :param failed: the body raised (or an outer cancellation stopped it).
+    """
+    if stopped_by_abort:
+        return TaskState.ABORTED
+    return TaskState.FAILURE if failed else TaskState.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A task's record as the store holds it.
+
+    :ivar id: the task id.
+    :ivar name: the task's name (the registered function for runner tasks), or ``None``.
+    :ivar state: its :class:`TaskState`.
+    :ivar reason: the first abort request's reason, or ``None`` if none was made.
+    :ivar result: the stored JSON result (runner tasks), else ``None``.
+    :ivar error: how it failed, for FAILURE.
+    :ivar progress: the last reported progress (0..1), or ``None``.
+    :ivar message: the last reported progress message, or ``None``.
+    :ivar created_at: when the record was created.
+    :ivar started_at: when a scope started it, or ``None``.
+    :ivar finished_at: when it reached a terminal state, or ``None``.
+    :ivar owner: the id of the process (App) that runs or ran it.
+    :ivar parent_id: the task that started this one, or ``None``.
+    :ivar queue: the queue it was submitted to (runner tasks).
+    :ivar args: its JSON arguments (runner tasks), else ``None``.
+    """
+
+    id: str
+    name: str | None
+    state: TaskState
+    reason: AbortReason | None
+    result: JSONValue
+    error: TaskError | None
+    progress: float | None
+    message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    owner: str | None
+    parent_id: str | None = None
+    queue: str | None = None
+    args: JSONValue = None
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the record is terminal."""
+        return self.state.is_terminal
+
+    @property
+    def abort_requested(self) -> bool:
+        """Whether an abort was ever requested (Celery's ``is_aborted()`` meaning)."""
+        return self.reason is not None

@@ -1,0 +1,189 @@
+"""Small value types shared by every layer: abort reasons, task errors and id checks.
+
+Nothing here does I/O or imports anything beyond the standard library and ``_errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+from ._errors import InvalidReason, InvalidTaskId, NotJSONSerializable
+
+#: What aioabort stores as arguments, results and error details: plain JSON values.
+JSONValue: TypeAlias = (
+    bool | int | float | str | Sequence["JSONValue"] | Mapping[str, "JSONValue"] | None
+)
+
+#: Longest task id accepted, in characters.
+MAX_TASK_ID_LENGTH = 200
+#: Longest abort message accepted, in characters.
+MAX_REASON_MESSAGE_LENGTH = 2000
+#: Longest ``by`` (who asked for the abort) accepted, in characters.
+MAX_REASON_BY_LENGTH = 200
+#: Longest task name accepted, in characters.
+MAX_TASK_NAME_LENGTH = 200
+
+_CODE_RE = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def default_by() -> str:
+    """Who this process is, for ``AbortReason.by`` when the caller names nobody."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is a usable task id, else raise :class:`InvalidTaskId`.
+
+    A task id is a non-empty string of at most :data:`MAX_TASK_ID_LENGTH` characters, with no
+    NUL, control characters or unpaired surrogates (it must round-trip through every store).
+    """
+    if not isinstance(task_id, str):
+        raise InvalidTaskId(f"a task id must be a str, not {type(task_id).__name__}")
+    if not task_id:
+        raise InvalidTaskId("a task id must not be empty")
+    if len(task_id) > MAX_TASK_ID_LENGTH:
+        raise InvalidTaskId(
+            f"a task id must be at most {MAX_TASK_ID_LENGTH} characters, got {len(task_id)}"
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in task_id):
+        raise InvalidTaskId(f"a task id must not contain control characters: {task_id!r}")
+    if _has_surrogates(task_id):
+        raise InvalidTaskId(f"a task id must be valid Unicode text: {task_id!r}")
+    return task_id
+
+
+def _check_text(value: object, what: str, limit: int, *, allow_none: bool) -> str | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str):
+        raise InvalidReason(f"{what} must be a str, not {type(value).__name__}")
+    if len(value) > limit:
+        raise InvalidReason(f"{what} must be at most {limit} characters, got {len(value)}")
+    if "\x00" in value or _has_surrogates(value):
+        raise InvalidReason(f"{what} must be valid text without NUL characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AbortReason:
+    """Why a task was asked to stop: structured data, stored on the record.
+
+    :param code: a short machine-readable word; aioabort itself uses ``user``, ``timeout``,
+        ``shutdown``, ``disconnect`` and ``parent``.
+    :param message: free text for people.
+    :param by: who asked (a user, a host and pid); filled in by :meth:`AbortHandle.abort`.
+    :param at: when the abort was requested, an aware UTC datetime.
+
+    Example::
+
+        await handle.abort(AbortReason("timeout", "report took longer than 5 minutes"))
+    """
+
+    code: str = "user"
+    message: str = ""
+    by: str | None = None
+    at: datetime = field(default_factory=utcnow)
+
+    USER = "user"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+    DISCONNECT = "disconnect"
+    PARENT = "parent"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, str) or not _CODE_RE.fullmatch(self.code):
+            raise InvalidReason(
+                f"an abort code must be a lowercase word of 1-32 characters "
+                f"([a-z][a-z0-9_.-]*), got {self.code!r}"
+            )
+        _check_text(self.message, "an abort message", MAX_REASON_MESSAGE_LENGTH, allow_none=False)
+        _check_text(self.by, "'by'", MAX_REASON_BY_LENGTH, allow_none=True)
+        if not isinstance(self.at, datetime) or self.at.tzinfo is None:
+            raise InvalidReason("'at' must be an aware datetime")
+
+    def __str__(self) -> str:
+        text = self.code if not self.message else f"{self.code}: {self.message}"
+        return text if self.by is None else f"{text} (by {self.by})"
+
+
+def coerce_reason(reason: str | AbortReason | None, by: str | None) -> AbortReason:
+    """Turn what :meth:`AbortHandle.abort` accepts into an :class:`AbortReason`.
+
+    A string becomes the message of a ``user`` reason. ``by`` fills in a reason that names nobody.
+    """
+    if reason is None:
+        reason = AbortReason()
+    elif isinstance(reason, str):
+        reason = AbortReason(AbortReason.USER, reason)
+    elif not isinstance(reason, AbortReason):
+        raise InvalidReason(f"reason must be a str or an AbortReason, not {type(reason).__name__}")
+    if reason.by is None:
+        by = default_by() if by is None else by
+        reason = AbortReason(reason.code, reason.message, by, reason.at)
+    return reason
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """How a task that ended FAILURE failed.
+
+    :param cause: ``exception`` (the body raised), ``cancelled`` (an outer cancellation such as a
+        caller's timeout stopped it), or ``lost`` (its owner process stopped heartbeating).
+    :param type: the exception's class name, where there was one.
+    :param message: a human-readable description.
+    """
+
+    cause: str
+    type: str
+    message: str
+
+    EXCEPTION = "exception"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.cause}: {self.type}: {self.message}"
+            if self.type
+            else (f"{self.cause}: {self.message}")
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({"cause": self.cause, "type": self.type, "message": self.message})
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskError:
+        data = json.loads(text)
+        return cls(str(data["cause"]), str(data.get("type", "")), str(data.get("message", "")))
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> TaskError:
+        return cls(cls.EXCEPTION, type(exc).__qualname__, str(exc)[:MAX_REASON_MESSAGE_LENGTH])
+
+
+def dump_json(value: Any, what: str) -> str:
+    """Serialise ``value`` as strict JSON or raise :class:`NotJSONSerializable`."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise NotJSONSerializable(f"{what} must be JSON-serialisable: {exc}") from exc

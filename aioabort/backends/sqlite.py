@@ -1,0 +1,660 @@
+"""The embedded SQLite store (aiosqlite): one host, many processes.
+
+* WAL mode, ``synchronous=NORMAL``, ``busy_timeout``; every write transaction is
+  ``BEGIN IMMEDIATE`` and short, and a store still locked past the busy timeout is retried
+  until a budget runs out (then :class:`StoreBusy`).
+* Cross-process change detection: a small thread polls ``PRAGMA data_version`` on its own
+  connection (a few microseconds a poll) and, only when it changed, reads the abort log by
+  sequence number. Two statements at most per poll, however many scopes are open.
+* ``sqlite:///:memory:`` keeps everything in one connection of one process (tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from .._backend import (
+    AbortNotice,
+    Change,
+    ChangeCallback,
+    OwnerInfo,
+    StartResult,
+    Store,
+    StoreStatistics,
+    WatchedIds,
+)
+from .._errors import (
+    AppClosed,
+    InvalidURL,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
+    TaskAlreadyExists,
+)
+from .._state import StartDecision, TaskRecord, TaskState, decide_start
+from .._types import AbortReason, TaskError
+from . import _sql
+
+logger = logging.getLogger("aioabort.sqlite")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS aioabort_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aioabort_tasks (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    queue TEXT,
+    parent_id TEXT,
+    state TEXT NOT NULL CHECK (state IN {_sql.in_list(list(TaskState))}),
+    args TEXT,
+    result TEXT,
+    error TEXT,
+    abort_code TEXT,
+    abort_message TEXT,
+    abort_by TEXT,
+    abort_at REAL,
+    progress REAL,
+    message TEXT,
+    owner TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aioabort_tasks_state ON aioabort_tasks (state, created_at);
+CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner)
+    WHERE state IN {_sql.RUNNING};
+CREATE INDEX IF NOT EXISTS aioabort_tasks_parent ON aioabort_tasks (parent_id)
+    WHERE parent_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS aioabort_abort_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aioabort_owners (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+
+#: How long an abort log entry is kept (watchers only read entries newer than their start).
+_ABORT_LOG_KEEP = 3600.0
+
+_SELECT_NOTICES = """
+SELECT l.seq, l.task_id, t.abort_code, t.abort_message, t.abort_by, t.abort_at
+FROM aioabort_abort_log AS l JOIN aioabort_tasks AS t ON t.id = l.task_id
+WHERE l.seq > ? ORDER BY l.seq
+"""
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _reason_from(
+    code: str | None, message: str | None, by: str | None, at: float | None
+) -> AbortReason | None:
+    if code is None:
+        return None
+    return AbortReason(code, message or "", by, _ts(at) or datetime.now(UTC))
+
+
+def record_from_row(row: Sequence[Any]) -> TaskRecord:
+    (
+        task_id,
+        name,
+        queue,
+        parent_id,
+        state,
+        args,
+        result,
+        error,
+        code,
+        message,
+        by,
+        at,
+        progress,
+        progress_message,
+        owner,
+        created_at,
+        started_at,
+        finished_at,
+    ) = row
+    created = _ts(created_at)
+    assert created is not None
+    return TaskRecord(
+        id=task_id,
+        name=name,
+        state=TaskState(state),
+        reason=_reason_from(code, message, by, at),
+        result=None if result is None else json.loads(result),
+        error=None if error is None else TaskError.from_json(error),
+        progress=progress,
+        message=progress_message,
+        created_at=created,
+        started_at=_ts(started_at),
+        finished_at=_ts(finished_at),
+        owner=owner,
+        parent_id=parent_id,
+        queue=queue,
+        args=None if args is None else json.loads(args),
+    )
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def parse_path(url: str) -> str:
+    """The file path in a ``sqlite:///path`` URL (``sqlite:////abs/path`` for an absolute one)."""
+    if not url.lower().startswith("sqlite:///"):
+        raise InvalidURL(
+            f"a SQLite URL looks like sqlite:///relative/path.db or sqlite:////absolute/path.db, "
+            f"got {url!r}"
+        )
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    if not path:
+        raise InvalidURL(f"the SQLite URL {url!r} names no file")
+    if "\x00" in path:
+        raise InvalidURL("the SQLite path must not contain NUL characters")
+    return path
+
+
+class _ChangePoller(threading.Thread):
+    """Polls ``PRAGMA data_version`` on its own connection; reads the abort log on change."""
+
+    def __init__(
+        self,
+        path: str,
+        interval: float,
+        last_seq: int,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[Change], None],
+    ) -> None:
+        super().__init__(name="aioabort-sqlite-watcher", daemon=True)
+        self._path = path
+        self._interval = interval
+        self._last_seq = last_seq
+        self._loop = loop
+        self._deliver = deliver
+        self._stopping = threading.Event()
+        self.polls = 0
+        self.statements = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error:
+            logger.exception("the SQLite change watcher could not connect")
+            return
+        try:
+            self._loop_forever(conn)
+        finally:
+            conn.close()
+
+    def _loop_forever(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        self.statements += 1
+        while not self._stopping.wait(self._interval):
+            self.polls += 1
+            try:
+                current = conn.execute("PRAGMA data_version").fetchone()[0]
+                self.statements += 1
+                if current == version:
+                    continue
+                rows = conn.execute(_SELECT_NOTICES, (self._last_seq,)).fetchall()
+                self.statements += 1
+            except sqlite3.Error as exc:
+                logger.warning(
+                    "SQLite change poll failed; retrying",
+                    extra={"action": "poll_failed", "error": str(exc)},
+                )
+                continue
+            version = current
+            notices: list[AbortNotice] = []
+            for seq, task_id, code, message, by, at in rows:
+                self._last_seq = seq
+                reason = _reason_from(code, message, by, at)
+                if reason is not None:
+                    notices.append(AbortNotice(task_id, reason))
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, Change(tuple(notices)))
+            except RuntimeError:  # the event loop is closed: nobody is left to tell
+                return
+
+
+class SQLiteStore(Store):
+    """The SQLite store. Made by :class:`aioabort.App` from a ``sqlite:///`` URL."""
+
+    #: How often the change watcher polls ``PRAGMA data_version``, in seconds.
+    poll_interval = 0.005
+    #: SQLite's own wait for a lock, per attempt, in seconds.
+    busy_timeout = 5.0
+    #: How long a write keeps retrying a locked database before raising StoreBusy.
+    write_budget = 30.0
+
+    def __init__(self, url: str) -> None:
+        self.display_url = url
+        self._path = parse_path(url)
+        self._memory = self._path == ":memory:"
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._statements = 0
+        self._on_change: ChangeCallback | None = None
+        self._poller: _ChangePoller | None = None
+        self._closed = False
+
+    @staticmethod
+    def check_url(url: str) -> None:
+        parse_path(url)
+
+    # -- connection --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if not self._memory:
+            self._check_location()
+        try:
+            conn = await aiosqlite.connect(self._path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store {self._path!r}: {exc}") from exc
+        self._conn = conn
+        try:
+            await conn.set_trace_callback(self._count_statement)
+            await self._exec(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if not self._memory:
+                mode = await self._exec("PRAGMA journal_mode = WAL")
+                if str(mode[0][0]).lower() != "wal":
+                    raise StoreUnavailable(
+                        f"the SQLite store {self._path!r} cannot use WAL mode (got {mode[0][0]})"
+                    )
+            await self._exec("PRAGMA synchronous = NORMAL")
+            await self._ensure_schema()
+        except BaseException as exc:
+            await conn.close()
+            self._conn = None
+            if isinstance(exc, StoreError | AppClosed):
+                raise
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(
+                    f"cannot use the SQLite store {self._path!r}: {exc}"
+                ) from exc
+            raise
+
+    def _check_location(self) -> None:
+        path = os.path.abspath(self._path)
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise StoreUnavailable(
+                f"cannot open the SQLite store {self._path!r}: directory {parent!r} does not exist"
+            )
+        if os.path.isdir(path):
+            raise StoreUnavailable(
+                f"cannot open the SQLite store {self._path!r}: it is a directory"
+            )
+        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+            raise StoreUnavailable(
+                f"cannot open the SQLite store {self._path!r}: no permission to read and write it"
+            )
+        if not os.path.exists(path) and not os.access(parent, os.W_OK):
+            raise StoreUnavailable(
+                f"cannot create the SQLite store {self._path!r}: directory {parent!r} is not "
+                "writable"
+            )
+
+    async def _ensure_schema(self) -> None:
+        async def body() -> None:
+            rows = await self._exec(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'aioabort_meta'"
+            )
+            if rows:
+                version_rows = await self._exec(
+                    "SELECT value FROM aioabort_meta WHERE key = 'schema_version'"
+                )
+                version = int(version_rows[0][0]) if version_rows else 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the SQLite store {self._path!r} has schema version {version}, newer "
+                        f"than this aioabort supports ({SCHEMA_VERSION}): upgrade aioabort"
+                    )
+                if version == SCHEMA_VERSION:
+                    return
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    await self._exec(statement)
+            await self._exec(
+                "INSERT INTO aioabort_meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+        await self._write(body, notify=False)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.stop()
+            await asyncio.to_thread(poller.join)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            async with self._lock:
+                await conn.close()
+
+    def _count_statement(self, _sql_text: str) -> None:
+        self._statements += 1
+
+    def _require(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise AppClosed("the SQLite store is not open")
+        return self._conn
+
+    async def _exec(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._require()
+        try:
+            return list(await conn.execute_fetchall(sql, params))
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise StoreBusy(f"the SQLite store {self._path!r} is locked: {exc}") from exc
+            raise StoreError(f"SQLite error: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite error: {exc}") from exc
+
+    async def _write(self, body: Callable[[], Awaitable[T]], *, notify: bool = True) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, retrying while locked."""
+        deadline = time.monotonic() + self.write_budget
+        delay = 0.005
+        async with self._lock:
+            while True:
+                try:
+                    await self._exec("BEGIN IMMEDIATE")
+                    break
+                except StoreBusy:
+                    if time.monotonic() + delay > deadline:
+                        raise StoreBusy(
+                            f"the SQLite store {self._path!r} stayed locked by another writer "
+                            f"for more than {self.write_budget:g}s"
+                        ) from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+            try:
+                result = await body()
+                await self._exec("COMMIT")
+            except BaseException:
+                try:
+                    await self._exec("ROLLBACK")
+                except (StoreError, AppClosed):
+                    pass
+                raise
+        if notify and self._on_change is not None:
+            self._on_change(Change())
+        return result
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        task_id: str,
+        *,
+        name: str | None,
+        queue: str | None = None,
+        args_json: str | None = None,
+        parent_id: str | None = None,
+    ) -> TaskRecord:
+        now = time.time()
+
+        async def body() -> TaskRecord:
+            try:
+                rows = await self._exec(
+                    "INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, "
+                    f"created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?) "
+                    f"RETURNING {_sql.COLUMNS}",
+                    (task_id, name, queue, parent_id, args_json, now, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise TaskAlreadyExists(task_id) from exc
+            return record_from_row(rows[0])
+
+        return await self._write(body)
+
+    async def start(
+        self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
+    ) -> StartResult:
+        now = time.time()
+
+        async def body() -> StartResult:
+            rows = await self._exec(
+                f"SELECT {_sql.COLUMNS} FROM aioabort_tasks WHERE id = ?", (task_id,)
+            )
+            current = record_from_row(rows[0]) if rows else None
+            decision = decide_start(
+                None if current is None else current.state,
+                ever_started=current is not None and current.started_at is not None,
+            )
+            if decision is StartDecision.CREATE:
+                rows = await self._exec(
+                    "INSERT INTO aioabort_tasks (id, name, parent_id, state, owner, created_at, "
+                    "started_at, updated_at) VALUES (?, ?, ?, 'STARTED', ?, ?, ?, ?) "
+                    f"RETURNING {_sql.COLUMNS}",
+                    (task_id, name, parent_id, owner, now, now, now),
+                )
+                return StartResult(decision, record_from_row(rows[0]))
+            assert current is not None
+            if decision is StartDecision.START:
+                rows = await self._exec(
+                    "UPDATE aioabort_tasks SET state = 'STARTED', owner = ?, started_at = ?, "
+                    "updated_at = ?, name = COALESCE(name, ?) "
+                    f"WHERE id = ? AND state = 'PENDING' RETURNING {_sql.COLUMNS}",
+                    (owner, now, now, name, task_id),
+                )
+                return StartResult(decision, record_from_row(rows[0]))
+            return StartResult(decision, current)
+
+        return await self._write(body)
+
+    async def request_abort(
+        self, task_id: str, reason: AbortReason
+    ) -> tuple[bool, TaskRecord | None]:
+        now = time.time()
+
+        async def body() -> tuple[bool, TaskRecord | None]:
+            rows = await self._exec(
+                f"UPDATE aioabort_tasks SET state = {_sql.abort_case()}, abort_code = ?, "
+                "abort_message = ?, abort_by = ?, abort_at = ?, updated_at = ?, "
+                "finished_at = CASE WHEN state = 'PENDING' THEN ? ELSE finished_at END "
+                f"WHERE id = ? AND state IN {_sql.ABORTABLE} RETURNING {_sql.COLUMNS}",
+                (reason.code, reason.message, reason.by, reason.at.timestamp(), now, now, task_id),
+            )
+            if not rows:
+                return False, await self.get_unlocked(task_id)
+            await self._exec(
+                "INSERT INTO aioabort_abort_log (task_id, at) VALUES (?, ?)", (task_id, now)
+            )
+            return True, record_from_row(rows[0])
+
+        return await self._write(body)
+
+    async def finish(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        state: TaskState,
+        result_json: str | None = None,
+        error: TaskError | None = None,
+    ) -> TaskRecord | None:
+        now = time.time()
+
+        async def body() -> TaskRecord | None:
+            rows = await self._exec(
+                "UPDATE aioabort_tasks SET state = ?, result = ?, error = ?, finished_at = ?, "
+                f"updated_at = ? WHERE id = ? AND owner = ? AND state IN {_sql.RUNNING} "
+                f"RETURNING {_sql.COLUMNS}",
+                (
+                    state.value,
+                    result_json,
+                    None if error is None else error.to_json(),
+                    now,
+                    now,
+                    task_id,
+                    owner,
+                ),
+            )
+            if rows:
+                return record_from_row(rows[0])
+            return await self.get_unlocked(task_id)
+
+        return await self._write(body)
+
+    async def get_unlocked(self, task_id: str) -> TaskRecord | None:
+        rows = await self._exec(
+            f"SELECT {_sql.COLUMNS} FROM aioabort_tasks WHERE id = ?", (task_id,)
+        )
+        return record_from_row(rows[0]) if rows else None
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with self._lock:
+            return await self.get_unlocked(task_id)
+
+    async def list_tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if states:
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            params.extend(TaskState(s).value for s in states)
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        sql = f"SELECT {_sql.COLUMNS} FROM aioabort_tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+        params += [limit, offset]
+        async with self._lock:
+            rows = await self._exec(sql, params)
+        return [record_from_row(row) for row in rows]
+
+    async def report(
+        self, task_id: str, *, owner: str, progress: float | None, message: str | None
+    ) -> bool:
+        now = time.time()
+
+        async def body() -> bool:
+            rows = await self._exec(
+                "UPDATE aioabort_tasks SET progress = COALESCE(?, progress), "
+                "message = COALESCE(?, message), updated_at = ? "
+                f"WHERE id = ? AND owner = ? AND state IN {_sql.RUNNING} RETURNING id",
+                (progress, message, now, task_id, owner),
+            )
+            return bool(rows)
+
+        return await self._write(body)
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    async def heartbeat(self, owner: OwnerInfo) -> None:
+        now = time.time()
+
+        async def body() -> None:
+            await self._exec(
+                "INSERT INTO aioabort_owners (id, host, pid, started_at, last_seen) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                (owner.id, owner.host, owner.pid, now, now),
+            )
+
+        await self._write(body, notify=False)
+
+    async def reap(self, *, stale_after: float) -> list[str]:
+        now = time.time()
+        cutoff = now - stale_after
+
+        async def body() -> list[str]:
+            rows = await self._exec(
+                "UPDATE aioabort_tasks SET state = 'FAILURE', finished_at = ?, updated_at = ?, "
+                "error = json_object('cause', 'lost', 'type', '', 'message', "
+                "'owner ' || owner || ' stopped heartbeating') "
+                f"WHERE state IN {_sql.RUNNING} AND (owner IS NULL "
+                "OR owner IN (SELECT id FROM aioabort_owners WHERE last_seen < ?) "
+                "OR owner NOT IN (SELECT id FROM aioabort_owners)) RETURNING id",
+                (now, now, cutoff),
+            )
+            await self._exec("DELETE FROM aioabort_owners WHERE last_seen < ?", (cutoff,))
+            await self._exec(
+                "DELETE FROM aioabort_abort_log WHERE at < ?", (now - _ABORT_LOG_KEEP,)
+            )
+            return [row[0] for row in rows]
+
+        ids = await self._write(body, notify=False)
+        if ids and self._on_change is not None:
+            self._on_change(Change())
+        return ids
+
+    async def release_owner(self, owner: str) -> list[str]:
+        now = time.time()
+
+        async def body() -> list[str]:
+            rows = await self._exec(
+                "UPDATE aioabort_tasks SET state = 'FAILURE', finished_at = ?, updated_at = ?, "
+                "error = json_object('cause', 'lost', 'type', '', 'message', "
+                "'owner ' || owner || ' closed while the task was running') "
+                f"WHERE owner = ? AND state IN {_sql.RUNNING} RETURNING id",
+                (now, now, owner),
+            )
+            await self._exec("DELETE FROM aioabort_owners WHERE id = ?", (owner,))
+            return [row[0] for row in rows]
+
+        return await self._write(body)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    async def start_watching(self, on_change: ChangeCallback, watched: WatchedIds) -> None:
+        self._on_change = on_change
+        if self._memory:
+            return  # one connection, one process: every change is local
+        async with self._lock:
+            rows = await self._exec("SELECT COALESCE(MAX(seq), 0) FROM aioabort_abort_log")
+        poller = _ChangePoller(
+            self._path, self.poll_interval, int(rows[0][0]), asyncio.get_running_loop(), on_change
+        )
+        poller.start()
+        self._poller = poller
+
+    def statistics(self) -> StoreStatistics:
+        poller = self._poller
+        return StoreStatistics(
+            statements=self._statements,
+            watch_statements=0 if poller is None else poller.statements,
+            watch_polls=0 if poller is None else poller.polls,
+        )
