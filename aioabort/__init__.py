@@ -84,4 +84,4 @@ for _name in __all__:
             _obj.__module__ = "aioabort"
         except (AttributeError, TypeError):  # pragma: no cover - builtins-like objects
             pass
-del _name, _obj
+del _name, _obj, annotations

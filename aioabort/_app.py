@@ -53,6 +53,8 @@ class App:
     :raises MissingDriver: when the URL's driver is not installed.
     """
 
+    _state = "new"
+
     def __init__(
         self,
         url: str | None = None,

@@ -13,13 +13,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 import anyio
 import anyio.lowlevel
 
 from . import _runtime
-from ._backend import shielded
+from ._backend import Store, shielded
 from ._errors import (
     AioabortError,
     NoCurrentScope,
@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._state import StartDecision, TaskRecord, TaskState, end_state
 from ._types import AbortReason, TaskError, check_task_id
+from ._watcher import Watcher
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -65,6 +66,14 @@ class _Callback:
         self.handle: asyncio.Handle | None = None
         self.ran = False
         self.stopped = False
+
+
+class _Bound(NamedTuple):
+    """What an entered scope holds of its App."""
+
+    store: Store
+    watcher: Watcher
+    owner: str
 
 
 @final
@@ -125,7 +134,7 @@ class AbortScope:
         self._body_running = False
         self._cancel_scope: anyio.CancelScope | None = None
         self._callbacks: list[_Callback] = []
-        self._runtime: Runtime | None = None
+        self._runtime: _Bound | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token: contextvars.Token[AbortScope | None] | None = None
 
@@ -216,7 +225,8 @@ class AbortScope:
 
     async def __aenter__(self) -> AbortScope:
         runtime = _runtime.resolve(self._app)
-        self._runtime = runtime
+        # Keep the parts, not the App: the exit must still record the end while the App closes.
+        self._runtime = _Bound(runtime.store, runtime.watcher, runtime.owner)
         self._loop = asyncio.get_running_loop()
         parent = None if self._detached else _parent_scope()
         runtime.watcher.register(self)
@@ -301,7 +311,7 @@ class AbortScope:
             raise TaskAborted(self.id, self.reason) from None
         return swallowed
 
-    async def _finish(self, runtime: Runtime, state: TaskState, error: TaskError | None) -> None:
+    async def _finish(self, runtime: _Bound, state: TaskState, error: TaskError | None) -> None:
         try:
             record = await shielded(
                 runtime.store.finish(self.id, owner=runtime.owner, state=state, error=error)

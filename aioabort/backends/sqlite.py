@@ -296,13 +296,9 @@ class SQLiteStore(Store):
         except BaseException as exc:
             await conn.close()
             self._conn = None
-            if isinstance(exc, StoreError | AppClosed):
+            if isinstance(exc, StoreUnavailable) or not isinstance(exc, StoreError):
                 raise
-            if isinstance(exc, sqlite3.Error):
-                raise StoreUnavailable(
-                    f"cannot use the SQLite store {self._path!r}: {exc}"
-                ) from exc
-            raise
+            raise StoreUnavailable(f"cannot use the SQLite store {self._path!r}: {exc}") from exc
 
     def _check_location(self) -> None:
         path = os.path.abspath(self._path)

@@ -1,0 +1,105 @@
+"""Real subprocesses: an abort from this process stops a body in another one; a killed owner
+does not leave its task STARTED."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aioabort
+from aioabort import TaskState
+
+CHILD = Path(__file__).with_name("child_scope.py")
+
+
+@asynccontextmanager
+async def child(url: str, task_id: str, *extra: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CHILD),
+        url,
+        task_id,
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def read_line(proc: asyncio.subprocess.Process, timeout: float = 20) -> str:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    return line.decode().strip()
+
+
+async def test_abort_from_another_process(app: aioabort.App, store_url: str) -> None:
+    async with child(store_url, "remote-1") as proc:
+        assert await read_line(proc) == "READY"
+        handle = app.handle("remote-1")
+        assert await handle.state() is TaskState.STARTED
+        assert await handle.abort("stop over there") is True
+        assert await read_line(proc) == "ABORTED user stop over there"
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    record = await handle.wait(timeout=10)
+    assert record.state is TaskState.ABORTED
+    assert record.reason is not None and record.reason.message == "stop over there"
+    assert record.owner != app.owner
+
+
+async def test_level_triggered_across_processes(app: aioabort.App, store_url: str) -> None:
+    async with child(store_url, "remote-2", "--swallow") as proc:
+        assert await read_line(proc) == "READY"
+        await app.handle("remote-2").abort()
+        assert await read_line(proc) == "SWALLOWED"
+        assert await read_line(proc) == "ABORTED user"
+    assert await app.handle("remote-2").state() is TaskState.ABORTED
+
+
+async def test_killed_owner_is_reaped_as_lost_keeping_the_abort(store_url: str) -> None:
+    async with aioabort.App(store_url, heartbeat_interval=0.1, stale_after=1.0) as app:
+        async with child(store_url, "orphan", "--swallow") as proc:
+            assert await read_line(proc) == "READY"
+            await app.handle("orphan").abort("about to kill")
+            assert await read_line(proc) == "SWALLOWED"  # still inside its scope: ABORTING
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        assert await app.handle("orphan").state() is TaskState.ABORTING
+        record = await app.handle("orphan").wait(timeout=15)
+        assert record.state is TaskState.FAILURE
+        assert record.error is not None and record.error.cause == "lost"
+        assert record.reason is not None and record.reason.message == "about to kill"
+
+
+async def test_killed_owner_without_abort_is_reaped(store_url: str) -> None:
+    async with aioabort.App(store_url, heartbeat_interval=0.1, stale_after=1.0) as app:
+        async with child(store_url, "orphan-2") as proc:
+            assert await read_line(proc) == "READY"
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        assert await app.handle("orphan-2").state() is TaskState.STARTED
+        record = await app.handle("orphan-2").wait(timeout=15)
+        assert record.state is TaskState.FAILURE
+        assert record.error is not None and record.error.cause == "lost"
+        assert record.reason is None
+
+
+async def test_child_stopped_by_sigterm_has_no_record_left_running(store_url: str) -> None:
+    """SIGTERM without a handler kills the child outright: the reaper still ends the task."""
+    async with aioabort.App(store_url, heartbeat_interval=0.1, stale_after=1.0) as reaper:
+        async with child(store_url, "termed") as proc:
+            assert await read_line(proc) == "READY"
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        record = await reaper.handle("termed").wait(timeout=15)
+        assert record.state is TaskState.FAILURE

@@ -1,0 +1,144 @@
+"""The producer handle and the App: states, waiting, results, listing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import aioabort
+from aioabort import TaskAborted, TaskFailed, TaskState
+
+
+async def test_wait_returns_when_the_task_ends(app: aioabort.App) -> None:
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    async def body() -> None:
+        async with aioabort.abortable("waited"):
+            entered.set()
+            await release.wait()
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    handle = app.handle("waited")
+    waiter = asyncio.create_task(handle.wait(timeout=10))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    release.set()
+    record = await waiter
+    assert record.state is TaskState.SUCCESS
+    await task
+
+
+async def test_wait_times_out(app: aioabort.App) -> None:
+    await app.create("forever")
+    with pytest.raises(TimeoutError):
+        await app.handle("forever").wait(timeout=0.05)
+
+
+async def test_wait_for_unknown_task(app: aioabort.App) -> None:
+    with pytest.raises(aioabort.TaskNotFound):
+        await app.handle("ghost").wait(timeout=1)
+
+
+async def test_wait_across_apps_sees_final_state(
+    app: aioabort.App, other_app: aioabort.App
+) -> None:
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with aioabort.abortable("seen", app=app, suppress=True):
+            entered.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    handle = other_app.handle("seen")
+    assert await handle.abort() is True
+    record = await handle.wait(timeout=10)
+    assert record.state is TaskState.ABORTED
+    await task
+
+
+async def test_result_raises_outcomes(app: aioabort.App) -> None:
+    await app.create("to-abort")
+    await app.handle("to-abort").abort("no")
+    with pytest.raises(TaskAborted) as aborted:
+        await app.handle("to-abort").result(timeout=1)
+    assert aborted.value.reason is not None and aborted.value.reason.message == "no"
+
+    with pytest.raises(ValueError):
+        async with aioabort.abortable("to-fail"):
+            raise ValueError("bad")
+    with pytest.raises(TaskFailed) as failed:
+        await app.handle("to-fail").result(timeout=1)
+    assert failed.value.error is not None and failed.value.error.message == "bad"
+
+    async with aioabort.abortable("to-succeed"):
+        pass
+    assert await app.handle("to-succeed").result(timeout=1) is None
+
+
+async def test_is_aborted_is_celerys_meaning(app: aioabort.App) -> None:
+    await app.create("c")
+    assert await app.handle("c").is_aborted() is False
+    await app.handle("c").abort()
+    assert await app.handle("c").is_aborted() is True
+    with pytest.raises(aioabort.TaskNotFound):
+        await app.handle("unknown").is_aborted()
+
+
+async def test_create_rejects_taken_id_and_writes_nothing(app: aioabort.App) -> None:
+    await app.create("taken", name="first")
+    with pytest.raises(aioabort.TaskAlreadyExists):
+        await app.create("taken", name="second")
+    record = await app.handle("taken").record()
+    assert record.name == "first" and record.state is TaskState.PENDING
+
+
+async def test_create_generates_ids(app: aioabort.App) -> None:
+    a, b = await app.create(), await app.create()
+    assert a.id != b.id and len(a.id) == 32
+
+
+async def test_tasks_lists_and_filters(app: aioabort.App) -> None:
+    await app.create("one", name="n1")
+    await app.create("two", name="n2")
+    async with aioabort.abortable("three", name="n1"):
+        pass
+    assert {r.id for r in await app.tasks()} == {"one", "two", "three"}
+    assert [r.id for r in await app.tasks(states=["SUCCESS"])] == ["three"]
+    assert {r.id for r in await app.tasks(states=[TaskState.PENDING])} == {"one", "two"}
+    assert {r.id for r in await app.tasks(name="n1")} == {"one", "three"}
+    assert len(await app.tasks(limit=1)) == 1
+    with pytest.raises(aioabort.UsageError):
+        await app.tasks(states=["RUNNING"])
+    with pytest.raises(aioabort.UsageError):
+        await app.tasks(limit=0)
+
+
+async def test_reasons_round_trip(app: aioabort.App) -> None:
+    await app.create("r")
+    reason = aioabort.AbortReason("disconnect", "client went away ✓ ünïcode", by="edge-1")
+    await app.handle("r").abort(reason)
+    stored = (await app.handle("r").record()).reason
+    assert stored is not None
+    assert (stored.code, stored.message, stored.by) == ("disconnect", reason.message, "edge-1")
+    assert abs((stored.at - reason.at).total_seconds()) < 0.001
+    assert stored.at.tzinfo is not None
+
+
+async def test_default_by_names_host_and_pid(app: aioabort.App) -> None:
+    import os
+
+    await app.create("by")
+    await app.handle("by").abort("x")
+    stored = (await app.handle("by").record()).reason
+    assert stored is not None and stored.by is not None and stored.by.endswith(f":{os.getpid()}")
+
+
+async def test_handles_compare_by_id(app: aioabort.App) -> None:
+    assert app.handle("x") == app.handle("x")
+    assert app.handle("x") != app.handle("y")
+    assert len({app.handle("x"), app.handle("x")}) == 1
+    assert "x" in repr(app.handle("x"))

@@ -1,0 +1,64 @@
+"""The front door: a curated, sorted, complete public API that loads no driver."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import aioabort
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert aioabort.__all__ == sorted(aioabort.__all__)
+    public = {
+        name
+        for name, obj in vars(aioabort).items()
+        if not name.startswith("_") and not inspect.ismodule(obj)
+    }
+    assert public == set(aioabort.__all__)
+
+
+def test_public_names_report_the_package_as_their_module() -> None:
+    for name in aioabort.__all__:
+        obj = getattr(aioabort, name)
+        assert obj.__module__ == "aioabort", name
+
+
+def test_every_error_shares_one_root() -> None:
+    errors = [getattr(aioabort, n) for n in aioabort.__all__]
+    errors = [e for e in errors if isinstance(e, type) and issubclass(e, BaseException)]
+    assert len(errors) > 15
+    assert all(issubclass(e, aioabort.AioabortError) for e in errors)
+
+
+def test_import_loads_no_driver_or_web_framework() -> None:
+    code = (
+        "import sys, aioabort; "
+        "print(sorted(m for m in ('asyncpg', 'aiosqlite', 'starlette', 'fastapi', 'aiohttp') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_task_aborted_pickles_with_its_reason() -> None:
+    import pickle
+
+    exc = aioabort.TaskAborted("t", aioabort.AbortReason("user", "m", "me"))
+    copy = pickle.loads(pickle.dumps(exc))
+    assert (copy.task_id, copy.reason) == ("t", exc.reason)
+    assert str(copy) == str(exc)
+
+
+def test_core_modules_import_no_sql_or_driver() -> None:
+    """Layering (DESIGN.md §3): nothing in the core imports a driver or the backends."""
+    import pathlib
+
+    root = pathlib.Path(aioabort.__file__).parent
+    for path in root.glob("_*.py"):
+        text = path.read_text()
+        for banned in ("import aiosqlite", "import asyncpg", "import sqlite3", "from .backends"):
+            if path.name == "_app.py" and banned == "from .backends":
+                continue  # the App loads a store by URL; it is the one layer allowed to
+            assert banned not in text, f"{path.name} must not contain {banned!r}"

@@ -1,0 +1,490 @@
+"""Abort scopes: delivery, outcomes and races. Runs against every store."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import anyio
+import pytest
+
+import aioabort
+from aioabort import AbortReason, TaskAborted, TaskState
+
+from .conftest import wait_until
+
+
+async def run_until_aborted(
+    app: aioabort.App, task_id: str, entered: asyncio.Event, **kwargs: object
+) -> aioabort.AbortScope:
+    async with aioabort.abortable(task_id, app=app, **kwargs) as scope:  # type: ignore[arg-type]
+        entered.set()
+        await asyncio.sleep(60)
+    return scope
+
+
+async def test_abort_cancels_body_and_records_reason(app: aioabort.App) -> None:
+    entered = asyncio.Event()
+    task = asyncio.create_task(run_until_aborted(app, "t1", entered))
+    await entered.wait()
+    assert await app.handle("t1").state() is TaskState.STARTED
+    assert await app.handle("t1").abort(reason="user pressed stop", by="alice") is True
+    with pytest.raises(TaskAborted) as info:
+        await asyncio.wait_for(task, 5)
+    assert info.value.task_id == "t1"
+    assert info.value.reason is not None
+    assert (info.value.reason.code, info.value.reason.message, info.value.reason.by) == (
+        "user",
+        "user pressed stop",
+        "alice",
+    )
+    record = await app.handle("t1").record()
+    assert record.state is TaskState.ABORTED
+    assert record.reason == info.value.reason
+    assert record.finished_at is not None and record.started_at is not None
+
+
+async def test_level_triggered_against_a_body_that_swallows(app: aioabort.App) -> None:
+    deliveries = 0
+    entered = asyncio.Event()
+
+    async def stubborn() -> aioabort.AbortScope:
+        nonlocal deliveries
+        async with aioabort.abortable("stubborn", suppress=True) as scope:
+            entered.set()
+            for _ in range(3):
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    deliveries += 1  # swallowed: the scope must cancel again at the next await
+            await asyncio.sleep(60)
+        return scope
+
+    task = asyncio.create_task(stubborn())
+    await entered.wait()
+    await app.handle("stubborn").abort()
+    scope = await asyncio.wait_for(task, 5)
+    assert deliveries == 3
+    assert scope.aborted
+    assert await app.handle("stubborn").state() is TaskState.ABORTED
+
+
+async def test_suppress_exits_quietly_with_reason(app: aioabort.App) -> None:
+    entered = asyncio.Event()
+    task = asyncio.create_task(run_until_aborted(app, "quiet", entered, suppress=True))
+    await entered.wait()
+    await app.handle("quiet").abort(AbortReason("timeout", "too slow"))
+    scope = await asyncio.wait_for(task, 5)
+    assert scope.aborted is True
+    assert scope.reason is not None and scope.reason.code == "timeout"
+
+
+async def test_body_that_completes_is_success(app: aioabort.App) -> None:
+    async with aioabort.abortable("done", name="adder") as scope:
+        await asyncio.sleep(0)
+    assert not scope.aborted and scope.reason is None
+    record = await app.handle("done").record()
+    assert (record.state, record.name, record.error) == (TaskState.SUCCESS, "adder", None)
+    assert record.owner == app.owner
+
+
+async def test_body_that_raises_is_failure(app: aioabort.App) -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with aioabort.abortable("boom"):
+            await asyncio.sleep(0)
+            1 / 0  # noqa: B018
+    record = await app.handle("boom").record()
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None
+    assert (record.error.cause, record.error.type) == ("exception", "ZeroDivisionError")
+
+
+async def test_swallowed_abort_then_return_is_success_with_request_kept(
+    app: aioabort.App,
+) -> None:
+    entered = asyncio.Event()
+
+    async def body() -> aioabort.AbortScope:
+        async with aioabort.abortable("ignores") as scope:
+            entered.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                pass  # swallow, then return without another await
+        return scope
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    assert await app.handle("ignores").abort("stop") is True
+    scope = await asyncio.wait_for(task, 5)
+    assert scope.aborted is False
+    assert scope.reason is not None and scope.reason.message == "stop"
+    record = await app.handle("ignores").record()
+    assert record.state is TaskState.SUCCESS
+    assert record.reason is not None and record.reason.message == "stop"
+    assert await app.handle("ignores").is_aborted() is True
+
+
+async def test_outer_cancellation_passes_through_and_records_failure(app: aioabort.App) -> None:
+    entered = asyncio.Event()
+    task = asyncio.create_task(run_until_aborted(app, "outer", entered))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    record = await app.handle("outer").record()
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "cancelled"
+    assert record.reason is None
+
+
+async def test_anyio_outer_scope_cancel_passes_through(app: aioabort.App) -> None:
+    with anyio.CancelScope() as outer:
+        async with aioabort.abortable("anyio-outer"):
+            outer.cancel()
+            await asyncio.sleep(60)
+    assert outer.cancelled_caught
+    assert await app.handle("anyio-outer").state() is TaskState.FAILURE
+
+
+async def test_asyncio_timeout_around_the_scope(app: aioabort.App) -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            async with aioabort.abortable("timed-around"):
+                await asyncio.sleep(60)
+    record = await app.handle("timed-around").record()
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "cancelled"
+
+
+async def test_asyncio_timeout_inside_the_scope(app: aioabort.App) -> None:
+    async with aioabort.abortable("timed-inside") as scope:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(60)
+        await asyncio.sleep(0)
+    assert not scope.aborted
+    assert await app.handle("timed-inside").state() is TaskState.SUCCESS
+
+
+async def test_abort_inside_a_timeout_is_not_a_timeout(app: aioabort.App) -> None:
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with asyncio.timeout(30):
+            await run_until_aborted(app, "in-timeout", entered)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    await app.handle("in-timeout").abort()
+    with pytest.raises(TaskAborted):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_task_group_sibling_failure_cancels_scope_as_outer(app: aioabort.App) -> None:
+    entered = asyncio.Event()
+
+    async def failing_sibling() -> None:
+        await entered.wait()
+        raise RuntimeError("sibling failed")
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(run_until_aborted(app, "tg", entered))
+            tg.create_task(failing_sibling())
+    assert info.group_contains(RuntimeError)
+    assert not info.group_contains(TaskAborted)
+    assert await app.handle("tg").state() is TaskState.FAILURE
+
+
+async def test_abort_before_entry_cancels_at_once(app: aioabort.App) -> None:
+    handle = await app.create("queued", name="job")
+    assert await handle.state() is TaskState.PENDING
+    assert await handle.abort("never mind") is True
+    assert await handle.state() is TaskState.ABORTED
+    reached_after_await = False
+    with pytest.raises(TaskAborted) as info:
+        async with aioabort.abortable("queued") as scope:
+            assert scope.is_aborted()
+            await asyncio.sleep(60)
+            reached_after_await = True  # pragma: no cover
+    assert not reached_after_await
+    assert info.value.reason is not None and info.value.reason.message == "never mind"
+    record = await handle.record()
+    assert record.state is TaskState.ABORTED and record.started_at is None
+
+
+async def test_pending_record_is_started_by_the_scope(app: aioabort.App) -> None:
+    handle = await app.create("p1")
+    async with aioabort.abortable("p1"):
+        assert await handle.state() is TaskState.STARTED
+    assert await handle.state() is TaskState.SUCCESS
+
+
+async def test_abort_after_finish_returns_false_and_writes_nothing(app: aioabort.App) -> None:
+    async with aioabort.abortable("finished"):
+        pass
+    handle = app.handle("finished")
+    before = await handle.record()
+    statements = app.store.statistics().statements
+    assert await handle.abort("too late") is False
+    after = await handle.record()
+    assert after == before
+    assert after.reason is None
+    # BEGIN, the guarded UPDATE, the read of the record, ROLLBACK/COMMIT, then our record() read
+    assert app.store.statistics().statements - statements <= 6
+
+
+async def test_abort_of_unknown_id_returns_false_and_creates_nothing(app: aioabort.App) -> None:
+    assert await app.handle("nobody").abort() is False
+    with pytest.raises(aioabort.TaskNotFound):
+        await app.handle("nobody").state()
+    assert await app.tasks() == []
+
+
+async def test_two_aborts_at_once_first_reason_wins(app: aioabort.App) -> None:
+    entered = asyncio.Event()
+    task = asyncio.create_task(run_until_aborted(app, "twice", entered))
+    await entered.wait()
+    results = await asyncio.gather(*(app.handle("twice").abort(f"reason {i}") for i in range(5)))
+    assert sorted(results) == [False, False, False, False, True]
+    winner = f"reason {results.index(True)}"
+    with pytest.raises(TaskAborted) as info:
+        await asyncio.wait_for(task, 5)
+    assert info.value.reason is not None and info.value.reason.message == winner
+    assert (await app.handle("twice").record()).reason == info.value.reason
+
+
+async def test_two_aborts_from_two_apps_first_reason_wins(
+    app: aioabort.App, other_app: aioabort.App
+) -> None:
+    entered = asyncio.Event()
+    task = asyncio.create_task(run_until_aborted(app, "race", entered))
+    await entered.wait()
+    a, b = await asyncio.gather(
+        app.handle("race").abort("from app"), other_app.handle("race").abort("from other")
+    )
+    assert [a, b].count(True) == 1
+    winner = "from app" if a else "from other"
+    with pytest.raises(TaskAborted) as info:
+        await asyncio.wait_for(task, 10)
+    assert info.value.reason is not None and info.value.reason.message == winner
+
+
+async def test_abort_during_the_final_write(app: aioabort.App, sqlite_url: str) -> None:
+    """The body returned; its SUCCESS write is in flight when an abort arrives."""
+    if not app.url.startswith("sqlite"):
+        pytest.skip("uses a raw SQLite lock to hold the final write")
+    import sqlite3
+
+    path = sqlite_url[len("sqlite:///") :]
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+
+        async def body() -> aioabort.AbortScope:
+            async with aioabort.abortable("final-write", suppress=True) as scope:
+                await asyncio.sleep(0)
+                blocker.execute("BEGIN IMMEDIATE")  # the final write will wait on this lock
+            return scope
+
+        task = asyncio.create_task(body())
+        await wait_until(lambda: blocker.in_transaction, what="the lock to be taken")
+        abort = asyncio.create_task(app.handle("final-write").abort("late"))
+        await asyncio.sleep(0.05)
+        assert not task.done() and not abort.done()
+        blocker.execute("COMMIT")
+        scope = await asyncio.wait_for(task, 10)
+        recorded = await asyncio.wait_for(abort, 10)
+    finally:
+        blocker.close()
+    record = await app.handle("final-write").record()
+    # The finish was queued first, so it commits first: SUCCESS, and the late abort is refused.
+    assert record.state is TaskState.SUCCESS
+    assert recorded is False and record.reason is None
+    assert scope.aborted is False
+
+
+async def test_abort_racing_completion_never_overwrites(app: aioabort.App) -> None:
+    """Many bodies finishing while aborts land: every record ends consistent."""
+    ids = [f"race-{i}" for i in range(40)]
+
+    async def body(task_id: str) -> bool:
+        try:
+            async with aioabort.abortable(task_id):
+                await asyncio.sleep(0.001 * (int(task_id.split("-")[1]) % 5))
+        except TaskAborted:
+            return True
+        return False
+
+    tasks = [asyncio.create_task(body(i)) for i in ids]
+    await wait_until(lambda: len(app.watcher.scopes()) > 0 or all(t.done() for t in tasks))
+    recorded = await asyncio.gather(*(app.handle(i).abort("race") for i in ids))
+    aborted = await asyncio.gather(*tasks)
+    for task_id, was_recorded, was_aborted in zip(ids, recorded, aborted, strict=True):
+        record = await app.handle(task_id).record()
+        assert record.state.is_terminal
+        if was_aborted:
+            assert record.state is TaskState.ABORTED and was_recorded
+        if record.state is TaskState.SUCCESS:
+            assert not was_aborted
+            assert (record.reason is not None) == was_recorded
+        if not was_recorded:
+            assert record.reason is None
+
+
+async def test_is_aborted_from_a_thread(app: aioabort.App) -> None:
+    entered = threading.Event()
+    loops = 0
+
+    def blocking_work() -> bool:
+        nonlocal loops
+        scope = aioabort.current_scope()  # the context is copied into the thread
+        entered.set()
+        while not scope.is_aborted():
+            loops += 1
+            threading.Event().wait(0.001)
+        return True
+
+    async def body() -> aioabort.AbortScope:
+        async with aioabort.abortable("threaded", suppress=True) as scope:
+            saw = await anyio.to_thread.run_sync(blocking_work)
+            assert saw
+            await scope.checkpoint()
+        return scope
+
+    task = asyncio.create_task(body())
+    await wait_until(entered.is_set, what="the thread to start")
+    await app.handle("threaded").abort()
+    scope = await asyncio.wait_for(task, 5)
+    assert scope.aborted and loops > 0
+
+
+async def test_checkpoint_raises_once_aborted(app: aioabort.App) -> None:
+    spins = 0
+    entered = asyncio.Event()
+
+    async def cpu_loop() -> aioabort.AbortScope:
+        nonlocal spins
+        async with aioabort.abortable("cpu", suppress=True) as scope:
+            entered.set()
+            while True:
+                spins += 1
+                await scope.checkpoint()
+        return scope  # pragma: no cover
+
+    task = asyncio.create_task(cpu_loop())
+    await entered.wait()
+    await app.handle("cpu").abort()
+    scope = await asyncio.wait_for(task, 5)
+    assert scope.aborted and spins > 0
+
+
+async def test_on_abort_runs_on_the_loop_not_inline(app: aioabort.App) -> None:
+    calls: list[tuple[str, int]] = []
+    entered = asyncio.Event()
+    stopped_early: list[bool] = []
+
+    async def body() -> None:
+        async with aioabort.abortable("cb", suppress=True) as scope:
+            scope.on_abort(lambda reason: calls.append((reason.message, threading.get_ident())))
+            stop = scope.on_abort(lambda reason: calls.append(("never", 0)))
+            stopped_early.append(stop())
+            entered.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    await app.handle("cb").abort("cb reason")
+    assert calls == []  # scheduled with call_soon, not run inside abort()/the watcher
+    await asyncio.wait_for(task, 5)
+    await wait_until(lambda: bool(calls))
+    assert calls == [("cb reason", threading.get_ident())]
+    assert stopped_early == [True]
+
+
+async def test_on_abort_when_already_aborted_runs_at_once_and_stop_after_run(
+    app: aioabort.App,
+) -> None:
+    await app.create("cb-late")
+    await app.handle("cb-late").abort("early")
+    ran = asyncio.Event()
+    async with aioabort.abortable("cb-late", suppress=True) as scope:
+        stop = scope.on_abort(lambda reason: ran.set())
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait_for(ran.wait(), 5)
+        assert stop() is False  # it already ran
+
+
+async def test_on_abort_callback_errors_are_logged_not_raised(
+    app: aioabort.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    def bad(reason: AbortReason) -> None:
+        raise RuntimeError("callback bug")
+
+    good = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with aioabort.abortable("cb-bad", suppress=True) as scope:
+            scope.on_abort(bad)
+            scope.on_abort(lambda reason: good.set())
+            entered.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    await app.handle("cb-bad").abort()
+    await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(good.wait(), 5)
+    assert "on_abort callback failed" in caplog.text
+
+
+async def test_cleanup_is_shielded_and_bounded(app: aioabort.App) -> None:
+    entered = asyncio.Event()
+    cleaned: list[str] = []
+
+    async def body() -> None:
+        async with aioabort.abortable("cleanup", suppress=True) as scope:
+            try:
+                entered.set()
+                await asyncio.sleep(60)
+            finally:
+                async with scope.cleanup(timeout=5):
+                    await asyncio.sleep(0.01)  # would be cancelled again without the shield
+                    cleaned.append("released")
+                async with scope.cleanup(timeout=0.05) as bounded:
+                    await asyncio.sleep(60)
+                cleaned.append(f"bounded:{bounded.cancelled_caught}")
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    await app.handle("cleanup").abort()
+    await asyncio.wait_for(task, 5)
+    assert cleaned == ["released", "bounded:True"]
+
+
+async def test_current_scope_inside_and_outside(app: aioabort.App) -> None:
+    with pytest.raises(aioabort.NoCurrentScope):
+        aioabort.current_scope()
+    async with aioabort.abortable("outer-scope") as outer:
+        assert aioabort.current_scope() is outer
+        async with aioabort.abortable("inner-scope") as inner:
+            assert aioabort.current_scope() is inner
+        assert aioabort.current_scope() is outer
+    assert (await app.handle("inner-scope").record()).parent_id == "outer-scope"
+    async with aioabort.abortable("outer-2"), aioabort.abortable("detached", detached=True):
+        pass
+    assert (await app.handle("detached").record()).parent_id is None
+
+
+async def test_cross_app_abort_is_delivered(app: aioabort.App, other_app: aioabort.App) -> None:
+    """Another App on the same store (own connections, own watcher) stops the body."""
+    entered = asyncio.Event()
+    task = asyncio.create_task(run_until_aborted(app, "cross", entered))
+    await entered.wait()
+    assert await other_app.handle("cross").abort("from elsewhere") is True
+    with pytest.raises(TaskAborted):
+        await asyncio.wait_for(task, 10)
+    record = await other_app.handle("cross").wait(timeout=10)
+    assert record.state is TaskState.ABORTED
+    assert app.watcher.statistics().deliveries >= 1

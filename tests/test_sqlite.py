@@ -1,0 +1,246 @@
+"""What is particular to the SQLite store: WAL, schema versions, locks, change detection cost."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import aioabort
+from aioabort import TaskState
+from aioabort.backends.sqlite import SCHEMA_VERSION, SQLiteStore
+
+from .conftest import wait_until
+
+
+def path_of(url: str) -> str:
+    return url[len("sqlite:///") :]
+
+
+async def test_wal_mode_and_schema_version(sqlite_url: str) -> None:
+    async with aioabort.App(sqlite_url):
+        pass
+    conn = sqlite3.connect(path_of(sqlite_url))
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        version = conn.execute(
+            "SELECT value FROM aioabort_meta WHERE key = 'schema_version'"
+        ).fetchone()[0]
+        assert int(version) == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+async def test_reopening_keeps_records(sqlite_url: str) -> None:
+    async with aioabort.App(sqlite_url) as app:
+        await app.create("kept")
+    async with aioabort.App(sqlite_url) as app:
+        assert await app.handle("kept").state() is TaskState.PENDING
+
+
+async def test_newer_schema_is_refused_untouched(sqlite_url: str) -> None:
+    async with aioabort.App(sqlite_url):
+        pass
+    conn = sqlite3.connect(path_of(sqlite_url), isolation_level=None)
+    conn.execute("UPDATE aioabort_meta SET value = '999' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(aioabort.StoreUnavailable, match="schema version 999"):
+        await aioabort.App(sqlite_url).open()
+    conn = sqlite3.connect(path_of(sqlite_url))
+    assert conn.execute("SELECT value FROM aioabort_meta").fetchone()[0] == "999"
+    conn.close()
+
+
+async def test_store_locked_past_the_budget_is_store_busy(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SQLiteStore, "busy_timeout", 0.05)
+    monkeypatch.setattr(SQLiteStore, "write_budget", 0.3)
+    async with aioabort.App(sqlite_url) as app:
+        await app.create("locked")
+        blocker = sqlite3.connect(path_of(sqlite_url), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(aioabort.StoreBusy, match="stayed locked"):
+                await app.handle("locked").abort("will not get through")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        record = await app.handle("locked").record()
+        assert record.state is TaskState.PENDING and record.reason is None
+        assert await app.handle("locked").abort("now it does") is True
+
+
+async def test_lock_held_briefly_is_waited_out(sqlite_url: str) -> None:
+    async with aioabort.App(sqlite_url) as app:
+        await app.create("brief")
+        blocker = sqlite3.connect(path_of(sqlite_url), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        abort = asyncio.create_task(app.handle("brief").abort())
+        await asyncio.sleep(0.1)
+        assert not abort.done()
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert await asyncio.wait_for(abort, 10) is True
+
+
+async def test_watcher_statements_do_not_grow_with_open_scopes(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Per poll the watcher runs one statement, plus one when another connection committed,
+    with 1 open scope and with 1,000."""
+
+    async def measure(app: aioabort.App, producer: aioabort.App, count: int) -> tuple[int, int]:
+        entered: list[asyncio.Event] = []
+        release = asyncio.Event()
+
+        async def body(i: int, ev: asyncio.Event) -> None:
+            async with aioabort.abortable(f"scope-{count}-{i}", app=app):
+                ev.set()
+                await release.wait()
+
+        tasks = []
+        for i in range(count):
+            ev = asyncio.Event()
+            entered.append(ev)
+            tasks.append(asyncio.create_task(body(i, ev)))
+        for ev in entered:
+            await ev.wait()
+        assert app.watcher.statistics().open_scopes == count
+        before = app.watcher.statistics()
+        for i in range(10):  # ten commits by another connection, each seen by the watcher
+            seen = app.watcher.statistics().changes
+            await producer.create(f"noise-{count}-{i}")
+
+            def seen_change(before: int = seen) -> bool:
+                return app.watcher.statistics().changes > before
+
+            await wait_until(seen_change)
+        after = app.watcher.statistics()
+        release.set()
+        await asyncio.gather(*tasks)
+        polls = after.polls - before.polls
+        statements = after.statements - before.statements
+        return polls, statements
+
+    async with aioabort.App(sqlite_url) as app, aioabort.App(sqlite_url) as producer:
+        polls_1, statements_1 = await measure(app, producer, 1)
+        polls_1000, statements_1000 = await measure(app, producer, 1000)
+    # One statement per poll, plus one read of the abort log per poll that saw a change.
+    for polls, statements in ((polls_1, statements_1), (polls_1000, statements_1000)):
+        assert polls > 0
+        assert polls <= statements <= polls + 12
+    # Reading 1,000 open scopes' worth of ids would show up here; it does not.
+    assert statements_1000 - polls_1000 <= 12
+    assert statements_1 - polls_1 <= 12
+
+
+async def test_memory_store_works_in_one_process() -> None:
+    async with aioabort.App("sqlite:///:memory:") as app:
+        entered = asyncio.Event()
+
+        async def body() -> None:
+            async with aioabort.abortable("mem"):
+                entered.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        waiter = asyncio.create_task(app.handle("mem").wait(timeout=5))
+        assert await app.handle("mem").abort() is True
+        with pytest.raises(aioabort.TaskAborted):
+            await task
+        assert (await waiter).state is TaskState.ABORTED
+
+
+async def test_heartbeat_is_one_write_per_interval_for_all_scopes(sqlite_url: str) -> None:
+    async with aioabort.App(sqlite_url, heartbeat_interval=0.1, stale_after=5) as app:
+        release = asyncio.Event()
+        entered = [asyncio.Event() for _ in range(50)]
+
+        async def body(i: int) -> None:
+            async with aioabort.abortable(f"hb-{i}"):
+                entered[i].set()
+                await release.wait()
+
+        tasks = [asyncio.create_task(body(i)) for i in range(50)]
+        for ev in entered:
+            await ev.wait()
+        conn = sqlite3.connect(path_of(sqlite_url))
+
+        def last_seen() -> float:
+            return float(
+                conn.execute(
+                    "SELECT last_seen FROM aioabort_owners WHERE id = ?", (app.owner,)
+                ).fetchone()[0]
+            )
+
+        first = last_seen()
+        await wait_until(lambda: last_seen() > first, timeout=5, what="a heartbeat")
+        # One owner row, whatever the number of scopes; the tasks rows are not touched.
+        assert conn.execute("SELECT COUNT(*) FROM aioabort_owners").fetchone()[0] == 1
+        updated = conn.execute(
+            "SELECT COUNT(*) FROM aioabort_tasks WHERE updated_at > started_at"
+        ).fetchone()[0]
+        assert updated == 0
+        conn.close()
+        release.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_closing_the_app_aborts_open_scopes_with_shutdown(sqlite_url: str) -> None:
+    app = aioabort.App(sqlite_url, shutdown_grace=5)
+    await app.open()
+    entered = asyncio.Event()
+
+    async def body() -> aioabort.AbortScope:
+        async with aioabort.abortable("at-close", app=app, suppress=True) as scope:
+            entered.set()
+            await asyncio.sleep(60)
+        return scope
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    await app.aclose()
+    scope = await task
+    assert scope.aborted and scope.reason is not None and scope.reason.code == "shutdown"
+    async with aioabort.App(sqlite_url) as reader:
+        record = await reader.handle("at-close").record()
+    assert record.state is TaskState.ABORTED
+    assert record.reason is not None and record.reason.code == "shutdown"
+
+
+async def test_scope_outliving_the_grace_is_ended_lost(sqlite_url: str) -> None:
+    app = aioabort.App(sqlite_url, shutdown_grace=0.05)
+    await app.open()
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        async with aioabort.abortable("stubborn-close", app=app, suppress=True):
+            entered.set()
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    pass
+
+    task = asyncio.create_task(stubborn())
+    await entered.wait()
+    await app.aclose()
+    async with aioabort.App(sqlite_url) as reader:
+        record = await reader.handle("stubborn-close").record()
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "lost"
+    release.set()
+    await task  # its own end write fails quietly against the closed store
+
+
+async def test_unclosed_app_warns(sqlite_url: str) -> None:
+    app = aioabort.App(sqlite_url)
+    await app.open()
+    with pytest.warns(ResourceWarning, match="never closed"):
+        app.__del__()
+    await app.aclose()
