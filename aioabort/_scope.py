@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -26,15 +27,19 @@ from ._errors import (
     TaskAborted,
     TaskAlreadyFinished,
     TaskAlreadyStarted,
+    UsageError,
 )
 from ._state import StartDecision, TaskRecord, TaskState, end_state
-from ._types import AbortReason, TaskError, check_task_id
+from ._types import MAX_REASON_MESSAGE_LENGTH, AbortReason, TaskError, check_task_id
 from ._watcher import Watcher
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
 logger = logging.getLogger("aioabort.scope")
+
+#: Progress flushes in flight (kept referenced until done).
+_background: set[asyncio.Task[None]] = set()
 
 _current_scope: contextvars.ContextVar[AbortScope | None] = contextvars.ContextVar(
     "aioabort_current_scope", default=None
@@ -99,8 +104,11 @@ class AbortScope:
         "_callbacks",
         "_cancel_scope",
         "_detached",
+        "_flush_handle",
+        "_last_report",
         "_loop",
         "_name",
+        "_pending_report",
         "_preaborted",
         "_requested",
         "_runtime",
@@ -137,6 +145,9 @@ class AbortScope:
         self._runtime: _Bound | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token: contextvars.Token[AbortScope | None] | None = None
+        self._last_report = float("-inf")
+        self._pending_report: tuple[float | None, str | None] | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<AbortScope id={self.id!r} aborted={self.aborted} requested={self._requested}>"
@@ -190,6 +201,69 @@ class AbortScope:
             logger.exception(
                 "on_abort callback failed",
                 extra={"action": "callback_failed", "task_id": self.id},
+            )
+
+    async def report(self, progress: float | None = None, message: str | None = None) -> None:
+        """Store progress (0..1) and a short message on the task's record.
+
+        Writes are rate-limited to one per :attr:`report_interval` seconds; a report inside the
+        interval is kept and written when the interval ends (or when the scope exits), so the
+        last value is never lost. Reports never send push notifications.
+
+        :raises UsageError: for progress outside 0..1 or a message over 2,000 characters.
+        """
+        if progress is not None and (
+            isinstance(progress, bool)
+            or not isinstance(progress, int | float)
+            or not 0.0 <= progress <= 1.0
+        ):
+            raise UsageError(f"progress must be a number within 0..1, got {progress!r}")
+        if message is not None and (
+            not isinstance(message, str) or len(message) > MAX_REASON_MESSAGE_LENGTH
+        ):
+            raise UsageError("a progress message must be a str of at most 2000 characters")
+        runtime = self._runtime
+        if runtime is None or not self._body_running:
+            raise UsageError("report() is only allowed inside the scope's body")
+        now = time.monotonic()
+        wait = self._last_report + self.report_interval - now
+        if wait > 0:
+            self._pending_report = (progress, message)
+            if self._flush_handle is None:
+                loop = asyncio.get_running_loop()
+                self._flush_handle = loop.call_later(wait, self._flush_soon)
+            return
+        self._last_report = now
+        self._pending_report = None
+        await shielded(
+            runtime.store.report(self.id, owner=runtime.owner, progress=progress, message=message)
+        )
+
+    #: The shortest time between two progress writes, in seconds.
+    report_interval = 0.25
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        if self._pending_report is not None and self._runtime is not None:
+            task = asyncio.get_running_loop().create_task(self._flush_report())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    async def _flush_report(self) -> None:
+        pending, self._pending_report = self._pending_report, None
+        runtime = self._runtime
+        if pending is None or runtime is None:
+            return
+        self._last_report = time.monotonic()
+        try:
+            await shielded(
+                runtime.store.report(
+                    self.id, owner=runtime.owner, progress=pending[0], message=pending[1]
+                )
+            )
+        except AioabortError:
+            logger.warning(
+                "could not store progress", extra={"action": "report_failed", "task_id": self.id}
             )
 
     @asynccontextmanager
@@ -284,7 +358,12 @@ class AbortScope:
             self._token = None
         swallowed = bool(cancel_scope.__exit__(exc_type, exc, tb))
         stopped = cancel_scope.cancelled_caught
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         try:
+            if self._pending_report is not None:
+                await self._flush_report()
             if self._preaborted:
                 # Aborted while PENDING: the record is already ABORTED; nothing to write.
                 self.aborted = True

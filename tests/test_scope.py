@@ -488,3 +488,44 @@ async def test_cross_app_abort_is_delivered(app: aioabort.App, other_app: aioabo
     record = await other_app.handle("cross").wait(timeout=10)
     assert record.state is TaskState.ABORTED
     assert app.watcher.statistics().deliveries >= 1
+
+
+async def test_report_stores_progress_rate_limited(app: aioabort.App) -> None:
+    async with aioabort.abortable("progress") as scope:
+        before = app.store.statistics().statements
+        for i in range(1, 101):
+            await scope.report(i / 100, f"step {i}")
+        burst = app.store.statistics().statements - before
+        record = await app.handle("progress").record()
+        assert record.progress is not None and record.progress < 1.0  # later ones held back
+    # A hundred reports in a burst cost one write (a few statements), not a hundred.
+    assert burst <= 6
+    record = await app.handle("progress").record()
+    assert (record.progress, record.message) == (1.0, "step 100")  # flushed at exit
+    assert record.state is TaskState.SUCCESS
+
+
+async def test_report_flushes_the_held_value_after_the_interval(app: aioabort.App) -> None:
+    async with aioabort.abortable("progress-2") as scope:
+        await scope.report(0.1)
+        await scope.report(0.5, "halfway")
+
+        async def flushed() -> bool:
+            return (await app.handle("progress-2").record()).progress == 0.5
+
+        await wait_until(flushed, timeout=5, what="the held report")
+
+
+@pytest.mark.parametrize("progress", [-0.1, 1.5, "half", True, float("nan")])
+async def test_report_rejects_bad_progress(app: aioabort.App, progress: object) -> None:
+    async with aioabort.abortable("bad-progress") as scope:
+        with pytest.raises(aioabort.UsageError):
+            await scope.report(progress)  # type: ignore[arg-type]
+    assert (await app.handle("bad-progress").record()).progress is None
+
+
+async def test_report_outside_the_body_is_refused(app: aioabort.App) -> None:
+    async with aioabort.abortable("closed-scope") as scope:
+        pass
+    with pytest.raises(aioabort.UsageError):
+        await scope.report(0.5)

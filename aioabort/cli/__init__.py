@@ -1,0 +1,30 @@
+"""The ``aioabort`` command line (extra ``cli``: click and rich).
+
+Every command has a programmatic twin on :class:`aioabort.App`; the command line only parses,
+calls it, and prints (a table on a terminal, plain text in a pipe, JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    try:
+        from ._commands import cli
+    except ImportError as exc:  # click or rich missing
+        print(
+            f"the aioabort command line needs click and rich ({exc.name} is missing): "
+            'pip install "aioabort[cli]"',
+            file=sys.stderr,
+        )
+        return 3
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="aioabort",
+                 standalone_mode=True)
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0

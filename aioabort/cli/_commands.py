@@ -1,0 +1,230 @@
+"""The click commands behind ``aioabort``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from .. import __version__
+from .._app import App
+from .._errors import AioabortError, TaskNotFound
+from .._state import TaskRecord, TaskState
+from . import _output
+
+T = TypeVar("T")
+
+#: Exit codes of ``aioabort abort`` (also documented in docs/cli.md).
+EXIT_ABORTED = 0
+EXIT_NOT_FOUND = 1
+EXIT_FINISHED = 2
+EXIT_DECLINED = 4
+#: Any aioabort error (bad URL, store unavailable...).
+EXIT_ERROR = 3
+
+STATE_NAMES = [s.value for s in TaskState]
+
+
+def _console(err: bool = False) -> Console:
+    return Console(stderr=err, highlight=False, soft_wrap=not sys.stdout.isatty())
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        return await coro_fn()
+
+    try:
+        return asyncio.run(runner())
+    except AioabortError as exc:
+        _console(err=True).print(f"[red]error:[/red] {exc}", markup=True)
+        raise SystemExit(EXIT_ERROR) from exc
+
+
+def _make_app(ctx: click.Context) -> App:
+    url = ctx.obj.get("db") if ctx.obj else None
+    if not url:
+        raise click.UsageError("no store given: pass --db URL or set AIOABORT_URL")
+    try:
+        return App(url)
+    except AioabortError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    envvar="AIOABORT_URL",
+    metavar="URL",
+    help="The store: sqlite:///path.db or postgresql://user@host/db  [env: AIOABORT_URL]",
+)
+@click.version_option(__version__, prog_name="aioabort")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None) -> None:
+    """Stop running coroutines from anywhere, and see why they stopped.
+
+    Start with `aioabort demo`: a 20-second tour on a throwaway SQLite file.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["db"] = db
+
+
+@cli.command()
+@click.option("--state", "states", multiple=True, type=click.Choice(STATE_NAMES, case_sensitive=False),
+              help="Only tasks in this state (repeatable).")
+@click.option("--name", help="Only tasks with this name.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) for scripts.")
+@click.pass_context
+def tasks(ctx: click.Context, states: tuple[str, ...], name: str | None, limit: int,
+          offset: int, as_json: bool) -> None:
+    """List tasks, newest first."""
+    app = _make_app(ctx)
+
+    async def go() -> list[TaskRecord]:
+        async with app:
+            return await app.tasks(
+                states=[s.upper() for s in states] or None, name=name, limit=limit, offset=offset
+            )
+
+    records = _run(go)
+    if as_json:
+        _dump([_output.record_to_json(r) for r in records])
+    elif sys.stdout.isatty():
+        _console().print(_output.tasks_table(records, title=f"{len(records)} task(s)"))
+    else:
+        for record in records:
+            click.echo(_output.record_line(record))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.pass_context
+def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Show one task's record. Exits 1 if there is no such task."""
+    app = _make_app(ctx)
+
+    async def go() -> TaskRecord | None:
+        async with app:
+            try:
+                return await app.handle(task_id).record()
+            except TaskNotFound:
+                return None
+
+    record = _run(go)
+    if record is None:
+        if as_json:
+            _dump(None)
+        _console(err=True).print(f"no task with id {task_id!r}")
+        raise SystemExit(EXIT_NOT_FOUND)
+    if as_json:
+        _dump(_output.record_to_json(record))
+        return
+    width = max(len(k) for k, _ in _output.record_details(record))
+    for key, value in _output.record_details(record):
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--reason", default="aborted from the command line", show_default=True,
+              help="The message stored with the abort (code 'user').")
+@click.option("--by", help="Who asks (default: host:pid).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per id.")
+@click.pass_context
+def abort(ctx: click.Context, task_ids: tuple[str, ...], reason: str, by: str | None, yes: bool,
+          as_json: bool) -> None:
+    """Ask tasks to stop. The request is recorded; each task stops at its next await.
+
+    Exit codes: 0 every task aborted (or already aborting), 1 a task was not found,
+    2 a task had already finished, 4 not confirmed.
+    """
+    app = _make_app(ctx)
+    if not yes:
+        if not sys.stdin.isatty():
+            _console(err=True).print("refusing to abort without confirmation: pass --yes")
+            raise SystemExit(EXIT_DECLINED)
+        if not click.confirm(f"Abort {len(task_ids)} task(s): {', '.join(task_ids)}?"):
+            raise SystemExit(EXIT_DECLINED)
+
+    async def go() -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        async with app:
+            for task_id in task_ids:
+                handle = app.handle(task_id)
+                recorded = await handle.abort(reason, by=by)
+                try:
+                    state = (await handle.record()).state
+                except TaskNotFound:
+                    results.append({"id": task_id, "outcome": "not_found", "state": None})
+                    continue
+                outcome = (
+                    "aborted" if recorded
+                    else "already_finished" if state.is_terminal
+                    else "already_aborting"
+                )
+                results.append({"id": task_id, "outcome": outcome, "state": state.value})
+        return results
+
+    results = _run(go)
+    code = EXIT_ABORTED
+    for result in results:
+        if result["outcome"] == "not_found":
+            code = max(code, EXIT_NOT_FOUND) if code != EXIT_FINISHED else code
+        elif result["outcome"] == "already_finished":
+            code = EXIT_FINISHED
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            words = {
+                "aborted": "aborted",
+                "already_aborting": "already aborting",
+                "already_finished": f"already finished ({result['state']})",
+                "not_found": "not found",
+            }[result["outcome"]]
+            click.echo(f"{result['id']}: {words}")
+    raise SystemExit(code)
+
+
+@cli.group()
+def db() -> None:
+    """Manage the store's schema."""
+
+
+@db.command("init")
+@click.pass_context
+def db_init(ctx: click.Context) -> None:
+    """Create (or migrate) the schema. Other commands do this on first use too."""
+    app = _make_app(ctx.find_root())
+
+    async def go() -> None:
+        async with app:
+            pass
+
+    _run(go)
+    click.echo(f"store ready: {app.url}")
+
+
+@cli.command()
+@click.option("--tasks", "count", default=4, show_default=True, type=click.IntRange(2, 12),
+              help="How many report jobs to run.")
+@click.option("--keep", is_flag=True, help="Keep the SQLite file and print its path.")
+@click.option("--step", default=0.15, show_default=True, type=click.FloatRange(0.001, 2.0),
+              help="Seconds per job step (each job has 20).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final records as JSON.")
+def demo(count: int, keep: bool, step: float, as_json: bool) -> None:
+    """The tour: report jobs run, one is aborted here, one from another process."""
+    from ._demo import run_demo
+
+    raise SystemExit(run_demo(count=count, keep=keep, step=step, as_json=as_json))

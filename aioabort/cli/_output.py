@@ -1,0 +1,134 @@
+"""Turning records into JSON, tables and lines for the command line."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .._state import TaskRecord, TaskState
+
+STATE_STYLES = {
+    TaskState.PENDING: "dim",
+    TaskState.STARTED: "cyan",
+    TaskState.ABORTING: "yellow",
+    TaskState.SUCCESS: "green",
+    TaskState.FAILURE: "red",
+    TaskState.ABORTED: "magenta",
+}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def record_to_json(record: TaskRecord) -> dict[str, Any]:
+    """A stable JSON form of a record (the ``--json`` output of ``tasks`` and ``show``)."""
+    reason = record.reason
+    error = record.error
+    return {
+        "id": record.id,
+        "name": record.name,
+        "state": record.state.value,
+        "reason": None
+        if reason is None
+        else {"code": reason.code, "message": reason.message, "by": reason.by,
+              "at": _iso(reason.at)},
+        "result": record.result,
+        "error": None
+        if error is None
+        else {"cause": error.cause, "type": error.type, "message": error.message},
+        "progress": record.progress,
+        "message": record.message,
+        "created_at": _iso(record.created_at),
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+        "owner": record.owner,
+        "parent_id": record.parent_id,
+        "queue": record.queue,
+        "args": record.args,
+    }
+
+
+def age(record: TaskRecord, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    seconds = (now - record.created_at).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def state_text(state: TaskState) -> Text:
+    return Text(state.value, style=STATE_STYLES[state])
+
+
+def outcome_text(record: TaskRecord) -> str:
+    """The reason or error, in a few words."""
+    if record.error is not None:
+        return str(record.error)
+    if record.reason is not None:
+        return str(record.reason)
+    return ""
+
+
+def tasks_table(records: list[TaskRecord], *, title: str | None = None) -> Table:
+    table = Table(title=title, expand=False)
+    table.add_column("ID", overflow="fold")
+    table.add_column("NAME")
+    table.add_column("STATE")
+    table.add_column("PROGRESS", width=24)
+    table.add_column("MESSAGE", overflow="fold")
+    table.add_column("AGE", justify="right")
+    table.add_column("REASON / ERROR", overflow="fold")
+    for record in records:
+        progress: Any = ""
+        if record.progress is not None:
+            bar = ProgressBar(total=1.0, completed=record.progress, width=16)
+            progress = Table.grid(padding=(0, 1))
+            progress.add_row(bar, f"{record.progress:4.0%}")
+        table.add_row(
+            record.id,
+            record.name or "",
+            state_text(record.state),
+            progress,
+            record.message or "",
+            age(record),
+            outcome_text(record),
+        )
+    return table
+
+
+def record_line(record: TaskRecord) -> str:
+    """One plain line per record, for pipes."""
+    parts = [record.id, record.state.value]
+    if record.name:
+        parts.append(f"name={record.name}")
+    if record.progress is not None:
+        parts.append(f"progress={record.progress:.0%}")
+    outcome = outcome_text(record)
+    if outcome:
+        parts.append(outcome)
+    return "  ".join(parts)
+
+
+def record_details(record: TaskRecord) -> list[tuple[str, str]]:
+    data = record_to_json(record)
+    rows: list[tuple[str, str]] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if key == "reason":
+            value = str(record.reason)
+        elif key == "error":
+            value = str(record.error)
+        elif key == "progress":
+            value = f"{record.progress:.0%}"
+        rows.append((key, str(value)))
+    return rows

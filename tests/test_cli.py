@@ -1,0 +1,153 @@
+"""The command line, through its real entry point (a subprocess) and through main()."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import aioabort
+from aioabort.cli import main
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aioabort", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def populated(sqlite_url: str) -> str:
+    async def fill() -> None:
+        async with aioabort.App(sqlite_url) as app:
+            await app.create("pending-1", name="report")
+            await app.create("pending-2", name="report")
+            async with aioabort.abortable("done-1", name="export"):
+                pass
+
+    asyncio.run(fill())
+    return sqlite_url
+
+
+def test_help_lists_commands() -> None:
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("demo", "tasks", "show", "abort", "db"):
+        assert command in out.stdout
+
+
+def test_demo_runs_end_to_end_as_json() -> None:
+    out = run_cli("demo", "--json", "--step", "0.02")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ok"] is True
+    states = {t["id"]: t["state"] for t in data["tasks"]}
+    assert states == {
+        "report-1": "SUCCESS",
+        "report-2": "ABORTED",
+        "report-3": "ABORTED",
+        "report-4": "SUCCESS",
+    }
+    reasons = {t["id"]: t["reason"] for t in data["tasks"] if t["reason"]}
+    assert reasons["report-3"]["by"] == "ops-console"
+    assert set(data["abort_seen_after_ms"]) == {"report-2", "report-3"}
+
+
+def test_demo_plain_output_explains_itself() -> None:
+    out = run_cli("demo", "--step", "0.02", "--tasks", "3")
+    assert out.returncode == 0, out.stderr
+    assert "What happened" in out.stdout
+    assert "ABORTED from another process" in out.stdout
+    assert "ABORTED from this process" in out.stdout
+
+
+def test_tasks_json_and_filters(populated: str) -> None:
+    out = run_cli("--db", populated, "tasks", "--json")
+    assert out.returncode == 0, out.stderr
+    assert {t["id"] for t in json.loads(out.stdout)} == {"pending-1", "pending-2", "done-1"}
+    out = run_cli("--db", populated, "tasks", "--state", "success", "--json")
+    assert [t["id"] for t in json.loads(out.stdout)] == ["done-1"]
+    out = run_cli("tasks", "--name", "report", env={"AIOABORT_URL": populated})
+    assert out.returncode == 0
+    assert sorted(line.split()[0] for line in out.stdout.splitlines()) == [
+        "pending-1",
+        "pending-2",
+    ]
+
+
+def test_show(populated: str) -> None:
+    out = run_cli("--db", populated, "show", "done-1", "--json")
+    assert out.returncode == 0
+    assert json.loads(out.stdout)["state"] == "SUCCESS"
+    out = run_cli("--db", populated, "show", "done-1")
+    assert "state" in out.stdout and "SUCCESS" in out.stdout
+    out = run_cli("--db", populated, "show", "missing")
+    assert out.returncode == 1
+    assert "no task" in out.stderr
+
+
+def test_abort_exit_codes(populated: str) -> None:
+    assert main(["--db", populated, "abort", "pending-1", "--yes", "--reason", "cli"]) == 0
+    assert main(["--db", populated, "abort", "pending-1", "--yes"]) == 2  # now ABORTED
+    assert main(["--db", populated, "abort", "missing", "--yes"]) == 1
+    assert main(["--db", populated, "abort", "done-1", "--yes"]) == 2
+
+    async def check() -> aioabort.TaskRecord:
+        async with aioabort.App(populated) as app:
+            return await app.handle("pending-1").record()
+
+    record = asyncio.run(check())
+    assert record.state is aioabort.TaskState.ABORTED
+    assert record.reason is not None and record.reason.message == "cli"
+
+
+def test_abort_json_output(populated: str) -> None:
+    out = run_cli("--db", populated, "abort", "pending-2", "missing", "--yes", "--json")
+    assert out.returncode == 1
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines == [
+        {"id": "pending-2", "outcome": "aborted", "state": "ABORTED"},
+        {"id": "missing", "outcome": "not_found", "state": None},
+    ]
+
+
+def test_abort_needs_confirmation_without_a_terminal(populated: str) -> None:
+    out = run_cli("--db", populated, "abort", "pending-2")
+    assert out.returncode == 4
+    assert "--yes" in out.stderr
+    out = run_cli("--db", populated, "show", "pending-2", "--json")
+    assert json.loads(out.stdout)["state"] == "PENDING"
+
+
+def test_db_init_creates_the_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    out = run_cli("--db", url, "db", "init")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "fresh.db").exists()
+
+
+def test_missing_and_bad_urls(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "AIOABORT_URL"}
+    out = subprocess.run(
+        [sys.executable, "-m", "aioabort", "tasks"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 2 and "AIOABORT_URL" in out.stderr
+    out = run_cli("--db", "mysql://x/y", "tasks")
+    assert out.returncode == 2 and "unknown store URL" in out.stderr
+    out = run_cli("--db", f"sqlite:///{tmp_path}/no/such/dir.db", "tasks")
+    assert out.returncode == 3 and "does not exist" in out.stderr
+
+
+def test_passwords_never_printed() -> None:
+    out = run_cli("--db", "mysql://user:hunter2@host/db", "tasks")
+    assert "hunter2" not in out.stdout + out.stderr
