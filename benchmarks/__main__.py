@@ -29,8 +29,10 @@ TARGETS = {
 
 
 def _print_table(results: dict[str, Any]) -> None:
-    print(f"\n{'store':8} {'where':14} {'figure':22} {'n':>4} {'p50':>8} {'p90':>8} "
-          f"{'p99':>8} {'max':>8}  target")
+    print(
+        f"\n{'store':8} {'where':14} {'figure':22} {'n':>4} {'p50':>8} {'p90':>8} "
+        f"{'p99':>8} {'max':>8}  target"
+    )
     for store, by_where in results["latency"].items():
         for where, figures in by_where.items():
             for figure, s in figures.items():
@@ -38,8 +40,10 @@ def _print_table(results: dict[str, Any]) -> None:
                 notes = ", ".join(
                     f"{k[:-3]} ≤ {v:g} ms: {verdict(s[k], v)}" for k, v in targets.items()
                 )
-                print(f"{store:8} {where:14} {figure:22} {s['n']:>4} {s['p50_ms']:>8.2f} "
-                      f"{s['p90_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['max_ms']:>8.2f}  {notes}")
+                print(
+                    f"{store:8} {where:14} {figure:22} {s['n']:>4} {s['p50_ms']:>8.2f} "
+                    f"{s['p90_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['max_ms']:>8.2f}  {notes}"
+                )
 
 
 async def _run(count: int) -> dict[str, Any]:

@@ -15,6 +15,8 @@ import time
 
 import aioabort
 
+from ._stats import work_forever
+
 
 async def main(url: str, prefix: str, count: int) -> None:
     async with aioabort.App(url):
@@ -24,8 +26,7 @@ async def main(url: str, prefix: str, count: int) -> None:
                 async with aioabort.abortable(f"{prefix}-{i}"):
                     print(f"READY {i}", flush=True)
                     try:
-                        while True:
-                            await asyncio.sleep(0.01)
+                        await work_forever()
                     finally:
                         cancelled_at = time.perf_counter()
             except aioabort.TaskAborted:

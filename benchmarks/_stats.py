@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -33,3 +34,9 @@ def summary_ms(samples_s: Sequence[float]) -> dict[str, Any]:
 
 def verdict(value: float, target: float) -> str:
     return "meets" if value <= target else "misses"
+
+
+async def work_forever(step: float = 0.01) -> None:
+    """The benchmark body: work that awaits every ``step`` seconds, until cancelled."""
+    while True:  # noqa: ASYNC110 - this is the work being measured, not a wait for an event
+        await asyncio.sleep(step)

@@ -17,7 +17,9 @@ from typing import Any
 
 import aioabort
 
-from ._stats import summary_ms
+from ._stats import summary_ms, work_forever
+
+_REPO = str(Path(__file__).resolve().parent.parent)
 
 
 async def same_process(url: str, count: int) -> dict[str, Any]:
@@ -30,13 +32,15 @@ async def same_process(url: str, count: int) -> dict[str, Any]:
             entered = asyncio.Event()
             cancelled_at: list[float] = []
 
-            async def body(task_id: str = task_id, entered: asyncio.Event = entered,
-                           cancelled_at: list[float] = cancelled_at) -> None:
+            async def body(
+                task_id: str = task_id,
+                entered: asyncio.Event = entered,
+                cancelled_at: list[float] = cancelled_at,
+            ) -> None:
                 async with aioabort.abortable(task_id, suppress=True):
                     entered.set()
                     try:
-                        while True:
-                            await asyncio.sleep(0.01)
+                        await work_forever()
                     finally:
                         cancelled_at.append(time.perf_counter())
 
@@ -50,15 +54,24 @@ async def same_process(url: str, count: int) -> dict[str, Any]:
             seen_final.append(time.perf_counter() - start)
             await task
             latencies.append(cancelled_at[0] - start)
-    return {"abort_to_cancel": summary_ms(latencies), "abort_to_final_state": summary_ms(seen_final)}
+    return {
+        "abort_to_cancel": summary_ms(latencies),
+        "abort_to_final_state": summary_ms(seen_final),
+    }
 
 
 async def other_process(url: str, count: int) -> dict[str, Any]:
     prefix = f"cross-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": _REPO}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks._consumer", url, prefix, str(count),
-        stdout=asyncio.subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "benchmarks._consumer",
+        url,
+        prefix,
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
     )
     assert proc.stdout is not None
     latencies: list[float] = []
@@ -81,4 +94,7 @@ async def other_process(url: str, count: int) -> dict[str, Any]:
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
-    return {"abort_to_cancel": summary_ms(latencies), "abort_to_final_state": summary_ms(seen_final)}
+    return {
+        "abort_to_cancel": summary_ms(latencies),
+        "abort_to_final_state": summary_ms(seen_final),
+    }

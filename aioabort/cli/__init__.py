@@ -22,8 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 3
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="aioabort",
-                 standalone_mode=True)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="aioabort",
+            standalone_mode=True,
+        )
     except SystemExit as exit_:
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)

@@ -78,15 +78,26 @@ def cli(ctx: click.Context, db: str | None) -> None:
 
 
 @cli.command()
-@click.option("--state", "states", multiple=True, type=click.Choice(STATE_NAMES, case_sensitive=False),
-              help="Only tasks in this state (repeatable).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATE_NAMES, case_sensitive=False),
+    help="Only tasks in this state (repeatable).",
+)
 @click.option("--name", help="Only tasks with this name.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) for scripts.")
 @click.pass_context
-def tasks(ctx: click.Context, states: tuple[str, ...], name: str | None, limit: int,
-          offset: int, as_json: bool) -> None:
+def tasks(
+    ctx: click.Context,
+    states: tuple[str, ...],
+    name: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
     """List tasks, newest first."""
     app = _make_app(ctx)
 
@@ -137,14 +148,24 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
-@click.option("--reason", default="aborted from the command line", show_default=True,
-              help="The message stored with the abort (code 'user').")
+@click.option(
+    "--reason",
+    default="aborted from the command line",
+    show_default=True,
+    help="The message stored with the abort (code 'user').",
+)
 @click.option("--by", help="Who asks (default: host:pid).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per id.")
 @click.pass_context
-def abort(ctx: click.Context, task_ids: tuple[str, ...], reason: str, by: str | None, yes: bool,
-          as_json: bool) -> None:
+def abort(
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    reason: str,
+    by: str | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
     """Ask tasks to stop. The request is recorded; each task stops at its next await.
 
     Exit codes: 0 every task aborted (or already aborting), 1 a task was not found,
@@ -170,8 +191,10 @@ def abort(ctx: click.Context, task_ids: tuple[str, ...], reason: str, by: str | 
                     results.append({"id": task_id, "outcome": "not_found", "state": None})
                     continue
                 outcome = (
-                    "aborted" if recorded
-                    else "already_finished" if state.is_terminal
+                    "aborted"
+                    if recorded
+                    else "already_finished"
+                    if state.is_terminal
                     else "already_aborting"
                 )
                 results.append({"id": task_id, "outcome": outcome, "state": state.value})
@@ -217,11 +240,22 @@ def db_init(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--tasks", "count", default=4, show_default=True, type=click.IntRange(2, 12),
-              help="How many report jobs to run.")
+@click.option(
+    "--tasks",
+    "count",
+    default=4,
+    show_default=True,
+    type=click.IntRange(2, 12),
+    help="How many report jobs to run.",
+)
 @click.option("--keep", is_flag=True, help="Keep the SQLite file and print its path.")
-@click.option("--step", default=0.15, show_default=True, type=click.FloatRange(0.001, 2.0),
-              help="Seconds per job step (each job has 20).")
+@click.option(
+    "--step",
+    default=0.15,
+    show_default=True,
+    type=click.FloatRange(0.001, 2.0),
+    help="Seconds per job step (each job has 20).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final records as JSON.")
 def demo(count: int, keep: bool, step: float, as_json: bool) -> None:
     """The tour: report jobs run, one is aborted here, one from another process."""

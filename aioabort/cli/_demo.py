@@ -37,8 +37,18 @@ class _Narrator:
 
 async def _abort_from_another_process(url: str, task_id: str, narrator: _Narrator) -> int:
     command = [
-        sys.executable, "-m", "aioabort", "--db", url, "abort", task_id,
-        "--reason", "operator: disk is filling up", "--by", "ops-console", "--yes",
+        sys.executable,
+        "-m",
+        "aioabort",
+        "--db",
+        url,
+        "abort",
+        task_id,
+        "--reason",
+        "operator: disk is filling up",
+        "--by",
+        "ops-console",
+        "--yes",
     ]
     narrator.say(
         f"[bold]→ another process[/bold] runs [cyan]aioabort abort {task_id} "
@@ -52,9 +62,9 @@ async def _abort_from_another_process(url: str, task_id: str, narrator: _Narrato
     return proc.returncode or 0
 
 
-async def _tour(url: str, count: int, step: float, narrator: _Narrator) -> tuple[
-    list[TaskRecord], dict[str, float]
-]:
+async def _tour(
+    url: str, count: int, step: float, narrator: _Narrator
+) -> tuple[list[TaskRecord], dict[str, float]]:
     ids = [f"report-{i}" for i in range(1, count + 1)]
     here, elsewhere = ids[1], ids[2]
     seen_after: dict[str, float] = {}
@@ -142,11 +152,16 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
         for r in records
     )
     if as_json:
-        print(json.dumps({
-            "ok": ok,
-            "tasks": [_output.record_to_json(r) for r in records],
-            "abort_seen_after_ms": {k: round(v, 2) for k, v in seen_after.items()},
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "tasks": [_output.record_to_json(r) for r in records],
+                    "abort_seen_after_ms": {k: round(v, 2) for k, v in seen_after.items()},
+                },
+                indent=2,
+            )
+        )
         return 0 if ok else 1
     narrator.say("\n[bold]What happened[/bold]")
     for record in records:
@@ -156,7 +171,7 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
             after = f", the body was cancelled {delay:.1f} ms after the request" if delay else ""
             narrator.say(
                 f"  {record.id}: [magenta]ABORTED[/magenta] from {where}: "
-                f"\"{record.reason.message}\" (by {record.reason.by}){after}"
+                f'"{record.reason.message}" (by {record.reason.by}){after}'
             )
         else:
             narrator.say(f"  {record.id}: [green]{record.state.value}[/green], all 20 sections")

@@ -35,8 +35,12 @@ def record_to_json(record: TaskRecord) -> dict[str, Any]:
         "state": record.state.value,
         "reason": None
         if reason is None
-        else {"code": reason.code, "message": reason.message, "by": reason.by,
-              "at": _iso(reason.at)},
+        else {
+            "code": reason.code,
+            "message": reason.message,
+            "by": reason.by,
+            "at": _iso(reason.at),
+        },
         "result": record.result,
         "error": None
         if error is None
