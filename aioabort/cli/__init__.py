@@ -22,12 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 3
     try:
-        cli.main(
-            args=list(argv) if argv is not None else None,
-            prog_name="aioabort",
-            standalone_mode=True,
-        )
-    except SystemExit as exit_:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="aioabort")
+    except SystemExit as exit_:  # click always ends with SystemExit in standalone mode
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
