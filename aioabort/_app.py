@@ -49,6 +49,8 @@ class App:
         process's running tasks as FAILURE (cause ``lost``).
     :param shutdown_grace: on close, seconds open scopes get to finish after being aborted
         with code ``shutdown``.
+    :param poll_interval: seconds between the watcher's polls; by default 0.005 on SQLite
+        (``PRAGMA data_version``) and 1.0 on PostgreSQL (the safety net behind NOTIFY).
     :raises InvalidURL: for a missing or unknown URL.
     :raises MissingDriver: when the URL's driver is not installed.
     """
@@ -62,6 +64,7 @@ class App:
         heartbeat_interval: float = 5.0,
         stale_after: float = 30.0,
         shutdown_grace: float = 5.0,
+        poll_interval: float | None = None,
     ) -> None:
         if url is None:
             url = os.environ.get("AIOABORT_URL")
@@ -76,7 +79,10 @@ class App:
                 f"stale_after ({stale_after!r}) must be longer than heartbeat_interval "
                 f"({heartbeat_interval!r})"
             )
+        if poll_interval is not None and not 0 < poll_interval <= 60:
+            raise UsageError(f"poll_interval must be within (0, 60] seconds, got {poll_interval!r}")
         self._make_store: Callable[[], Store] = store_factory(url)
+        self.poll_interval = poll_interval
         self.url: str = redact(url)
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
@@ -131,6 +137,8 @@ class App:
             raise UsageError(f"{self!r} is being opened")
         self._state = "opening"
         store = self._make_store()
+        if self.poll_interval is not None:
+            store.poll_interval = self.poll_interval
         try:
             await store.open()
             owner = OwnerInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid())

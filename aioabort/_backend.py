@@ -89,6 +89,8 @@ class Store(abc.ABC):
 
     #: The store URL with any password removed, for messages and logs.
     display_url: str
+    #: Seconds between the change watcher's polls.
+    poll_interval: float
 
     @abc.abstractmethod
     async def open(self) -> None:

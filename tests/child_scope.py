@@ -1,6 +1,6 @@
 """A child process for the cross-process tests: runs one abort scope and reports on stdout.
 
-usage: python child_scope.py URL TASK_ID [--swallow]
+usage: python child_scope.py URL TASK_ID [--swallow] [--poll-interval SECONDS]
 
 Prints ``READY`` once the scope is entered, then one of ``ABORTED code message``, ``DONE``.
 """
@@ -13,8 +13,10 @@ import sys
 import aioabort
 
 
-async def main(url: str, task_id: str, swallow: bool) -> int:
-    async with aioabort.App(url, heartbeat_interval=0.2, stale_after=1.0):
+async def main(url: str, task_id: str, swallow: bool, poll_interval: float | None) -> int:
+    async with aioabort.App(
+        url, heartbeat_interval=0.2, stale_after=1.0, poll_interval=poll_interval
+    ):
         try:
             async with aioabort.abortable(task_id) as scope:
                 print("READY", flush=True)
@@ -33,4 +35,6 @@ async def main(url: str, task_id: str, swallow: bool) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], "--swallow" in sys.argv)))
+    args = sys.argv[1:]
+    interval = float(args[args.index("--poll-interval") + 1]) if "--poll-interval" in args else None
+    sys.exit(asyncio.run(main(args[0], args[1], "--swallow" in args, interval)))

@@ -8,15 +8,72 @@ the store can tell). Cross-process tests start real subprocesses on top of these
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 import aioabort
 
-STORES = ["sqlite"]
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REQUIRE_POSTGRES = os.environ.get("AIOABORT_REQUIRE_POSTGRES") == "1"
+
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def _postgres_admin_url() -> str:
+    return os.environ.get("AIOABORT_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of our own on the test server, created for this run and dropped after it.
+
+    Without a server: skipped, or a failure when ``AIOABORT_REQUIRE_POSTGRES=1`` (CI).
+    """
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - the dev extra installs it
+        if REQUIRE_POSTGRES:
+            pytest.fail("asyncpg is not installed and AIOABORT_REQUIRE_POSTGRES=1")
+        pytest.skip("asyncpg is not installed")
+    admin = _postgres_admin_url()
+    name = f"aioabort_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(create())
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        message = f"no PostgreSQL server at {aioabort.App(admin).url}: {exc}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"{message} (AIOABORT_REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+    try:
+        yield _with_database(admin, name)
+    finally:
+        asyncio.run(drop())
 
 
 @pytest.fixture(params=STORES)
@@ -24,7 +81,34 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     kind = request.param
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'aioabort.db'}"
-    raise AssertionError(kind)  # pragma: no cover
+    database: str = request.getfixturevalue("postgres_database")
+    return f"{database}?aioabort_schema=t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """A fresh schema in the test database (each test gets its own tables)."""
+    return f"{postgres_database}?aioabort_schema=t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """With AIOABORT_REQUIRE_POSTGRES=1 a skipped PostgreSQL test fails the run."""
+    report = yield
+    if REQUIRE_POSTGRES and report.skipped and item.get_closest_marker("postgres") is not None:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"PostgreSQL test skipped but AIOABORT_REQUIRE_POSTGRES=1: {report.longrepr}"
+        )
+    return report
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "postgres_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture

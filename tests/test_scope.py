@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import anyio
 import pytest
@@ -271,32 +272,66 @@ async def test_two_aborts_from_two_apps_first_reason_wins(
     assert info.value.reason is not None and info.value.reason.message == winner
 
 
-async def test_abort_during_the_final_write(app: aioabort.App, sqlite_url: str) -> None:
+class _WriteBlocker:
+    """Holds the store's write lock (SQLite) or the task's row lock (PostgreSQL) from a
+    connection of its own, so a write aioabort starts waits until ``release()``."""
+
+    def __init__(self, store_url: str) -> None:
+        self.url = store_url
+        self.held = False
+        self._sqlite: Any = None
+        self._pg: Any = None
+        self._tx: Any = None
+
+    async def hold(self, task_id: str) -> None:
+        if self.url.startswith("sqlite"):
+            import sqlite3
+
+            self._sqlite = sqlite3.connect(self.url[len("sqlite:///") :], isolation_level=None)
+            self._sqlite.execute("BEGIN IMMEDIATE")
+        else:
+            import asyncpg
+
+            from aioabort.backends.postgres import parse_url
+
+            dsn, schema = parse_url(self.url)
+            self._pg = await asyncpg.connect(dsn)
+            self._tx = self._pg.transaction()
+            await self._tx.start()
+            await self._pg.execute(
+                f"SELECT 1 FROM {schema}.tasks WHERE id = $1 FOR UPDATE", task_id
+            )
+        self.held = True
+
+    async def release(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.execute("COMMIT")
+            self._sqlite.close()
+        if self._pg is not None:
+            await self._tx.commit()
+            await self._pg.close()
+
+
+async def test_abort_during_the_final_write(app: aioabort.App, store_url: str) -> None:
     """The body returned; its SUCCESS write is in flight when an abort arrives."""
-    if not app.url.startswith("sqlite"):
-        pytest.skip("uses a raw SQLite lock to hold the final write")
-    import sqlite3
+    blocker = _WriteBlocker(store_url)
 
-    path = sqlite_url[len("sqlite:///") :]
-    blocker = sqlite3.connect(path, isolation_level=None)
+    async def body() -> aioabort.AbortScope:
+        async with aioabort.abortable("final-write", suppress=True) as scope:
+            await blocker.hold("final-write")  # the final write will wait on this lock
+        return scope
+
+    task = asyncio.create_task(body())
     try:
-
-        async def body() -> aioabort.AbortScope:
-            async with aioabort.abortable("final-write", suppress=True) as scope:
-                await asyncio.sleep(0)
-                blocker.execute("BEGIN IMMEDIATE")  # the final write will wait on this lock
-            return scope
-
-        task = asyncio.create_task(body())
-        await wait_until(lambda: blocker.in_transaction, what="the lock to be taken")
+        await wait_until(lambda: blocker.held, what="the lock to be taken")
+        await asyncio.sleep(0.05)  # let the final write reach the lock
         abort = asyncio.create_task(app.handle("final-write").abort("late"))
         await asyncio.sleep(0.05)
         assert not task.done() and not abort.done()
-        blocker.execute("COMMIT")
-        scope = await asyncio.wait_for(task, 10)
-        recorded = await asyncio.wait_for(abort, 10)
     finally:
-        blocker.close()
+        await blocker.release()
+    scope = await asyncio.wait_for(task, 10)
+    recorded = await asyncio.wait_for(abort, 10)
     record = await app.handle("final-write").record()
     # The finish was queued first, so it commits first: SUCCESS, and the late abort is refused.
     assert record.state is TaskState.SUCCESS

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Callable, Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from .._state import ABORTABLE_STATES, FINISHABLE_STATES, TaskState, after_abort_request
+from .._state import ABORTABLE_STATES, FINISHABLE_STATES, TaskRecord, TaskState, after_abort_request
+from .._types import AbortReason, TaskError
 
 
 def in_list(states: Collection[TaskState]) -> str:
@@ -31,3 +35,55 @@ COLUMNS = (
     "id, name, queue, parent_id, state, args, result, error, abort_code, abort_message, "
     "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at"
 )
+
+
+def reason_from(
+    code: str | None, message: str | None, by: str | None, at: datetime | None
+) -> AbortReason | None:
+    """The stored abort columns as an :class:`AbortReason` (``None`` when no abort was asked)."""
+    if code is None:
+        return None
+    return AbortReason(code, message or "", by, at or datetime.now(UTC))
+
+
+def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) -> TaskRecord:
+    """A row of :data:`COLUMNS` as a :class:`TaskRecord`; ``ts`` converts stored timestamps."""
+    (
+        task_id,
+        name,
+        queue,
+        parent_id,
+        state,
+        args,
+        result,
+        error,
+        code,
+        message,
+        by,
+        at,
+        progress,
+        progress_message,
+        owner,
+        created_at,
+        started_at,
+        finished_at,
+    ) = row
+    created = ts(created_at)
+    assert created is not None
+    return TaskRecord(
+        id=task_id,
+        name=name,
+        state=TaskState(state),
+        reason=reason_from(code, message, by, ts(at)),
+        result=None if result is None else json.loads(result),
+        error=None if error is None else TaskError.from_json(error),
+        progress=progress,
+        message=progress_message,
+        created_at=created,
+        started_at=ts(started_at),
+        finished_at=ts(finished_at),
+        owner=owner,
+        parent_id=parent_id,
+        queue=queue,
+        args=None if args is None else json.loads(args),
+    )

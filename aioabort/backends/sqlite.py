@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -111,54 +110,8 @@ def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def _reason_from(
-    code: str | None, message: str | None, by: str | None, at: float | None
-) -> AbortReason | None:
-    if code is None:
-        return None
-    return AbortReason(code, message or "", by, _ts(at) or datetime.now(UTC))
-
-
 def record_from_row(row: Sequence[Any]) -> TaskRecord:
-    (
-        task_id,
-        name,
-        queue,
-        parent_id,
-        state,
-        args,
-        result,
-        error,
-        code,
-        message,
-        by,
-        at,
-        progress,
-        progress_message,
-        owner,
-        created_at,
-        started_at,
-        finished_at,
-    ) = row
-    created = _ts(created_at)
-    assert created is not None
-    return TaskRecord(
-        id=task_id,
-        name=name,
-        state=TaskState(state),
-        reason=_reason_from(code, message, by, at),
-        result=None if result is None else json.loads(result),
-        error=None if error is None else TaskError.from_json(error),
-        progress=progress,
-        message=progress_message,
-        created_at=created,
-        started_at=_ts(started_at),
-        finished_at=_ts(finished_at),
-        owner=owner,
-        parent_id=parent_id,
-        queue=queue,
-        args=None if args is None else json.loads(args),
-    )
+    return _sql.record_from_row(row, _ts)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -238,7 +191,7 @@ class _ChangePoller(threading.Thread):
             notices: list[AbortNotice] = []
             for seq, task_id, code, message, by, at in rows:
                 self._last_seq = seq
-                reason = _reason_from(code, message, by, at)
+                reason = _sql.reason_from(code, message, by, _ts(at))
                 if reason is not None:
                     notices.append(AbortNotice(task_id, reason))
             try:

@@ -1,0 +1,771 @@
+"""The PostgreSQL store (asyncpg): aborts across machines, pushed by LISTEN/NOTIFY, polled for
+truth.
+
+* Statements run on an asyncpg pool. The abort write, its abort-log row and its ``pg_notify``
+  commit in one transaction; the payload is the task id, the reason lives in the row.
+* The watcher listens on a **dedicated** connection (a pooled one is UNLISTENed when it goes
+  back to the pool). On every (re)connect it LISTENs first, then re-reads every watched id, so
+  an abort sent while it was disconnected is still delivered.
+* A poll of the abort log every ``poll_interval`` seconds is the safety net and the health
+  check (bounded by a timeout). Sequence numbers are not commit-ordered in PostgreSQL: a poll
+  keeps its cursor below any gap in the numbers it has seen until the gap fills or is older
+  than ``gap_timeout``, so an abort whose transaction commits late is not skipped.
+* No NOTIFY on heartbeats or progress (NOTIFY takes a global lock at commit).
+* Tables live in their own schema, ``aioabort`` by default; choose another with
+  ``postgresql://.../db?aioabort_schema=name``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from .._backend import (
+    AbortNotice,
+    Change,
+    ChangeCallback,
+    OwnerInfo,
+    StartResult,
+    Store,
+    StoreStatistics,
+    WatchedIds,
+)
+from .._errors import (
+    AppClosed,
+    InvalidURL,
+    StoreError,
+    StoreUnavailable,
+    TaskAlreadyExists,
+)
+from .._state import StartDecision, TaskRecord, TaskState, decide_start
+from .._types import AbortReason, TaskError
+from . import _sql, redact
+
+logger = logging.getLogger("aioabort.postgres")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SCHEMA_PARAM = "aioabort_schema"
+
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+def _ts(value: datetime | None) -> datetime | None:
+    return value
+
+
+def record_from_row(row: Sequence[Any]) -> TaskRecord:
+    return _sql.record_from_row(tuple(row), _ts)
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """Split ``url`` into the DSN asyncpg gets and the schema name aioabort uses."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise InvalidURL(f"cannot parse the PostgreSQL URL {redact(url)!r}: {exc}") from exc
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise InvalidURL(f"not a PostgreSQL URL: {redact(url)!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = "aioabort"
+    kept: list[tuple[str, str]] = []
+    for key, value in query:
+        if key == _SCHEMA_PARAM:
+            schema = value
+        else:
+            kept.append((key, value))
+    if not _SCHEMA_RE.fullmatch(schema):
+        raise InvalidURL(
+            f"{_SCHEMA_PARAM} must be a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63 "
+            f"characters), got {schema!r}"
+        )
+    dsn = urlunsplit(parts._replace(query=urlencode(kept)))
+    return dsn, schema
+
+
+def _schema_sql(s: str) -> list[str]:
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS {s}.tasks (
+            id text PRIMARY KEY,
+            name text,
+            queue text,
+            parent_id text,
+            state text NOT NULL CHECK (state IN {_sql.in_list(list(TaskState))}),
+            args text,
+            result text,
+            error text,
+            abort_code text,
+            abort_message text,
+            abort_by text,
+            abort_at timestamptz,
+            progress double precision,
+            message text,
+            owner text,
+            created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            started_at timestamptz,
+            finished_at timestamptz,
+            updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+        f"CREATE INDEX IF NOT EXISTS tasks_state ON {s}.tasks (state, created_at)",
+        f"CREATE INDEX IF NOT EXISTS tasks_running_owner ON {s}.tasks (owner) WHERE state IN {_sql.RUNNING}",
+        f"CREATE INDEX IF NOT EXISTS tasks_parent ON {s}.tasks (parent_id) WHERE parent_id IS NOT NULL",
+        f"""CREATE TABLE IF NOT EXISTS {s}.abort_log (
+            seq bigserial PRIMARY KEY,
+            task_id text NOT NULL,
+            at timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.owners (
+            id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            last_seen timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+    ]
+
+
+def _set_keepalive(conn: asyncpg.Connection) -> None:
+    """TCP keepalives on the listener's socket, so a half-open connection is noticed by the
+    kernel too (the bounded poll notices it first)."""
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
+class _Listener:
+    """The watcher side: a dedicated connection with LISTEN, a bounded poll, reconnects."""
+
+    def __init__(self, store: PostgresStore, on_change: ChangeCallback, watched: WatchedIds):
+        self.store = store
+        self.on_change = on_change
+        self.watched = watched
+        self.conn: asyncpg.Connection | None = None
+        self.low_water = 0  # every seq <= low_water has been seen (or given up on)
+        self.seen: set[int] = set()  # seqs above low_water already delivered
+        self.gaps_since: dict[int, float] = {}  # missing seq -> when we first noticed it
+        self.task: asyncio.Task[None] | None = None
+        self.lost = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.polls = 0
+        self.statements = 0
+        self.notifications = 0
+        self.reconnects = 0
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._connect()
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name="aioabort-postgres-listener"
+        )
+
+    async def stop(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close_conn()
+
+    async def _close_conn(self) -> None:
+        conn, self.conn = self.conn, None
+        self.connected.clear()
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except (*_DRIVER_ERRORS, asyncio.CancelledError):
+                conn.terminate()
+
+    async def _connect(self) -> None:
+        store = self.store
+        conn: asyncpg.Connection = await asyncpg.connect(
+            store.dsn, timeout=store.connect_timeout, command_timeout=store.command_timeout
+        )
+        try:
+            _set_keepalive(conn)
+            self.lost.clear()
+            conn.add_termination_listener(self._on_terminated)
+            # LISTEN first, then re-read: nothing committed after this point can be missed.
+            await conn.add_listener(store.abort_channel, self._on_notify)
+            await conn.add_listener(store.end_channel, self._on_notify)
+            self.statements += 2
+            if self.low_water == 0 and not self.seen:
+                self.low_water = await conn.fetchval(
+                    f"SELECT COALESCE(MAX(seq), 0) FROM {store.schema}.abort_log"
+                )
+                self.statements += 1
+            ids = list(self.watched())
+            if ids:
+                rows = await conn.fetch(
+                    f"SELECT id, abort_code, abort_message, abort_by, abort_at "
+                    f"FROM {store.schema}.tasks WHERE id = ANY($1::text[]) "
+                    "AND abort_code IS NOT NULL",
+                    ids,
+                )
+                self.statements += 1
+                self._deliver(rows)
+        except BaseException:
+            conn.terminate()
+            raise
+        self.conn = conn
+        self.connected.set()
+
+    def _on_terminated(self, conn: asyncpg.Connection) -> None:
+        if conn is self.conn:
+            self.lost.set()
+            self.wake.set()
+
+    def _on_notify(self, conn: asyncpg.Connection, pid: int, channel: str, payload: str) -> None:
+        self.notifications += 1
+        if channel == self.store.abort_channel and payload in set(self.watched()):
+            # Only aborts for scopes open here cost a read; the reason lives in the row.
+            self.store.spawn(self._read_and_deliver(payload))
+        else:
+            self.on_change(Change())
+
+    async def _read_and_deliver(self, task_id: str) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            rows = await conn.fetch(
+                f"SELECT id, abort_code, abort_message, abort_by, abort_at "
+                f"FROM {self.store.schema}.tasks WHERE id = $1 AND abort_code IS NOT NULL",
+                task_id,
+            )
+            self.statements += 1
+        except _DRIVER_ERRORS:
+            self.wake.set()  # the poll will catch it
+            return
+        self._deliver(rows)
+
+    def _deliver(self, rows: Sequence[Any]) -> None:
+        notices = []
+        for row in rows:
+            reason = _sql.reason_from(row[1], row[2], row[3], row[4])
+            if reason is not None:
+                notices.append(AbortNotice(row[0], reason))
+        self.on_change(Change(tuple(notices)))
+
+    async def poll(self) -> None:
+        """Read the abort log past ``low_water``; one statement however many scopes are open."""
+        conn = self.conn
+        assert conn is not None
+        rows = await conn.fetch(
+            f"SELECT l.seq, t.id, t.abort_code, t.abort_message, t.abort_by, t.abort_at "
+            f"FROM {self.store.schema}.abort_log AS l "
+            f"JOIN {self.store.schema}.tasks AS t ON t.id = l.task_id "
+            "WHERE l.seq > $1 ORDER BY l.seq",
+            self.low_water,
+            timeout=self.store.command_timeout,
+        )
+        self.polls += 1
+        self.statements += 1
+        fresh = [row for row in rows if row[0] not in self.seen]
+        for row in rows:
+            self.seen.add(row[0])
+        self._advance()
+        if fresh:
+            self._deliver([row[1:] for row in fresh])
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        top = max(self.seen, default=self.low_water)
+        for seq in range(self.low_water + 1, top):
+            if seq not in self.seen:
+                self.gaps_since.setdefault(seq, now)
+        while True:
+            nxt = self.low_water + 1
+            if nxt in self.seen:
+                self.seen.discard(nxt)
+                self.gaps_since.pop(nxt, None)
+                self.low_water = nxt
+            elif nxt in self.gaps_since and now - self.gaps_since[nxt] > self.store.gap_timeout:
+                del self.gaps_since[nxt]  # a rolled-back (or very late) transaction: give up
+                self.low_water = nxt
+            else:
+                break
+
+    async def _run(self) -> None:
+        store = self.store
+        backoff = 0.1
+        while True:
+            try:
+                if self.conn is None or self.conn.is_closed() or self.lost.is_set():
+                    await self._close_conn()
+                    await self._connect()
+                    self.reconnects += 1
+                    backoff = 0.1
+                    logger.info("listener reconnected", extra={"action": "listener_reconnected"})
+                await self.poll()
+            except _DRIVER_ERRORS as exc:
+                logger.warning(
+                    "listener connection failed; reconnecting",
+                    extra={
+                        "action": "listener_failed",
+                        "error": str(exc),
+                        "url": store.display_url,
+                    },
+                )
+                await self._close_conn()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), store.poll_interval)
+
+
+class PostgresStore(Store):
+    """The PostgreSQL store. Made by :class:`aioabort.App` from a ``postgresql://`` URL."""
+
+    #: Seconds between polls of the abort log (the safety net, and the health check).
+    poll_interval = 1.0
+    #: Seconds a gap in abort-log sequence numbers is waited for before it is given up.
+    gap_timeout = 30.0
+    #: Seconds allowed for connecting.
+    connect_timeout = 10.0
+    #: Seconds allowed for one statement.
+    command_timeout = 10.0
+    #: Pool size.
+    pool_max_size = 10
+
+    def __init__(self, url: str) -> None:
+        self.display_url = redact(url)
+        self.dsn, self.schema = parse_url(url)
+        self.abort_channel = f"{self.schema}.aborts"
+        self.end_channel = f"{self.schema}.ends"
+        self._pool: asyncpg.Pool | None = None
+        self._listener: _Listener | None = None
+        self._statements = 0
+        self._on_change: ChangeCallback | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @staticmethod
+    def check_url(url: str) -> None:
+        parse_url(url)
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- connection --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_max_size,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+            )
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(
+                f"cannot connect to the PostgreSQL store {self.display_url}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            await self._ensure_schema()
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+
+    async def _ensure_schema(self) -> None:
+        async def body(conn: asyncpg.Connection) -> None:
+            # One process creates the schema; others wait here, then find it.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"aioabort:{self.schema}"
+            )
+            exists = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{self.schema}.meta"
+            )
+            if exists:
+                version = await conn.fetchval(
+                    f"SELECT value FROM {self.schema}.meta WHERE key = 'schema_version'"
+                )
+                version = int(version or 0)
+                if version > SCHEMA_VERSION:
+                    raise StoreUnavailable(
+                        f"the PostgreSQL store {self.display_url} (schema {self.schema}) has "
+                        f"schema version {version}, newer than this aioabort supports "
+                        f"({SCHEMA_VERSION}): upgrade aioabort"
+                    )
+                if version == SCHEMA_VERSION:
+                    return
+            for statement in _schema_sql(self.schema):
+                await conn.execute(statement)
+            await conn.execute(
+                f"INSERT INTO {self.schema}.meta (key, value) VALUES ('schema_version', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                str(SCHEMA_VERSION),
+            )
+
+        await self._transaction(body, notify=False)
+
+    async def aclose(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except (*_DRIVER_ERRORS, asyncio.CancelledError):
+                pool.terminate()
+
+    def _require(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise AppClosed("the PostgreSQL store is not open")
+        return self._pool
+
+    def _wrap(self, exc: BaseException) -> StoreError:
+        if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.InterfaceError):
+            return StoreUnavailable(
+                f"the PostgreSQL store {self.display_url} is unreachable: "
+                f"{type(exc).__name__}: {exc}"
+            )
+        return StoreError(f"PostgreSQL error: {type(exc).__name__}: {exc}")
+
+    async def _transaction(
+        self, body: Callable[[asyncpg.Connection], Awaitable[T]], *, notify: bool = True
+    ) -> T:
+        pool = self._require()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                result = await body(conn)
+        except (StoreError, TaskAlreadyExists):
+            raise
+        except _DRIVER_ERRORS as exc:
+            raise self._wrap(exc) from exc
+        if notify and self._on_change is not None:
+            self._on_change(Change())
+        return result
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        pool = self._require()
+        self._statements += 1
+        try:
+            return list(await pool.fetch(sql, *args))
+        except _DRIVER_ERRORS as exc:
+            raise self._wrap(exc) from exc
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        task_id: str,
+        *,
+        name: str | None,
+        queue: str | None = None,
+        args_json: str | None = None,
+        parent_id: str | None = None,
+    ) -> TaskRecord:
+        async def body(conn: asyncpg.Connection) -> TaskRecord:
+            self._statements += 1
+            row = await conn.fetchrow(
+                f"INSERT INTO {self.schema}.tasks (id, name, queue, parent_id, state, args) "
+                f"VALUES ($1, $2, $3, $4, 'PENDING', $5) ON CONFLICT (id) DO NOTHING "
+                f"RETURNING {_sql.COLUMNS}",
+                task_id,
+                name,
+                queue,
+                parent_id,
+                args_json,
+            )
+            if row is None:
+                raise TaskAlreadyExists(task_id)
+            return record_from_row(row)
+
+        return await self._transaction(body)
+
+    async def start(
+        self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
+    ) -> StartResult:
+        async def body(conn: asyncpg.Connection) -> StartResult:
+            self._statements += 1
+            row = await conn.fetchrow(
+                f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1 FOR UPDATE",
+                task_id,
+            )
+            current = record_from_row(row) if row is not None else None
+            decision = decide_start(
+                None if current is None else current.state,
+                ever_started=current is not None and current.started_at is not None,
+            )
+            if decision is StartDecision.CREATE:
+                self._statements += 1
+                row = await conn.fetchrow(
+                    f"INSERT INTO {self.schema}.tasks (id, name, parent_id, state, owner, "
+                    "started_at) VALUES ($1, $2, $3, 'STARTED', $4, clock_timestamp()) "
+                    f"ON CONFLICT (id) DO NOTHING RETURNING {_sql.COLUMNS}",
+                    task_id,
+                    name,
+                    parent_id,
+                    owner,
+                )
+                if row is None:  # created by someone else since our read: look again
+                    self._statements += 1
+                    row = await conn.fetchrow(
+                        f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1",
+                        task_id,
+                    )
+                    assert row is not None
+                    other = record_from_row(row)
+                    return StartResult(
+                        decide_start(other.state, ever_started=other.started_at is not None),
+                        other,
+                    )
+                return StartResult(decision, record_from_row(row))
+            assert current is not None
+            if decision is StartDecision.START:
+                self._statements += 1
+                row = await conn.fetchrow(
+                    f"UPDATE {self.schema}.tasks SET state = 'STARTED', owner = $2, "
+                    "started_at = clock_timestamp(), updated_at = clock_timestamp(), "
+                    "name = COALESCE(name, $3) "
+                    f"WHERE id = $1 AND state = 'PENDING' RETURNING {_sql.COLUMNS}",
+                    task_id,
+                    owner,
+                    name,
+                )
+                assert row is not None  # the row is locked FOR UPDATE
+                return StartResult(decision, record_from_row(row))
+            return StartResult(decision, current)
+
+        return await self._transaction(body)
+
+    async def request_abort(
+        self, task_id: str, reason: AbortReason
+    ) -> tuple[bool, TaskRecord | None]:
+        async def body(conn: asyncpg.Connection) -> tuple[bool, TaskRecord | None]:
+            self._statements += 1
+            row = await conn.fetchrow(
+                f"UPDATE {self.schema}.tasks SET state = {_sql.abort_case()}, abort_code = $2, "
+                "abort_message = $3, abort_by = $4, abort_at = $5, "
+                "updated_at = clock_timestamp(), finished_at = CASE WHEN state = 'PENDING' "
+                "THEN clock_timestamp() ELSE finished_at END "
+                f"WHERE id = $1 AND state IN {_sql.ABORTABLE} RETURNING {_sql.COLUMNS}",
+                task_id,
+                reason.code,
+                reason.message,
+                reason.by,
+                reason.at,
+            )
+            if row is None:
+                self._statements += 1
+                current = await conn.fetchrow(
+                    f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1", task_id
+                )
+                return False, None if current is None else record_from_row(current)
+            self._statements += 1
+            # The log row and the notification commit with the abort, or not at all.
+            await conn.execute(
+                f"WITH logged AS (INSERT INTO {self.schema}.abort_log (task_id) VALUES ($1) "
+                "RETURNING task_id) SELECT pg_notify($2, task_id) FROM logged",
+                task_id,
+                self.abort_channel,
+            )
+            return True, record_from_row(row)
+
+        return await self._transaction(body)
+
+    async def finish(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        state: TaskState,
+        result_json: str | None = None,
+        error: TaskError | None = None,
+    ) -> TaskRecord | None:
+        async def body(conn: asyncpg.Connection) -> TaskRecord | None:
+            self._statements += 1
+            row = await conn.fetchrow(
+                f"WITH done AS (UPDATE {self.schema}.tasks SET state = $3, result = $4, "
+                "error = $5, finished_at = clock_timestamp(), updated_at = clock_timestamp() "
+                f"WHERE id = $1 AND owner = $2 AND state IN {_sql.RUNNING} "
+                f"RETURNING {_sql.COLUMNS}) "
+                f"SELECT done.*, pg_notify($6, done.id)::text AS notified FROM done",
+                task_id,
+                owner,
+                state.value,
+                result_json,
+                None if error is None else error.to_json(),
+                self.end_channel,
+            )
+            if row is not None:
+                return record_from_row(tuple(row)[:-1])
+            self._statements += 1
+            current = await conn.fetchrow(
+                f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1", task_id
+            )
+            return None if current is None else record_from_row(current)
+
+        return await self._transaction(body)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1", task_id
+        )
+        return record_from_row(rows[0]) if rows else None
+
+    async def list_tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states:
+            args.append([TaskState(s).value for s in states])
+            where.append(f"state = ANY(${len(args)}::text[])")
+        if name is not None:
+            args.append(name)
+            where.append(f"name = ${len(args)}")
+        sql = f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        args += [limit, offset]
+        sql += f" ORDER BY created_at DESC, id LIMIT ${len(args) - 1} OFFSET ${len(args)}"
+        return [record_from_row(row) for row in await self._fetch(sql, *args)]
+
+    async def report(
+        self, task_id: str, *, owner: str, progress: float | None, message: str | None
+    ) -> bool:
+        async def body(conn: asyncpg.Connection) -> bool:
+            self._statements += 1
+            row = await conn.fetchrow(
+                f"UPDATE {self.schema}.tasks SET progress = COALESCE($3, progress), "
+                "message = COALESCE($4, message), updated_at = clock_timestamp() "
+                f"WHERE id = $1 AND owner = $2 AND state IN {_sql.RUNNING} RETURNING id",
+                task_id,
+                owner,
+                progress,
+                message,
+            )
+            return row is not None
+
+        return await self._transaction(body, notify=False)
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    async def heartbeat(self, owner: OwnerInfo) -> None:
+        async def body(conn: asyncpg.Connection) -> None:
+            self._statements += 1
+            await conn.execute(
+                f"INSERT INTO {self.schema}.owners (id, host, pid) VALUES ($1, $2, $3) "
+                "ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp()",
+                owner.id,
+                owner.host,
+                owner.pid,
+            )
+
+        await self._transaction(body, notify=False)
+
+    async def reap(self, *, stale_after: float) -> list[str]:
+        async def body(conn: asyncpg.Connection) -> list[str]:
+            self._statements += 3
+            rows = await conn.fetch(
+                f"UPDATE {self.schema}.tasks SET state = 'FAILURE', "
+                "finished_at = clock_timestamp(), updated_at = clock_timestamp(), "
+                "error = json_build_object('cause', 'lost', 'type', '', 'message', "
+                "'owner ' || owner || ' stopped heartbeating')::text "
+                f"WHERE state IN {_sql.RUNNING} AND (owner IS NULL OR owner IN "
+                f"(SELECT id FROM {self.schema}.owners WHERE last_seen < "
+                "clock_timestamp() - make_interval(secs => $1)) "
+                f"OR NOT EXISTS (SELECT 1 FROM {self.schema}.owners o WHERE o.id = owner)) "
+                "RETURNING id",
+                stale_after,
+            )
+            await conn.execute(
+                f"DELETE FROM {self.schema}.owners WHERE last_seen < "
+                "clock_timestamp() - make_interval(secs => $1)",
+                stale_after,
+            )
+            await conn.execute(
+                f"DELETE FROM {self.schema}.abort_log WHERE at < clock_timestamp() - "
+                "interval '1 hour'"
+            )
+            for row in rows:
+                await conn.execute("SELECT pg_notify($1, $2)", self.end_channel, row[0])
+            return [row[0] for row in rows]
+
+        return await self._transaction(body, notify=False)
+
+    async def release_owner(self, owner: str) -> list[str]:
+        async def body(conn: asyncpg.Connection) -> list[str]:
+            self._statements += 2
+            rows = await conn.fetch(
+                f"UPDATE {self.schema}.tasks SET state = 'FAILURE', "
+                "finished_at = clock_timestamp(), updated_at = clock_timestamp(), "
+                "error = json_build_object('cause', 'lost', 'type', '', 'message', "
+                "'owner ' || owner || ' closed while the task was running')::text "
+                f"WHERE owner = $1 AND state IN {_sql.RUNNING} RETURNING id",
+                owner,
+            )
+            await conn.execute(f"DELETE FROM {self.schema}.owners WHERE id = $1", owner)
+            return [row[0] for row in rows]
+
+        return await self._transaction(body)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    async def start_watching(self, on_change: ChangeCallback, watched: WatchedIds) -> None:
+        self._on_change = on_change
+        listener = _Listener(self, on_change, watched)
+        try:
+            await listener.start()
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(
+                f"cannot open the listener connection to {self.display_url}: {exc}"
+            ) from exc
+        self._listener = listener
+
+    def statistics(self) -> StoreStatistics:
+        listener = self._listener
+        if listener is None:
+            return StoreStatistics(statements=self._statements)
+        return StoreStatistics(
+            statements=self._statements,
+            watch_statements=listener.statements,
+            watch_polls=listener.polls,
+            notifications=listener.notifications,
+            reconnects=listener.reconnects,
+        )
+
+    def listener_pid(self) -> int | None:
+        """The server process id of the listener connection (for tests and diagnostics)."""
+        listener = self._listener
+        if listener is None or listener.conn is None:
+            return None
+        pid: int = listener.conn.get_server_pid()
+        return pid

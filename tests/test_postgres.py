@@ -1,0 +1,238 @@
+"""What is particular to the PostgreSQL store: NOTIFY, reconnects, the late-commit race,
+schemas and the watcher's cost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+import aioabort
+from aioabort import TaskState
+from aioabort.backends.postgres import PostgresStore, parse_url
+
+from .conftest import wait_until
+from .test_cross_process import child, read_line
+
+pytestmark = pytest.mark.postgres
+
+
+async def raw(url: str) -> tuple[asyncpg.Connection, str]:
+    dsn, schema = parse_url(url)
+    return await asyncpg.connect(dsn), schema
+
+
+def store_of(app: aioabort.App) -> PostgresStore:
+    store = app.store
+    assert isinstance(store, PostgresStore)
+    return store
+
+
+async def test_abort_from_another_process_is_pushed_by_notify(postgres_url: str) -> None:
+    """The consumer polls only once a minute, so a prompt delivery can only be NOTIFY."""
+    async with aioabort.App(postgres_url) as app:
+        async with child(postgres_url, "pushed", "--poll-interval", "60") as proc:
+            assert await read_line(proc) == "READY"
+            start = time.monotonic()
+            assert await app.handle("pushed").abort("via notify") is True
+            assert await read_line(proc, timeout=10) == "ABORTED user via notify"
+            assert time.monotonic() - start < 5
+        record = await app.handle("pushed").wait(timeout=10)
+        assert record.state is TaskState.ABORTED
+
+
+async def test_same_store_in_process_push(postgres_url: str) -> None:
+    async with (
+        aioabort.App(postgres_url, poll_interval=60) as consumer,
+        aioabort.App(postgres_url, poll_interval=60) as producer,
+    ):
+        entered = asyncio.Event()
+
+        async def body() -> None:
+            async with aioabort.abortable("push-2", app=consumer):
+                entered.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        await producer.handle("push-2").abort()
+        with pytest.raises(aioabort.TaskAborted):
+            await asyncio.wait_for(task, 5)
+        assert consumer.watcher.statistics().notifications >= 1
+        # The producer's wait() is woken by the NOTIFY on the end write, not its 60 s poll.
+        record = await asyncio.wait_for(producer.handle("push-2").wait(), 5)
+        assert record.state is TaskState.ABORTED
+
+
+async def test_listener_killed_while_abort_is_sent_is_still_delivered(postgres_url: str) -> None:
+    async with (
+        aioabort.App(postgres_url, poll_interval=60) as consumer,
+        aioabort.App(postgres_url) as producer,
+    ):
+        entered = asyncio.Event()
+
+        async def body() -> None:
+            async with aioabort.abortable("killed-listener", app=consumer):
+                entered.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        pid = store_of(consumer).listener_pid()
+        assert pid is not None
+        admin, _ = await raw(postgres_url)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid) is True
+        finally:
+            await admin.close()
+        # Sent while the listener is down: no NOTIFY reaches it; the re-read after the
+        # reconnect must deliver it (the 60 s poll would be far too late).
+        assert await producer.handle("killed-listener").abort("while down") is True
+        with pytest.raises(aioabort.TaskAborted) as info:
+            await asyncio.wait_for(task, 10)
+        assert info.value.reason is not None and info.value.reason.message == "while down"
+        await wait_until(lambda: consumer.watcher.statistics().reconnects >= 1)
+        assert store_of(consumer).listener_pid() not in (None, pid)
+
+
+async def test_late_commit_is_not_skipped_by_the_poll(postgres_url: str) -> None:
+    """Abort-log sequence numbers are not commit-ordered: seq N can commit after seq N+1.
+    The poll must not move past N before N commits (no NOTIFY here: the poll alone)."""
+    async with aioabort.App(postgres_url, poll_interval=0.02) as app:
+        await app.create("bystander")
+        entered = asyncio.Event()
+
+        async def body() -> None:
+            async with aioabort.abortable("late", app=app):
+                entered.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        slow, schema = await raw(postgres_url)
+        fast, _ = await raw(postgres_url)
+        try:
+            tx = slow.transaction()
+            await tx.start()
+            await slow.execute(
+                f"UPDATE {schema}.tasks SET state = 'ABORTING', abort_code = 'user', "
+                "abort_message = 'late commit', abort_by = 'test', abort_at = now() "
+                "WHERE id = 'late'"
+            )
+            late_seq = await slow.fetchval(
+                f"INSERT INTO {schema}.abort_log (task_id) VALUES ('late') RETURNING seq"
+            )
+            # A later sequence number commits first...
+            early_seq = await fast.fetchval(
+                f"INSERT INTO {schema}.abort_log (task_id) VALUES ('bystander') RETURNING seq"
+            )
+            assert early_seq > late_seq
+            polls = app.watcher.statistics().polls
+            await wait_until(lambda: app.watcher.statistics().polls >= polls + 5)
+            assert not task.done()
+            # ...then the earlier one commits, with no NOTIFY.
+            await tx.commit()
+        finally:
+            await slow.close()
+            await fast.close()
+        with pytest.raises(aioabort.TaskAborted) as info:
+            await asyncio.wait_for(task, 10)
+        assert info.value.reason is not None and info.value.reason.message == "late commit"
+
+
+async def test_server_unreachable_at_startup_is_a_clear_error() -> None:
+    app = aioabort.App("postgresql://someone:s3cret@127.0.0.1:1/nowhere")
+    with pytest.raises(aioabort.StoreUnavailable) as info:
+        await app.open()
+    message = str(info.value)
+    assert "cannot connect to the PostgreSQL store" in message
+    assert "s3cret" not in message and "***" in message
+    assert not app.is_open
+
+
+async def test_missing_database_is_a_clear_error(postgres_database: str) -> None:
+    url = postgres_database.rsplit("/", 1)[0] + "/aioabort_no_such_database"
+    with pytest.raises(aioabort.StoreUnavailable, match="aioabort_no_such_database"):
+        await aioabort.App(url).open()
+
+
+@pytest.mark.parametrize("schema", ["Upper", "has-dash", "x" * 64, "1digit", "a;drop"])
+def test_bad_schema_names(schema: str) -> None:
+    with pytest.raises(aioabort.InvalidURL):
+        aioabort.App(f"postgresql://localhost/db?aioabort_schema={schema}")
+
+
+async def test_schema_is_created_once_and_versioned(postgres_url: str) -> None:
+    apps = [aioabort.App(postgres_url) for _ in range(4)]
+    await asyncio.gather(*(a.open() for a in apps))  # concurrent first use
+    try:
+        conn, schema = await raw(postgres_url)
+        try:
+            version = await conn.fetchval(
+                f"SELECT value FROM {schema}.meta WHERE key = 'schema_version'"
+            )
+            assert version == "1"
+            await conn.execute(f"UPDATE {schema}.meta SET value = '99'")
+        finally:
+            await conn.close()
+    finally:
+        await asyncio.gather(*(a.aclose() for a in apps))
+    with pytest.raises(aioabort.StoreUnavailable, match="schema version 99"):
+        await aioabort.App(postgres_url).open()
+
+
+async def test_watcher_statements_do_not_grow_with_open_scopes(postgres_url: str) -> None:
+    async with (
+        aioabort.App(postgres_url, poll_interval=0.02) as app,
+        aioabort.App(postgres_url) as producer,
+    ):
+
+        async def measure(count: int) -> tuple[int, int]:
+            release = asyncio.Event()
+            entered = [asyncio.Event() for _ in range(count)]
+
+            async def body(i: int) -> None:
+                async with aioabort.abortable(f"s{count}-{i}", app=app):
+                    entered[i].set()
+                    await release.wait()
+
+            tasks = [asyncio.create_task(body(i)) for i in range(count)]
+            for ev in entered:
+                await ev.wait()
+            before = app.watcher.statistics()
+            for i in range(5):  # commits by another App, and aborts of tasks not watched here
+                await producer.create(f"noise-{count}-{i}")
+                await producer.handle(f"noise-{count}-{i}").abort()
+            polls = before.polls
+            await wait_until(lambda: app.watcher.statistics().polls >= polls + 20)
+            after = app.watcher.statistics()
+            release.set()
+            await asyncio.gather(*tasks)
+            return after.polls - before.polls, after.statements - before.statements
+
+        polls_1, statements_1 = await measure(1)
+        polls_1000, statements_1000 = await measure(1000)
+    # One statement per poll; notifications of aborts for tasks not open here cost nothing.
+    assert statements_1 == polls_1
+    assert statements_1000 == polls_1000
+
+
+async def test_reap_uses_the_servers_clock(postgres_url: str) -> None:
+    async with aioabort.App(postgres_url, heartbeat_interval=0.1, stale_after=0.5) as app:
+        conn, schema = await raw(postgres_url)
+        try:
+            await conn.execute(
+                f"INSERT INTO {schema}.owners (id, host, pid, last_seen) "
+                "VALUES ('dead-owner', 'elsewhere', 1, now() - interval '1 hour')"
+            )
+            await conn.execute(
+                f"INSERT INTO {schema}.tasks (id, state, owner, started_at) "
+                "VALUES ('orphan', 'STARTED', 'dead-owner', now())"
+            )
+        finally:
+            await conn.close()
+        record = await app.handle("orphan").wait(timeout=10)
+        assert record.state is TaskState.FAILURE
+        assert record.error is not None and record.error.cause == "lost"
