@@ -152,6 +152,16 @@ def _set_keepalive(conn: asyncpg.Connection) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing to do.
+
+    asyncpg's default reset (``UNLISTEN *; RESET ALL; CLOSE ALL; pg_advisory_unlock_all()``)
+    costs a round trip per statement. aioabort's pooled connections never LISTEN, SET, open
+    cursors or take session-level advisory locks, and asyncpg still rolls back a transaction
+    left open, so there is no session state to reset.
+    """
+
+
 class _Listener:
     """The watcher side: a dedicated connection with LISTEN, a bounded poll, reconnects."""
 
@@ -379,6 +389,7 @@ class PostgresStore(Store):
                 max_size=self.pool_max_size,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
+                reset=_keep_session,
             )
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(
@@ -463,9 +474,22 @@ class PostgresStore(Store):
             raise
         except _DRIVER_ERRORS as exc:
             raise self._wrap(exc) from exc
-        if notify and self._on_change is not None:
-            self._on_change(Change())
+        if notify:
+            self._changed()
         return result
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(Change())
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        """One statement in its own (implicit) transaction: one round trip, one commit."""
+        pool = self._require()
+        self._statements += 1
+        try:
+            return await pool.fetchrow(sql, *args)
+        except _DRIVER_ERRORS as exc:
+            raise self._wrap(exc) from exc
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         pool = self._require()
@@ -563,37 +587,29 @@ class PostgresStore(Store):
     async def request_abort(
         self, task_id: str, reason: AbortReason
     ) -> tuple[bool, TaskRecord | None]:
-        async def body(conn: asyncpg.Connection) -> tuple[bool, TaskRecord | None]:
-            self._statements += 1
-            row = await conn.fetchrow(
-                f"UPDATE {self.schema}.tasks SET state = {_sql.abort_case()}, abort_code = $2, "
-                "abort_message = $3, abort_by = $4, abort_at = $5, "
-                "updated_at = clock_timestamp(), finished_at = CASE WHEN state = 'PENDING' "
-                "THEN clock_timestamp() ELSE finished_at END "
-                f"WHERE id = $1 AND state IN {_sql.ABORTABLE} RETURNING {_sql.COLUMNS}",
-                task_id,
-                reason.code,
-                reason.message,
-                reason.by,
-                reason.at,
-            )
-            if row is None:
-                self._statements += 1
-                current = await conn.fetchrow(
-                    f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1", task_id
-                )
-                return False, None if current is None else record_from_row(current)
-            self._statements += 1
-            # The log row and the notification commit with the abort, or not at all.
-            await conn.execute(
-                f"WITH logged AS (INSERT INTO {self.schema}.abort_log (task_id) VALUES ($1) "
-                "RETURNING task_id) SELECT pg_notify($2, task_id) FROM logged",
-                task_id,
-                self.abort_channel,
-            )
-            return True, record_from_row(row)
-
-        return await self._transaction(body)
+        # One statement, so one round trip and one commit: the abort, its log row and its
+        # notification commit together or not at all.
+        row = await self._fetchrow(
+            f"WITH upd AS (UPDATE {self.schema}.tasks SET state = {_sql.abort_case()}, "
+            "abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5, "
+            "updated_at = clock_timestamp(), finished_at = CASE WHEN state = 'PENDING' "
+            "THEN clock_timestamp() ELSE finished_at END "
+            f"WHERE id = $1 AND state IN {_sql.ABORTABLE} RETURNING {_sql.COLUMNS}), "
+            f"logged AS (INSERT INTO {self.schema}.abort_log (task_id) "
+            "SELECT id FROM upd RETURNING task_id), "
+            "notified AS (SELECT pg_notify($6, task_id) FROM logged) "
+            "SELECT upd.*, (SELECT count(*) FROM notified) AS notified FROM upd",
+            task_id,
+            reason.code,
+            reason.message,
+            reason.by,
+            reason.at,
+            self.abort_channel,
+        )
+        if row is None:
+            return False, await self.get(task_id)
+        self._changed()
+        return True, record_from_row(tuple(row)[:-1])
 
     async def finish(
         self,
@@ -604,30 +620,23 @@ class PostgresStore(Store):
         result_json: str | None = None,
         error: TaskError | None = None,
     ) -> TaskRecord | None:
-        async def body(conn: asyncpg.Connection) -> TaskRecord | None:
-            self._statements += 1
-            row = await conn.fetchrow(
-                f"WITH done AS (UPDATE {self.schema}.tasks SET state = $3, result = $4, "
-                "error = $5, finished_at = clock_timestamp(), updated_at = clock_timestamp() "
-                f"WHERE id = $1 AND owner = $2 AND state IN {_sql.RUNNING} "
-                f"RETURNING {_sql.COLUMNS}) "
-                f"SELECT done.*, pg_notify($6, done.id)::text AS notified FROM done",
-                task_id,
-                owner,
-                state.value,
-                result_json,
-                None if error is None else error.to_json(),
-                self.end_channel,
-            )
-            if row is not None:
-                return record_from_row(tuple(row)[:-1])
-            self._statements += 1
-            current = await conn.fetchrow(
-                f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1", task_id
-            )
-            return None if current is None else record_from_row(current)
-
-        return await self._transaction(body)
+        row = await self._fetchrow(
+            f"WITH done AS (UPDATE {self.schema}.tasks SET state = $3, result = $4, "
+            "error = $5, finished_at = clock_timestamp(), updated_at = clock_timestamp() "
+            f"WHERE id = $1 AND owner = $2 AND state IN {_sql.RUNNING} "
+            f"RETURNING {_sql.COLUMNS}) "
+            "SELECT done.*, pg_notify($6, done.id)::text AS notified FROM done",
+            task_id,
+            owner,
+            state.value,
+            result_json,
+            None if error is None else error.to_json(),
+            self.end_channel,
+        )
+        if row is None:
+            return await self.get(task_id)
+        self._changed()
+        return record_from_row(tuple(row)[:-1])
 
     async def get(self, task_id: str) -> TaskRecord | None:
         rows = await self._fetch(
@@ -661,35 +670,27 @@ class PostgresStore(Store):
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None
     ) -> bool:
-        async def body(conn: asyncpg.Connection) -> bool:
-            self._statements += 1
-            row = await conn.fetchrow(
-                f"UPDATE {self.schema}.tasks SET progress = COALESCE($3, progress), "
-                "message = COALESCE($4, message), updated_at = clock_timestamp() "
-                f"WHERE id = $1 AND owner = $2 AND state IN {_sql.RUNNING} RETURNING id",
-                task_id,
-                owner,
-                progress,
-                message,
-            )
-            return row is not None
-
-        return await self._transaction(body, notify=False)
+        row = await self._fetchrow(
+            f"UPDATE {self.schema}.tasks SET progress = COALESCE($3, progress), "
+            "message = COALESCE($4, message), updated_at = clock_timestamp() "
+            f"WHERE id = $1 AND owner = $2 AND state IN {_sql.RUNNING} RETURNING id",
+            task_id,
+            owner,
+            progress,
+            message,
+        )
+        return row is not None
 
     # -- liveness ----------------------------------------------------------------------------
 
     async def heartbeat(self, owner: OwnerInfo) -> None:
-        async def body(conn: asyncpg.Connection) -> None:
-            self._statements += 1
-            await conn.execute(
-                f"INSERT INTO {self.schema}.owners (id, host, pid) VALUES ($1, $2, $3) "
-                "ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp()",
-                owner.id,
-                owner.host,
-                owner.pid,
-            )
-
-        await self._transaction(body, notify=False)
+        await self._fetchrow(
+            f"INSERT INTO {self.schema}.owners (id, host, pid) VALUES ($1, $2, $3) "
+            "ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp() RETURNING id",
+            owner.id,
+            owner.host,
+            owner.pid,
+        )
 
     async def reap(self, *, stale_after: float) -> list[str]:
         async def body(conn: asyncpg.Connection) -> list[str]:
