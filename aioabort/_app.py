@@ -195,7 +195,7 @@ class App:
             return
         reason = AbortReason(AbortReason.SHUTDOWN, "the aioabort App is closing")
         for scope in scopes:
-            _recorded, record = await shielded(store.request_abort(scope.id, reason))
+            record = (await shielded(store.request_abort(scope.id, reason))).record
             if record is not None and record.reason is not None:
                 watcher.deliver(scope.id, record.reason)
         with anyio.move_on_after(self.shutdown_grace):

@@ -40,6 +40,20 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class AbortOutcome:
+    """What :meth:`Store.request_abort` did.
+
+    :ivar recorded: whether this call recorded a new abort request.
+    :ivar record: the record afterwards (``None``: no such task; nothing was written).
+    :ivar children: unfinished descendants aborted with it (code ``parent``).
+    """
+
+    recorded: bool
+    record: TaskRecord | None
+    children: tuple[AbortNotice, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StartResult:
     """What :meth:`Store.start` found and did."""
 
@@ -109,8 +123,13 @@ class Store(abc.ABC):
         queue: str | None = None,
         args_json: str | None = None,
         parent_id: str | None = None,
+        retryable: bool = False,
     ) -> TaskRecord:
-        """Record a new PENDING task. Raises :class:`TaskAlreadyExists` if the id is taken."""
+        """Record a new PENDING task. Raises :class:`TaskAlreadyExists` if the id is taken.
+
+        A task whose parent is already aborting is born ABORTED (code ``parent``). A task with
+        a ``queue`` wakes the workers of that queue (PostgreSQL: NOTIFY).
+        """
 
     @abc.abstractmethod
     async def start(
@@ -123,14 +142,27 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def request_abort(
-        self, task_id: str, reason: AbortReason
-    ) -> tuple[bool, TaskRecord | None]:
+    async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
+        """Atomically move up to ``limit`` PENDING tasks of ``queues`` (oldest first) to
+        STARTED for ``owner``; no two callers ever claim the same task."""
+
+    @abc.abstractmethod
+    async def has_pending(self, queues: Collection[str]) -> bool:
+        """Whether any PENDING task waits in ``queues`` (a read; no lock taken)."""
+
+    @abc.abstractmethod
+    async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
+        """Put a running task owned by ``owner`` back to PENDING (a retryable task cut off by
+        shutdown). Returns the record afterwards."""
+
+    @abc.abstractmethod
+    async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
         """Record an abort request; the first one wins.
 
         PENDING → ABORTED, STARTED → ABORTING, with ``reason`` stored and the request logged
-        for watchers, in one transaction. Returns whether this call recorded the request, and
-        the record as it is afterwards (``None`` if there is no record: nothing is written).
+        for watchers, in one transaction, together with every unfinished descendant (reason
+        code ``parent``). For an id with no record, or a record that is aborting or finished,
+        nothing is written.
         """
 
     @abc.abstractmethod
@@ -176,7 +208,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def reap(self, *, stale_after: float) -> list[str]:
         """End FAILURE (cause ``lost``) every running task whose owner missed its heartbeats
-        for ``stale_after`` seconds; forget those owners. Returns the ids ended."""
+        for ``stale_after`` seconds; forget those owners. Retryable tasks with no abort request
+        other than ``shutdown`` go back to PENDING instead. Returns the ids handled."""
 
     @abc.abstractmethod
     async def release_owner(self, owner: str) -> list[str]:

@@ -59,7 +59,9 @@ class AbortHandle:
 
         A PENDING task becomes ABORTED at once and never runs; a running one becomes ABORTING
         and its scope, in whatever process, is cancelled at its next await. The first reason
-        wins; later calls return False.
+        wins; later calls return False. Unfinished children (tasks started inside its scope)
+        are aborted with it, with reason code ``parent``; a child's abort never reaches its
+        parent.
 
         :param reason: a message (the reason's code is ``user``) or an :class:`AbortReason`.
         :param by: who asks; defaults to ``host:pid``.
@@ -69,10 +71,15 @@ class AbortHandle:
         """
         abort_reason = coerce_reason(reason, by)
         runtime = self._runtime()
-        recorded, record = await shielded(runtime.store.request_abort(self.id, abort_reason))
-        if recorded and record is not None:
-            runtime.watcher.deliver(self.id, record.reason or abort_reason)
-        return recorded
+        outcome = await shielded(runtime.store.request_abort(self.id, abort_reason))
+        if outcome.recorded:
+            record = outcome.record
+            runtime.watcher.deliver(
+                self.id, record.reason if record and record.reason else abort_reason
+            )
+            for child in outcome.children:
+                runtime.watcher.deliver(child.task_id, child.reason)
+        return outcome.recorded
 
     async def record(self) -> TaskRecord:
         """The task's record. :raises TaskNotFound: if there is none."""

@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _runtime
-from ._backend import Store, shielded
+from ._backend import StartResult, Store, shielded
 from ._errors import (
     AioabortError,
     NoCurrentScope,
@@ -29,7 +29,7 @@ from ._errors import (
     TaskAlreadyStarted,
     UsageError,
 )
-from ._state import StartDecision, TaskRecord, TaskState, end_state
+from ._state import StartDecision, TaskRecord, TaskState, end_state, should_requeue
 from ._types import MAX_REASON_MESSAGE_LENGTH, AbortReason, TaskError, check_task_id
 from ._watcher import Watcher
 
@@ -103,6 +103,7 @@ class AbortScope:
         "_body_running",
         "_callbacks",
         "_cancel_scope",
+        "_claimed",
         "_detached",
         "_flush_handle",
         "_last_report",
@@ -111,13 +112,18 @@ class AbortScope:
         "_pending_report",
         "_preaborted",
         "_requested",
+        "_result_json",
+        "_retryable",
         "_runtime",
         "_suppress",
+        "_time_limit",
+        "_timer",
         "_token",
         "aborted",
         "id",
         "reason",
         "record",
+        "requeued",
     )
 
     def __init__(
@@ -128,12 +134,27 @@ class AbortScope:
         suppress: bool = False,
         name: str | None = None,
         detached: bool = False,
+        time_limit: float | None = None,
+        _claimed: TaskRecord | None = None,
     ) -> None:
         self.id: str = check_task_id(task_id)
+        if time_limit is not None and (
+            isinstance(time_limit, bool)
+            or not isinstance(time_limit, int | float)
+            or not 0 < time_limit < 10**7
+        ):
+            raise UsageError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
         self.aborted = False
         self.reason: AbortReason | None = None
         self.record: TaskRecord | None = None
+        #: True when a retryable task cut off by shutdown went back to PENDING.
+        self.requeued = False
         self._app = app
+        self._time_limit = time_limit
+        self._timer: asyncio.TimerHandle | None = None
+        self._claimed = _claimed
+        self._result_json: str | None = None
+        self._retryable = _claimed.retryable if _claimed is not None else False
         self._suppress = suppress
         self._name = name
         self._detached = detached
@@ -304,18 +325,21 @@ class AbortScope:
         self._loop = asyncio.get_running_loop()
         parent = None if self._detached else _parent_scope()
         runtime.watcher.register(self)
-        try:
-            started = await shielded(
-                runtime.store.start(
-                    self.id,
-                    owner=runtime.owner,
-                    name=self._name,
-                    parent_id=parent.id if parent is not None else None,
+        if self._claimed is not None:  # a worker already moved it PENDING -> STARTED for us
+            started = StartResult(StartDecision.START, self._claimed)
+        else:
+            try:
+                started = await shielded(
+                    runtime.store.start(
+                        self.id,
+                        owner=runtime.owner,
+                        name=self._name,
+                        parent_id=parent.id if parent is not None else None,
+                    )
                 )
-            )
-        except BaseException:
-            runtime.watcher.unregister(self)
-            raise
+            except BaseException:
+                runtime.watcher.unregister(self)
+                raise
         self.record = started.record
         decision = started.decision
         if decision is StartDecision.ALREADY_FINISHED:
@@ -336,6 +360,10 @@ class AbortScope:
         if decision is StartDecision.ABORTED_BEFORE_START:
             self._preaborted = True
             self._deliver_abort(started.record.reason or AbortReason())
+        elif started.record.reason is not None:  # started under an aborting parent
+            self._deliver_abort(started.record.reason)
+        if self._time_limit is not None and not self._preaborted:
+            self._timer = self._loop.call_later(self._time_limit, self._time_up)
         cancel_scope.__enter__()
         self._body_running = True
         if self._requested:
@@ -357,7 +385,14 @@ class AbortScope:
             _current_scope.reset(self._token)
             self._token = None
         swallowed = bool(cancel_scope.__exit__(exc_type, exc, tb))
-        stopped = cancel_scope.cancelled_caught
+        # Stopped by the abort: our scope caught its own cancellation, or an abort was asked
+        # and the body ended by a cancellation that an enclosing cancelled scope must see.
+        stopped = cancel_scope.cancelled_caught or (
+            self._requested and isinstance(exc, asyncio.CancelledError)
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -370,6 +405,12 @@ class AbortScope:
             else:
                 body_failed = exc is not None and not swallowed
                 state = end_state(stopped_by_abort=stopped, failed=body_failed)
+                reason_code = self.reason.code if self.reason is not None else None
+                if should_requeue(
+                    retryable=self._retryable, stopped_by_abort=stopped, reason_code=reason_code
+                ):
+                    await self._requeue(runtime)
+                    return swallowed
                 error = None
                 if state is TaskState.FAILURE and exc is not None:
                     error = (
@@ -390,10 +431,58 @@ class AbortScope:
             raise TaskAborted(self.id, self.reason) from None
         return swallowed
 
+    def _set_result(self, result_json: str) -> None:
+        """The runner's seam: the task's JSON result, stored with a SUCCESS end."""
+        self._result_json = result_json
+
+    def _time_up(self) -> None:
+        self._timer = None
+        runtime = self._runtime
+        if runtime is None or not self._body_running or self._requested:
+            return
+        reason = AbortReason(
+            AbortReason.TIMEOUT,
+            f"time limit of {self._time_limit:g}s exceeded",
+            by=f"time_limit@{runtime.owner}",
+        )
+        task = asyncio.get_running_loop().create_task(self._abort_for(runtime, reason))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _abort_for(self, runtime: _Bound, reason: AbortReason) -> None:
+        try:
+            outcome = await shielded(runtime.store.request_abort(self.id, reason))
+        except AioabortError:
+            logger.exception(
+                "could not record the time limit's abort",
+                extra={"action": "time_limit_failed", "task_id": self.id},
+            )
+            self._deliver_abort(reason)  # stop the body all the same
+            return
+        record = outcome.record
+        if outcome.recorded and record is not None:
+            runtime.watcher.deliver(self.id, record.reason or reason)
+            for child in outcome.children:
+                runtime.watcher.deliver(child.task_id, child.reason)
+
+    async def _requeue(self, runtime: _Bound) -> None:
+        try:
+            self.record = await shielded(runtime.store.requeue(self.id, owner=runtime.owner))
+        except AioabortError:
+            logger.exception(
+                "could not requeue the task", extra={"action": "requeue_failed", "task_id": self.id}
+            )
+            return
+        self.requeued = True
+        self.aborted = False
+
     async def _finish(self, runtime: _Bound, state: TaskState, error: TaskError | None) -> None:
+        result_json = self._result_json if state is TaskState.SUCCESS else None
         try:
             record = await shielded(
-                runtime.store.finish(self.id, owner=runtime.owner, state=state, error=error)
+                runtime.store.finish(
+                    self.id, owner=runtime.owner, state=state, result_json=result_json, error=error
+                )
             )
         except AioabortError:
             logger.exception(
@@ -418,6 +507,7 @@ def abortable(
     suppress: bool = False,
     name: str | None = None,
     detached: bool = False,
+    time_limit: float | None = None,
 ) -> AbortScope:
     """Run a block as the task ``task_id``, stoppable by ``await handle.abort()`` from anywhere.
 
@@ -431,11 +521,15 @@ def abortable(
     :param suppress: exit quietly instead of raising :class:`TaskAborted`; read
         ``scope.aborted`` and ``scope.reason`` instead.
     :param name: a name stored on the record (for listings).
-    :param detached: do not link this task to the enclosing scope as its child.
+    :param detached: do not link this task to the enclosing scope as its child (by default a
+        scope entered inside another is its child: aborting the parent aborts it too).
+    :param time_limit: abort the task (reason code ``timeout``) after this many seconds.
     :raises InvalidTaskId: for a bad id (before anything is written).
     :raises NoAppOpen: when no App is open.
     :raises TaskAlreadyFinished: when the record is already terminal.
     :raises TaskAlreadyStarted: when the task already runs in another scope.
     :raises ScopeAlreadyEntered: when a scope with this id is open in this process.
     """
-    return AbortScope(task_id, app=app, suppress=suppress, name=name, detached=detached)
+    return AbortScope(
+        task_id, app=app, suppress=suppress, name=name, detached=detached, time_limit=time_limit
+    )

@@ -12,7 +12,8 @@ the sets defined here, so the database and this module cannot disagree.
     ABORTED            ABORTING ──finish──▶ SUCCESS | FAILURE | ABORTED
 
 Only the consumer (the scope that runs the body) writes an end state from STARTED/ABORTING;
-``abort()`` records a request. Terminal states never change.
+``abort()`` records a request. Terminal states never change. A *retryable* task cut off by a
+worker's shutdown or by the loss of its owner goes back from STARTED/ABORTING to PENDING.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ ABORTABLE_STATES: frozenset[TaskState] = frozenset({TaskState.PENDING, TaskState
 FINISHABLE_STATES: frozenset[TaskState] = RUNNING_STATES
 #: States a dead owner's records are reaped from.
 REAPABLE_STATES: frozenset[TaskState] = RUNNING_STATES
+#: States a retryable task is put back in the queue from.
+REQUEUEABLE_STATES: frozenset[TaskState] = RUNNING_STATES
 
 _ALLOWED: frozenset[tuple[TaskState, TaskState]] = frozenset(
     {
@@ -64,6 +67,7 @@ _ALLOWED: frozenset[tuple[TaskState, TaskState]] = frozenset(
         (TaskState.PENDING, TaskState.ABORTED),
         (TaskState.STARTED, TaskState.ABORTING),
         *((s, end) for s in RUNNING_STATES for end in TERMINAL_STATES),
+        *((s, TaskState.PENDING) for s in REQUEUEABLE_STATES),
     }
 )
 
@@ -124,6 +128,15 @@ def decide_start(state: TaskState | None, *, ever_started: bool) -> StartDecisio
     return StartDecision.ALREADY_FINISHED
 
 
+def should_requeue(*, retryable: bool, stopped_by_abort: bool, reason_code: str | None) -> bool:
+    """Whether a task that just ended goes back to PENDING instead of its end state.
+
+    Only a retryable task stopped by a worker's shutdown (an abort with code ``shutdown``) is
+    requeued; an abort asked for by anyone else, a timeout or a failure is final.
+    """
+    return retryable and stopped_by_abort and reason_code == "shutdown"
+
+
 def end_state(*, stopped_by_abort: bool, failed: bool) -> TaskState:
     """The end state the consumer writes when its scope exits.
 
@@ -154,6 +167,8 @@ class TaskRecord:
     :ivar parent_id: the task that started this one, or ``None``.
     :ivar queue: the queue it was submitted to (runner tasks).
     :ivar args: its JSON arguments (runner tasks), else ``None``.
+    :ivar retryable: whether it goes back to PENDING when cut off by shutdown or a lost owner.
+    :ivar attempts: how many times it was started.
     """
 
     id: str
@@ -171,6 +186,8 @@ class TaskRecord:
     parent_id: str | None = None
     queue: str | None = None
     args: JSONValue = None
+    retryable: bool = False
+    attempts: int = 0
 
     @property
     def is_finished(self) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +19,12 @@ from ._errors import ScopeAlreadyEntered
 from ._types import AbortReason
 
 logger = logging.getLogger("aioabort.watcher")
+
+#: How long, and how many, abort notices for ids with no open scope are remembered: a worker
+#: that claimed a task registers its scope a moment later, and an abort that arrived in
+#: between must still reach it.
+_RECENT_SECONDS = 120.0
+_RECENT_MAX = 10_000
 
 
 class AbortTarget(Protocol):
@@ -65,6 +73,7 @@ class Watcher:
         self._running = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._recent: OrderedDict[str, tuple[AbortReason, float]] = OrderedDict()
 
     async def start(self) -> None:
         await self._store.start_watching(self._on_change, self._scopes.keys)
@@ -84,6 +93,10 @@ class Watcher:
             )
         self._scopes[target.id] = target
         self._idle.clear()
+        recent = self._recent.pop(target.id, None)
+        if recent is not None and time.monotonic() - recent[1] < _RECENT_SECONDS:
+            self._deliveries += 1
+            target._deliver_abort(recent[0])
 
     def unregister(self, target: AbortTarget) -> None:
         if self._scopes.get(target.id) is target:
@@ -103,10 +116,17 @@ class Watcher:
         """Deliver an abort to the scope open here for ``task_id``, if any. Loop thread only."""
         target = self._scopes.get(task_id)
         if target is None:
+            self._remember(task_id, reason)
             return False
         self._deliveries += 1
         target._deliver_abort(reason)
         return True
+
+    def _remember(self, task_id: str, reason: AbortReason) -> None:
+        self._recent[task_id] = (reason, time.monotonic())
+        self._recent.move_to_end(task_id)
+        while len(self._recent) > _RECENT_MAX:
+            self._recent.popitem(last=False)
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ def test_help_lists_commands() -> None:
 
 
 def test_demo_runs_end_to_end_as_json() -> None:
-    out = run_cli("demo", "--json", "--step", "0.02")
+    out = run_cli("demo", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["ok"] is True
@@ -65,7 +65,7 @@ def test_demo_runs_end_to_end_as_json() -> None:
 
 
 def test_demo_plain_output_explains_itself() -> None:
-    out = run_cli("demo", "--step", "0.02", "--tasks", "3")
+    out = run_cli("demo", "--tasks", "3")
     assert out.returncode == 0, out.stderr
     assert "What happened" in out.stdout
     assert "ABORTED from another process" in out.stdout

@@ -57,6 +57,8 @@ def test_allowed_transitions_table(old: TaskState, new: TaskState) -> None:
         (S.ABORTING, S.SUCCESS),
         (S.ABORTING, S.FAILURE),
         (S.ABORTING, S.ABORTED),
+        (S.STARTED, S.PENDING),  # a retryable task requeued after shutdown or a lost owner
+        (S.ABORTING, S.PENDING),
     }
     assert is_allowed(old, new) is ((old, new) in allowed)
 
@@ -106,3 +108,20 @@ def test_sql_guards_mirror_the_rules() -> None:
     assert _sql.abort_case() == (
         "CASE state WHEN 'PENDING' THEN 'ABORTED' WHEN 'STARTED' THEN 'ABORTING' END"
     )
+
+
+@pytest.mark.parametrize(
+    ("retryable", "stopped", "code", "requeue"),
+    [
+        (True, True, "shutdown", True),
+        (True, True, "user", False),
+        (True, True, "timeout", False),
+        (True, False, "shutdown", False),
+        (False, True, "shutdown", False),
+        (True, True, None, False),
+    ],
+)
+def test_should_requeue(retryable: bool, stopped: bool, code: str | None, requeue: bool) -> None:
+    from aioabort._state import should_requeue
+
+    assert should_requeue(retryable=retryable, stopped_by_abort=stopped, reason_code=code) is requeue

@@ -33,8 +33,20 @@ TERMINAL_ABORTED_AT_ONCE = "'" + TaskState.ABORTED.value + "'"
 #: Columns read into a TaskRecord, in order.
 COLUMNS = (
     "id, name, queue, parent_id, state, args, result, error, abort_code, abort_message, "
-    "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at"
+    "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at, "
+    "retryable, attempts"
 )
+
+#: The states a child is aborted from when its parent is: the same rule as any abort.
+PARENT_ABORTED = "('ABORTING', 'ABORTED')"
+
+
+def parent_reason(parent_id: str, reason: AbortReason) -> AbortReason:
+    """The reason a child gets when its parent ``parent_id`` is aborted with ``reason``."""
+    message = f"parent {parent_id} was aborted"
+    if reason.message:
+        message = f"{message}: {reason.message}"
+    return AbortReason(AbortReason.PARENT, message[:2000], reason.by, reason.at)
 
 
 def reason_from(
@@ -67,6 +79,8 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         created_at,
         started_at,
         finished_at,
+        retryable,
+        attempts,
     ) = row
     created = ts(created_at)
     assert created is not None
@@ -86,4 +100,6 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         parent_id=parent_id,
         queue=queue,
         args=None if args is None else json.loads(args),
+        retryable=bool(retryable),
+        attempts=int(attempts or 0),
     )

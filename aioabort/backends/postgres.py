@@ -32,6 +32,7 @@ import asyncpg
 
 from .._backend import (
     AbortNotice,
+    AbortOutcome,
     Change,
     ChangeCallback,
     OwnerInfo,
@@ -118,8 +119,11 @@ def _schema_sql(s: str) -> list[str]:
             created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             started_at timestamptz,
             finished_at timestamptz,
-            updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            retryable boolean NOT NULL DEFAULT false,
+            attempts integer NOT NULL DEFAULT 0
         )""",
+        f"CREATE INDEX IF NOT EXISTS tasks_pending ON {s}.tasks (queue, created_at) WHERE state = 'PENDING'",
         f"CREATE INDEX IF NOT EXISTS tasks_state ON {s}.tasks (state, created_at)",
         f"CREATE INDEX IF NOT EXISTS tasks_running_owner ON {s}.tasks (owner) WHERE state IN {_sql.RUNNING}",
         f"CREATE INDEX IF NOT EXISTS tasks_parent ON {s}.tasks (parent_id) WHERE parent_id IS NOT NULL",
@@ -217,7 +221,8 @@ class _Listener:
             # LISTEN first, then re-read: nothing committed after this point can be missed.
             await conn.add_listener(store.abort_channel, self._on_notify)
             await conn.add_listener(store.end_channel, self._on_notify)
-            self.statements += 2
+            await conn.add_listener(store.queue_channel, self._on_notify)
+            self.statements += 3
             if self.low_water == 0 and not self.seen:
                 self.low_water = await conn.fetchval(
                     f"SELECT COALESCE(MAX(seq), 0) FROM {store.schema}.abort_log"
@@ -364,6 +369,7 @@ class PostgresStore(Store):
         self.dsn, self.schema = parse_url(url)
         self.abort_channel = f"{self.schema}.aborts"
         self.end_channel = f"{self.schema}.ends"
+        self.queue_channel = f"{self.schema}.queued"
         self._pool: asyncpg.Pool | None = None
         self._listener: _Listener | None = None
         self._statements = 0
@@ -509,24 +515,72 @@ class PostgresStore(Store):
         queue: str | None = None,
         args_json: str | None = None,
         parent_id: str | None = None,
+        retryable: bool = False,
     ) -> TaskRecord:
         async def body(conn: asyncpg.Connection) -> TaskRecord:
+            parent = await self._aborted_parent(conn, parent_id)
             self._statements += 1
             row = await conn.fetchrow(
-                f"INSERT INTO {self.schema}.tasks (id, name, queue, parent_id, state, args) "
-                f"VALUES ($1, $2, $3, $4, 'PENDING', $5) ON CONFLICT (id) DO NOTHING "
-                f"RETURNING {_sql.COLUMNS}",
+                f"INSERT INTO {self.schema}.tasks (id, name, queue, parent_id, state, args, "
+                "retryable) VALUES ($1, $2, $3, $4, 'PENDING', $5, $6) "
+                f"ON CONFLICT (id) DO NOTHING RETURNING {_sql.COLUMNS}",
                 task_id,
                 name,
                 queue,
                 parent_id,
                 args_json,
+                retryable,
             )
             if row is None:
                 raise TaskAlreadyExists(task_id)
+            if parent is not None:  # born into an aborted family: never runs
+                aborted = await self._abort_one(conn, task_id, parent)
+                return aborted or record_from_row(row)
+            if queue is not None:
+                self._statements += 1
+                await conn.execute("SELECT pg_notify($1, $2)", self.queue_channel, queue)
             return record_from_row(row)
 
         return await self._transaction(body)
+
+    async def _aborted_parent(
+        self, conn: asyncpg.Connection, parent_id: str | None
+    ) -> AbortReason | None:
+        if parent_id is None:
+            return None
+        self._statements += 1
+        row = await conn.fetchrow(
+            f"SELECT abort_code, abort_message, abort_by, abort_at FROM {self.schema}.tasks "
+            f"WHERE id = $1 AND state IN {_sql.PARENT_ABORTED}",
+            parent_id,
+        )
+        if row is None:
+            return None
+        reason = _sql.reason_from(row[0], row[1], row[2], row[3])
+        return None if reason is None else _sql.parent_reason(parent_id, reason)
+
+    async def _abort_one(
+        self, conn: asyncpg.Connection, task_id: str, reason: AbortReason
+    ) -> TaskRecord | None:
+        self._statements += 1
+        row = await conn.fetchrow(
+            f"WITH upd AS (UPDATE {self.schema}.tasks SET state = {_sql.abort_case()}, "
+            "abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5, "
+            "updated_at = clock_timestamp(), finished_at = CASE WHEN state = 'PENDING' "
+            "THEN clock_timestamp() ELSE finished_at END "
+            f"WHERE id = $1 AND state IN {_sql.ABORTABLE} RETURNING {_sql.COLUMNS}), "
+            f"logged AS (INSERT INTO {self.schema}.abort_log (task_id) "
+            "SELECT id FROM upd RETURNING task_id), "
+            "notified AS (SELECT pg_notify($6, task_id) FROM logged) "
+            "SELECT upd.*, (SELECT count(*) FROM notified) AS notified FROM upd",
+            task_id,
+            reason.code,
+            reason.message,
+            reason.by,
+            reason.at,
+            self.abort_channel,
+        )
+        return None if row is None else record_from_row(tuple(row)[:-1])
 
     async def start(
         self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
@@ -543,11 +597,12 @@ class PostgresStore(Store):
                 ever_started=current is not None and current.started_at is not None,
             )
             if decision is StartDecision.CREATE:
+                parent = await self._aborted_parent(conn, parent_id)
                 self._statements += 1
                 row = await conn.fetchrow(
                     f"INSERT INTO {self.schema}.tasks (id, name, parent_id, state, owner, "
-                    "started_at) VALUES ($1, $2, $3, 'STARTED', $4, clock_timestamp()) "
-                    f"ON CONFLICT (id) DO NOTHING RETURNING {_sql.COLUMNS}",
+                    "started_at, attempts) VALUES ($1, $2, $3, 'STARTED', $4, clock_timestamp(), "
+                    f"1) ON CONFLICT (id) DO NOTHING RETURNING {_sql.COLUMNS}",
                     task_id,
                     name,
                     parent_id,
@@ -565,14 +620,17 @@ class PostgresStore(Store):
                         decide_start(other.state, ever_started=other.started_at is not None),
                         other,
                     )
-                return StartResult(decision, record_from_row(row))
+                record = record_from_row(row)
+                if parent is not None:  # started under an aborting parent: aborting already
+                    record = await self._abort_one(conn, task_id, parent) or record
+                return StartResult(decision, record)
             assert current is not None
             if decision is StartDecision.START:
                 self._statements += 1
                 row = await conn.fetchrow(
                     f"UPDATE {self.schema}.tasks SET state = 'STARTED', owner = $2, "
                     "started_at = clock_timestamp(), updated_at = clock_timestamp(), "
-                    "name = COALESCE(name, $3) "
+                    "name = COALESCE(name, $3), attempts = attempts + 1 "
                     f"WHERE id = $1 AND state = 'PENDING' RETURNING {_sql.COLUMNS}",
                     task_id,
                     owner,
@@ -584,32 +642,46 @@ class PostgresStore(Store):
 
         return await self._transaction(body)
 
-    async def request_abort(
-        self, task_id: str, reason: AbortReason
-    ) -> tuple[bool, TaskRecord | None]:
-        # One statement, so one round trip and one commit: the abort, its log row and its
-        # notification commit together or not at all.
+    async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
+        child = _sql.parent_reason(task_id, reason)
+        # One statement, so one round trip and one commit: the abort, the aborts of every
+        # unfinished descendant, their log rows and their notifications commit together.
         row = await self._fetchrow(
-            f"WITH upd AS (UPDATE {self.schema}.tasks SET state = {_sql.abort_case()}, "
+            "WITH RECURSIVE family(id) AS ("
+            f"SELECT id FROM {self.schema}.tasks WHERE parent_id = $1 "
+            f"UNION SELECT t.id FROM {self.schema}.tasks AS t JOIN family AS f "
+            "ON t.parent_id = f.id), "
+            f"root AS (UPDATE {self.schema}.tasks SET state = {_sql.abort_case()}, "
             "abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5, "
             "updated_at = clock_timestamp(), finished_at = CASE WHEN state = 'PENDING' "
             "THEN clock_timestamp() ELSE finished_at END "
             f"WHERE id = $1 AND state IN {_sql.ABORTABLE} RETURNING {_sql.COLUMNS}), "
+            f"kids AS (UPDATE {self.schema}.tasks SET state = {_sql.abort_case()}, "
+            "abort_code = $7, abort_message = $8, abort_by = $4, abort_at = $5, "
+            "updated_at = clock_timestamp(), finished_at = CASE WHEN state = 'PENDING' "
+            "THEN clock_timestamp() ELSE finished_at END "
+            f"WHERE id IN (SELECT id FROM family) AND state IN {_sql.ABORTABLE} "
+            "AND EXISTS (SELECT 1 FROM root) RETURNING id), "
             f"logged AS (INSERT INTO {self.schema}.abort_log (task_id) "
-            "SELECT id FROM upd RETURNING task_id), "
+            "SELECT id FROM root UNION ALL SELECT id FROM kids RETURNING task_id), "
             "notified AS (SELECT pg_notify($6, task_id) FROM logged) "
-            "SELECT upd.*, (SELECT count(*) FROM notified) AS notified FROM upd",
+            "SELECT root.*, (SELECT count(*) FROM notified) AS notified, "
+            "(SELECT array_agg(id) FROM kids) AS kids FROM root",
             task_id,
             reason.code,
             reason.message,
             reason.by,
             reason.at,
             self.abort_channel,
+            child.code,
+            child.message,
         )
         if row is None:
-            return False, await self.get(task_id)
+            return AbortOutcome(False, await self.get(task_id))
         self._changed()
-        return True, record_from_row(tuple(row)[:-1])
+        values = tuple(row)
+        children = tuple(AbortNotice(kid, child) for kid in (values[-1] or ()))
+        return AbortOutcome(True, record_from_row(values[:-2]), children)
 
     async def finish(
         self,
@@ -632,6 +704,47 @@ class PostgresStore(Store):
             result_json,
             None if error is None else error.to_json(),
             self.end_channel,
+        )
+        if row is None:
+            return await self.get(task_id)
+        self._changed()
+        return record_from_row(tuple(row)[:-1])
+
+    async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
+        rows = await self._fetch(
+            f"UPDATE {self.schema}.tasks SET state = 'STARTED', owner = $1, "
+            "started_at = clock_timestamp(), updated_at = clock_timestamp(), "
+            "attempts = attempts + 1 WHERE id IN (SELECT id FROM "
+            f"{self.schema}.tasks WHERE state = 'PENDING' AND queue = ANY($2::text[]) "
+            "ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_sql.COLUMNS}",
+            owner,
+            list(queues),
+            limit,
+        )
+        if rows:
+            self._changed()
+        return sorted((record_from_row(row) for row in rows), key=lambda r: r.created_at)
+
+    async def has_pending(self, queues: Collection[str]) -> bool:
+        rows = await self._fetch(
+            f"SELECT EXISTS (SELECT 1 FROM {self.schema}.tasks WHERE state = 'PENDING' "
+            "AND queue = ANY($1::text[]))",
+            list(queues),
+        )
+        return bool(rows[0][0])
+
+    async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
+        row = await self._fetchrow(
+            f"WITH back AS (UPDATE {self.schema}.tasks SET state = 'PENDING', owner = NULL, "
+            "started_at = NULL, abort_code = NULL, abort_message = NULL, abort_by = NULL, "
+            "abort_at = NULL, progress = NULL, message = NULL, updated_at = clock_timestamp() "
+            f"WHERE id = $1 AND owner = $2 AND state IN {_sql.RUNNING} "
+            f"RETURNING {_sql.COLUMNS}) "
+            "SELECT back.*, pg_notify($3, back.queue)::text AS notified FROM back",
+            task_id,
+            owner,
+            self.queue_channel,
         )
         if row is None:
             return await self.get(task_id)
@@ -693,18 +806,31 @@ class PostgresStore(Store):
         )
 
     async def reap(self, *, stale_after: float) -> list[str]:
+        dead = (
+            f"state IN {_sql.RUNNING} AND (owner IS NULL OR owner IN "
+            f"(SELECT id FROM {self.schema}.owners WHERE last_seen < "
+            "clock_timestamp() - make_interval(secs => $1)) "
+            f"OR NOT EXISTS (SELECT 1 FROM {self.schema}.owners o WHERE o.id = owner))"
+        )
+
         async def body(conn: asyncpg.Connection) -> list[str]:
-            self._statements += 3
+            self._statements += 4
+            requeued = await conn.fetch(
+                f"UPDATE {self.schema}.tasks SET state = 'PENDING', owner = NULL, "
+                "started_at = NULL, abort_code = NULL, abort_message = NULL, abort_by = NULL, "
+                "abort_at = NULL, progress = NULL, message = NULL, "
+                f"updated_at = clock_timestamp() WHERE {dead} AND retryable "
+                "AND COALESCE(abort_code, 'shutdown') = 'shutdown' RETURNING id, queue",
+                stale_after,
+            )
+            for row in requeued:
+                await conn.execute("SELECT pg_notify($1, $2)", self.queue_channel, row[1])
             rows = await conn.fetch(
                 f"UPDATE {self.schema}.tasks SET state = 'FAILURE', "
                 "finished_at = clock_timestamp(), updated_at = clock_timestamp(), "
                 "error = json_build_object('cause', 'lost', 'type', '', 'message', "
                 "'owner ' || owner || ' stopped heartbeating')::text "
-                f"WHERE state IN {_sql.RUNNING} AND (owner IS NULL OR owner IN "
-                f"(SELECT id FROM {self.schema}.owners WHERE last_seen < "
-                "clock_timestamp() - make_interval(secs => $1)) "
-                f"OR NOT EXISTS (SELECT 1 FROM {self.schema}.owners o WHERE o.id = owner)) "
-                "RETURNING id",
+                f"WHERE {dead} RETURNING id",
                 stale_after,
             )
             await conn.execute(
@@ -718,7 +844,7 @@ class PostgresStore(Store):
             )
             for row in rows:
                 await conn.execute("SELECT pg_notify($1, $2)", self.end_channel, row[0])
-            return [row[0] for row in rows]
+            return [row[0] for row in requeued] + [row[0] for row in rows]
 
         return await self._transaction(body, notify=False)
 

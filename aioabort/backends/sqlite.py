@@ -25,6 +25,7 @@ import aiosqlite
 
 from .._backend import (
     AbortNotice,
+    AbortOutcome,
     Change,
     ChangeCallback,
     OwnerInfo,
@@ -75,8 +76,12 @@ CREATE TABLE IF NOT EXISTS aioabort_tasks (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    retryable INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS aioabort_tasks_pending ON aioabort_tasks (queue, created_at)
+    WHERE state = 'PENDING';
 CREATE INDEX IF NOT EXISTS aioabort_tasks_state ON aioabort_tasks (state, created_at);
 CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner)
     WHERE state IN {_sql.RUNNING};
@@ -374,22 +379,57 @@ class SQLiteStore(Store):
         queue: str | None = None,
         args_json: str | None = None,
         parent_id: str | None = None,
+        retryable: bool = False,
     ) -> TaskRecord:
         now = time.time()
 
         async def body() -> TaskRecord:
+            parent = await self._aborted_parent(parent_id)
             try:
                 rows = await self._exec(
                     "INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, "
-                    f"created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?) "
+                    "retryable, created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?) "
                     f"RETURNING {_sql.COLUMNS}",
-                    (task_id, name, queue, parent_id, args_json, now, now),
+                    (task_id, name, queue, parent_id, args_json, int(retryable), now, now),
                 )
             except sqlite3.IntegrityError as exc:
                 raise TaskAlreadyExists(task_id) from exc
+            if parent is not None:  # born into an aborted family: never runs
+                return await self._abort_unlocked(task_id, parent, now) or record_from_row(rows[0])
             return record_from_row(rows[0])
 
         return await self._write(body)
+
+    async def _aborted_parent(self, parent_id: str | None) -> AbortReason | None:
+        """The reason a child of ``parent_id`` is born aborted with, if the parent is aborting."""
+        if parent_id is None:
+            return None
+        rows = await self._exec(
+            "SELECT abort_code, abort_message, abort_by, abort_at FROM aioabort_tasks "
+            f"WHERE id = ? AND state IN {_sql.PARENT_ABORTED}",
+            (parent_id,),
+        )
+        if not rows:
+            return None
+        reason = _sql.reason_from(rows[0][0], rows[0][1], rows[0][2], _ts(rows[0][3]))
+        return None if reason is None else _sql.parent_reason(parent_id, reason)
+
+    async def _abort_unlocked(
+        self, task_id: str, reason: AbortReason, now: float
+    ) -> TaskRecord | None:
+        rows = await self._exec(
+            f"UPDATE aioabort_tasks SET state = {_sql.abort_case()}, abort_code = ?, "
+            "abort_message = ?, abort_by = ?, abort_at = ?, updated_at = ?, "
+            "finished_at = CASE WHEN state = 'PENDING' THEN ? ELSE finished_at END "
+            f"WHERE id = ? AND state IN {_sql.ABORTABLE} RETURNING {_sql.COLUMNS}",
+            (reason.code, reason.message, reason.by, reason.at.timestamp(), now, now, task_id),
+        )
+        if not rows:
+            return None
+        await self._exec(
+            "INSERT INTO aioabort_abort_log (task_id, at) VALUES (?, ?)", (task_id, now)
+        )
+        return record_from_row(rows[0])
 
     async def start(
         self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
@@ -406,18 +446,22 @@ class SQLiteStore(Store):
                 ever_started=current is not None and current.started_at is not None,
             )
             if decision is StartDecision.CREATE:
+                parent = await self._aborted_parent(parent_id)
                 rows = await self._exec(
                     "INSERT INTO aioabort_tasks (id, name, parent_id, state, owner, created_at, "
-                    "started_at, updated_at) VALUES (?, ?, ?, 'STARTED', ?, ?, ?, ?) "
+                    "started_at, updated_at, attempts) VALUES (?, ?, ?, 'STARTED', ?, ?, ?, ?, 1) "
                     f"RETURNING {_sql.COLUMNS}",
                     (task_id, name, parent_id, owner, now, now, now),
                 )
-                return StartResult(decision, record_from_row(rows[0]))
+                record = record_from_row(rows[0])
+                if parent is not None:  # started under an aborting parent: aborting already
+                    record = await self._abort_unlocked(task_id, parent, now) or record
+                return StartResult(decision, record)
             assert current is not None
             if decision is StartDecision.START:
                 rows = await self._exec(
                     "UPDATE aioabort_tasks SET state = 'STARTED', owner = ?, started_at = ?, "
-                    "updated_at = ?, name = COALESCE(name, ?) "
+                    "updated_at = ?, name = COALESCE(name, ?), attempts = attempts + 1 "
                     f"WHERE id = ? AND state = 'PENDING' RETURNING {_sql.COLUMNS}",
                     (owner, now, now, name, task_id),
                 )
@@ -426,25 +470,42 @@ class SQLiteStore(Store):
 
         return await self._write(body)
 
-    async def request_abort(
-        self, task_id: str, reason: AbortReason
-    ) -> tuple[bool, TaskRecord | None]:
+    async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
         now = time.time()
 
-        async def body() -> tuple[bool, TaskRecord | None]:
+        async def body() -> AbortOutcome:
+            record = await self._abort_unlocked(task_id, reason, now)
+            if record is None:
+                return AbortOutcome(False, await self.get_unlocked(task_id))
+            child_reason = _sql.parent_reason(task_id, reason)
             rows = await self._exec(
+                "WITH RECURSIVE family(id) AS ("
+                "SELECT id FROM aioabort_tasks WHERE parent_id = ? "
+                "UNION SELECT t.id FROM aioabort_tasks AS t JOIN family AS f "
+                "ON t.parent_id = f.id) "
                 f"UPDATE aioabort_tasks SET state = {_sql.abort_case()}, abort_code = ?, "
                 "abort_message = ?, abort_by = ?, abort_at = ?, updated_at = ?, "
                 "finished_at = CASE WHEN state = 'PENDING' THEN ? ELSE finished_at END "
-                f"WHERE id = ? AND state IN {_sql.ABORTABLE} RETURNING {_sql.COLUMNS}",
-                (reason.code, reason.message, reason.by, reason.at.timestamp(), now, now, task_id),
+                f"WHERE id IN (SELECT id FROM family) AND state IN {_sql.ABORTABLE} "
+                "RETURNING id",
+                (
+                    task_id,
+                    child_reason.code,
+                    child_reason.message,
+                    child_reason.by,
+                    child_reason.at.timestamp(),
+                    now,
+                    now,
+                ),
             )
-            if not rows:
-                return False, await self.get_unlocked(task_id)
-            await self._exec(
-                "INSERT INTO aioabort_abort_log (task_id, at) VALUES (?, ?)", (task_id, now)
-            )
-            return True, record_from_row(rows[0])
+            if rows:
+                conn = self._require()
+                await conn.executemany(
+                    "INSERT INTO aioabort_abort_log (task_id, at) VALUES (?, ?)",
+                    [(row[0], now) for row in rows],
+                )
+            children = tuple(AbortNotice(row[0], child_reason) for row in rows)
+            return AbortOutcome(True, record, children)
 
         return await self._write(body)
 
@@ -473,6 +534,50 @@ class SQLiteStore(Store):
                     task_id,
                     owner,
                 ),
+            )
+            if rows:
+                return record_from_row(rows[0])
+            return await self.get_unlocked(task_id)
+
+        return await self._write(body)
+
+    async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
+        now = time.time()
+        marks = ", ".join("?" for _ in queues)
+
+        async def body() -> list[TaskRecord]:
+            rows = await self._exec(
+                "UPDATE aioabort_tasks SET state = 'STARTED', owner = ?, started_at = ?, "
+                "updated_at = ?, attempts = attempts + 1 WHERE id IN (SELECT id FROM "
+                f"aioabort_tasks WHERE state = 'PENDING' AND queue IN ({marks}) "
+                f"ORDER BY created_at LIMIT ?) AND state = 'PENDING' RETURNING {_sql.COLUMNS}",
+                (owner, now, now, *queues, limit),
+            )
+            return sorted((record_from_row(row) for row in rows), key=lambda r: r.created_at)
+
+        return await self._write(body)
+
+    async def has_pending(self, queues: Collection[str]) -> bool:
+        marks = ", ".join("?" for _ in queues)
+        async with self._lock:
+            rows = await self._exec(
+                "SELECT EXISTS (SELECT 1 FROM aioabort_tasks WHERE state = 'PENDING' "
+                f"AND queue IN ({marks}))",
+                tuple(queues),
+            )
+        return bool(rows[0][0])
+
+    async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
+        now = time.time()
+
+        async def body() -> TaskRecord | None:
+            rows = await self._exec(
+                "UPDATE aioabort_tasks SET state = 'PENDING', owner = NULL, started_at = NULL, "
+                "abort_code = NULL, abort_message = NULL, abort_by = NULL, abort_at = NULL, "
+                "progress = NULL, message = NULL, updated_at = ? "
+                f"WHERE id = ? AND owner = ? AND state IN {_sql.RUNNING} "
+                f"RETURNING {_sql.COLUMNS}",
+                (now, task_id, owner),
             )
             if rows:
                 return record_from_row(rows[0])
@@ -549,16 +654,29 @@ class SQLiteStore(Store):
         now = time.time()
         cutoff = now - stale_after
 
+        dead = (
+            f"state IN {_sql.RUNNING} AND (owner IS NULL "
+            "OR owner IN (SELECT id FROM aioabort_owners WHERE last_seen < ?) "
+            "OR owner NOT IN (SELECT id FROM aioabort_owners))"
+        )
+
         async def body() -> list[str]:
+            requeued = await self._exec(
+                "UPDATE aioabort_tasks SET state = 'PENDING', owner = NULL, started_at = NULL, "
+                "abort_code = NULL, abort_message = NULL, abort_by = NULL, abort_at = NULL, "
+                "progress = NULL, message = NULL, updated_at = ? "
+                f"WHERE {dead} AND retryable = 1 AND COALESCE(abort_code, 'shutdown') = "
+                "'shutdown' RETURNING id",
+                (now, cutoff),
+            )
             rows = await self._exec(
                 "UPDATE aioabort_tasks SET state = 'FAILURE', finished_at = ?, updated_at = ?, "
                 "error = json_object('cause', 'lost', 'type', '', 'message', "
                 "'owner ' || owner || ' stopped heartbeating') "
-                f"WHERE state IN {_sql.RUNNING} AND (owner IS NULL "
-                "OR owner IN (SELECT id FROM aioabort_owners WHERE last_seen < ?) "
-                "OR owner NOT IN (SELECT id FROM aioabort_owners)) RETURNING id",
+                f"WHERE {dead} RETURNING id",
                 (now, now, cutoff),
             )
+            rows = requeued + rows
             await self._exec("DELETE FROM aioabort_owners WHERE last_seen < ?", (cutoff,))
             await self._exec(
                 "DELETE FROM aioabort_abort_log WHERE at < ?", (now - _ABORT_LOG_KEEP,)
