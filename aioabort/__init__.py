@@ -5,7 +5,8 @@ Layout, lowest first; imports point one way:
   _state            task states and their legal changes, pure functions; knows nothing of storage
   _backend          the storage contract; backends/ implement it (SQLite, PostgreSQL), loaded by URL
   _scope, _watcher, _handle   the consumer, the per-process watcher, the producer
-  _app              the App that ties a store, a watcher and a heartbeat together; cli sits on top
+  _app, _runner, _worker   the App (store + watcher + heartbeat), tasks, the worker
+  web, aiohttp, cli        integrations on top
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ._app import App
 from ._errors import (
     AioabortError,
     AppClosed,
+    InvalidArguments,
     InvalidReason,
     InvalidTaskId,
     InvalidURL,
@@ -32,13 +34,16 @@ from ._errors import (
     TaskFailed,
     TaskNotFound,
     TaskStateError,
+    UnknownTask,
     UsageError,
 )
 from ._handle import AbortHandle
+from ._runner import Task
 from ._scope import AbortScope, abortable, current_scope
 from ._state import TaskRecord, TaskState
 from ._types import AbortReason, TaskError
 from ._watcher import Watcher, WatcherStatistics
+from ._worker import Worker, WorkerStatistics
 
 __version__ = "0.1.0"
 
@@ -49,6 +54,7 @@ __all__ = [
     "AioabortError",
     "App",
     "AppClosed",
+    "InvalidArguments",
     "InvalidReason",
     "InvalidTaskId",
     "InvalidURL",
@@ -60,6 +66,7 @@ __all__ = [
     "StoreBusy",
     "StoreError",
     "StoreUnavailable",
+    "Task",
     "TaskAborted",
     "TaskAlreadyExists",
     "TaskAlreadyFinished",
@@ -70,9 +77,12 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "TaskStateError",
+    "UnknownTask",
     "UsageError",
     "Watcher",
     "WatcherStatistics",
+    "Worker",
+    "WorkerStatistics",
     "abortable",
     "current_scope",
 ]

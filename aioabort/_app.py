@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import socket
 import uuid
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from contextlib import suppress
 from types import TracebackType
-from typing import final
+from typing import Any, ParamSpec, TypeVar, final, overload
 
 import anyio
 
 from . import _runtime
 from ._backend import OwnerInfo, Store, shielded
-from ._errors import AppClosed, InvalidURL, UsageError
+from ._errors import AppClosed, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
+from ._runner import DEFAULT_QUEUE, Task, _check_queue, task_name
 from ._state import TaskRecord, TaskState
 from ._types import MAX_TASK_NAME_LENGTH, AbortReason, check_task_id
 from ._watcher import Watcher
 from .backends import redact, store_factory
 
 logger = logging.getLogger("aioabort")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @final
@@ -43,7 +48,8 @@ class App:
                 await work()
 
     :param url: ``sqlite:///path.db`` (a file, created on first use; ``sqlite:////abs/path.db``
-        for an absolute path) or ``postgresql://user@host/db``. Defaults to ``$AIOABORT_URL``.
+        for an absolute path) or ``postgresql://user@host/db``. Without one, the App reads
+        ``$AIOABORT_URL`` each time it opens.
     :param heartbeat_interval: seconds between this process's heartbeats (one write each).
     :param stale_after: seconds without a heartbeat after which another process ends this
         process's running tasks as FAILURE (cause ``lost``).
@@ -66,12 +72,9 @@ class App:
         shutdown_grace: float = 5.0,
         poll_interval: float | None = None,
     ) -> None:
-        if url is None:
-            url = os.environ.get("AIOABORT_URL")
-            if not url:
-                raise InvalidURL(
-                    "no store URL: pass one, e.g. App('sqlite:///aioabort.db'), or set AIOABORT_URL"
-                )
+        # Without a URL the App reads AIOABORT_URL each time it opens, so a module-level
+        # ``app = aioabort.App()`` follows the environment (``aioabort --db URL worker ...``).
+        self._url_from_env = url is None
         if not heartbeat_interval > 0:
             raise UsageError(f"heartbeat_interval must be positive, got {heartbeat_interval!r}")
         if not stale_after > heartbeat_interval:
@@ -81,9 +84,15 @@ class App:
             )
         if poll_interval is not None and not 0 < poll_interval <= 60:
             raise UsageError(f"poll_interval must be within (0, 60] seconds, got {poll_interval!r}")
-        self._make_store: Callable[[], Store] = store_factory(url)
+        self._make_store: Callable[[], Store] | None = None
+        self.url: str = "$AIOABORT_URL"
+        if url is not None:
+            self._make_store = store_factory(url)
+            self.url = redact(url)
+        elif os.environ.get("AIOABORT_URL"):
+            self._make_store = store_factory(os.environ["AIOABORT_URL"])
+            self.url = redact(os.environ["AIOABORT_URL"])
         self.poll_interval = poll_interval
-        self.url: str = redact(url)
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.shutdown_grace = shutdown_grace
@@ -93,6 +102,8 @@ class App:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._tokens: list[object] = []
         self._state = "new"
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._background: set[asyncio.Task[object]] = set()
 
     def __repr__(self) -> str:
         return f"<aioabort.App url={self.url!r} {self._state}>"
@@ -135,8 +146,18 @@ class App:
             raise UsageError(f"{self!r} is already open")
         if self._state == "opening":
             raise UsageError(f"{self!r} is being opened")
+        make_store = self._make_store
+        if self._url_from_env:
+            env_url = os.environ.get("AIOABORT_URL")
+            if not env_url:
+                raise InvalidURL(
+                    "no store URL: pass one, e.g. App('sqlite:///aioabort.db'), or set AIOABORT_URL"
+                )
+            make_store = store_factory(env_url)
+            self._make_store, self.url = make_store, redact(env_url)
+        assert make_store is not None
         self._state = "opening"
-        store = self._make_store()
+        store = make_store()
         if self.poll_interval is not None:
             store.poll_interval = self.poll_interval
         try:
@@ -173,6 +194,7 @@ class App:
             store, watcher, owner = self._store, self._watcher, self._owner
             assert store is not None and watcher is not None and owner is not None
             await self._abort_open_scopes(store, watcher)
+            await self._stop_background()
             if self._heartbeat_task is not None:
                 self._heartbeat_task.cancel()
                 with suppress(asyncio.CancelledError):
@@ -200,6 +222,118 @@ class App:
                 watcher.deliver(scope.id, record.reason)
         with anyio.move_on_after(self.shutdown_grace):
             await watcher.wait_idle()
+
+    async def _stop_background(self) -> None:
+        """Spawned tasks that never entered their scope (or outlived the grace) are cancelled;
+        their records end as the scope records them, or are reaped as lost."""
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _start_background(self, coro: Coroutine[Any, Any, object], name: str) -> None:
+        if not self.is_open:
+            coro.close()
+            raise AppClosed(f"{self!r} is not open")
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _runtime(self) -> App:
+        if not self.is_open:
+            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
+        return self
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        time_limit: float | None = None,
+        retryable: bool = False,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Awaitable[Any]] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        time_limit: float | None = None,
+        retryable: bool = False,
+    ) -> Any:
+        """Register an ``async def`` function as a task: ``@app.task`` or
+        ``@app.task(name=..., queue=..., time_limit=..., retryable=...)``.
+
+        :param name: the name workers know it by (default ``module.qualname``).
+        :param queue: the queue ``delay()`` puts it on.
+        :param time_limit: abort a run after this many seconds (reason code ``timeout``).
+        :param retryable: a run cut off by a worker's shutdown, or by a worker that died,
+            goes back to PENDING instead of ending.
+        :raises UsageError: for a function that is not ``async def``, or a name taken.
+        """
+
+        def register(func: Callable[..., Awaitable[Any]]) -> Task[Any, Any]:
+            if not inspect.iscoroutinefunction(func):
+                raise UsageError(
+                    f"{getattr(func, '__qualname__', func)!r} is not an async def function; "
+                    "aioabort tasks are coroutines"
+                )
+            registered = task_name(func, name)
+            if registered in self._tasks:
+                raise UsageError(f"a task named {registered!r} is already registered")
+            if time_limit is not None and not (
+                isinstance(time_limit, int | float)
+                and not isinstance(time_limit, bool)
+                and 0 < time_limit < 10**7
+            ):
+                raise UsageError(f"time_limit must be a positive number of seconds: {time_limit!r}")
+            task: Task[Any, Any] = Task(
+                self,
+                func,
+                name=registered,
+                queue=_check_queue(queue),
+                time_limit=time_limit,
+                retryable=bool(retryable),
+            )
+            self._tasks[registered] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    @property
+    def registered_tasks(self) -> dict[str, Task[Any, Any]]:
+        """The tasks registered on this App, by name."""
+        return dict(self._tasks)
+
+    async def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AbortHandle:
+        """Queue the registered task ``name`` (``Task.apply`` by name).
+
+        :raises UnknownTask: when no task of that name is registered (nothing is written).
+        """
+        task = self._tasks.get(name)
+        if task is None:
+            raise UnknownTask(
+                f"no task named {name!r} is registered on this App "
+                f"(registered: {', '.join(sorted(self._tasks)) or 'none'})"
+            )
+        return await task.apply(args, kwargs, **options)
 
     async def __aenter__(self) -> App:
         await self.open()

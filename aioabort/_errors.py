@@ -9,6 +9,8 @@
     │   ├── InvalidURL              unknown scheme or unusable store location
     │   ├── MissingDriver           the store's driver is not installed (names the extra)
     │   ├── NotJSONSerializable     arguments or results that are not JSON
+    │   ├── InvalidArguments        arguments that do not fit the task's signature
+    │   ├── UnknownTask             a task name that was never registered
     │   ├── NoAppOpen               abortable() / handle() with no App open
     │   ├── AppClosed               using an App that is not open (or already closed)
     │   ├── NoCurrentScope          current_scope() outside any abortable()
@@ -25,7 +27,8 @@
         └── StoreBusy               the store stayed locked past the retry budget
 
 ``InvalidTaskId``, ``InvalidReason``, ``InvalidURL`` and ``NotJSONSerializable`` are also
-``ValueError``; ``TaskNotFound`` is also ``LookupError``.
+``ValueError``; ``InvalidArguments`` is also ``TypeError``; ``TaskNotFound`` and
+``UnknownTask`` are also ``LookupError``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,14 @@ class MissingDriver(UsageError, ImportError):
 
 class NotJSONSerializable(UsageError, ValueError):
     """Arguments or a result that cannot be stored as JSON."""
+
+
+class InvalidArguments(UsageError, TypeError):
+    """Arguments that do not fit the task function's signature."""
+
+
+class UnknownTask(UsageError, LookupError):
+    """No task with this name is registered."""
 
 
 class NoAppOpen(UsageError):

@@ -136,6 +136,7 @@ class AbortScope:
         detached: bool = False,
         time_limit: float | None = None,
         _claimed: TaskRecord | None = None,
+        _retryable: bool = False,
     ) -> None:
         self.id: str = check_task_id(task_id)
         if time_limit is not None and (
@@ -154,7 +155,7 @@ class AbortScope:
         self._timer: asyncio.TimerHandle | None = None
         self._claimed = _claimed
         self._result_json: str | None = None
-        self._retryable = _claimed.retryable if _claimed is not None else False
+        self._retryable = _retryable or (_claimed is not None and _claimed.retryable)
         self._suppress = suppress
         self._name = name
         self._detached = detached

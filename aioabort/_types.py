@@ -181,9 +181,39 @@ class TaskError:
         return cls(cls.EXCEPTION, type(exc).__qualname__, str(exc)[:MAX_REASON_MESSAGE_LENGTH])
 
 
+#: Largest JSON document accepted for a task's arguments or result, in bytes.
+MAX_JSON_BYTES = 1024 * 1024
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists: what a JSON round trip gives back."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def dump_json(value: Any, what: str) -> str:
-    """Serialise ``value`` as strict JSON or raise :class:`NotJSONSerializable`."""
+    """Serialise ``value`` as strict JSON, or raise :class:`NotJSONSerializable`.
+
+    Refused: anything ``json`` cannot encode, NaN and infinities, values that would not come
+    back equal (non-string dict keys), and documents over :data:`MAX_JSON_BYTES`.
+    """
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise NotJSONSerializable(f"{what} must be JSON-serialisable: {exc}") from exc
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise NotJSONSerializable(f"{what} must be valid Unicode text: {exc}") from exc
+    if size > MAX_JSON_BYTES:
+        raise NotJSONSerializable(
+            f"{what} must be at most {MAX_JSON_BYTES:,} bytes of JSON, got {size:,}"
+        )
+    if json.loads(text) != _plain(value):
+        raise NotJSONSerializable(
+            f"{what} would not survive a JSON round trip unchanged (dict keys must be strings)"
+        )
+    return text

@@ -43,10 +43,15 @@ def test_bad_urls(url: object) -> None:
         aioabort.App(url)  # type: ignore[arg-type]
 
 
-def test_no_url_and_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_url_and_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIOABORT_URL", raising=False)
+    app = aioabort.App()  # a module-level App may get its URL from the environment later
     with pytest.raises(aioabort.InvalidURL, match="AIOABORT_URL"):
-        aioabort.App()
+        await app.open()
+    assert not app.is_open
+    monkeypatch.setenv("AIOABORT_URL", "mysql://nope")
+    with pytest.raises(aioabort.InvalidURL, match="unknown store URL"):
+        await app.open()
 
 
 def test_url_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

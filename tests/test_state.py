@@ -124,4 +124,6 @@ def test_sql_guards_mirror_the_rules() -> None:
 def test_should_requeue(retryable: bool, stopped: bool, code: str | None, requeue: bool) -> None:
     from aioabort._state import should_requeue
 
-    assert should_requeue(retryable=retryable, stopped_by_abort=stopped, reason_code=code) is requeue
+    assert (
+        should_requeue(retryable=retryable, stopped_by_abort=stopped, reason_code=code) is requeue
+    )

@@ -220,6 +220,121 @@ def abort(
     raise SystemExit(code)
 
 
+def _load_app(target: str) -> App:
+    """Import ``module:attribute`` (the current directory first on the path, as uvicorn does)."""
+    import importlib
+    import os
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(
+            "expected MODULE:APP, e.g. myproject.tasks:app", param_hint="TARGET"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {exc}", param_hint="TARGET"
+        ) from exc
+    try:
+        obj = getattr(module, attribute)
+    except AttributeError:
+        raise click.BadParameter(
+            f"module {module_name!r} has no attribute {attribute!r}", param_hint="TARGET"
+        ) from None
+    if not isinstance(obj, App):
+        raise click.BadParameter(
+            f"{target} is a {type(obj).__name__}, not an aioabort.App", param_hint="TARGET"
+        )
+    return obj
+
+
+@cli.command()
+@click.argument("target", metavar="MODULE:APP")
+@click.option(
+    "--concurrency",
+    "-c",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Tasks run at once.",
+)
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    default=("default",),
+    show_default=True,
+    help="A queue to claim from (repeatable).",
+)
+@click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="On SIGTERM/SIGINT, seconds running tasks get before they are aborted.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    target: str,
+    concurrency: int,
+    queues: tuple[str, ...],
+    grace: float,
+    log_level: str,
+) -> None:
+    """Run the tasks of the App at MODULE:APP that are queued with delay().
+
+    --db (or AIOABORT_URL) is set before MODULE is imported, for an App built with App().
+    The first SIGTERM or SIGINT stops claiming and gives running tasks --grace seconds, then
+    aborts them with reason code 'shutdown'; a second signal aborts them at once.
+    """
+    import logging
+    import os
+    import signal
+
+    from .._worker import Worker
+
+    if ctx.obj.get("db"):
+        os.environ["AIOABORT_URL"] = ctx.obj["db"]
+    app = _load_app(target)
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def go() -> None:
+        async with app:
+            runner = Worker(app, concurrency=concurrency, queues=queues, grace=grace)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, runner.stop)
+            click.echo(
+                f"aioabort worker: {app.url}, queues {', '.join(queues)}, concurrency "
+                f"{concurrency}, tasks: {', '.join(sorted(app.registered_tasks)) or 'none'}",
+                err=True,
+            )
+            await runner.run()
+            stats = runner.statistics()
+            click.echo(
+                f"aioabort worker stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
+                f"{stats.aborted} aborted, {stats.requeued} requeued",
+                err=True,
+            )
+
+    _run(go)
+
+
 @cli.group()
 def db() -> None:
     """Manage the store's schema."""

@@ -1,0 +1,237 @@
+"""Tasks: async functions registered on an App, queued with ``delay()`` or run here with
+``spawn()``, each run inside an abort scope.
+
+A task's record holds its JSON arguments (``{"args": [...], "kwargs": {...}}``) and, when it
+ends SUCCESS, its JSON result. The worker (``_worker``) claims queued records and calls
+:func:`execute`; ``spawn()`` calls it in this process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, final
+
+from ._backend import shielded
+from ._errors import InvalidArguments, UsageError
+from ._handle import AbortHandle
+from ._scope import AbortScope, _current_scope
+from ._state import TaskRecord, TaskState
+from ._types import MAX_TASK_NAME_LENGTH, TaskError, check_task_id, dump_json
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+logger = logging.getLogger("aioabort.runner")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The queue tasks go to unless they name another.
+DEFAULT_QUEUE = "default"
+
+
+class TaskHost(Protocol):
+    """What a task needs from its App."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def _runtime(self) -> Runtime: ...
+
+    def _start_background(self, coro: Coroutine[Any, Any, object], name: str) -> None: ...
+
+
+def _check_queue(queue: object) -> str:
+    if not isinstance(queue, str) or not 0 < len(queue) <= 100 or not queue.isprintable():
+        raise UsageError(f"a queue name must be a printable str of 1-100 characters: {queue!r}")
+    return queue
+
+
+@final
+class Task(Generic[P, R]):
+    """An async function registered with :meth:`App.task`.
+
+    Example::
+
+        @app.task(time_limit=300)
+        async def build_report(report_id: int) -> str:
+            scope = aioabort.current_scope()
+            ...
+            return url
+
+        handle = await build_report.delay(42)        # queued for any worker
+        url = await handle.result(timeout=600)       # or TaskAborted / TaskFailed
+
+    Calling the task object directly (``await build_report(42)``) runs the function here,
+    without a record or a scope.
+
+    :ivar name: the registered name (default ``module.qualname``).
+    :ivar queue: the queue ``delay()`` puts it on.
+    :ivar time_limit: seconds before it is aborted with reason code ``timeout``, or ``None``.
+    :ivar retryable: whether a run cut off by a worker's shutdown or a lost worker goes back
+        to PENDING instead of ending.
+    """
+
+    def __init__(
+        self,
+        host: TaskHost,
+        fn: Callable[P, Awaitable[R]],
+        *,
+        name: str,
+        queue: str,
+        time_limit: float | None,
+        retryable: bool,
+    ) -> None:
+        self._host = host
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.time_limit = time_limit
+        self.retryable = retryable
+        self._signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<aioabort.Task {self.name!r} queue={self.queue!r}>"
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.fn(*args, **kwargs)
+
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle:
+        """Queue a run for any worker: a PENDING record with the JSON arguments.
+
+        Inside a scope, the new task is its child: aborting the parent aborts it too.
+
+        :raises InvalidArguments: when the arguments do not fit the function's signature.
+        :raises NotJSONSerializable: when they are not JSON (nothing is written).
+        """
+        return await self.apply(args, kwargs)
+
+    async def spawn(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle:
+        """Run now in this process, under the App (for servers that run no worker).
+
+        It is recorded like a queued task and abortable from any process all the same.
+        """
+        return await self.apply(args, kwargs, spawn=True)
+
+    async def apply(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+        detached: bool = False,
+        spawn: bool = False,
+    ) -> AbortHandle:
+        """``delay()``/``spawn()`` with options.
+
+        :param task_id: the id (default: a random one).
+        :param queue: another queue than the task's own.
+        :param detached: do not link it to the enclosing scope as a child.
+        :param spawn: run it in this process instead of queueing it.
+        :raises TaskAlreadyExists: if ``task_id`` is taken.
+        """
+        kwargs = dict(kwargs or {})
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"wrong arguments for task {self.name!r}: {exc}") from None
+        args_json = dump_json({"args": list(args), "kwargs": kwargs}, f"arguments of {self.name!r}")
+        task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
+        queue = None if spawn else _check_queue(self.queue if queue is None else queue)
+        parent = None if detached else _current_scope.get()
+        runtime = self._host._runtime()
+        record = await shielded(
+            runtime.store.create(
+                task_id,
+                name=self.name,
+                queue=queue,
+                args_json=args_json,
+                parent_id=None if parent is None else parent.id,
+                retryable=self.retryable,
+            )
+        )
+        if spawn and record.state is TaskState.PENDING:
+            self._host._start_background(
+                execute(self._host, self, record, claimed=False), name=f"aioabort-spawn-{task_id}"
+            )
+        return AbortHandle(runtime, task_id)
+
+
+def decode_arguments(record: TaskRecord) -> tuple[list[Any], dict[str, Any]]:
+    """The positional and keyword arguments stored on ``record``."""
+    data = record.args
+    if data is None:
+        return [], {}
+    if not isinstance(data, dict):
+        raise TypeError(f"stored arguments are not an object: {json.dumps(data)[:100]}")
+    args = data.get("args", [])
+    kwargs = data.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise TypeError("stored arguments must be {'args': [...], 'kwargs': {...}}")
+    return list(args), dict(kwargs)
+
+
+async def execute(
+    host: TaskHost, task: Task[Any, Any], record: TaskRecord, *, claimed: bool
+) -> AbortScope | None:
+    """Run ``task`` for ``record`` inside its abort scope; store the result or error.
+
+    With ``claimed`` the record was already moved to STARTED for this process (a worker's
+    claim); otherwise entering the scope starts it. Never raises for the task's own outcome.
+    """
+    runtime = host._runtime()
+    scope = AbortScope(
+        record.id,
+        app=runtime,
+        suppress=True,
+        name=task.name,
+        time_limit=task.time_limit,
+        detached=True,  # the parent link is on the record already
+        _claimed=record if claimed else None,
+        _retryable=task.retryable,
+    )
+    try:
+        async with scope:
+            args, kwargs = decode_arguments(record)
+            result = await task.fn(*args, **kwargs)
+            scope._set_result(dump_json(result, f"the result of {task.name!r}"))
+    except UsageError as exc:
+        logger.warning(
+            "task could not start",
+            extra={"action": "task_refused", "task_id": record.id, "error": str(exc)},
+        )
+        return None
+    except Exception:
+        # The scope recorded FAILURE with the exception; the worker goes on.
+        logger.info(
+            "task failed", extra={"action": "task_failed", "task_id": record.id}, exc_info=True
+        )
+    return scope
+
+
+async def fail_unknown(runtime: Runtime, record: TaskRecord, known: Sequence[str]) -> None:
+    """End a claimed record whose task name this worker does not know."""
+    names = ", ".join(sorted(known)) or "none"
+    error = TaskError(
+        TaskError.EXCEPTION,
+        "UnknownTask",
+        f"no task named {record.name!r} is registered in this worker (it knows: {names})"[:2000],
+    )
+    await shielded(
+        runtime.store.finish(record.id, owner=runtime.owner, state=TaskState.FAILURE, error=error)
+    )
+
+
+def task_name(fn: Callable[..., Any], name: str | None) -> str:
+    if name is None:
+        name = f"{fn.__module__}.{fn.__qualname__}"
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_TASK_NAME_LENGTH:
+        raise UsageError(f"a task name must be a str of 1-{MAX_TASK_NAME_LENGTH} characters")
+    return name

@@ -1,0 +1,264 @@
+"""The worker: claims queued tasks and runs each in an abort scope, with graceful shutdown.
+
+One worker per process (``aioabort worker MODULE:APP``), or embedded with
+``await Worker(app).run()``. It claims PENDING records of its queues atomically (``BEGIN
+IMMEDIATE`` on SQLite, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), as many as it has free
+slots, and wakes on new work through the App's watcher (a NOTIFY on PostgreSQL, the change
+detector on SQLite), with a slow poll only as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+
+from ._backend import shielded
+from ._errors import AioabortError, UsageError
+from ._runner import DEFAULT_QUEUE, _check_queue, execute, fail_unknown
+from ._state import TaskState
+from ._types import AbortReason
+
+if TYPE_CHECKING:
+    from ._app import App
+
+logger = logging.getLogger("aioabort.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatistics:
+    """What a worker has done so far.
+
+    :ivar running: tasks running now.
+    :ivar claimed: tasks claimed from the queue.
+    :ivar succeeded: ended SUCCESS.
+    :ivar failed: ended FAILURE (including unknown task names).
+    :ivar aborted: ended ABORTED.
+    :ivar requeued: retryable tasks put back on the queue at shutdown.
+    """
+
+    running: int
+    claimed: int
+    succeeded: int
+    failed: int
+    aborted: int
+    requeued: int
+
+
+@final
+class Worker:
+    """Runs an App's queued tasks in this process.
+
+    Example::
+
+        async with app:
+            worker = Worker(app, concurrency=20, queues=["default", "reports"])
+            await worker.run()          # until worker.stop(); SIGTERM in the CLI
+
+    :param app: an App with the tasks registered (``@app.task``); it must be open to run.
+    :param concurrency: how many tasks run at once.
+    :param queues: the queues to claim from.
+    :param grace: on :meth:`stop`, seconds running tasks get to finish before they are aborted
+        with reason code ``shutdown``.
+    :param poll_interval: the safety-net poll for new work, in seconds.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        concurrency: int = 10,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+        grace: float = 10.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise UsageError(f"concurrency must be a positive int, got {concurrency!r}")
+        if isinstance(queues, str):
+            queues = [queues]
+        if not queues:
+            raise UsageError("a worker needs at least one queue")
+        if not grace >= 0:
+            raise UsageError(f"grace must be a non-negative number of seconds, got {grace!r}")
+        self.app = app
+        self.concurrency = concurrency
+        self.queues = [_check_queue(q) for q in queues]
+        self.grace = grace
+        self.poll_interval = poll_interval
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._slot = asyncio.Event()
+        self._started = asyncio.Event()
+        self._counts = {"claimed": 0, "succeeded": 0, "failed": 0, "aborted": 0, "requeued": 0}
+
+    def __repr__(self) -> str:
+        return f"<aioabort.Worker queues={self.queues} concurrency={self.concurrency}>"
+
+    def statistics(self) -> WorkerStatistics:
+        """Counters of what this worker did."""
+        return WorkerStatistics(running=len(self._running), **self._counts)
+
+    @property
+    def started(self) -> asyncio.Event:
+        """Set once :meth:`run` is claiming."""
+        return self._started
+
+    def stop(self) -> None:
+        """Stop claiming; running tasks get ``grace`` seconds, then are aborted (``shutdown``).
+
+        Calling it a second time stops at once: running tasks are aborted now.
+        """
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
+
+    def stop_now(self) -> None:
+        """Stop claiming and abort running tasks at once (reason code ``shutdown``)."""
+        self._stopping.set()
+        self._hurry.set()
+
+    async def run(self) -> None:
+        """Claim and run tasks until :meth:`stop`; then shut down gracefully and return."""
+        runtime = self.app._runtime()
+        store, watcher = runtime.store, runtime.watcher
+        logger.info(
+            "worker started",
+            extra={
+                "action": "worker_started",
+                "queues": self.queues,
+                "concurrency": self.concurrency,
+                "tasks": sorted(self.app.registered_tasks),
+            },
+        )
+        self._started.set()
+        try:
+            while not self._stopping.is_set():
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    self._slot.clear()
+                    await self._wait_any(self._slot.wait(), None)
+                    continue
+                changed = watcher.change_event()  # taken before we look, so no wake-up is lost
+                records = []
+                try:
+                    if await store.has_pending(self.queues):
+                        records = await shielded(
+                            store.claim(owner=runtime.owner, queues=self.queues, limit=free)
+                        )
+                except AioabortError as exc:
+                    logger.warning(
+                        "claim failed; retrying",
+                        extra={"action": "claim_failed", "error": str(exc)},
+                    )
+                    await self._wait_any(anyio.sleep(min(self.poll_interval, 1.0)), None)
+                    continue
+                for record in records:
+                    self._counts["claimed"] += 1
+                    self._start(record)
+                if len(records) < free:
+                    await self._wait_any(changed.wait(), self.poll_interval)
+        finally:
+            await self._shutdown()
+
+    def _start(self, record: Any) -> None:
+        task = self.app.registered_tasks.get(record.name or "")
+        runtime = self.app._runtime()
+        coro: Coroutine[Any, Any, object]
+        if task is None:
+            coro = fail_unknown(runtime, record, list(self.app.registered_tasks))
+            self._counts["failed"] += 1
+            logger.error(
+                "unknown task name in the queue",
+                extra={"action": "unknown_task", "task_id": record.id, "task_name": record.name},
+            )
+        else:
+            coro = execute(self.app, task, record, claimed=True)
+        running = asyncio.get_running_loop().create_task(coro, name=f"aioabort-task-{record.id}")
+        self._running[record.id] = running
+        running.add_done_callback(functools.partial(self._done, record.id))
+
+    def _done(self, task_id: str, task: asyncio.Task[Any]) -> None:
+        self._running.pop(task_id, None)
+        self._slot.set()
+        if task.cancelled() or task.exception() is not None:
+            return
+        scope = task.result()
+        if scope is None or scope.record is None:
+            return
+        if scope.requeued:
+            self._counts["requeued"] += 1
+        elif scope.record.state is TaskState.SUCCESS:
+            self._counts["succeeded"] += 1
+        elif scope.record.state is TaskState.FAILURE:
+            self._counts["failed"] += 1
+        elif scope.record.state is TaskState.ABORTED:
+            self._counts["aborted"] += 1
+
+    async def _wait_any(self, awaitable: Any, timeout: float | None) -> None:
+        """Wait for ``awaitable``, the stop signal, or ``timeout`` — whichever comes first."""
+        waiter = asyncio.ensure_future(awaitable)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for fut in (waiter, stopper):
+                fut.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._running and not self._hurry.is_set():
+                logger.info(
+                    "worker stopping: waiting for running tasks",
+                    extra={
+                        "action": "worker_draining",
+                        "running": len(self._running),
+                        "grace": self.grace,
+                    },
+                )
+                drained = asyncio.ensure_future(asyncio.wait(set(self._running.values())))
+                hurry = asyncio.ensure_future(self._hurry.wait())
+                await asyncio.wait(
+                    {drained, hurry}, timeout=self.grace, return_when=asyncio.FIRST_COMPLETED
+                )
+                hurry.cancel()
+                drained.cancel()
+                await asyncio.gather(drained, hurry, return_exceptions=True)
+            if self._running:
+                await self._abort_running()
+            logger.info("worker stopped", extra={"action": "worker_stopped", **self._counts})
+
+    async def _abort_running(self) -> None:
+        runtime = self.app._runtime()
+        reason = AbortReason(AbortReason.SHUTDOWN, "the worker is shutting down")
+        for task_id in list(self._running):
+            try:
+                outcome = await shielded(runtime.store.request_abort(task_id, reason))
+            except AioabortError:
+                logger.exception(
+                    "could not record the shutdown abort",
+                    extra={"action": "shutdown_abort_failed", "task_id": task_id},
+                )
+                continue
+            record = outcome.record
+            if record is not None and record.reason is not None:
+                runtime.watcher.deliver(task_id, record.reason)
+            for child in outcome.children:
+                runtime.watcher.deliver(child.task_id, child.reason)
+        # Aborted tasks record their end (bounded by the store's own timeouts).
+        running = list(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=30)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*pending, return_exceptions=True)

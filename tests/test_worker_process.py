@@ -1,0 +1,224 @@
+"""The Celery flow across real processes: ``aioabort worker`` in a subprocess, the producer
+here; real signals for shutdown, kill -9 for a dead worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+import aioabort
+from aioabort import TaskAborted, TaskState
+
+from . import worker_app
+from .conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@asynccontextmanager
+async def worker_process(url: str, *extra: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aioabort",
+        "--db",
+        url,
+        "worker",
+        "tests.worker_app:app",
+        "--log-level",
+        "warning",
+        *extra,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stderr is not None
+    banner = await asyncio.wait_for(proc.stderr.readline(), 30)
+    assert b"aioabort worker:" in banner, banner
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+@pytest.fixture
+async def producer(store_url: str) -> AsyncIterator[aioabort.App]:
+    """The test's App: the worker module's tasks, on the same store, opened here."""
+    os.environ["AIOABORT_URL"] = store_url
+    app = worker_app.app
+    try:
+        async with app:
+            yield app
+    finally:
+        del os.environ["AIOABORT_URL"]
+
+
+async def is_running(app: aioabort.App, task_id: str) -> bool:
+    return await app.handle(task_id).state() is TaskState.STARTED
+
+
+async def test_celery_flow_across_processes(producer: aioabort.App, store_url: str) -> None:
+    async with worker_process(store_url):
+        assert await (await worker_app.add.delay(20, 22)).result(timeout=30) == 42
+        handle = await worker_app.count.delay(10_000)
+
+        async def reporting() -> bool:
+            return (await handle.record()).progress is not None
+
+        await wait_until(reporting, timeout=30)
+        assert await handle.abort(reason="user clicked cancel") is True
+        with pytest.raises(TaskAborted) as info:
+            await handle.result(timeout=30)
+        assert info.value.reason is not None and info.value.reason.message == "user clicked cancel"
+        record = await handle.record()
+        assert record.state is TaskState.ABORTED and record.owner != producer.owner
+        assert record.progress is not None and 0 < record.progress < 1
+
+
+async def test_abort_while_pending_across_processes(producer: aioabort.App, store_url: str) -> None:
+    handle = await worker_app.count.delay(3)
+    assert await handle.abort("too late to start") is True
+    async with worker_process(store_url):
+        follow = await worker_app.add.delay(1, 2)
+        assert await follow.result(timeout=30) == 3
+    record = await handle.record()
+    assert record.state is TaskState.ABORTED and record.started_at is None
+
+
+async def test_abort_racing_completion_across_processes(
+    producer: aioabort.App, store_url: str
+) -> None:
+    async with worker_process(store_url, "--concurrency", "20"):
+        handles = [await worker_app.count.delay(1, step=0.001 * (i % 7)) for i in range(40)]
+        recorded = await asyncio.gather(*(h.abort("race") for h in handles))
+        records = [await h.wait(timeout=30) for h in handles]
+    for was_recorded, record in zip(recorded, records, strict=True):
+        assert record.state in (TaskState.SUCCESS, TaskState.ABORTED)
+        if not was_recorded:
+            assert record.state is TaskState.SUCCESS and record.reason is None
+        if record.state is TaskState.ABORTED:
+            assert was_recorded
+
+
+async def test_swallowed_abort_across_processes(producer: aioabort.App, store_url: str) -> None:
+    async with worker_process(store_url):
+        handle = await worker_app.stubborn.delay()
+        await wait_until(lambda: is_running(producer, handle.id), timeout=30)
+        await asyncio.sleep(0.1)
+        await handle.abort("stop")
+        assert await handle.result(timeout=30) == "finished anyway"
+        record = await handle.record()
+        assert record.state is TaskState.SUCCESS and record.reason is not None
+
+
+async def test_sigterm_aborts_running_tasks_after_the_grace(
+    producer: aioabort.App, store_url: str
+) -> None:
+    async with worker_process(store_url, "--grace", "0.3") as proc:
+        plain = await worker_app.count.delay(10_000)
+        retry = await worker_app.retryable_count.delay(10_000)
+        await wait_until(lambda: is_running(producer, plain.id), timeout=30)
+        await wait_until(lambda: is_running(producer, retry.id), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.stderr is not None
+        tail = (await proc.stderr.read()).decode()
+    assert "1 aborted, 1 requeued" in tail
+    record = await plain.record()
+    assert record.state is TaskState.ABORTED
+    assert record.reason is not None and record.reason.code == "shutdown"
+    again = await retry.record()
+    assert again.state is TaskState.PENDING and again.owner is None
+    await retry.abort()
+
+
+async def test_second_sigint_stops_at_once(producer: aioabort.App, store_url: str) -> None:
+    async with worker_process(store_url, "--grace", "3600") as proc:
+        handle = await worker_app.count.delay(10_000)
+        await wait_until(lambda: is_running(producer, handle.id), timeout=30)
+        proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.2)
+        assert proc.returncode is None  # draining: the grace is an hour
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    record = await handle.record()
+    assert record.state is TaskState.ABORTED
+    assert record.reason is not None and record.reason.code == "shutdown"
+
+
+async def test_kill_9_ends_the_task_lost_or_requeues_it(
+    producer: aioabort.App, store_url: str
+) -> None:
+    async with worker_process(store_url) as proc:
+        plain = await worker_app.count.delay(10_000)
+        retry = await worker_app.retryable_count.delay(10_000)
+        await wait_until(lambda: is_running(producer, plain.id), timeout=30)
+        await wait_until(lambda: is_running(producer, retry.id), timeout=30)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    # The producer's App heartbeats and reaps (stale_after=2 s in tests/worker_app.py).
+    record = await plain.wait(timeout=30)
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "lost"
+    await wait_until(
+        lambda: _state_is(producer, retry.id, TaskState.PENDING), timeout=30, what="requeue"
+    )
+    await retry.abort()
+
+
+async def _state_is(app: aioabort.App, task_id: str, state: TaskState) -> bool:
+    return await app.handle(task_id).state() is state
+
+
+async def test_parent_abort_reaches_children_on_another_worker(
+    producer: aioabort.App, store_url: str
+) -> None:
+    async with worker_process(store_url, "--concurrency", "5"):
+        parent = await worker_app.parent.delay(2)
+
+        async def children() -> list[aioabort.TaskRecord]:
+            return [r for r in await producer.tasks() if r.parent_id == parent.id]
+
+        async def both_running() -> bool:
+            kids = await children()
+            return len(kids) == 2 and all(k.state is TaskState.STARTED for k in kids)
+
+        await wait_until(both_running, timeout=30)
+        await parent.abort("stop the fan-out")
+        for kid in await children():
+            with pytest.raises(TaskAborted) as info:
+                await producer.handle(kid.id).result(timeout=30)
+            assert info.value.reason is not None and info.value.reason.code == "parent"
+
+
+def test_worker_cli_errors() -> None:
+    import subprocess
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aioabort", "--db", "sqlite:///:memory:", "worker", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+            timeout=60,
+        )
+
+    out = run("no_such_module:app")
+    assert out.returncode == 2 and "cannot import" in out.stderr
+    out = run("tests.worker_app:nothing")
+    assert out.returncode == 2 and "no attribute" in out.stderr
+    out = run("tests.worker_app:add")
+    assert out.returncode == 2 and "not an aioabort.App" in out.stderr
+    out = run("tests.worker_app")
+    assert out.returncode == 2 and "MODULE:APP" in out.stderr
