@@ -58,18 +58,22 @@ def test_demo_runs_end_to_end_as_json() -> None:
         "report-2": "ABORTED",
         "report-3": "ABORTED",
         "report-4": "SUCCESS",
+        "report-5": "ABORTED",
     }
-    reasons = {t["id"]: t["reason"] for t in data["tasks"] if t["reason"]}
-    assert reasons["report-3"]["by"] == "ops-console"
+    by_id = {t["id"]: t for t in data["tasks"]}
+    assert by_id["report-3"]["reason"]["by"] == "ops-console"
+    assert by_id["report-5"]["started_at"] is None  # aborted while queued: never ran
+    assert by_id["report-1"]["result"] == {"report": 1, "pages": 60}
     assert set(data["abort_seen_after_ms"]) == {"report-2", "report-3"}
 
 
 def test_demo_plain_output_explains_itself() -> None:
-    out = run_cli("demo", "--tasks", "3")
+    out = run_cli("demo", "--tasks", "4")
     assert out.returncode == 0, out.stderr
     assert "What happened" in out.stdout
     assert "ABORTED from another process" in out.stdout
     assert "ABORTED from this process" in out.stdout
+    assert "never ran" in out.stdout
 
 
 def test_tasks_json_and_filters(populated: str) -> None:

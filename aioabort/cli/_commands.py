@@ -358,9 +358,9 @@ def db_init(ctx: click.Context) -> None:
 @click.option(
     "--tasks",
     "count",
-    default=4,
+    default=5,
     show_default=True,
-    type=click.IntRange(2, 12),
+    type=click.IntRange(4, 12),
     help="How many report jobs to run.",
 )
 @click.option("--keep", is_flag=True, help="Keep the SQLite file and print its path.")

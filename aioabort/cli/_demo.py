@@ -1,4 +1,9 @@
-"""``aioabort demo``: an end-to-end tour on a throwaway SQLite file, readable by a newcomer."""
+"""``aioabort demo``: the main job, end to end, on a throwaway SQLite file.
+
+A worker runs in this process; report jobs are queued with ``delay()``; one is aborted while
+still queued (it never runs), one is aborted from this process while it runs, one from a
+separate ``aioabort abort`` process; the rest finish and return a result.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,16 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 
 from .._app import App
-from .._scope import abortable
+from .._errors import AioabortError
+from .._scope import current_scope
 from .._state import TaskRecord, TaskState
+from .._worker import Worker
 from . import _output
 
 STEPS = 20
@@ -30,12 +38,31 @@ class _Narrator:
         self.live: Live | None = None
 
     def say(self, text: str) -> None:
-        if self.quiet:
-            return
-        self.console.print(text)
+        if not self.quiet:
+            self.console.print(text)
 
 
-async def _abort_from_another_process(url: str, task_id: str, narrator: _Narrator) -> int:
+def _make_app(url: str, step: float, seen_after: dict[str, float]) -> Any:
+    app = App(url)
+
+    @app.task(name="build_report")
+    async def build_report(report_no: int) -> dict[str, Any]:
+        """A stand-in for real work: 20 sections, each an await."""
+        scope = current_scope()
+        try:
+            for section in range(1, STEPS + 1):
+                await asyncio.sleep(step)  # the real work would await here
+                await scope.report(section / STEPS, f"section {section} of {STEPS}")
+        finally:
+            if scope.is_aborted() and scope.reason is not None:
+                delay = datetime.now(UTC) - scope.reason.at
+                seen_after[scope.id] = delay.total_seconds() * 1000
+        return {"report": report_no, "pages": STEPS * 3}
+
+    return app, build_report
+
+
+async def _abort_from_another_process(url: str, task_id: str, narrator: _Narrator) -> None:
     command = [
         sys.executable,
         "-m",
@@ -45,66 +72,20 @@ async def _abort_from_another_process(url: str, task_id: str, narrator: _Narrato
         "abort",
         task_id,
         "--reason",
-        "operator: disk is filling up",
+        "disk is filling up",
         "--by",
         "ops-console",
         "--yes",
     ]
     narrator.say(
         f"[bold]→ another process[/bold] runs [cyan]aioabort abort {task_id} "
-        "--reason 'operator: disk is filling up' --yes[/cyan]"
+        "--reason 'disk is filling up' --yes[/cyan]"
     )
     proc = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     out, _ = await proc.communicate()
-    narrator.say(f"  it printed: [dim]{out.decode().strip()}[/dim] (exit {proc.returncode})")
-    return proc.returncode or 0
-
-
-async def _tour(
-    url: str, count: int, step: float, narrator: _Narrator
-) -> tuple[list[TaskRecord], dict[str, float]]:
-    ids = [f"report-{i}" for i in range(1, count + 1)]
-    here, elsewhere = ids[1], ids[2]
-    seen_after: dict[str, float] = {}
-
-    async def job(task_id: str) -> None:
-        async with abortable(task_id, name="build-report", suppress=True) as scope:
-            try:
-                for section in range(1, STEPS + 1):
-                    await asyncio.sleep(step)  # the real work would await here
-                    await scope.report(section / STEPS, f"section {section} of {STEPS}")
-            finally:
-                if scope.is_aborted() and scope.reason is not None:
-                    delay = datetime.now(UTC) - scope.reason.at
-                    seen_after[task_id] = delay.total_seconds() * 1000
-
-    async with App(url) as app:
-        narrator.say(
-            f"Started {count} report jobs, each inside [cyan]async with "
-            "aioabort.abortable(task_id)[/cyan]; 20 sections each."
-        )
-        jobs = [asyncio.create_task(job(task_id)) for task_id in ids]
-        refresher = asyncio.create_task(_refresh(app, narrator))
-        try:
-            await asyncio.sleep(step * 5)
-            narrator.say(
-                f"[bold]→ this process[/bold] calls [cyan]await app.handle({here!r})"
-                ".abort(reason='user clicked cancel')[/cyan]"
-            )
-            recorded = await app.handle(here).abort(reason="user clicked cancel", by="demo-user")
-            narrator.say(f"  abort() returned {recorded}: the request is committed")
-            await asyncio.sleep(step * 3)
-            await _abort_from_another_process(url, elsewhere, narrator)
-            await asyncio.gather(*jobs)
-        finally:
-            refresher.cancel()
-            for task in jobs:
-                task.cancel()
-            await asyncio.gather(refresher, *jobs, return_exceptions=True)
-        records = sorted(await app.tasks(), key=lambda r: r.id)
-    return records, seen_after
+    narrator.say(f"  it printed [dim]{out.decode().strip()}[/dim] (exit {proc.returncode})")
 
 
 async def _refresh(app: App, narrator: _Narrator) -> None:
@@ -114,6 +95,57 @@ async def _refresh(app: App, narrator: _Narrator) -> None:
         records = sorted(await app.tasks(), key=lambda r: r.id)
         narrator.live.update(_output.tasks_table(records, title="aioabort demo: live"))
         await asyncio.sleep(0.1)
+
+
+async def _tour(
+    url: str, count: int, step: float, narrator: _Narrator
+) -> tuple[list[TaskRecord], dict[str, float], Any]:
+    seen_after: dict[str, float] = {}
+    app, build_report = _make_app(url, step, seen_after)
+    ids = [f"report-{i}" for i in range(1, count + 1)]
+    queued_one, here, elsewhere = ids[-1], ids[1], ids[2]
+    async with app:
+        worker = Worker(app, concurrency=count - 1)
+        worker_task = asyncio.create_task(worker.run())
+        refresher = asyncio.create_task(_refresh(app, narrator))
+        try:
+            await worker.started.wait()
+            narrator.say(
+                f"A worker runs in this process ({count - 1} at a time). Queued {count} jobs "
+                "with [cyan]await build_report.delay(n)[/cyan]; each has 20 sections."
+            )
+            handles = {
+                task_id: await build_report.apply([n], task_id=task_id)
+                for n, task_id in enumerate(ids, start=1)
+            }
+            await asyncio.sleep(step * 2)
+            narrator.say(
+                f"[bold]→ this process[/bold] aborts {queued_one}, still queued: "
+                f"[cyan]await handle.abort('no longer needed')[/cyan]"
+            )
+            await handles[queued_one].abort("no longer needed", by="demo-user")
+            await asyncio.sleep(step * 1)
+            await _abort_from_another_process(url, elsewhere, narrator)
+            await asyncio.sleep(step * 2)
+            narrator.say(
+                f"[bold]→ this process[/bold] aborts {here}, running: "
+                "[cyan]await handle.abort(reason='user clicked cancel')[/cyan]"
+            )
+            recorded = await handles[here].abort(reason="user clicked cancel", by="demo-user")
+            narrator.say(f"  abort() returned {recorded}: the request is committed")
+            results = {}
+            for task_id, handle in handles.items():
+                try:
+                    results[task_id] = await handle.result(timeout=60)
+                except AioabortError as exc:  # TaskAborted, shown below
+                    results[task_id] = exc
+        finally:
+            worker.stop()
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+            await worker_task
+        records = sorted(await app.tasks(), key=lambda r: r.id)
+    return records, seen_after, results
 
 
 def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
@@ -128,13 +160,13 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
     narrator.say(f"Store: a throwaway SQLite file, [cyan]{url}[/cyan]\n")
     try:
         if console.is_terminal and not as_json:
-            with Live(console=console, refresh_per_second=10, transient=False) as live:
+            with Live(console=console, refresh_per_second=10) as live:
                 narrator.live = live
-                records, seen_after = asyncio.run(_tour(url, count, step, narrator))
+                records, seen_after, results = asyncio.run(_tour(url, count, step, narrator))
                 live.update(_output.tasks_table(records, title="aioabort demo: final"))
             narrator.live = None
         else:
-            records, seen_after = asyncio.run(_tour(url, count, step, narrator))
+            records, seen_after, results = asyncio.run(_tour(url, count, step, narrator))
             if not as_json:
                 console.print()
                 for record in records:
@@ -145,11 +177,18 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    expected_aborted = {f"report-{i}" for i in (2, 3)}
-    ok = all(
-        (r.state is TaskState.ABORTED) == (r.id in expected_aborted)
-        and (r.state in (TaskState.ABORTED, TaskState.SUCCESS))
-        for r in records
+    ids = [r.id for r in records]
+    aborted_while_queued, aborted_here, aborted_elsewhere = ids[-1], ids[1], ids[2]
+    by_id = {r.id: r for r in records}
+    ok = (
+        all(by_id[i].state is TaskState.ABORTED for i in (aborted_here, aborted_elsewhere))
+        and by_id[aborted_while_queued].state is TaskState.ABORTED
+        and by_id[aborted_while_queued].started_at is None
+        and all(
+            r.state is TaskState.SUCCESS
+            for r in records
+            if r.id not in (aborted_here, aborted_elsewhere, aborted_while_queued)
+        )
     )
     if as_json:
         print(
@@ -165,18 +204,27 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
         return 0 if ok else 1
     narrator.say("\n[bold]What happened[/bold]")
     for record in records:
-        if record.state is TaskState.ABORTED and record.reason is not None:
-            delay = seen_after.get(record.id)
-            where = "this process" if record.reason.by == "demo-user" else "another process"
-            after = f", the body was cancelled {delay:.1f} ms after the request" if delay else ""
+        reason = record.reason
+        if record.state is TaskState.ABORTED and reason is not None and record.started_at is None:
             narrator.say(
-                f"  {record.id}: [magenta]ABORTED[/magenta] from {where}: "
-                f'"{record.reason.message}" (by {record.reason.by}){after}'
+                f"  {record.id}: [magenta]ABORTED[/magenta] while still queued — it never ran "
+                f'("{reason.message}")'
+            )
+        elif record.state is TaskState.ABORTED and reason is not None:
+            delay = seen_after.get(record.id)
+            where = "this process" if reason.by == "demo-user" else "another process"
+            after = f"; the body was cancelled {delay:.1f} ms after the request" if delay else ""
+            narrator.say(
+                f"  {record.id}: [magenta]ABORTED[/magenta] from {where} at "
+                f'{record.progress or 0:.0%}: "{reason.message}" (by {reason.by}){after}'
             )
         else:
-            narrator.say(f"  {record.id}: [green]{record.state.value}[/green], all 20 sections")
+            narrator.say(
+                f"  {record.id}: [green]{record.state.value}[/green], "
+                f"handle.result() returned {results.get(record.id)!r}"
+            )
     narrator.say(
-        "\nEach abort was recorded in the store first; the job stopped at its next await, and "
-        "its record says why.\nNext: docs/quickstart.md"
+        "\nEach abort was committed to the store first; the job stopped at its next await, and "
+        "its record says why.\nNext: docs/quickstart.md, or [cyan]aioabort --help[/cyan]"
     )
     return 0 if ok else 1
