@@ -418,6 +418,11 @@ class App:
             raise UsageError("limit must be within 1..10000 and offset not negative")
         return await self.store.list_tasks(states=wanted, name=name, limit=limit, offset=offset)
 
+    async def counts(self) -> dict[TaskState, int]:
+        """How many tasks are in each state (every state is present, zero or more)."""
+        found = await self.store.count_tasks()
+        return {state: found.get(state, 0) for state in TaskState}
+
     async def reap(self) -> list[str]:
         """End now, as FAILURE (cause ``lost``), running tasks whose owner stopped heartbeating.
 

@@ -37,6 +37,12 @@ COLUMNS = (
     "retryable, attempts"
 )
 
+
+def columns(alias: str) -> str:
+    """:data:`COLUMNS`, each qualified with ``alias`` (for statements that join)."""
+    return ", ".join(f"{alias}.{name.strip()}" for name in COLUMNS.split(","))
+
+
 #: The states a child is aborted from when its parent is: the same rule as any abort.
 PARENT_ABORTED = "('ABORTING', 'ABORTED')"
 

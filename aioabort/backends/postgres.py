@@ -35,6 +35,9 @@ from .._backend import (
     AbortOutcome,
     Change,
     ChangeCallback,
+    Finish,
+    GroupCommit,
+    NewTask,
     OwnerInfo,
     StartResult,
     Store,
@@ -375,6 +378,8 @@ class PostgresStore(Store):
         self._statements = 0
         self._on_change: ChangeCallback | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._finishes = GroupCommit(self._finish_batch)
+        self._creates = GroupCommit(self._create_batch)
 
     @staticmethod
     def check_url(url: str) -> None:
@@ -517,6 +522,9 @@ class PostgresStore(Store):
         parent_id: str | None = None,
         retryable: bool = False,
     ) -> TaskRecord:
+        if parent_id is None:
+            return await self._creates(NewTask(task_id, name, queue, args_json, retryable))
+
         async def body(conn: asyncpg.Connection) -> TaskRecord:
             parent = await self._aborted_parent(conn, parent_id)
             self._statements += 1
@@ -542,6 +550,34 @@ class PostgresStore(Store):
             return record_from_row(row)
 
         return await self._transaction(body)
+
+    async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
+        # One statement: the rows, and one NOTIFY per queue that got work, commit together.
+        rows = await self._fetch(
+            f"WITH ins AS (INSERT INTO {self.schema}.tasks (id, name, queue, state, args, "
+            "retryable, created_at, updated_at) SELECT v.id, v.name, v.queue, 'PENDING', v.args, "
+            "v.retryable, clock_timestamp(), clock_timestamp() FROM unnest($1::text[], "
+            "$2::text[], $3::text[], $4::text[], $5::boolean[]) WITH ORDINALITY "
+            "AS v(id, name, queue, args, retryable, n) ORDER BY v.n "
+            f"ON CONFLICT (id) DO NOTHING RETURNING {_sql.COLUMNS}), "
+            "notified AS (SELECT pg_notify($6, q.queue) FROM "
+            "(SELECT DISTINCT queue FROM ins WHERE queue IS NOT NULL) AS q) "
+            "SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins",
+            [i.task_id for i in items],
+            [i.name for i in items],
+            [i.queue for i in items],
+            [i.args_json for i in items],
+            [i.retryable for i in items],
+            self.queue_channel,
+        )
+        if rows:
+            self._changed()
+        made = {row[0]: record_from_row(tuple(row)[:-1]) for row in rows}
+        results: list[TaskRecord | BaseException] = []
+        for item in items:
+            record = made.pop(item.task_id, None)
+            results.append(record if record is not None else TaskAlreadyExists(item.task_id))
+        return results
 
     async def _aborted_parent(
         self, conn: asyncpg.Connection, parent_id: str | None
@@ -692,23 +728,34 @@ class PostgresStore(Store):
         result_json: str | None = None,
         error: TaskError | None = None,
     ) -> TaskRecord | None:
-        row = await self._fetchrow(
-            f"WITH done AS (UPDATE {self.schema}.tasks SET state = $3, result = $4, "
-            "error = $5, finished_at = clock_timestamp(), updated_at = clock_timestamp() "
-            f"WHERE id = $1 AND owner = $2 AND state IN {_sql.RUNNING} "
-            f"RETURNING {_sql.COLUMNS}) "
+        error_json = None if error is None else error.to_json()
+        return await self._finishes(Finish(task_id, owner, state, result_json, error_json))
+
+    async def _finish_batch(self, items: list[Finish]) -> list[TaskRecord | BaseException | None]:
+        # One statement for the batch: one round trip, one commit, one NOTIFY per task ended.
+        rows = await self._fetch(
+            "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+            "$5::text[]) AS v(id, owner, state, result, error)), "
+            f"done AS (UPDATE {self.schema}.tasks AS t SET state = v.state, result = v.result, "
+            "error = v.error, finished_at = clock_timestamp(), updated_at = clock_timestamp() "
+            f"FROM v WHERE t.id = v.id AND t.owner = v.owner AND t.state IN {_sql.RUNNING} "
+            f"RETURNING {_sql.columns('t')}) "
             "SELECT done.*, pg_notify($6, done.id)::text AS notified FROM done",
-            task_id,
-            owner,
-            state.value,
-            result_json,
-            None if error is None else error.to_json(),
+            [i.task_id for i in items],
+            [i.owner for i in items],
+            [i.state.value for i in items],
+            [i.result_json for i in items],
+            [i.error_json for i in items],
             self.end_channel,
         )
-        if row is None:
-            return await self.get(task_id)
-        self._changed()
-        return record_from_row(tuple(row)[:-1])
+        if rows:
+            self._changed()
+        done = {row[0]: record_from_row(tuple(row)[:-1]) for row in rows}
+        results: list[TaskRecord | BaseException | None] = []
+        for item in items:
+            record = done.get(item.task_id)
+            results.append(record if record is not None else await self.get(item.task_id))
+        return results
 
     async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
         rows = await self._fetch(
@@ -779,6 +826,10 @@ class PostgresStore(Store):
         args += [limit, offset]
         sql += f" ORDER BY created_at DESC, id LIMIT ${len(args) - 1} OFFSET ${len(args)}"
         return [record_from_row(row) for row in await self._fetch(sql, *args)]
+
+    async def count_tasks(self) -> dict[TaskState, int]:
+        rows = await self._fetch(f"SELECT state, COUNT(*) FROM {self.schema}.tasks GROUP BY state")
+        return {TaskState(state): int(n) for state, n in rows}
 
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None

@@ -28,6 +28,9 @@ from .._backend import (
     AbortOutcome,
     Change,
     ChangeCallback,
+    Finish,
+    GroupCommit,
+    NewTask,
     OwnerInfo,
     StartResult,
     Store,
@@ -225,6 +228,8 @@ class SQLiteStore(Store):
         self._on_change: ChangeCallback | None = None
         self._poller: _ChangePoller | None = None
         self._closed = False
+        self._finishes = GroupCommit(self._finish_batch)
+        self._creates = GroupCommit(self._create_batch)
 
     @staticmethod
     def check_url(url: str) -> None:
@@ -381,6 +386,8 @@ class SQLiteStore(Store):
         parent_id: str | None = None,
         retryable: bool = False,
     ) -> TaskRecord:
+        if parent_id is None:
+            return await self._creates(NewTask(task_id, name, queue, args_json, retryable))
         now = time.time()
 
         async def body() -> TaskRecord:
@@ -397,6 +404,38 @@ class SQLiteStore(Store):
             if parent is not None:  # born into an aborted family: never runs
                 return await self._abort_unlocked(task_id, parent, now) or record_from_row(rows[0])
             return record_from_row(rows[0])
+
+        return await self._write(body)
+
+    async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
+        now = time.time()
+        values = ", ".join("(?, ?, ?, NULL, 'PENDING', ?, ?, ?, ?)" for _ in items)
+        params: list[Any] = []
+        for i, item in enumerate(items):
+            at = now + i * 1e-6  # keeps submission order for the claim's ORDER BY created_at
+            params += [
+                item.task_id,
+                item.name,
+                item.queue,
+                item.args_json,
+                int(item.retryable),
+                at,
+                at,
+            ]
+
+        async def body() -> list[TaskRecord | BaseException]:
+            rows = await self._exec(
+                "INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, retryable, "
+                f"created_at, updated_at) VALUES {values} ON CONFLICT (id) DO NOTHING "
+                f"RETURNING {_sql.COLUMNS}",
+                params,
+            )
+            made = {row[0]: record_from_row(row) for row in rows}
+            results: list[TaskRecord | BaseException] = []
+            for item in items:
+                record = made.pop(item.task_id, None)
+                results.append(record if record is not None else TaskAlreadyExists(item.task_id))
+            return results
 
         return await self._write(body)
 
@@ -518,26 +557,40 @@ class SQLiteStore(Store):
         result_json: str | None = None,
         error: TaskError | None = None,
     ) -> TaskRecord | None:
-        now = time.time()
+        error_json = None if error is None else error.to_json()
+        return await self._finishes(Finish(task_id, owner, state, result_json, error_json))
 
-        async def body() -> TaskRecord | None:
+    async def _finish_batch(self, items: list[Finish]) -> list[TaskRecord | BaseException | None]:
+        now = time.time()
+        values = ", ".join("(?, ?, ?, ?, ?)" for _ in items)
+        params: list[Any] = []
+        for item in items:
+            params += [
+                item.task_id,
+                item.owner,
+                item.state.value,
+                item.result_json,
+                item.error_json,
+            ]
+
+        async def body() -> list[TaskRecord | BaseException | None]:
             rows = await self._exec(
-                "UPDATE aioabort_tasks SET state = ?, result = ?, error = ?, finished_at = ?, "
-                f"updated_at = ? WHERE id = ? AND owner = ? AND state IN {_sql.RUNNING} "
-                f"RETURNING {_sql.COLUMNS}",
-                (
-                    state.value,
-                    result_json,
-                    None if error is None else error.to_json(),
-                    now,
-                    now,
-                    task_id,
-                    owner,
-                ),
+                f"WITH v(id, owner, state, result, error) AS (VALUES {values}) "
+                "UPDATE aioabort_tasks SET state = v.state, result = v.result, error = v.error, "
+                "finished_at = ?, updated_at = ? FROM v WHERE aioabort_tasks.id = v.id "
+                "AND aioabort_tasks.owner = v.owner "
+                f"AND aioabort_tasks.state IN {_sql.RUNNING} "
+                f"RETURNING {_sql.columns('aioabort_tasks')}",
+                (*params, now, now),
             )
-            if rows:
-                return record_from_row(rows[0])
-            return await self.get_unlocked(task_id)
+            done = {row[0]: record_from_row(row) for row in rows}
+            results: list[TaskRecord | BaseException | None] = []
+            for item in items:
+                record = done.get(item.task_id)
+                results.append(
+                    record if record is not None else await self.get_unlocked(item.task_id)
+                )
+            return results
 
         return await self._write(body)
 
@@ -619,6 +672,11 @@ class SQLiteStore(Store):
         async with self._lock:
             rows = await self._exec(sql, params)
         return [record_from_row(row) for row in rows]
+
+    async def count_tasks(self) -> dict[TaskState, int]:
+        async with self._lock:
+            rows = await self._exec("SELECT state, COUNT(*) FROM aioabort_tasks GROUP BY state")
+        return {TaskState(state): int(n) for state, n in rows}
 
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None
