@@ -1,9 +1,10 @@
-"""``python -m benchmarks``: aioabort's benchmark suite.
+"""``python -m benchmarks``: aioabort and the systems users would pick instead, in one run.
 
-``--smoke`` runs every measurement a few times (seconds; CI runs it so the suite never rots);
-the default pass takes DESIGN.md §5's sample sizes and writes ``benchmarks/results/``.
-PostgreSQL figures use ``AIOABORT_BENCH_POSTGRES_URL`` (default: the local server) in a
-schema of their own, dropped afterwards; ``--no-postgres`` skips them.
+Modes: ``--smoke`` (seconds, no peers; CI runs it so the suite never rots), ``--quick`` (about
+two minutes), and the default full pass (DESIGN.md §5's sample sizes). Results go to
+``benchmarks/results/`` as JSON, a Markdown table with the ratios, and PNG plots.
+PostgreSQL figures use ``AIOABORT_BENCH_POSTGRES_URL`` (default: the local server), each in a
+schema of its own that is dropped afterwards. Peers come from the ``bench`` extra.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -21,11 +23,41 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import idle, latency
+from . import flow, idle, latency, throughput
 from ._stats import verdict
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+MODES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "count": 10,
+        "flow_count": 5,
+        "scope_counts": [1, 100],
+        "window": 0.5,
+        "memory_count": 100,
+        "throughput": 300,
+        "peers": False,
+    },
+    "quick": {
+        "count": 60,
+        "flow_count": 30,
+        "scope_counts": [1, 1000],
+        "window": 2.0,
+        "memory_count": 1000,
+        "throughput": 2000,
+        "peers": True,
+    },
+    "full": {
+        "count": 200,
+        "flow_count": 200,
+        "scope_counts": [1, 100, 1000, 10000],
+        "window": 5.0,
+        "memory_count": 2000,
+        "throughput": 5000,
+        "peers": True,
+    },
+}
 
 #: DESIGN.md §5 targets: (store, where, figure) -> {stat: limit}.
 LATENCY_TARGETS: dict[tuple[str, str, str], dict[str, float]] = {
@@ -44,17 +76,15 @@ async def _stores(with_postgres: bool) -> AsyncIterator[dict[str, Callable[[], s
     with tempfile.TemporaryDirectory(prefix="aioabort-bench-") as tmp:
         schemas: list[str] = []
         counter = iter(range(1_000_000))
+        base = os.environ.get("AIOABORT_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
 
         def sqlite() -> str:
             return f"sqlite:///{tmp}/bench-{next(counter)}.db"
 
-        base = os.environ.get("AIOABORT_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
-
         def postgres() -> str:
             schema = f"bench_{uuid.uuid4().hex[:10]}"
             schemas.append(schema)
-            sep = "&" if "?" in base else "?"
-            return f"{base}{sep}aioabort_schema={schema}"
+            return f"{base}{'&' if '?' in base else '?'}aioabort_schema={schema}"
 
         makers: dict[str, Callable[[], str]] = {"sqlite": sqlite}
         if with_postgres:
@@ -73,27 +103,64 @@ async def _stores(with_postgres: bool) -> AsyncIterator[dict[str, Callable[[], s
                     await conn.close()
 
 
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 async def _run(
-    count: int, scope_counts: list[int], window: float, memory_count: int, with_postgres: bool
+    mode: dict[str, Any], with_postgres: bool, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {"latency": {}, "idle": {}, "memory": {}}
+    results: dict[str, Any] = {
+        "latency": {},
+        "flow": {},
+        "check": {},
+        "idle": {},
+        "memory": {},
+        "throughput": {},
+        "peers": {},
+    }
     async with _stores(with_postgres) as stores:
         for store, make in stores.items():
+            log(f"latency on {store}")
             results["latency"][store] = {
-                "same_process": await latency.same_process(make(), count),
-                "other_process": await latency.other_process(make(), count),
+                "same_process": await latency.same_process(make(), mode["count"]),
+                "other_process": await latency.other_process(make(), mode["count"]),
             }
+            log(f"the Celery flow (worker process) on {store}")
+            results["flow"][store] = await flow.abort_latency(make(), mode["flow_count"])
+            log(f"throughput on {store}")
+            results["throughput"][store] = await throughput.run(make(), mode["throughput"])
+        results["check"]["aioabort"] = await flow.check_cost(stores["sqlite"]())
         for store, make in stores.items():
-            results["idle"][store] = [await idle.idle_cost(make(), n, window) for n in scope_counts]
-            results["memory"][store] = await idle.memory_per_scope(make(), memory_count)
+            log(f"idle cost and memory on {store}")
+            results["idle"][store] = [
+                await idle.idle_cost(make(), n, mode["window"]) for n in mode["scope_counts"]
+            ]
+            results["memory"][store] = await idle.memory_per_scope(make(), mode["memory_count"])
+    if mode["peers"]:
+        if _have("celery") and _have("sqlalchemy"):
+            from .peers import celery_bench
+
+            log("peer: Celery's abortable (SQLite)")
+            celery_flow = await celery_bench.abort_latency(mode["flow_count"])
+            results["peers"]["celery_sqlite"] = {
+                "flow": celery_flow,
+                "throughput": await celery_bench.throughput(min(mode["throughput"], 500)),
+            }
+        else:
+            log('peer Celery skipped: pip install -e ".[bench]"')
     return results
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
 def _markdown(results: dict[str, Any]) -> str:
-    lines = [
-        "## Abort latency (ms)",
+    out = [
+        "## Abort latency (ms): `abort()` → the body's `CancelledError`",
         "",
-        "| store | where | figure | n | p50 | p90 | p99 | max | target |",
+        "| store | where | figure | n | p50 | p90 | p99 | max | DESIGN.md §5 target |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for store, by_where in results["latency"].items():
@@ -103,25 +170,75 @@ def _markdown(results: dict[str, Any]) -> str:
                 notes = ", ".join(
                     f"{k[:-3]} ≤ {v:g}: {verdict(s[k], v)}" for k, v in targets.items()
                 )
-                lines.append(
+                out.append(
                     f"| {store} | {where.replace('_', ' ')} | {figure.replace('_', ' ')} | "
                     f"{s['n']} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} | "
                     f"{s['max_ms']:.2f} | {notes} |"
                 )
-    lines += [
+    celery = results["peers"].get("celery_sqlite")
+    out += [
+        "",
+        "## The Celery flow: producer here, worker in another process",
+        "",
+        "| system | n | p50 (ms) | p99 (ms) | aborted task ends | p50 vs Celery |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [(f"aioabort ({store})", r) for store, r in results["flow"].items()]
+    if celery:
+        rows.append(("Celery abortable (SQLite)", celery["flow"]))
+    for label, r in rows:
+        s = r["abort_to_cancel"]
+        ratio = _ratio(s["p50_ms"], celery["flow"]["abort_to_cancel"]["p50_ms"]) if celery else ""
+        ends = ", ".join(f"{k} {v}" for k, v in r["final_state_of_aborted_task"].items())
+        out.append(
+            f"| {label} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {ends} | {ratio} |"
+        )
+    out += [
+        "",
+        "## Cost of one abort check inside the task",
+        "",
+        "| system | µs per check |",
+        "|---|---|",
+        f"| aioabort `scope.is_aborted()` | {results['check']['aioabort']['is_aborted_check_us']} |",
+    ]
+    if celery:
+        ours = results["check"]["aioabort"]["is_aborted_check_us"]
+        theirs = celery["flow"]["is_aborted_check_us"]
+        out.append(
+            f"| Celery `self.is_aborted()` (SQLite backend) | {theirs} ({theirs / ours:,.0f}x aioabort) |"
+        )
+    out += [
+        "",
+        "## Queue throughput: no-op tasks, one worker process, end to end",
+        "",
+        "| system | tasks | tasks/s | target ≥ 1,500 | vs Celery |",
+        "|---|---|---|---|---|",
+    ]
+    for store, r in results["throughput"].items():
+        ratio = _ratio(r["tasks_per_s"], celery["throughput"]["tasks_per_s"]) if celery else ""
+        out.append(
+            f"| aioabort ({store}) | {r['tasks']} | {r['tasks_per_s']:,.0f} | "
+            f"{verdict(-r['tasks_per_s'], -1500)} | {ratio} |"
+        )
+    if celery:
+        r = celery["throughput"]
+        out.append(
+            f"| Celery (SQLite broker and backend) | {r['tasks']} | {r['tasks_per_s']:,.0f} | | 1x |"
+        )
+    out += [
         "",
         "## Idle cost with open scopes (one process)",
         "",
         "| store | open scopes | watcher statements/s | all statements/s | CPU % of one core |",
         "|---|---|---|---|---|",
     ]
-    for store, rows in results["idle"].items():
-        for row in rows:
-            lines.append(
+    for store, rows_ in results["idle"].items():
+        for row in rows_:
+            out.append(
                 f"| {store} | {row['open_scopes']:,} | {row['watcher_statements_per_s']} | "
                 f"{row['all_statements_per_s']} | {row['cpu_percent_of_one_core']} |"
             )
-    lines += [
+    out += [
         "",
         "## Memory per open scope",
         "",
@@ -129,43 +246,113 @@ def _markdown(results: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for store, row in results["memory"].items():
-        lines.append(
+        out.append(
             f"| {store} | {row['bytes_per_scope']:,} | ≤ 4,096: "
             f"{verdict(row['bytes_per_scope'], 4096)} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(out) + "\n"
+
+
+def _plots(results: dict[str, Any]) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written: list[Path] = []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels, p50, p99 = [], [], []
+    for store, by_where in results["latency"].items():
+        for where, figures in by_where.items():
+            labels.append(f"{store}\n{where.replace('_', ' ')}")
+            p50.append(figures["abort_to_cancel"]["p50_ms"])
+            p99.append(figures["abort_to_cancel"]["p99_ms"])
+    for store, r in results["flow"].items():
+        labels.append(f"{store}\nworker flow")
+        p50.append(r["abort_to_cancel"]["p50_ms"])
+        p99.append(r["abort_to_cancel"]["p99_ms"])
+    celery = results["peers"].get("celery_sqlite")
+    if celery:
+        labels.append("Celery\nabortable")
+        p50.append(celery["flow"]["abort_to_cancel"]["p50_ms"])
+        p99.append(celery["flow"]["abort_to_cancel"]["p99_ms"])
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("ms from abort() to CancelledError")
+    ax.set_title("Abort latency")
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for store, rows in results["idle"].items():
+        ax.plot(
+            [r["open_scopes"] for r in rows],
+            [r["watcher_statements_per_s"] for r in rows],
+            marker="o",
+            label=f"{store}: watcher",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("open scopes in the process")
+    ax.set_ylabel("statements per second")
+    ax.set_title("The watcher's cost does not grow with open scopes")
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS / "statements.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="a few samples of each, no files")
-    parser.add_argument("--count", type=int, default=200, help="aborts per latency figure")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--smoke", action="store_true", help="seconds; no peers, no files")
+    group.add_argument("--quick", action="store_true", help="about two minutes")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--no-peers", action="store_true", help="aioabort only")
     args = parser.parse_args()
-    if args.smoke:
-        settings = {"count": 10, "scope_counts": [1, 100], "window": 0.5, "memory_count": 100}
-    else:
-        settings = {
-            "count": args.count,
-            "scope_counts": [1, 100, 1000, 10000],
-            "window": 5.0,
-            "memory_count": 2000,
-        }
-    results = asyncio.run(_run(**settings, with_postgres=not args.no_postgres))  # type: ignore[arg-type]
+    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = dict(MODES[name])
+    if args.no_peers:
+        mode["peers"] = False
+
+    def log(text: str) -> None:
+        print(f"[benchmarks] {text}", flush=True)
+
+    results = asyncio.run(_run(mode, not args.no_postgres, log))
     results["meta"] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": name,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        **settings,
+        **mode,
     }
     table = _markdown(results)
     print(table)
-    if not args.smoke:
+    if name != "smoke":
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "aioabort.json").write_text(json.dumps(results, indent=2) + "\n")
-        (RESULTS / "aioabort.md").write_text(table)
-        print(f"wrote {RESULTS / 'aioabort.json'} and {RESULTS / 'aioabort.md'}")
+        (RESULTS / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (RESULTS / "results.md").write_text(
+            f"Measured {results['meta']['when']} ({name} pass, Python "
+            f"{results['meta']['python']}, {results['meta']['cpus']} CPUs).\n\n" + table
+        )
+        for path in [RESULTS / "results.json", RESULTS / "results.md", *_plots(results)]:
+            print(f"wrote {path}")
     return 0
 
 

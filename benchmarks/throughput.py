@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aioabort
 from aioabort import TaskState
 
 _REPO = str(Path(__file__).resolve().parent.parent)
@@ -27,9 +26,17 @@ async def run(url: str, count: int) -> dict[str, Any]:
 
     async with tasks_app.app as app:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aioabort", "worker", "benchmarks.tasks_app:app",
-            "--concurrency", "50", "--log-level", "warning",
-            stderr=asyncio.subprocess.PIPE, env=env,
+            sys.executable,
+            "-m",
+            "aioabort",
+            "worker",
+            "benchmarks.tasks_app:app",
+            "--concurrency",
+            "50",
+            "--log-level",
+            "warning",
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
         assert proc.stderr is not None
         await asyncio.wait_for(proc.stderr.readline(), 30)  # the banner: it is claiming
