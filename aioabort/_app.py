@@ -9,8 +9,8 @@ import os
 import socket
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
+from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final, overload
 
@@ -334,6 +334,24 @@ class App:
                 f"(registered: {', '.join(sorted(self._tasks)) or 'none'})"
             )
         return await task.apply(args, kwargs, **options)
+
+    @asynccontextmanager
+    async def lifespan(self, asgi_app: object = None) -> AsyncIterator[dict[str, Any]]:
+        """An ASGI lifespan: ``FastAPI(lifespan=aborts.lifespan)`` (Starlette likewise).
+
+        Opens the App (its watcher and heartbeat) in each server process and closes it at
+        shutdown; the lifespan state holds it as ``request.state.aborts``. If the App is
+        already open it is left open. Combine with a lifespan of your own with
+        :func:`aioabort.web.combine_lifespans`.
+        """
+        opened = not self.is_open
+        if opened:
+            await self.open()
+        try:
+            yield {"aborts": self}
+        finally:
+            if opened:
+                await self.aclose()
 
     async def __aenter__(self) -> App:
         await self.open()

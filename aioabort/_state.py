@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ._types import AbortReason, JSONValue, TaskError
 
@@ -193,6 +194,42 @@ class TaskRecord:
     def is_finished(self) -> bool:
         """Whether the record is terminal."""
         return self.state.is_terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the form the CLI's ``--json`` and the web router use."""
+
+        def iso(value: datetime | None) -> str | None:
+            return None if value is None else value.isoformat()
+
+        reason, error = self.reason, self.error
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state.value,
+            "reason": None
+            if reason is None
+            else {
+                "code": reason.code,
+                "message": reason.message,
+                "by": reason.by,
+                "at": iso(reason.at),
+            },
+            "result": self.result,
+            "error": None
+            if error is None
+            else {"cause": error.cause, "type": error.type, "message": error.message},
+            "progress": self.progress,
+            "message": self.message,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "owner": self.owner,
+            "parent_id": self.parent_id,
+            "queue": self.queue,
+            "args": self.args,
+            "retryable": self.retryable,
+            "attempts": self.attempts,
+        }
 
     @property
     def abort_requested(self) -> bool:

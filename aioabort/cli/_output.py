@@ -21,40 +21,9 @@ STATE_STYLES = {
 }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def record_to_json(record: TaskRecord) -> dict[str, Any]:
     """A stable JSON form of a record (the ``--json`` output of ``tasks`` and ``show``)."""
-    reason = record.reason
-    error = record.error
-    return {
-        "id": record.id,
-        "name": record.name,
-        "state": record.state.value,
-        "reason": None
-        if reason is None
-        else {
-            "code": reason.code,
-            "message": reason.message,
-            "by": reason.by,
-            "at": _iso(reason.at),
-        },
-        "result": record.result,
-        "error": None
-        if error is None
-        else {"cause": error.cause, "type": error.type, "message": error.message},
-        "progress": record.progress,
-        "message": record.message,
-        "created_at": _iso(record.created_at),
-        "started_at": _iso(record.started_at),
-        "finished_at": _iso(record.finished_at),
-        "owner": record.owner,
-        "parent_id": record.parent_id,
-        "queue": record.queue,
-        "args": record.args,
-    }
+    return record.to_dict()
 
 
 def age(record: TaskRecord, now: datetime | None = None) -> str:

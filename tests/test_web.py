@@ -1,0 +1,361 @@
+"""The ASGI integration through httpx.ASGITransport (and raw ASGI where a client cannot
+express the case, such as a disconnect): middleware, router, lifespan, dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI, Request
+from starlette.responses import StreamingResponse
+
+import aioabort
+from aioabort import TaskState
+from aioabort.web import AbortMiddleware, Aborts, combine_lifespans, request_scope, router
+
+
+class Site:
+    """A FastAPI app with the middleware and the router, and a client for it."""
+
+    def __init__(self, url: str, *, authorize: Any = True, **middleware: Any) -> None:
+        self.aborts = aioabort.App(url)
+        self.entered: dict[str, asyncio.Event] = {}
+        self.streamed: list[int] = []
+        self.api = FastAPI(lifespan=self.aborts.lifespan)
+        check = (lambda request: True) if authorize is True else authorize
+        self.api.add_middleware(
+            AbortMiddleware, aborts=self.aborts, exclude=("/aioabort",), **middleware
+        )
+        self.api.mount("/aioabort", router(self.aborts, authorize=check))
+
+        @self.api.get("/slow")
+        async def slow(
+            scope: Annotated[aioabort.AbortScope, Depends(request_scope)],
+        ) -> dict[str, str]:
+            self.entered.setdefault(scope.id, asyncio.Event()).set()
+            await asyncio.sleep(60)
+            return {"done": "no"}
+
+        @self.api.get("/fast")
+        async def fast(aborts: Aborts) -> dict[str, Any]:
+            return {"open": aborts.is_open}
+
+        @self.api.get("/stream")
+        async def stream(request: Request) -> StreamingResponse:
+            scope = request_scope(request)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for i in range(1000):
+                    self.streamed.append(i)
+                    if i == 3:
+                        self.entered.setdefault(scope.id, asyncio.Event()).set()
+                    yield f"chunk {i}\n".encode()
+                    await asyncio.sleep(0.01)
+
+            return StreamingResponse(chunks(), media_type="text/plain")
+
+    def event(self, request_id: str) -> asyncio.Event:
+        return self.entered.setdefault(request_id, asyncio.Event())
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.api), base_url="http://testserver"
+        )
+
+
+@pytest.fixture
+async def site(store_url: str) -> AsyncIterator[Site]:
+    site = Site(store_url)
+    async with site.aborts.lifespan(site.api):
+        yield site
+
+
+async def test_request_aborted_through_the_router(site: Site) -> None:
+    async with site.client as client:
+        request = asyncio.create_task(client.get("/slow", headers={"x-request-id": "req-1"}))
+        await asyncio.wait_for(site.event("req-1").wait(), 10)
+        answer = await client.post("/aioabort/tasks/req-1/abort", json={"reason": "too slow"})
+        assert answer.status_code == 202 and answer.json()["aborted"] is True
+        response = await asyncio.wait_for(request, 10)
+    assert response.status_code == 499
+    assert response.headers["x-request-id"] == "req-1"
+    body = response.json()
+    assert body["error"] == "aborted" and body["task_id"] == "req-1"
+    assert body["reason"]["message"] == "too slow" and body["reason"]["code"] == "user"
+    record = await site.aborts.handle("req-1").record()
+    assert record.state is TaskState.ABORTED and record.name == "GET /slow"
+
+
+async def test_streaming_response_is_covered(site: Site) -> None:
+    async with site.client as client:
+        request = asyncio.create_task(client.get("/stream", headers={"x-request-id": "stream-1"}))
+        await asyncio.wait_for(site.event("stream-1").wait(), 10)
+        assert await site.aborts.handle("stream-1").abort("enough chunks") is True
+        response = await asyncio.wait_for(request, 10)
+    assert response.status_code == 200  # the headers were already sent...
+    lines = response.text.splitlines()
+    assert 4 <= len(lines) < 1000  # ...but the body stopped
+    assert len(site.streamed) < 1000
+    record = await site.aborts.handle("stream-1").record()
+    assert record.state is TaskState.ABORTED
+
+
+async def test_missing_header_gets_a_generated_id(site: Site) -> None:
+    async with site.client as client:
+        response = await client.get("/fast")
+    assert response.status_code == 200 and response.json() == {"open": True}
+    request_id = response.headers["x-request-id"]
+    assert len(request_id) == 32
+    record = await site.aborts.handle(request_id).record()
+    assert record.state is TaskState.SUCCESS
+
+
+@pytest.mark.parametrize("value", ["has space", "x" * 201, "semi;colon", "é"])
+async def test_invalid_or_oversized_header_is_refused(site: Site, value: str) -> None:
+    async with site.client as client:
+        response = await client.get("/fast", headers=[(b"x-request-id", value.encode())])
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request_id"
+    assert await site.aborts.tasks() == []
+
+
+async def test_reused_request_id_is_refused(site: Site) -> None:
+    async with site.client as client:
+        first = await client.get("/fast", headers={"x-request-id": "once"})
+        second = await client.get("/fast", headers={"x-request-id": "once"})
+    assert first.status_code == 200
+    assert second.status_code == 409 and second.json()["error"] == "request_id_in_use"
+
+
+async def test_router_list_show_abort_codes(site: Site) -> None:
+    await site.aborts.create("queued-1", name="job")
+    await site.aborts.create("queued-2", name="job")
+    async with aioabort.abortable("done-1", app=site.aborts, name="other"):
+        pass
+    async with site.client as client:
+        listing = (await client.get("/aioabort/tasks")).json()
+        assert {t["id"] for t in listing["tasks"]} == {"queued-1", "queued-2", "done-1"}
+        assert listing["counts"]["PENDING"] == 2 and listing["counts"]["SUCCESS"] == 1
+        page = (await client.get("/aioabort/tasks", params={"limit": 1, "offset": 1})).json()
+        assert len(page["tasks"]) == 1
+        pending = (await client.get("/aioabort/tasks", params={"state": "pending"})).json()
+        assert {t["id"] for t in pending["tasks"]} == {"queued-1", "queued-2"}
+        named = (await client.get("/aioabort/tasks", params={"name": "other"})).json()
+        assert [t["id"] for t in named["tasks"]] == ["done-1"]
+        assert (await client.get("/aioabort/tasks", params={"limit": 0})).status_code == 400
+        assert (await client.get("/aioabort/tasks", params={"limit": "x"})).status_code == 400
+        assert (await client.get("/aioabort/tasks", params={"state": "NOPE"})).status_code == 400
+        assert (await client.get("/aioabort/tasks/queued-1")).json()["state"] == "PENDING"
+        assert (await client.get("/aioabort/tasks/missing")).status_code == 404
+        aborted = await client.post("/aioabort/tasks/queued-1/abort")
+        assert aborted.status_code == 202 and aborted.json()["task"]["state"] == "ABORTED"
+        assert aborted.json()["task"]["reason"]["by"].startswith("web:")
+        again = await client.post("/aioabort/tasks/queued-1/abort")
+        assert again.status_code == 409  # ABORTED is finished
+        assert (await client.post("/aioabort/tasks/done-1/abort")).status_code == 409
+        assert (await client.post("/aioabort/tasks/missing/abort")).status_code == 404
+        bad = await client.post("/aioabort/tasks/queued-2/abort", content=b"{not json")
+        assert bad.status_code == 400
+        assert (await client.get("/aioabort/tasks/queued-2")).json()["state"] == "PENDING"
+        page = await client.get("/aioabort/")
+        assert page.status_code == 200 and "<title>aioabort</title>" in page.text
+
+
+async def test_two_aborts_at_once_through_the_router(site: Site) -> None:
+    async with site.client as client:
+        request = asyncio.create_task(client.get("/slow", headers={"x-request-id": "twice"}))
+        await asyncio.wait_for(site.event("twice").wait(), 10)
+        answers = await asyncio.gather(
+            client.post("/aioabort/tasks/twice/abort", json={"reason": "one"}),
+            client.post("/aioabort/tasks/twice/abort", json={"reason": "two"}),
+        )
+        await request
+    recorded = [a for a in answers if a.status_code == 202 and a.json()["aborted"]]
+    assert len(recorded) == 1  # exactly one recorded the abort; the other saw it aborting/done
+    for other in answers:
+        if other is not recorded[0]:
+            assert other.status_code in (202, 409)
+            if other.status_code == 202:
+                assert other.json()["aborted"] is False
+    record = await site.aborts.handle("twice").record()
+    assert record.reason is not None
+    assert record.reason.message == json.loads(recorded[0].request.content)["reason"]
+
+
+async def test_events_of_a_finished_task_end_at_once(site: Site) -> None:
+    """(The live stream, state by state, is tested against a real uvicorn in
+    test_web_servers.py: httpx's ASGITransport buffers whole responses.)"""
+    await site.aborts.create("ended")
+    await site.aborts.handle("ended").abort("before it began")
+    async with site.client as client:
+        response = await client.get("/aioabort/tasks/ended/events")
+        assert (await client.get("/aioabort/tasks/missing/events")).status_code == 404
+    assert response.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in response.text.split("\n\n") if b.strip()]
+    assert blocks[0].startswith("event: state\n") and '"state": "ABORTED"' in blocks[0]
+    assert blocks[-1] == 'event: end\ndata: {"state": "ABORTED"}'
+
+
+@pytest.mark.parametrize("authorize", [None, False, "async-false"])
+async def test_router_refuses_until_authorized(store_url: str, authorize: Any) -> None:
+    async def async_no(request: Request) -> bool:
+        return False
+
+    check = {None: None, False: (lambda request: False), "async-false": async_no}[authorize]
+    site = Site(store_url, authorize=check)
+    async with site.aborts.lifespan(site.api):
+        await site.aborts.create("secret")
+        async with site.client as client:
+            for method, path in [
+                ("GET", "/aioabort/"),
+                ("GET", "/aioabort/tasks"),
+                ("GET", "/aioabort/tasks/secret"),
+                ("POST", "/aioabort/tasks/secret/abort"),
+                ("GET", "/aioabort/tasks/secret/events"),
+            ]:
+                response = await client.request(method, path)
+                assert response.status_code == 403, (method, path)
+                assert "secret" not in response.text
+        assert await site.aborts.handle("secret").state() is TaskState.PENDING
+
+
+async def test_async_authorize_hook_allows(store_url: str) -> None:
+    async def admins(request: Request) -> bool:
+        return request.headers.get("x-role") == "admin"
+
+    site = Site(store_url, authorize=admins)
+    async with site.aborts.lifespan(site.api), site.client as client:
+        assert (await client.get("/aioabort/tasks")).status_code == 403
+        assert (await client.get("/aioabort/tasks", headers={"x-role": "admin"})).status_code == 200
+
+
+async def test_app_not_open_is_503(store_url: str) -> None:
+    site = Site(store_url)
+    async with site.client as client:
+        response = await client.get("/fast")
+        assert response.status_code == 503 and "lifespan" in response.text
+        assert (await client.get("/aioabort/tasks")).status_code == 503
+
+
+async def test_lazy_open_for_servers_without_lifespan(store_url: str) -> None:
+    site = Site(store_url, lazy_open=True)
+    try:
+        async with site.client as client:
+            assert (await client.get("/fast")).status_code == 200
+        assert site.aborts.is_open
+    finally:
+        await site.aborts.aclose()
+
+
+async def test_combine_lifespans_merges_state(store_url: str) -> None:
+    from contextlib import asynccontextmanager
+
+    order: list[str] = []
+
+    @asynccontextmanager
+    async def mine(app: Any) -> AsyncIterator[dict[str, Any]]:
+        order.append("mine up")
+        yield {"db": "ready"}
+        order.append("mine down")
+
+    aborts = aioabort.App(store_url)
+    combined = combine_lifespans(aborts.lifespan, mine)
+    async with combined(None) as state:
+        assert state["aborts"] is aborts and state["db"] == "ready" and aborts.is_open
+    assert order == ["mine up", "mine down"] and not aborts.is_open
+
+
+def _http_scope(path: str, request_id: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"t"), (b"x-request-id", request_id.encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+
+
+async def test_disconnect_before_the_response_aborts_when_opted_in(store_url: str) -> None:
+    site = Site(store_url, abort_on_disconnect=True)
+    sent: list[MutableMapping[str, Any]] = []
+    gone = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not sent and not gone.is_set():
+            gone.set()
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(0.2)  # then the client goes away, before any response
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    async with site.aborts.lifespan(site.api):
+        await asyncio.wait_for(site.api(_http_scope("/slow", "gone-1"), receive, send), 10)
+        record = await site.aborts.handle("gone-1").record()
+    assert record.state is TaskState.ABORTED
+    assert record.reason is not None and record.reason.code == "disconnect"
+
+
+async def test_disconnect_after_a_finished_response_does_not_abort(store_url: str) -> None:
+    site = Site(store_url, abort_on_disconnect=True)
+    sent: list[MutableMapping[str, Any]] = []
+    first = True
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()  # as uvicorn does: after the body, receive() waits for the end
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    async with site.aborts.lifespan(site.api):
+        await site.api(_http_scope("/fast", "normal-1"), receive, send)
+        record = await site.aborts.handle("normal-1").record()
+    assert sent[0]["status"] == 200
+    assert record.state is TaskState.SUCCESS and record.reason is None
+
+
+async def test_disconnect_without_opt_in_does_not_abort(site: Site) -> None:
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await site.api(_http_scope("/fast", "plain-1"), receive, send)
+    assert (await site.aborts.handle("plain-1").record()).state is TaskState.SUCCESS
+
+
+async def test_non_http_scopes_pass_through(site: Site) -> None:
+    seen: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    middleware = AbortMiddleware(inner, aborts=site.aborts)
+    await middleware({"type": "websocket", "path": "/ws"}, None, None)  # type: ignore[arg-type]
+    assert seen == ["websocket"]
+    with pytest.raises(aioabort.UsageError):
+        AbortMiddleware(inner, aborts="not an app")  # type: ignore[arg-type]

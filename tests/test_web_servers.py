@@ -1,0 +1,131 @@
+"""Real uvicorn processes on loopback running docs/examples/fastapi_app.py: two instances
+share one store; work on one is aborted through the other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import aioabort
+from aioabort import TaskState
+
+from .conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def uvicorn(url: str) -> AsyncIterator[str]:
+    """One server process on a free loopback port; yields its base URL once it answers."""
+    port = free_port()
+    env = {**os.environ, "AIOABORT_URL": url, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "docs.examples.fastapi_app:api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base) as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/reports/none")).status_code == 404
+                except httpx.TransportError:
+                    return False
+
+            await wait_until(up, timeout=30, what=f"uvicorn on {port}")
+        yield base
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_request_on_a_aborted_through_b(store_url: str) -> None:
+    async with (
+        uvicorn(store_url) as a,
+        uvicorn(store_url) as b,
+        httpx.AsyncClient(base_url=a, timeout=60) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=60) as on_b,
+    ):
+        long = asyncio.create_task(
+            on_a.get("/render", params={"seconds": 60}, headers={"x-request-id": "long-1"})
+        )
+
+        async def running() -> bool:
+            answer = await on_b.get("/aioabort/tasks/long-1")
+            return answer.status_code == 200 and answer.json()["state"] == "STARTED"
+
+        await wait_until(running, timeout=30)
+        abort = await on_b.post("/aioabort/tasks/long-1/abort", json={"reason": "cancelled on B"})
+        assert abort.status_code == 202 and abort.json()["aborted"] is True
+        response = await asyncio.wait_for(long, 30)
+        assert response.status_code == 499
+        assert response.json()["reason"]["message"] == "cancelled on B"
+        record = (await on_b.get("/aioabort/tasks/long-1")).json()
+    assert record["state"] == "ABORTED" and record["reason"]["code"] == "user"
+    async with aioabort.App(store_url) as reader:
+        stored = await reader.handle("long-1").record()
+    assert stored.state is TaskState.ABORTED and stored.reason is not None
+    assert stored.reason.message == "cancelled on B"
+
+
+async def test_job_started_on_a_watched_and_aborted_on_b(store_url: str) -> None:
+    async with (
+        uvicorn(store_url) as a,
+        uvicorn(store_url) as b,
+        httpx.AsyncClient(base_url=a, timeout=60) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=60) as on_b,
+    ):
+        started = await on_a.post("/reports", params={"sections": 400, "seconds": 0.05})
+        assert started.status_code == 202
+        job = started.json()["id"]
+        events: list[tuple[str, dict[str, Any]]] = []
+
+        async def listen() -> None:
+            async with on_b.stream("GET", f"/aioabort/tasks/{job}/events") as stream:
+                event = ""
+                async for line in stream.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        events.append((event, json.loads(line[6:])))
+
+        listener = asyncio.create_task(listen())
+        await wait_until(
+            lambda: sum(1 for e, d in events if e == "state" and d["progress"]) >= 3,
+            timeout=30,
+            what="progress events",
+        )
+        assert (await on_b.post(f"/aioabort/tasks/{job}/abort")).status_code == 202
+        await asyncio.wait_for(listener, 30)
+        status = (await on_a.get(f"/reports/{job}")).json()
+    progress = [d["progress"] for e, d in events if e == "state" and d["progress"] is not None]
+    assert progress == sorted(progress) and 0 < progress[-1] < 1
+    assert events[-1] == ("end", {"state": "ABORTED"})
+    assert status["state"] == "ABORTED" and status["reason"]["by"].startswith("web:")
