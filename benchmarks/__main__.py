@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import flow, idle, latency, throughput
+from . import flow, idle, latency, throughput, web
 from ._stats import verdict
 
 RESULTS = Path(__file__).parent / "results"
@@ -113,6 +113,7 @@ async def _run(
     results: dict[str, Any] = {
         "latency": {},
         "flow": {},
+        "web": {},
         "check": {},
         "idle": {},
         "memory": {},
@@ -128,6 +129,8 @@ async def _run(
             }
             log(f"the Celery flow (worker process) on {store}")
             results["flow"][store] = await flow.abort_latency(make(), mode["flow_count"])
+            log(f"abort through the web router on {store}")
+            results["web"][store] = await web.router_latency(make(), mode["flow_count"])
             log(f"throughput on {store}")
             results["throughput"][store] = await throughput.run(make(), mode["throughput"])
         results["check"]["aioabort"] = await flow.check_cost(stores["sqlite"]())
