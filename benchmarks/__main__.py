@@ -198,6 +198,19 @@ def _markdown(results: dict[str, Any]) -> str:
         )
     out += [
         "",
+        "## Through the web router: `POST /tasks/{id}/abort` on instance B until the handler "
+        "on instance A is cancelled",
+        "",
+        "| store | n | p50 (ms) | p90 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for store, r in results["web"].items():
+        w = r["abort_to_cancel"]
+        out.append(
+            f"| {store} | {w['n']} | {w['p50_ms']:.2f} | {w['p90_ms']:.2f} | {w['p99_ms']:.2f} |"
+        )
+    out += [
+        "",
         "## Cost of one abort check inside the task",
         "",
         "| system | µs per check |",
