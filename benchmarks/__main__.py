@@ -198,8 +198,10 @@ def _markdown(results: dict[str, Any]) -> str:
         )
     out += [
         "",
-        "## Through the web router: `POST /tasks/{id}/abort` on instance B until the handler "
-        "on instance A is cancelled",
+        (
+            "## Through the web router: `POST /tasks/{id}/abort` on instance B until the handler "
+            "on instance A is cancelled"
+        ),
         "",
         "| store | n | p50 (ms) | p90 (ms) | p99 (ms) |",
         "|---|---|---|---|---|",
