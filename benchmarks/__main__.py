@@ -141,18 +141,62 @@ async def _run(
             ]
             results["memory"][store] = await idle.memory_per_scope(make(), mode["memory_count"])
     if mode["peers"]:
-        if _have("celery") and _have("sqlalchemy"):
-            from .peers import celery_bench
-
-            log("peer: Celery's abortable (SQLite)")
-            celery_flow = await celery_bench.abort_latency(mode["flow_count"])
-            results["peers"]["celery_sqlite"] = {
-                "flow": celery_flow,
-                "throughput": await celery_bench.throughput(min(mode["throughput"], 500)),
-            }
-        else:
-            log('peer Celery skipped: pip install -e ".[bench]"')
+        await _peers(mode, with_postgres, results["peers"], log)
     return results
+
+
+async def _peers(
+    mode: dict[str, Any], with_postgres: bool, peers: dict[str, Any], log: Callable[[str], None]
+) -> None:
+    """The systems users would pick instead, each measured the way aioabort is."""
+    count, tasks = mode["flow_count"], min(mode["throughput"], 2000)
+    if _have("celery") and _have("sqlalchemy"):
+        from .peers import celery_bench
+
+        log("peer: Celery's abortable (SQLite broker and backend)")
+        peers["celery_sqlite"] = {
+            "flow": await celery_bench.abort_latency(count),
+            "throughput": await celery_bench.throughput(min(tasks, 500)),
+        }
+    else:
+        log('peer Celery skipped: pip install -e ".[bench]"')
+    if _have("procrastinate") and _have("psycopg") and with_postgres:
+        from .peers import queues_bench
+
+        log("peer: procrastinate (PostgreSQL, LISTEN/NOTIFY)")
+        peers["procrastinate_postgres"] = {
+            "flow": await queues_bench.procrastinate_latency(count),
+            "throughput": await queues_bench.procrastinate_throughput(tasks),
+        }
+    else:
+        log('peer procrastinate skipped: pip install -e ".[bench]" (and PostgreSQL)')
+    if _have("arq") and await _redis_up():
+        from .peers import queues_bench
+
+        log("peer: arq (Redis; aborts polled every 0.5 s, its default)")
+        peers["arq_redis"] = {
+            "flow": await queues_bench.arq_latency(max(5, count // 4), poll_delay=0.5),
+            "throughput": await queues_bench.arq_throughput(tasks, poll_delay=0.01),
+        }
+    else:
+        log('peer arq skipped: pip install -e ".[bench]" and a Redis at 127.0.0.1:6379')
+
+
+async def _redis_up() -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 6379), 2)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+PEER_LABELS = {
+    "celery_sqlite": "Celery abortable (SQLite)",
+    "procrastinate_postgres": "procrastinate (PostgreSQL)",
+    "arq_redis": "arq (Redis, 0.5 s abort poll)",
+}
 
 
 def _ratio(a: float, b: float) -> str:
@@ -187,12 +231,14 @@ def _markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     rows = [(f"aioabort ({store})", r) for store, r in results["flow"].items()]
-    if celery:
-        rows.append(("Celery abortable (SQLite)", celery["flow"]))
+    rows += [(PEER_LABELS[name], peer["flow"]) for name, peer in results["peers"].items()]
     for label, r in rows:
         s = r["abort_to_cancel"]
         ratio = _ratio(s["p50_ms"], celery["flow"]["abort_to_cancel"]["p50_ms"]) if celery else ""
-        ends = ", ".join(f"{k} {v}" for k, v in r["final_state_of_aborted_task"].items())
+        ends = ", ".join(
+            f"{k} {v}"
+            for k, v in r.get("final_state_of_aborted_task", {"(not recorded)": ""}).items()
+        )
         out.append(
             f"| {label} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {ends} | {ratio} |"
         )
@@ -229,19 +275,26 @@ def _markdown(results: dict[str, Any]) -> str:
         "",
         "## Queue throughput: no-op tasks, one worker process, end to end",
         "",
-        "| system | tasks | tasks/s | target ≥ 1,500 | vs Celery |",
+        "| system | tasks | tasks/s | target ≥ 1,500 | aioabort (same store) / peer |",
         "|---|---|---|---|---|",
     ]
     for store, r in results["throughput"].items():
-        ratio = _ratio(r["tasks_per_s"], celery["throughput"]["tasks_per_s"]) if celery else ""
         out.append(
             f"| aioabort ({store}) | {r['tasks']} | {r['tasks_per_s']:,.0f} | "
-            f"{verdict(-r['tasks_per_s'], -1500)} | {ratio} |"
+            f"{verdict(-r['tasks_per_s'], -1500)} | |"
         )
-    if celery:
-        r = celery["throughput"]
+    peer_store = {
+        "celery_sqlite": "sqlite",
+        "procrastinate_postgres": "postgres",
+        "arq_redis": "sqlite",
+    }
+    for name, peer in results["peers"].items():
+        r = peer["throughput"]
+        ours = results["throughput"].get(peer_store[name], {}).get("tasks_per_s")
+        ratio = _ratio(ours, r["tasks_per_s"]) if ours else ""
+        note = " (10 ms poll)" if name == "arq_redis" else ""
         out.append(
-            f"| Celery (SQLite broker and backend) | {r['tasks']} | {r['tasks_per_s']:,.0f} | | 1x |"
+            f"| {PEER_LABELS[name]}{note} | {r['tasks']} | {r['tasks_per_s']:,.0f} | | {ratio} |"
         )
     out += [
         "",
