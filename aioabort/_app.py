@@ -7,6 +7,7 @@ import inspect
 import logging
 import os
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
@@ -30,6 +31,22 @@ logger = logging.getLogger("aioabort")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _Liveness:
+    """Which owners stopped heartbeating, judged by their counters and a monotonic clock."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def dead(self, beats: dict[str, int], now: float, stale_after: float) -> set[str]:
+        for owner, count in beats.items():
+            last = self._seen.get(owner)
+            if last is None or last[0] != count:
+                self._seen[owner] = (count, now)
+        for owner in set(self._seen) - set(beats):
+            del self._seen[owner]
+        return {owner for owner, (_, since) in self._seen.items() if now - since >= stale_after}
 
 
 @final
@@ -103,6 +120,7 @@ class App:
         self._tokens: list[object] = []
         self._state = "new"
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._liveness = _Liveness()
         self._background: set[asyncio.Task[object]] = set()
 
     def __repr__(self) -> str:
@@ -383,7 +401,7 @@ class App:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await shielded(store.heartbeat(owner))
-                lost = await shielded(store.reap(stale_after=self.stale_after))
+                lost = await self._reap_once(store)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -446,4 +464,13 @@ class App:
 
         Runs by itself every ``heartbeat_interval``; call it to reap at once.
         """
-        return await shielded(self.store.reap(stale_after=self.stale_after))
+        return await self._reap_once(self.store)
+
+    async def _reap_once(self, store: Store) -> list[str]:
+        # An owner is dead when its heartbeat counter has not moved for stale_after seconds
+        # of *this* process's monotonic clock: wall-clock jumps cannot kill live owners.
+        beats = await store.owner_beats()
+        dead = self._liveness.dead(beats, time.monotonic(), self.stale_after)
+        if self._owner is not None:
+            dead.discard(self._owner.id)
+        return await shielded(store.reap(sorted(dead)))

@@ -278,13 +278,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def heartbeat(self, owner: OwnerInfo) -> None:
-        """Record that ``owner`` is alive (one write for all its tasks)."""
+        """Record that ``owner`` is alive: one write for all its tasks, which bumps its
+        ``beats`` counter (liveness is judged by that counter changing, never by clocks)."""
 
     @abc.abstractmethod
-    async def reap(self, *, stale_after: float) -> list[str]:
-        """End FAILURE (cause ``lost``) every running task whose owner missed its heartbeats
-        for ``stale_after`` seconds; forget those owners. Retryable tasks with no abort request
-        other than ``shutdown`` go back to PENDING instead. Returns the ids handled."""
+    async def owner_beats(self) -> dict[str, int]:
+        """Every known owner's heartbeat counter."""
+
+    @abc.abstractmethod
+    async def reap(self, dead: Collection[str]) -> list[str]:
+        """End every running task whose owner is in ``dead`` (or is not a known owner at all)
+        as FAILURE with cause ``lost``, and forget the dead owners. Retryable tasks with no
+        abort request other than ``shutdown`` go back to PENDING instead. Returns the ids."""
 
     @abc.abstractmethod
     async def release_owner(self, owner: str) -> list[str]:

@@ -14,6 +14,8 @@ from pathlib import Path
 import aioabort
 from aioabort import TaskState
 
+from .conftest import wait_until
+
 CHILD = Path(__file__).with_name("child_scope.py")
 
 
@@ -103,3 +105,66 @@ async def test_child_stopped_by_sigterm_has_no_record_left_running(store_url: st
             await proc.wait()
         record = await reaper.handle("termed").wait(timeout=15)
         assert record.state is TaskState.FAILURE
+
+
+async def test_wall_clock_jumps_do_not_reap_live_owners(store_url: str) -> None:
+    """Liveness is judged by heartbeat counters on a monotonic clock: a live owner whose
+    recorded wall-clock time jumps an hour back (or forward) keeps its tasks."""
+    async with (
+        aioabort.App(store_url, heartbeat_interval=0.1, stale_after=0.5) as reaper,
+        aioabort.App(store_url, heartbeat_interval=0.1, stale_after=0.5) as live,
+    ):
+        release = asyncio.Event()
+
+        async def body() -> None:
+            async with aioabort.abortable("survivor", app=live):
+                await release.wait()
+
+        task = asyncio.create_task(body())
+        await wait_until(lambda: _state_is(reaper, "survivor", TaskState.STARTED))
+        for shift in (-3600.0, 3600.0):
+            await _shift_last_seen(store_url, live.owner, shift)
+            for _ in range(3):
+                assert await reaper.reap() == []
+                await asyncio.sleep(0.3)
+            assert await reaper.handle("survivor").state() is TaskState.STARTED
+        release.set()
+        await task
+        assert await reaper.handle("survivor").state() is TaskState.SUCCESS
+
+
+async def _state_is(app: aioabort.App, task_id: str, state: TaskState) -> bool:
+    try:
+        return await app.handle(task_id).state() is state
+    except aioabort.TaskNotFound:
+        return False
+
+
+async def _shift_last_seen(store_url: str, owner: str, seconds: float) -> None:
+    if store_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(store_url[len("sqlite:///") :], isolation_level=None)
+        try:
+            conn.execute(
+                "UPDATE aioabort_owners SET last_seen = last_seen + ? WHERE id = ?",
+                (seconds, owner),
+            )
+        finally:
+            conn.close()
+        return
+    import asyncpg
+
+    from aioabort.backends.postgres import parse_url
+
+    dsn, schema = parse_url(store_url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            f"UPDATE {schema}.owners SET last_seen = last_seen + make_interval(secs => $1) "
+            "WHERE id = $2",
+            seconds,
+            owner,
+        )
+    finally:
+        await conn.close()

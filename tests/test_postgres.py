@@ -219,7 +219,7 @@ async def test_watcher_statements_do_not_grow_with_open_scopes(postgres_url: str
     assert statements_1000 == polls_1000
 
 
-async def test_reap_uses_the_servers_clock(postgres_url: str) -> None:
+async def test_owner_that_never_beats_again_is_reaped(postgres_url: str) -> None:
     async with aioabort.App(postgres_url, heartbeat_interval=0.1, stale_after=0.5) as app:
         conn, schema = await raw(postgres_url)
         try:

@@ -140,7 +140,8 @@ def _schema_sql(s: str) -> list[str]:
             host text NOT NULL,
             pid integer NOT NULL,
             started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-            last_seen timestamptz NOT NULL DEFAULT clock_timestamp()
+            last_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
+            beats bigint NOT NULL DEFAULT 0
         )""",
     ]
 
@@ -849,20 +850,24 @@ class PostgresStore(Store):
 
     async def heartbeat(self, owner: OwnerInfo) -> None:
         await self._fetchrow(
-            f"INSERT INTO {self.schema}.owners (id, host, pid) VALUES ($1, $2, $3) "
-            "ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp() RETURNING id",
+            f"INSERT INTO {self.schema}.owners (id, host, pid, beats) VALUES ($1, $2, $3, 1) "
+            "ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp(), "
+            f"beats = {self.schema}.owners.beats + 1 RETURNING id",
             owner.id,
             owner.host,
             owner.pid,
         )
 
-    async def reap(self, *, stale_after: float) -> list[str]:
-        dead = (
-            f"state IN {_sql.RUNNING} AND (owner IS NULL OR owner IN "
-            f"(SELECT id FROM {self.schema}.owners WHERE last_seen < "
-            "clock_timestamp() - make_interval(secs => $1)) "
+    async def owner_beats(self) -> dict[str, int]:
+        rows = await self._fetch(f"SELECT id, beats FROM {self.schema}.owners")
+        return {owner: int(beats) for owner, beats in rows}
+
+    async def reap(self, dead: Collection[str]) -> list[str]:
+        lost = (
+            f"state IN {_sql.RUNNING} AND (owner IS NULL OR owner = ANY($1::text[]) "
             f"OR NOT EXISTS (SELECT 1 FROM {self.schema}.owners o WHERE o.id = owner))"
         )
+        dead = list(dead)
 
         async def body(conn: asyncpg.Connection) -> list[str]:
             self._statements += 4
@@ -870,9 +875,9 @@ class PostgresStore(Store):
                 f"UPDATE {self.schema}.tasks SET state = 'PENDING', owner = NULL, "
                 "started_at = NULL, abort_code = NULL, abort_message = NULL, abort_by = NULL, "
                 "abort_at = NULL, progress = NULL, message = NULL, "
-                f"updated_at = clock_timestamp() WHERE {dead} AND retryable "
+                f"updated_at = clock_timestamp() WHERE {lost} AND retryable "
                 "AND COALESCE(abort_code, 'shutdown') = 'shutdown' RETURNING id, queue",
-                stale_after,
+                dead,
             )
             for row in requeued:
                 await conn.execute("SELECT pg_notify($1, $2)", self.queue_channel, row[1])
@@ -880,18 +885,17 @@ class PostgresStore(Store):
                 f"UPDATE {self.schema}.tasks SET state = 'FAILURE', "
                 "finished_at = clock_timestamp(), updated_at = clock_timestamp(), "
                 "error = json_build_object('cause', 'lost', 'type', '', 'message', "
-                "'owner ' || owner || ' stopped heartbeating')::text "
-                f"WHERE {dead} RETURNING id",
-                stale_after,
+                "'owner ' || COALESCE(owner, '?') || ' stopped heartbeating')::text "
+                f"WHERE {lost} RETURNING id",
+                dead,
             )
+            if dead:
+                await conn.execute(
+                    f"DELETE FROM {self.schema}.owners WHERE id = ANY($1::text[])", dead
+                )
             await conn.execute(
-                f"DELETE FROM {self.schema}.owners WHERE last_seen < "
-                "clock_timestamp() - make_interval(secs => $1)",
-                stale_after,
-            )
-            await conn.execute(
-                f"DELETE FROM {self.schema}.abort_log WHERE at < clock_timestamp() - "
-                "interval '1 hour'"
+                f"DELETE FROM {self.schema}.abort_log WHERE seq <= "
+                f"(SELECT MAX(seq) FROM {self.schema}.abort_log) - 100000"
             )
             for row in rows:
                 await conn.execute("SELECT pg_notify($1, $2)", self.end_channel, row[0])

@@ -105,12 +105,14 @@ CREATE TABLE IF NOT EXISTS aioabort_owners (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     started_at REAL NOT NULL,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    beats INTEGER NOT NULL DEFAULT 0
 );
 """
 
-#: How long an abort log entry is kept (watchers only read entries newer than their start).
-_ABORT_LOG_KEEP = 3600.0
+#: How many abort log entries are kept (watchers only read entries newer than their start);
+#: pruned by sequence number, so no clock is involved.
+_ABORT_LOG_KEEP = 100_000
 
 _SELECT_NOTICES = """
 SELECT l.seq, l.task_id, t.abort_code, t.abort_message, t.abort_by, t.abort_at
@@ -793,20 +795,25 @@ class SQLiteStore(Store):
 
         async def body() -> None:
             await self._exec(
-                "INSERT INTO aioabort_owners (id, host, pid, started_at, last_seen) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                "INSERT INTO aioabort_owners (id, host, pid, started_at, last_seen, beats) "
+                "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (id) DO UPDATE SET "
+                "last_seen = excluded.last_seen, beats = aioabort_owners.beats + 1",
                 (owner.id, owner.host, owner.pid, now, now),
             )
 
         await self._write(body, notify=False)
 
-    async def reap(self, *, stale_after: float) -> list[str]:
-        now = time.time()
-        cutoff = now - stale_after
+    async def owner_beats(self) -> dict[str, int]:
+        async with self._lock:
+            rows = await self._exec("SELECT id, beats FROM aioabort_owners")
+        return {owner: int(beats) for owner, beats in rows}
 
-        dead = (
-            f"state IN {_sql.RUNNING} AND (owner IS NULL "
-            "OR owner IN (SELECT id FROM aioabort_owners WHERE last_seen < ?) "
+    async def reap(self, dead: Collection[str]) -> list[str]:
+        now = time.time()
+        dead = list(dead)
+        marks = ", ".join("?" for _ in dead) or "NULL"
+        lost = (
+            f"state IN {_sql.RUNNING} AND (owner IS NULL OR owner IN ({marks}) "
             "OR owner NOT IN (SELECT id FROM aioabort_owners))"
         )
 
@@ -815,23 +822,25 @@ class SQLiteStore(Store):
                 "UPDATE aioabort_tasks SET state = 'PENDING', owner = NULL, started_at = NULL, "
                 "abort_code = NULL, abort_message = NULL, abort_by = NULL, abort_at = NULL, "
                 "progress = NULL, message = NULL, updated_at = ? "
-                f"WHERE {dead} AND retryable = 1 AND COALESCE(abort_code, 'shutdown') = "
+                f"WHERE {lost} AND retryable = 1 AND COALESCE(abort_code, 'shutdown') = "
                 "'shutdown' RETURNING id",
-                (now, cutoff),
+                (now, *dead),
             )
             rows = await self._exec(
                 "UPDATE aioabort_tasks SET state = 'FAILURE', finished_at = ?, updated_at = ?, "
                 "error = json_object('cause', 'lost', 'type', '', 'message', "
-                "'owner ' || owner || ' stopped heartbeating') "
-                f"WHERE {dead} RETURNING id",
-                (now, now, cutoff),
+                "'owner ' || COALESCE(owner, '?') || ' stopped heartbeating') "
+                f"WHERE {lost} RETURNING id",
+                (now, now, *dead),
             )
-            rows = requeued + rows
-            await self._exec("DELETE FROM aioabort_owners WHERE last_seen < ?", (cutoff,))
+            if dead:
+                await self._exec(f"DELETE FROM aioabort_owners WHERE id IN ({marks})", dead)
             await self._exec(
-                "DELETE FROM aioabort_abort_log WHERE at < ?", (now - _ABORT_LOG_KEEP,)
+                "DELETE FROM aioabort_abort_log WHERE seq <= "
+                "(SELECT MAX(seq) FROM aioabort_abort_log) - ?",
+                (_ABORT_LOG_KEEP,),
             )
-            return [row[0] for row in rows]
+            return [row[0] for row in requeued + rows]
 
         ids = await self._write(body, notify=False)
         if ids and self._on_change is not None:
