@@ -19,7 +19,7 @@ import anyio
 
 from . import _runtime
 from ._backend import OwnerInfo, Store, shielded
-from ._errors import AppClosed, InvalidURL, UnknownTask, UsageError
+from ._errors import AioabortError, AppClosed, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
 from ._runner import DEFAULT_QUEUE, Task, _check_queue, task_name
 from ._state import TaskRecord, TaskState
@@ -225,6 +225,12 @@ class App:
                         "tasks still running when the App closed were ended as lost",
                         extra={"action": "tasks_lost", "task_ids": lost},
                     )
+            except AioabortError as exc:
+                # Closing must not fail on bookkeeping: another App reaps this owner later.
+                logger.warning(
+                    "could not release this process's tasks while closing",
+                    extra={"action": "release_failed", "error": str(exc)},
+                )
             finally:
                 await store.aclose()
                 self._state = "closed"
