@@ -65,7 +65,7 @@ async def test_full_disk_is_a_clear_error_and_nothing_is_half_written(small_disk
         assert errors, "the disk never filled up"
         assert "full" in str(errors[0]).lower()
         before = await keep.record()
-        with pytest.raises(aioabort.StoreError, match="(?i)full"):
+        with pytest.raises(aioabort.StoreError, match=r"(?i)full"):
             await keep.abort("no room to record this")
         assert await keep.record() == before  # not half written
         filler.unlink()
