@@ -64,6 +64,16 @@ _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SCHEMA_PARAM = "aioabort_schema"
 
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+#: Errors that mean "the connection (or the server) went away": worth a retry on a new one.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
 
 
 def _ts(value: datetime | None) -> datetime | None:
@@ -367,6 +377,8 @@ class PostgresStore(Store):
     command_timeout = 10.0
     #: Pool size.
     pool_max_size = 10
+    #: How long a write that is safe to repeat keeps retrying after losing its connection.
+    reconnect_budget = 30.0
 
     def __init__(self, url: str) -> None:
         self.display_url = redact(url)
@@ -475,17 +487,45 @@ class PostgresStore(Store):
             )
         return StoreError(f"PostgreSQL error: {type(exc).__name__}: {exc}")
 
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, retry: bool) -> T:
+        """Run ``attempt``; if the connection or the server went away (a restart, a failover),
+        try again on a fresh connection with backoff for up to :attr:`reconnect_budget`
+        seconds. Only used for writes that are safe to repeat (compare-and-set)."""
+        self._require()
+        deadline = time.monotonic() + (self.reconnect_budget if retry else 0)
+        delay = 0.05
+        while True:
+            try:
+                return await attempt()
+            except (StoreError, TaskAlreadyExists):
+                raise
+            except _CONNECTION_ERRORS as exc:
+                if time.monotonic() + delay > deadline or self._pool is None:
+                    raise self._wrap(exc) from exc
+                logger.warning(
+                    "PostgreSQL connection lost; retrying",
+                    extra={"action": "store_retry", "error": f"{type(exc).__name__}: {exc}"},
+                )
+                self._pool.expire_connections()  # the others are as dead: replace them all
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except _DRIVER_ERRORS as exc:
+                raise self._wrap(exc) from exc
+
     async def _transaction(
-        self, body: Callable[[asyncpg.Connection], Awaitable[T]], *, notify: bool = True
+        self,
+        body: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        notify: bool = True,
+        retry: bool = True,
     ) -> T:
         pool = self._require()
-        try:
+
+        async def attempt() -> T:
             async with pool.acquire() as conn, conn.transaction():
-                result = await body(conn)
-        except (StoreError, TaskAlreadyExists):
-            raise
-        except _DRIVER_ERRORS as exc:
-            raise self._wrap(exc) from exc
+                return await body(conn)
+
+        result = await self._retrying(attempt, retry=retry)
         if notify:
             self._changed()
         return result
@@ -494,22 +534,16 @@ class PostgresStore(Store):
         if self._on_change is not None:
             self._on_change(Change())
 
-    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+    async def _fetchrow(self, sql: str, *args: Any, retry: bool = True) -> Any:
         """One statement in its own (implicit) transaction: one round trip, one commit."""
         pool = self._require()
         self._statements += 1
-        try:
-            return await pool.fetchrow(sql, *args)
-        except _DRIVER_ERRORS as exc:
-            raise self._wrap(exc) from exc
+        return await self._retrying(lambda: pool.fetchrow(sql, *args), retry=retry)
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def _fetch(self, sql: str, *args: Any, retry: bool = True) -> list[Any]:
         pool = self._require()
         self._statements += 1
-        try:
-            return list(await pool.fetch(sql, *args))
-        except _DRIVER_ERRORS as exc:
-            raise self._wrap(exc) from exc
+        return list(await self._retrying(lambda: pool.fetch(sql, *args), retry=retry))
 
     # -- records -----------------------------------------------------------------------------
 
@@ -550,7 +584,7 @@ class PostgresStore(Store):
                 await conn.execute("SELECT pg_notify($1, $2)", self.queue_channel, queue)
             return record_from_row(row)
 
-        return await self._transaction(body)
+        return await self._transaction(body, retry=False)
 
     async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
         # One statement: the rows, and one NOTIFY per queue that got work, commit together.
@@ -570,6 +604,7 @@ class PostgresStore(Store):
             [i.args_json for i in items],
             [i.retryable for i in items],
             self.queue_channel,
+            retry=False,  # a lost reply could hide a commit: the caller gets a clear error
         )
         if rows:
             self._changed()
@@ -622,6 +657,8 @@ class PostgresStore(Store):
     async def start(
         self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
     ) -> StartResult:
+        calls: list[None] = []  # more than one: a retry after a lost connection
+
         async def body(conn: asyncpg.Connection) -> StartResult:
             self._statements += 1
             row = await conn.fetchrow(
@@ -633,6 +670,16 @@ class PostgresStore(Store):
                 None if current is None else current.state,
                 ever_started=current is not None and current.started_at is not None,
             )
+            calls.append(None)
+            if (
+                len(calls) > 1
+                and decision is StartDecision.ALREADY_STARTED
+                and current is not None
+                and current.owner == owner
+            ):
+                # A retry: started by this very call on a connection that died before
+                # replying.
+                return StartResult(StartDecision.START, current)
             if decision is StartDecision.CREATE:
                 parent = await self._aborted_parent(conn, parent_id)
                 self._statements += 1
@@ -714,7 +761,11 @@ class PostgresStore(Store):
             child.message,
         )
         if row is None:
-            return AbortOutcome(False, await self.get(task_id))
+            current = await self.get(task_id)
+            if current is not None and current.reason == reason:
+                # Our own request, committed on a connection that died before replying.
+                return AbortOutcome(True, current)
+            return AbortOutcome(False, current)
         self._changed()
         values = tuple(row)
         children = tuple(AbortNotice(kid, child) for kid in (values[-1] or ()))
@@ -769,6 +820,7 @@ class PostgresStore(Store):
             owner,
             list(queues),
             limit,
+            retry=False,  # a lost reply could hide a claim: the worker claims again later
         )
         if rows:
             self._changed()
