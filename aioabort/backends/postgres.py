@@ -490,7 +490,9 @@ class PostgresStore(Store):
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, retry: bool) -> T:
         """Run ``attempt``; if the connection or the server went away (a restart, a failover),
         try again on a fresh connection with backoff for up to :attr:`reconnect_budget`
-        seconds. Only used for writes that are safe to repeat (compare-and-set)."""
+        seconds. Used for writes that are safe to repeat (compare-and-set), so a task still
+        records how it ended across a restart; reads, creates and claims fail at once with
+        :class:`StoreUnavailable` instead."""
         self._require()
         deadline = time.monotonic() + (self.reconnect_budget if retry else 0)
         delay = 0.05
@@ -506,7 +508,7 @@ class PostgresStore(Store):
                     "PostgreSQL connection lost; retrying",
                     extra={"action": "store_retry", "error": f"{type(exc).__name__}: {exc}"},
                 )
-                self._pool.expire_connections()  # the others are as dead: replace them all
+                await self._pool.expire_connections()  # the others are as dead: replace them all
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except _DRIVER_ERRORS as exc:
@@ -831,6 +833,7 @@ class PostgresStore(Store):
             f"SELECT EXISTS (SELECT 1 FROM {self.schema}.tasks WHERE state = 'PENDING' "
             "AND queue = ANY($1::text[]))",
             list(queues),
+            retry=False,
         )
         return bool(rows[0][0])
 
@@ -853,7 +856,7 @@ class PostgresStore(Store):
 
     async def get(self, task_id: str) -> TaskRecord | None:
         rows = await self._fetch(
-            f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1", task_id
+            f"SELECT {_sql.COLUMNS} FROM {self.schema}.tasks WHERE id = $1", task_id, retry=False
         )
         return record_from_row(rows[0]) if rows else None
 
@@ -878,10 +881,12 @@ class PostgresStore(Store):
             sql += " WHERE " + " AND ".join(where)
         args += [limit, offset]
         sql += f" ORDER BY created_at DESC, id LIMIT ${len(args) - 1} OFFSET ${len(args)}"
-        return [record_from_row(row) for row in await self._fetch(sql, *args)]
+        return [record_from_row(row) for row in await self._fetch(sql, *args, retry=False)]
 
     async def count_tasks(self) -> dict[TaskState, int]:
-        rows = await self._fetch(f"SELECT state, COUNT(*) FROM {self.schema}.tasks GROUP BY state")
+        rows = await self._fetch(
+            f"SELECT state, COUNT(*) FROM {self.schema}.tasks GROUP BY state", retry=False
+        )
         return {TaskState(state): int(n) for state, n in rows}
 
     async def report(
@@ -911,7 +916,7 @@ class PostgresStore(Store):
         )
 
     async def owner_beats(self) -> dict[str, int]:
-        rows = await self._fetch(f"SELECT id, beats FROM {self.schema}.owners")
+        rows = await self._fetch(f"SELECT id, beats FROM {self.schema}.owners", retry=False)
         return {owner: int(beats) for owner, beats in rows}
 
     async def reap(self, dead: Collection[str]) -> list[str]:

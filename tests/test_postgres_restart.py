@@ -1,0 +1,183 @@
+"""PostgreSQL restarted mid-run: a throwaway cluster this test owns (initdb + pg_ctl as the
+``postgres`` user), never the machine's server. Scopes keep running while it is down; an
+abort sent after it comes back is delivered; every record ends as it should."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import aioabort
+from aioabort import TaskState
+
+pytestmark = pytest.mark.postgres
+
+
+def _bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@dataclass
+class Cluster:
+    bindir: Path
+    data: Path
+    port: int
+    user_cmd: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run(
+            [
+                *self.user_cmd,
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-w",
+                "-l",
+                str(self.data / "log"),
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        self.ctl(
+            "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self.ctl("-m", "fast", "stop")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip("initdb/pg_ctl are not installed")
+    user_cmd: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        user_cmd = ["runuser", "-u", "postgres", "--"]
+    # Not under pytest's tmp_path: the postgres user must be able to reach the directory.
+    base = Path(tempfile.mkdtemp(prefix="aioabort-pgcluster-"))
+    data = base / "data"
+    data.mkdir()
+    if user_cmd:
+        shutil.chown(base, "postgres")
+        shutil.chown(data, "postgres")
+        base.chmod(0o755)
+    made = subprocess.run(
+        [
+            *user_cmd,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=False,
+        capture_output=True,
+        timeout=120,
+        text=True,
+    )
+    if made.returncode != 0:
+        raise RuntimeError(f"initdb failed: {made.stderr}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    own = Cluster(bindir, data, port, user_cmd)
+    own.start()
+    try:
+        yield own
+    finally:
+        subprocess.run(
+            [*user_cmd, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_server_restart_mid_run_loses_nothing(cluster: Cluster) -> None:
+    async with (
+        aioabort.App(cluster.url, poll_interval=0.2) as consumer,
+        aioabort.App(cluster.url, poll_interval=0.2) as producer,
+    ):
+        entered = {name: asyncio.Event() for name in ("to-abort", "to-finish")}
+        finish = asyncio.Event()
+
+        async def body(name: str) -> aioabort.AbortScope:
+            async with aioabort.abortable(name, app=consumer, suppress=True) as scope:
+                entered[name].set()
+                await finish.wait() if name == "to-finish" else await asyncio.sleep(3600)
+            return scope
+
+        tasks = {name: asyncio.create_task(body(name)) for name in entered}
+        for event in entered.values():
+            await event.wait()
+
+        await asyncio.to_thread(cluster.stop)
+        # While the server is down the scopes keep running, and a producer gets a clear error.
+        with pytest.raises(aioabort.StoreUnavailable):
+            await producer.store.get("to-abort")  # reads do not wait for the server
+        assert not any(t.done() for t in tasks.values())
+        await asyncio.to_thread(cluster.start)
+
+        # Back up: an abort is recorded (the pool reconnects) and delivered (the listener
+        # reconnects and re-reads every watched id)...
+        assert await producer.handle("to-abort").abort("after the restart") is True
+        scope = await asyncio.wait_for(tasks["to-abort"], 30)
+        assert scope.aborted
+        # ...and a task that finishes writes its end through a fresh connection.
+        finish.set()
+        await asyncio.wait_for(tasks["to-finish"], 30)
+        assert consumer.watcher.statistics().reconnects >= 1
+        aborted = await producer.handle("to-abort").wait(timeout=30)
+        finished = await producer.handle("to-finish").wait(timeout=30)
+    assert aborted.state is TaskState.ABORTED
+    assert aborted.reason is not None and aborted.reason.message == "after the restart"
+    assert finished.state is TaskState.SUCCESS
+
+
+async def test_abort_sent_while_the_listener_reconnects_is_delivered(cluster: Cluster) -> None:
+    async with aioabort.App(cluster.url, poll_interval=30) as consumer:
+        entered = asyncio.Event()
+
+        async def body() -> aioabort.AbortScope:
+            async with aioabort.abortable("late", app=consumer, suppress=True) as scope:
+                entered.set()
+                await asyncio.sleep(3600)
+            return scope
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(cluster.start)
+        async with aioabort.App(cluster.url) as producer:
+            assert await producer.handle("late").abort("sent around the reconnect") is True
+        scope = await asyncio.wait_for(task, 30)  # no 30 s poll needed: the re-read finds it
+        assert scope.aborted
