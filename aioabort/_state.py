@@ -206,14 +206,7 @@ class TaskRecord:
             "id": self.id,
             "name": self.name,
             "state": self.state.value,
-            "reason": None
-            if reason is None
-            else {
-                "code": reason.code,
-                "message": reason.message,
-                "by": reason.by,
-                "at": iso(reason.at),
-            },
+            "reason": None if reason is None else reason.to_dict(),
             "result": self.result,
             "error": None
             if error is None

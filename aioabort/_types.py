@@ -121,6 +121,15 @@ class AbortReason:
         if not isinstance(self.at, datetime) or self.at.tzinfo is None:
             raise InvalidReason("'at' must be an aware datetime")
 
+    def to_dict(self) -> dict[str, str | None]:
+        """A JSON-ready dict: ``code``, ``message``, ``by``, ``at`` (ISO 8601)."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "by": self.by,
+            "at": self.at.isoformat(),
+        }
+
     def __str__(self) -> str:
         text = self.code if not self.message else f"{self.code}: {self.message}"
         return text if self.by is None else f"{text} (by {self.by})"

@@ -86,14 +86,7 @@ def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int =
                 {
                     "error": "aborted",
                     "task_id": request_id,
-                    "reason": None
-                    if reason is None
-                    else {
-                        "code": reason.code,
-                        "message": reason.message,
-                        "by": reason.by,
-                        "at": reason.at.isoformat(),
-                    },
+                    "reason": None if reason is None else reason.to_dict(),
                 },
                 status=status,
                 headers={header: request_id},

@@ -87,17 +87,6 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-def _reason_dict(reason: AbortReason | None) -> dict[str, Any] | None:
-    if reason is None:
-        return None
-    return {
-        "code": reason.code,
-        "message": reason.message,
-        "by": reason.by,
-        "at": reason.at.isoformat(),
-    }
-
-
 class AbortMiddleware:
     """Runs every HTTP request inside ``abortable(request_id)``. Pure ASGI; add it outermost.
 
@@ -225,7 +214,9 @@ class AbortMiddleware:
                         {
                             "error": "aborted",
                             "task_id": request_id,
-                            "reason": _reason_dict(abort_scope.reason),
+                            "reason": None
+                            if abort_scope.reason is None
+                            else abort_scope.reason.to_dict(),
                         },
                         [echo],
                     )
