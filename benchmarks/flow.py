@@ -7,44 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import timeit
-from pathlib import Path
 from typing import Any
 
 import aioabort
 from aioabort import TaskState
 
+from ._procs import start_worker
 from ._stats import summary_ms
-
-_REPO = str(Path(__file__).resolve().parent.parent)
 
 
 async def abort_latency(url: str, count: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": _REPO, "AIOABORT_URL": url}
     os.environ["AIOABORT_URL"] = url
     from . import tasks_app
 
     latencies: list[float] = []
     final_states: dict[str, int] = {}
     async with tasks_app.app:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "aioabort",
-            "worker",
-            "benchmarks.tasks_app:app",
-            "--concurrency",
-            "4",
-            "--log-level",
-            "warning",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        await asyncio.wait_for(proc.stderr.readline(), 30)
+        proc = await start_worker(url, "benchmarks.tasks_app:app", 4, capture_stdout=True)
+        assert proc.stdout is not None
         try:
             for i in range(count):
                 handle = await tasks_app.steps.delay(100_000)

@@ -9,37 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from aioabort import TaskState
 
-_REPO = str(Path(__file__).resolve().parent.parent)
+from ._procs import start_worker
 
 
 async def run(url: str, count: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": _REPO, "AIOABORT_URL": url}
     os.environ["AIOABORT_URL"] = url
     from . import tasks_app
 
     async with tasks_app.app as app:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "aioabort",
-            "worker",
-            "benchmarks.tasks_app:app",
-            "--concurrency",
-            "50",
-            "--log-level",
-            "warning",
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        assert proc.stderr is not None
-        await asyncio.wait_for(proc.stderr.readline(), 30)  # the banner: it is claiming
+        proc = await start_worker(url, "benchmarks.tasks_app:app", 50)
         try:
             start = time.perf_counter()
             submitted = 0
