@@ -70,17 +70,15 @@ class Watcher:
         self._changes = 0
         self._notices = 0
         self._deliveries = 0
-        self._running = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._recent: OrderedDict[str, tuple[AbortReason, float]] = OrderedDict()
 
     async def start(self) -> None:
         await self._store.start_watching(self._on_change, self._scopes.keys)
-        self._running = True
 
     def stop(self) -> None:
-        self._running = False
+        """Wake every waiter one last time (the store stops watching when it closes)."""
         self._pulse()
 
     # -- scopes ------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ def abort_case() -> str:
 
 ABORTABLE = in_list(ABORTABLE_STATES)
 RUNNING = in_list(FINISHABLE_STATES)
-TERMINAL_ABORTED_AT_ONCE = "'" + TaskState.ABORTED.value + "'"
 
 #: Columns read into a TaskRecord, in order.
 COLUMNS = (
