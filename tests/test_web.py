@@ -359,3 +359,41 @@ async def test_non_http_scopes_pass_through(site: Site) -> None:
     assert seen == ["websocket"]
     with pytest.raises(aioabort.UsageError):
         AbortMiddleware(inner, aborts="not an app")  # type: ignore[arg-type]
+
+
+async def job_scope(job_id: str) -> AsyncIterator[aioabort.AbortScope]:
+    """The dependency docs/web.md shows (module level: FastAPI resolves annotations here)."""
+    async with aioabort.abortable(job_id, suppress=True) as scope:
+        yield scope
+
+
+async def test_scope_opened_by_a_function_scoped_dependency(store_url: str) -> None:
+    """The pattern docs/web.md shows: a generator dependency opens the scope, with
+    ``Depends(..., scope="function")`` so it closes before the response is sent."""
+    aborts = aioabort.App(store_url)
+    api = FastAPI(lifespan=aborts.lifespan)
+    entered = asyncio.Event()
+
+    @api.post("/jobs/{job_id}/run")
+    async def run(
+        scope: Annotated[aioabort.AbortScope, Depends(job_scope, scope="function")],
+    ) -> dict[str, Any]:
+        entered.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            return {"stopped": True, "reason": scope.reason.message if scope.reason else None}
+        return {"stopped": False}
+
+    async with aborts.lifespan(api):
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t")
+        async with client:
+            request = asyncio.create_task(client.post("/jobs/dep-1/run"))
+            await asyncio.wait_for(entered.wait(), 10)
+            assert await aborts.handle("dep-1").abort("from the dependency test") is True
+            response = await asyncio.wait_for(request, 10)
+        assert response.status_code == 200
+        assert response.json() == {"stopped": True, "reason": "from the dependency test"}
+        record = await aborts.handle("dep-1").record()
+    assert record.state is TaskState.SUCCESS  # the handler caught the abort and answered
+    assert record.reason is not None and record.reason.message == "from the dependency test"
