@@ -18,10 +18,12 @@ from typing import Any, ParamSpec, TypeVar, final, overload
 import anyio
 
 from . import _runtime
-from ._backend import OwnerInfo, Store, shielded
+from ._backend import OwnerInfo, Store
 from ._errors import AioabortError, AppClosed, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
+from ._redo import Redo
 from ._runner import DEFAULT_QUEUE, Task, _check_queue, task_name
+from ._shield import shielded
 from ._state import TaskRecord, TaskState
 from ._types import MAX_TASK_NAME_LENGTH, AbortReason, check_task_id
 from ._watcher import Watcher
@@ -122,6 +124,7 @@ class App:
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._liveness = _Liveness()
         self._background: set[asyncio.Task[object]] = set()
+        self._redo = Redo()
 
     def __repr__(self) -> str:
         return f"<aioabort.App url={self.url!r} {self._state}>"
@@ -145,6 +148,11 @@ class App:
         if self._watcher is None or not self.is_open:
             raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
         return self._watcher
+
+    @property
+    def redo(self) -> Redo:
+        """Writes of this process's records that failed and are being retried."""
+        return self._redo
 
     @property
     def owner(self) -> str:
@@ -203,7 +211,12 @@ class App:
 
     async def aclose(self) -> None:
         """Abort scopes still open (code ``shutdown``), let them finish for ``shutdown_grace``
-        seconds, then stop the watcher and close the store. Safe to call twice."""
+        seconds, then stop the watcher and close the store. Safe to call twice.
+
+        Closing never stops half way: when the store fails, each step is still taken (the
+        open scopes are stopped all the same, the heartbeat ends, the store is closed) and the
+        failure is logged; tasks whose end could not be recorded are reaped by another App.
+        """
         if self._state != "open":
             return
         with anyio.CancelScope(shield=True):
@@ -211,29 +224,46 @@ class App:
             _runtime.remove_default(self)
             store, watcher, owner = self._store, self._watcher, self._owner
             assert store is not None and watcher is not None and owner is not None
-            await self._abort_open_scopes(store, watcher)
-            await self._stop_background()
-            if self._heartbeat_task is not None:
-                self._heartbeat_task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await self._heartbeat_task
-            watcher.stop()
             try:
-                lost = await store.release_owner(owner.id)
-                if lost:
-                    logger.warning(
-                        "tasks still running when the App closed were ended as lost",
-                        extra={"action": "tasks_lost", "task_ids": lost},
-                    )
-            except AioabortError as exc:
-                # Closing must not fail on bookkeeping: another App reaps this owner later.
-                logger.warning(
-                    "could not release this process's tasks while closing",
-                    extra={"action": "release_failed", "error": str(exc)},
-                )
+                await self._abort_open_scopes(store, watcher)
+                await self._stop_background()
             finally:
-                await store.aclose()
-                self._state = "closed"
+                try:
+                    await self._stop_heartbeat()
+                    watcher.stop()
+                    await self._release(store, owner)
+                finally:
+                    self._state = "closed"
+                    await store.aclose()
+
+    async def _stop_heartbeat(self) -> None:
+        task, self._heartbeat_task = self._heartbeat_task, None
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _release(self, store: Store, owner: OwnerInfo) -> None:
+        unsent = await self._redo.aclose()
+        if unsent:
+            logger.warning(
+                "the ends of some tasks could not be recorded before the App closed",
+                extra={"action": "ends_unsent", "task_ids": unsent},
+            )
+        try:
+            lost = await store.release_owner(owner.id)
+        except AioabortError as exc:
+            # Closing must not fail on bookkeeping: another App reaps this owner later.
+            logger.warning(
+                "could not release this process's tasks while closing",
+                extra={"action": "release_failed", "error": str(exc)},
+            )
+            return
+        if lost:
+            logger.warning(
+                "tasks still running when the App closed were ended as lost",
+                extra={"action": "tasks_lost", "task_ids": lost},
+            )
 
     async def _abort_open_scopes(self, store: Store, watcher: Watcher) -> None:
         scopes = watcher.scopes()
@@ -241,9 +271,17 @@ class App:
             return
         reason = AbortReason(AbortReason.SHUTDOWN, "the aioabort App is closing")
         for scope in scopes:
-            record = (await shielded(store.request_abort(scope.id, reason))).record
-            if record is not None and record.reason is not None:
-                watcher.deliver(scope.id, record.reason)
+            try:
+                record = (await shielded(store.request_abort(scope.id, reason))).record
+            except AioabortError as exc:
+                # Not recorded, but the body stops all the same: shutting down is local.
+                logger.warning(
+                    "could not record the shutdown abort",
+                    extra={"action": "abort_failed", "task_id": scope.id, "error": str(exc)},
+                )
+                record = None
+            first = record.reason if record is not None and record.reason else reason
+            watcher.deliver(scope.id, first)
         with anyio.move_on_after(self.shutdown_grace):
             await watcher.wait_idle()
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
-import anyio
+from typing import Generic, TypeVar
 
 from ._state import StartDecision, TaskRecord, TaskState
 from ._types import AbortReason, TaskError
 
-T = TypeVar("T")
 I = TypeVar("I")
 O = TypeVar("O")
 
@@ -305,25 +302,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> StoreStatistics:
         """Counters for tests and benchmarks."""
-
-
-async def shielded(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one of aioabort's own store calls to completion, whatever cancels the caller.
-
-    The call runs in its own task, so neither an anyio cancel scope (blocked by a shield) nor a
-    native ``Task.cancel()`` (caught while waiting, re-raised afterwards) can interrupt it half
-    way. The store bounds its own time (busy timeouts, command timeouts).
-    """
-    task: asyncio.Task[T] = asyncio.ensure_future(coro)
-    pending_cancel: BaseException | None = None
-    with anyio.CancelScope(shield=True):
-        while not task.done():
-            try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError as exc:
-                pending_cancel = exc
-    if pending_cancel is not None:
-        if not task.cancelled():
-            task.exception()  # retrieved, so a failed write does not warn unobserved
-        raise pending_cancel
-    return task.result()

@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-from ._backend import shielded
 from ._errors import TaskAborted, TaskFailed, TaskNotFound
 from ._runtime import resolve
+from ._shield import shielded
 from ._state import TaskRecord, TaskState
 from ._types import AbortReason, JSONValue, check_task_id, coerce_reason
 

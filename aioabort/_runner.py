@@ -15,10 +15,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, final
 
-from ._backend import shielded
 from ._errors import InvalidArguments, UsageError
 from ._handle import AbortHandle
 from ._scope import AbortScope, _current_scope
+from ._shield import shielded
 from ._state import TaskRecord, TaskState
 from ._types import MAX_TASK_NAME_LENGTH, TaskError, check_task_id, dump_json
 

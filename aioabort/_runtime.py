@@ -12,6 +12,7 @@ from typing import Protocol
 
 from ._backend import Store
 from ._errors import AppClosed, NoAppOpen
+from ._redo import Redo
 from ._watcher import Watcher
 
 
@@ -26,6 +27,9 @@ class Runtime(Protocol):
 
     @property
     def owner(self) -> str: ...
+
+    @property
+    def redo(self) -> Redo: ...
 
     @property
     def is_open(self) -> bool: ...

@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, final
@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _runtime
-from ._backend import StartResult, Store, shielded
+from ._backend import StartResult, Store
 from ._errors import (
     AioabortError,
     NoCurrentScope,
@@ -29,6 +29,8 @@ from ._errors import (
     TaskAlreadyStarted,
     UsageError,
 )
+from ._redo import Redo
+from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState, end_state, should_requeue
 from ._types import MAX_REASON_MESSAGE_LENGTH, AbortReason, TaskError, check_task_id
 from ._watcher import Watcher
@@ -79,6 +81,7 @@ class _Bound(NamedTuple):
     store: Store
     watcher: Watcher
     owner: str
+    redo: Redo
 
 
 @final
@@ -322,24 +325,29 @@ class AbortScope:
     async def __aenter__(self) -> AbortScope:
         runtime = _runtime.resolve(self._app)
         # Keep the parts, not the App: the exit must still record the end while the App closes.
-        self._runtime = _Bound(runtime.store, runtime.watcher, runtime.owner)
+        bound = self._runtime = _Bound(runtime.store, runtime.watcher, runtime.owner, runtime.redo)
         self._loop = asyncio.get_running_loop()
         parent = None if self._detached else _parent_scope()
         runtime.watcher.register(self)
         if self._claimed is not None:  # a worker already moved it PENDING -> STARTED for us
             started = StartResult(StartDecision.START, self._claimed)
         else:
-            try:
-                started = await shielded(
-                    runtime.store.start(
-                        self.id,
-                        owner=runtime.owner,
-                        name=self._name,
-                        parent_id=parent.id if parent is not None else None,
-                    )
+            starting = asyncio.ensure_future(
+                runtime.store.start(
+                    self.id,
+                    owner=runtime.owner,
+                    name=self._name,
+                    parent_id=parent.id if parent is not None else None,
                 )
+            )
+            try:
+                started = await shielded(starting)
             except BaseException:
                 runtime.watcher.unregister(self)
+                if not starting.cancelled() and starting.exception() is None:
+                    # Cancelled while the start committed: the body never runs and __aexit__
+                    # never comes, so the end is recorded here (an outer cancellation).
+                    await self._end_unentered(bound, starting.result())
                 raise
         self.record = started.record
         decision = started.decision
@@ -432,6 +440,14 @@ class AbortScope:
             raise TaskAborted(self.id, self.reason) from None
         return swallowed
 
+    async def _end_unentered(self, runtime: _Bound, started: StartResult) -> None:
+        if started.decision not in (StartDecision.CREATE, StartDecision.START):
+            return  # nothing was written
+        error = TaskError(
+            TaskError.CANCELLED, "CancelledError", "cancelled while entering the scope"
+        )
+        await self._finish(runtime, TaskState.FAILURE, error)
+
     def _set_result(self, result_json: str) -> None:
         """The runner's seam: the task's JSON result, stored with a SUCCESS end."""
         self._result_json = result_json
@@ -467,29 +483,42 @@ class AbortScope:
                 runtime.watcher.deliver(child.task_id, child.reason)
 
     async def _requeue(self, runtime: _Bound) -> None:
-        try:
-            self.record = await shielded(runtime.store.requeue(self.id, owner=runtime.owner))
-        except AioabortError:
-            logger.exception(
-                "could not requeue the task", extra={"action": "requeue_failed", "task_id": self.id}
-            )
-            return
+        store, task_id, owner = runtime.store, self.id, runtime.owner
+
+        def write() -> Awaitable[TaskRecord | None]:
+            return store.requeue(task_id, owner=owner)
+
         self.requeued = True
         self.aborted = False
+        try:
+            self.record = await shielded(write())
+        except AioabortError:
+            logger.warning(
+                "could not requeue the task; retrying in the background",
+                exc_info=True,
+                extra={"action": "requeue_failed", "task_id": self.id},
+            )
+            runtime.redo.add(task_id, write)
 
     async def _finish(self, runtime: _Bound, state: TaskState, error: TaskError | None) -> None:
         result_json = self._result_json if state is TaskState.SUCCESS else None
-        try:
-            record = await shielded(
-                runtime.store.finish(
-                    self.id, owner=runtime.owner, state=state, result_json=result_json, error=error
-                )
+        store, task_id, owner = runtime.store, self.id, runtime.owner
+
+        def write() -> Awaitable[TaskRecord | None]:
+            return store.finish(
+                task_id, owner=owner, state=state, result_json=result_json, error=error
             )
+
+        try:
+            record = await shielded(write())
         except AioabortError:
-            logger.exception(
-                "could not record how the task ended",
+            # Kept and retried until it lands: a live owner's record must not stay running.
+            logger.warning(
+                "could not record how the task ended; retrying in the background",
+                exc_info=True,
                 extra={"action": "finish_failed", "task_id": self.id},
             )
+            runtime.redo.add(task_id, write)
             self.aborted = state is TaskState.ABORTED
             return
         self.record = record

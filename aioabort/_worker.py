@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
-from ._backend import shielded
 from ._errors import AioabortError, UsageError
 from ._runner import DEFAULT_QUEUE, _check_queue, execute, fail_unknown
+from ._shield import shielded
 from ._state import TaskState
 from ._types import AbortReason
 

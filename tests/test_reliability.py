@@ -1,0 +1,206 @@
+"""Nothing stuck, nothing lost: cancellations at the edges of a scope, store writes that fail,
+an App that closes while its store errors. Runs against every store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import aioabort
+from aioabort import TaskState
+
+from .conftest import fill, wait_until
+
+RUNNING = (TaskState.STARTED, TaskState.ABORTING)
+
+
+async def running_records(app: aioabort.App) -> list[str]:
+    return [record.id for record in await app.tasks(states=RUNNING, limit=10_000)]
+
+
+# -- a cancellation while a scope is entering ------------------------------------------------
+
+
+async def test_task_group_sibling_failure_leaves_no_record_running(app: aioabort.App) -> None:
+    """200 scopes entering in a TaskGroup while a sibling fails: each one that was recorded
+    ends (the group's cancellation is an outer one: FAILURE), none stays STARTED."""
+
+    async def scoped(i: int) -> None:
+        async with aioabort.abortable(f"tg-{i}", app=app):
+            await asyncio.sleep(60)
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("a sibling failed")
+
+    with pytest.raises(ExceptionGroup):
+        async with asyncio.TaskGroup() as group:
+            for i in range(200):
+                group.create_task(scoped(i))
+            group.create_task(failing())
+    assert await running_records(app) == []
+    ended = await app.tasks(states=[TaskState.FAILURE], limit=10_000)
+    assert ended, "no scope got as far as recording its start"
+    for record in ended:
+        assert record.error is not None and record.error.cause == "cancelled"
+    # and no waiter is left hanging on any of them
+    for record in ended[:5]:
+        await app.handle(record.id).wait(timeout=5)
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 3, 5, 8])
+async def test_cancel_right_after_entering_began_leaves_no_record_running(
+    app: aioabort.App, yields: int
+) -> None:
+    for n in range(10):
+        task_id = f"entering-{yields}-{n}"
+
+        async def enter(tid: str = task_id) -> None:
+            async with aioabort.abortable(tid, app=app):
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(enter())
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        try:
+            record = await app.handle(task_id).record()
+        except aioabort.TaskNotFound:
+            continue  # cancelled before anything was written
+        assert record.state.is_terminal, record
+
+
+async def test_abort_of_a_scope_cancelled_while_entering_does_not_hang(
+    app: aioabort.App,
+) -> None:
+    task = asyncio.create_task(_enter_and_sleep(app, "cancelled-at-entry"))
+    await wait_until(
+        lambda: _exists(app, "cancelled-at-entry"), what="the start to be recorded", timeout=10
+    )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await app.handle("cancelled-at-entry").abort("too late")
+    record = await app.handle("cancelled-at-entry").wait(timeout=5)
+    assert record.state.is_terminal
+
+
+async def _enter_and_sleep(app: aioabort.App, task_id: str) -> None:
+    async with aioabort.abortable(task_id, app=app):
+        await asyncio.sleep(60)
+
+
+async def _exists(app: aioabort.App, task_id: str) -> bool:
+    try:
+        await app.handle(task_id).record()
+    except aioabort.TaskNotFound:
+        return False
+    return True
+
+
+# -- end writes that fail are retried until they land ----------------------------------------
+
+
+@contextmanager
+def sqlite_write_lock(path: str) -> Iterator[sqlite3.Connection]:
+    """Another connection holds the database's write lock until the block ends."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def sqlite_path(url: str) -> str:
+    return url[len("sqlite:///") :]
+
+
+@pytest.fixture
+def short_sqlite_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLite store locked by another writer gives up within a fraction of a second."""
+    from aioabort.backends.sqlite import SQLiteStore
+
+    monkeypatch.setattr(SQLiteStore, "busy_timeout", 0.05)
+    monkeypatch.setattr(SQLiteStore, "write_budget", 0.3)
+
+
+@pytest.mark.usefixtures("short_sqlite_budget")
+async def test_end_write_that_failed_lands_once_the_lock_is_released(sqlite_url: str) -> None:
+    async with aioabort.App(sqlite_url) as app:
+        with sqlite_write_lock(sqlite_path(sqlite_url)) as lock:
+            lock.execute("ROLLBACK")  # the scope's start gets through...
+            async with aioabort.abortable("locked-out", app=app):
+                lock.execute("BEGIN IMMEDIATE")  # ...its end does not: the lock outlasts it
+            assert app.redo.pending() == ["locked-out"]
+            assert await app.handle("locked-out").state() is TaskState.STARTED
+        # The lock is gone: the kept write lands by itself, and a waiter sees the end.
+        record = await app.handle("locked-out").wait(timeout=10)
+        assert record.state is TaskState.SUCCESS
+        assert app.redo.pending() == []
+
+
+async def test_end_write_that_failed_on_a_full_disk_lands_once_there_is_room(
+    small_disk: Path,
+) -> None:
+    url = f"sqlite:///{small_disk / 'aioabort.db'}"
+    async with aioabort.App(url) as app:
+        async with aioabort.abortable("disk-full", app=app):
+            filler = fill(small_disk)
+            for i in range(200):  # use up the WAL's spare room
+                try:
+                    await app.create(f"padding-{i}", name="x" * 150)
+                except aioabort.StoreError:
+                    break
+        assert app.redo.pending() == ["disk-full"]
+        assert await app.handle("disk-full").state() is TaskState.STARTED
+        filler.unlink()
+        record = await app.handle("disk-full").wait(timeout=10)
+        assert record.state is TaskState.SUCCESS
+
+
+# -- closing while the store errors ----------------------------------------------------------
+
+
+@pytest.mark.usefixtures("short_sqlite_budget")
+async def test_aclose_completes_when_the_store_errors(sqlite_url: str) -> None:
+    app = aioabort.App(sqlite_url, shutdown_grace=5)
+    await app.open()
+    entered = asyncio.Event()
+
+    async def body() -> aioabort.AbortScope:
+        async with aioabort.abortable("open-at-close", app=app, suppress=True) as scope:
+            entered.set()
+            await asyncio.sleep(60)
+        return scope
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    heartbeat = app._heartbeat_task
+    assert heartbeat is not None
+    with sqlite_write_lock(sqlite_path(sqlite_url)):
+        await asyncio.wait_for(app.aclose(), 30)
+    assert not app.is_open
+    assert heartbeat.done()
+    scope = await asyncio.wait_for(task, 5)  # stopped by the local shutdown all the same
+    assert scope.reason is not None and scope.reason.code == "shutdown"
+    await app.aclose()  # a second close does nothing
+    with pytest.raises(aioabort.AppClosed):
+        _ = app.store
+    # The record is still running (nothing could be written), and another App reaps it.
+    async with aioabort.App(sqlite_url, heartbeat_interval=0.1, stale_after=0.3) as other:
+        await wait_until(
+            lambda: _is_terminal(other, "open-at-close"), what="the reaper", timeout=15
+        )
+
+
+async def _is_terminal(app: aioabort.App, task_id: str) -> bool:
+    return (await app.handle(task_id).state()).is_terminal
