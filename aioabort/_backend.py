@@ -22,10 +22,16 @@ O = TypeVar("O")
 
 @dataclass(frozen=True, slots=True)
 class AbortNotice:
-    """An abort request the store saw committed: the id and the first reason on its record."""
+    """An abort request the store saw committed: the id and the first reason on its record.
+
+    :ivar attempt: the record's ``attempts`` when the request was read: the run it was meant
+        for. A retryable task that went back to the queue runs again with a higher count, and
+        a request for an earlier run must not stop it. ``None`` where unknown (any run).
+    """
 
     task_id: str
     reason: AbortReason
+    attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,9 @@ class AbortHandle:
         if outcome.recorded:
             record = outcome.record
             runtime.watcher.deliver(
-                self.id, record.reason if record and record.reason else abort_reason
+                self.id,
+                record.reason if record and record.reason else abort_reason,
+                record.attempts if record else None,
             )
             for child in outcome.children:
                 runtime.watcher.deliver(child.task_id, child.reason)

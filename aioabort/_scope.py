@@ -108,6 +108,7 @@ class AbortScope:
         "_cancel_scope",
         "_claimed",
         "_detached",
+        "_early",
         "_flush_handle",
         "_last_report",
         "_loop",
@@ -163,6 +164,7 @@ class AbortScope:
         self._name = name
         self._detached = detached
         self._requested = False
+        self._early: list[tuple[AbortReason, int]] = []
         self._preaborted = False
         self._body_running = False
         self._cancel_scope: anyio.CancelScope | None = None
@@ -308,7 +310,13 @@ class AbortScope:
 
     # -- delivery (event loop thread) --------------------------------------------------------
 
-    def _deliver_abort(self, reason: AbortReason) -> None:
+    def _deliver_abort(self, reason: AbortReason, attempt: int | None = None) -> None:
+        if attempt is not None:
+            if self.record is None:  # still starting: judged once the start is known
+                self._early.append((reason, attempt))
+                return
+            if attempt != self.record.attempts:
+                return  # meant for another run of this id (a retryable task's earlier run)
         if self.reason is None:
             self.reason = reason
         if self._requested:
@@ -328,6 +336,7 @@ class AbortScope:
         bound = self._runtime = _Bound(runtime.store, runtime.watcher, runtime.owner, runtime.redo)
         self._loop = asyncio.get_running_loop()
         parent = None if self._detached else _parent_scope()
+        self.record = self._claimed
         runtime.watcher.register(self)
         if self._claimed is not None:  # a worker already moved it PENDING -> STARTED for us
             started = StartResult(StartDecision.START, self._claimed)
@@ -350,6 +359,9 @@ class AbortScope:
                     await self._end_unentered(bound, starting.result())
                 raise
         self.record = started.record
+        early, self._early = self._early, []
+        for reason, attempt in early:
+            self._deliver_abort(reason, attempt)
         decision = started.decision
         if decision is StartDecision.ALREADY_FINISHED:
             runtime.watcher.unregister(self)
@@ -478,7 +490,7 @@ class AbortScope:
             return
         record = outcome.record
         if outcome.recorded and record is not None:
-            runtime.watcher.deliver(self.id, record.reason or reason)
+            runtime.watcher.deliver(self.id, record.reason or reason, record.attempts)
             for child in outcome.children:
                 runtime.watcher.deliver(child.task_id, child.reason)
 

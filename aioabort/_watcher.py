@@ -33,7 +33,7 @@ class AbortTarget(Protocol):
     @property
     def id(self) -> str: ...
 
-    def _deliver_abort(self, reason: AbortReason) -> None: ...
+    def _deliver_abort(self, reason: AbortReason, attempt: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ class Watcher:
         self._deliveries = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._recent: OrderedDict[str, tuple[AbortReason, float]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[AbortReason, int | None, float]] = OrderedDict()
 
     async def start(self) -> None:
         await self._store.start_watching(self._on_change, self._scopes.keys)
@@ -92,9 +92,9 @@ class Watcher:
         self._scopes[target.id] = target
         self._idle.clear()
         recent = self._recent.pop(target.id, None)
-        if recent is not None and time.monotonic() - recent[1] < _RECENT_SECONDS:
+        if recent is not None and time.monotonic() - recent[2] < _RECENT_SECONDS:
             self._deliveries += 1
-            target._deliver_abort(recent[0])
+            target._deliver_abort(recent[0], recent[1])  # the scope judges whose run it was
 
     def unregister(self, target: AbortTarget) -> None:
         if self._scopes.get(target.id) is target:
@@ -110,18 +110,21 @@ class Watcher:
         """The scopes open now."""
         return list(self._scopes.values())
 
-    def deliver(self, task_id: str, reason: AbortReason) -> bool:
-        """Deliver an abort to the scope open here for ``task_id``, if any. Loop thread only."""
+    def deliver(self, task_id: str, reason: AbortReason, attempt: int | None = None) -> bool:
+        """Deliver an abort to the scope open here for ``task_id``, if any. Loop thread only.
+
+        :param attempt: the run the abort was meant for (see :class:`AbortNotice`).
+        """
         target = self._scopes.get(task_id)
         if target is None:
-            self._remember(task_id, reason)
+            self._remember(task_id, reason, attempt)
             return False
         self._deliveries += 1
-        target._deliver_abort(reason)
+        target._deliver_abort(reason, attempt)
         return True
 
-    def _remember(self, task_id: str, reason: AbortReason) -> None:
-        self._recent[task_id] = (reason, time.monotonic())
+    def _remember(self, task_id: str, reason: AbortReason, attempt: int | None) -> None:
+        self._recent[task_id] = (reason, attempt, time.monotonic())
         self._recent.move_to_end(task_id)
         while len(self._recent) > _RECENT_MAX:
             self._recent.popitem(last=False)
@@ -132,7 +135,7 @@ class Watcher:
         self._changes += 1
         for notice in change.aborts:
             self._notices += 1
-            if self.deliver(notice.task_id, notice.reason):
+            if self.deliver(notice.task_id, notice.reason, notice.attempt):
                 logger.debug(
                     "abort delivered",
                     extra={"action": "abort_delivered", "task_id": notice.task_id},

@@ -248,10 +248,11 @@ class Worker:
                     "could not record the shutdown abort",
                     extra={"action": "shutdown_abort_failed", "task_id": task_id},
                 )
+                runtime.watcher.deliver(task_id, reason)  # shutting down is local: stop it
                 continue
             record = outcome.record
             if record is not None and record.reason is not None:
-                runtime.watcher.deliver(task_id, record.reason)
+                runtime.watcher.deliver(task_id, record.reason, record.attempts)
             for child in outcome.children:
                 runtime.watcher.deliver(child.task_id, child.reason)
         # Aborted tasks record their end (bounded by the store's own timeouts).

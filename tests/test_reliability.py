@@ -204,3 +204,60 @@ async def test_aclose_completes_when_the_store_errors(sqlite_url: str) -> None:
 
 async def _is_terminal(app: aioabort.App, task_id: str) -> bool:
     return (await app.handle(task_id).state()).is_terminal
+
+
+# -- a remembered abort belongs to the run it was meant for ----------------------------------
+
+
+def _retry_app(url: str, ran: list[str], hold: asyncio.Event, **options: float) -> aioabort.App:
+    app = aioabort.App(url, **options)
+
+    @app.task(retryable=True, name="reliability.retry_me")
+    async def retry_me() -> str:
+        scope = aioabort.current_scope()
+        ran.append(f"aborted at start: {scope.is_aborted()}")
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            async with scope.cleanup(timeout=30):
+                await hold.wait()  # keeps the shutdown abort on the record a while
+        return "never"
+
+    return app
+
+
+async def test_stale_shutdown_abort_does_not_hit_the_next_run(store_url: str) -> None:
+    """Worker A shuts down; its retryable task goes back to the queue. Worker B's watcher saw
+    A's shutdown abort go by (no scope of its own for it) and must not deliver it to the run
+    B then claims: that run was never asked to stop."""
+    ran: list[str] = []
+    hold = asyncio.Event()
+    a = _retry_app(store_url, ran, hold)
+    b = _retry_app(store_url, ran, hold, poll_interval=0.05)
+    async with a, b:
+        handle = await a.send_task("reliability.retry_me")
+        worker_a = aioabort.Worker(a, grace=0.05)
+        run_a = asyncio.create_task(worker_a.run())
+        await wait_until(lambda: len(ran) == 1, what="worker A to start the task")
+        worker_a.stop()  # after the grace: an abort with code shutdown
+        await wait_until(
+            lambda: b.watcher.statistics().notices >= 1, what="B's watcher to see the abort"
+        )
+        hold.set()
+        await asyncio.wait_for(run_a, 10)
+        assert (await handle.record()).state is TaskState.PENDING
+        worker_b = aioabort.Worker(b)
+        run_b = asyncio.create_task(worker_b.run())
+        try:
+            await wait_until(lambda: len(ran) == 2, what="worker B to start the task")
+            assert ran == ["aborted at start: False", "aborted at start: False"]
+            record = await handle.record()
+            assert record.state is TaskState.STARTED and record.reason is None
+            assert record.attempts == 2
+            assert await handle.abort("a real abort of the second run") is True
+            ended = await handle.wait(timeout=10)
+            assert ended.state is TaskState.ABORTED
+            assert ended.reason is not None and ended.reason.code == "user"
+        finally:
+            worker_b.stop()
+            await asyncio.wait_for(run_b, 10)

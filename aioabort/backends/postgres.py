@@ -245,7 +245,7 @@ class _Listener:
             ids = list(self.watched())
             if ids:
                 rows = await conn.fetch(
-                    f"SELECT id, abort_code, abort_message, abort_by, abort_at "
+                    f"SELECT id, abort_code, abort_message, abort_by, abort_at, attempts "
                     f"FROM {store.schema}.tasks WHERE id = ANY($1::text[]) "
                     "AND abort_code IS NOT NULL",
                     ids,
@@ -277,7 +277,7 @@ class _Listener:
             return
         try:
             rows = await conn.fetch(
-                f"SELECT id, abort_code, abort_message, abort_by, abort_at "
+                f"SELECT id, abort_code, abort_message, abort_by, abort_at, attempts "
                 f"FROM {self.store.schema}.tasks WHERE id = $1 AND abort_code IS NOT NULL",
                 task_id,
             )
@@ -292,7 +292,7 @@ class _Listener:
         for row in rows:
             reason = _sql.reason_from(row[1], row[2], row[3], row[4])
             if reason is not None:
-                notices.append(AbortNotice(row[0], reason))
+                notices.append(AbortNotice(row[0], reason, row[5]))
         self.on_change(Change(tuple(notices)))
 
     async def poll(self) -> None:
@@ -300,7 +300,8 @@ class _Listener:
         conn = self.conn
         assert conn is not None
         rows = await conn.fetch(
-            f"SELECT l.seq, t.id, t.abort_code, t.abort_message, t.abort_by, t.abort_at "
+            f"SELECT l.seq, t.id, t.abort_code, t.abort_message, t.abort_by, t.abort_at, "
+            "t.attempts "
             f"FROM {self.store.schema}.abort_log AS l "
             f"JOIN {self.store.schema}.tasks AS t ON t.id = l.task_id "
             "WHERE l.seq > $1 ORDER BY l.seq",

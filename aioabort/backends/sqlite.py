@@ -115,7 +115,7 @@ CREATE TABLE IF NOT EXISTS aioabort_owners (
 _ABORT_LOG_KEEP = 100_000
 
 _SELECT_NOTICES = """
-SELECT l.seq, l.task_id, t.abort_code, t.abort_message, t.abort_by, t.abort_at
+SELECT l.seq, l.task_id, t.abort_code, t.abort_message, t.abort_by, t.abort_at, t.attempts
 FROM aioabort_abort_log AS l JOIN aioabort_tasks AS t ON t.id = l.task_id
 WHERE l.seq > ? ORDER BY l.seq
 """
@@ -290,11 +290,11 @@ class _ChangePoller(threading.Thread):
                 continue
             version = current
             notices: list[AbortNotice] = []
-            for seq, task_id, code, message, by, at in rows:
+            for seq, task_id, code, message, by, at, attempt in rows:
                 self._last_seq = seq
                 reason = _sql.reason_from(code, message, by, _ts(at))
                 if reason is not None:
-                    notices.append(AbortNotice(task_id, reason))
+                    notices.append(AbortNotice(task_id, reason, attempt))
             try:
                 self._loop.call_soon_threadsafe(self._deliver, Change(tuple(notices)))
             except RuntimeError:  # the event loop is closed: nobody is left to tell
