@@ -236,3 +236,70 @@ async def test_owner_that_never_beats_again_is_reaped(postgres_url: str) -> None
         record = await app.handle("orphan").wait(timeout=10)
         assert record.state is TaskState.FAILURE
         assert record.error is not None and record.error.cause == "lost"
+
+
+async def test_listener_survives_whatever_its_poll_raises(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor: an error the driver (or a bug) raises in the listener never ends it."""
+    from aioabort.backends import postgres
+
+    polls = 0
+    original = postgres._Listener.poll
+
+    async def poll(self: postgres._Listener) -> None:
+        nonlocal polls
+        polls += 1
+        if polls == 2:
+            raise RuntimeError("a surprise from the driver")
+        await original(self)
+
+    monkeypatch.setattr(postgres._Listener, "poll", poll)
+    async with (
+        aioabort.App(postgres_url, poll_interval=0.05) as consumer,
+        aioabort.App(postgres_url) as producer,
+    ):
+        await wait_until(lambda: polls >= 4, what="the listener to go on polling")
+        entered = asyncio.Event()
+
+        async def body() -> aioabort.AbortScope:
+            async with aioabort.abortable("after-surprise", app=consumer, suppress=True) as s:
+                entered.set()
+                await asyncio.sleep(3600)
+            return s
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        assert await producer.handle("after-surprise").abort("still listening") is True
+        scope = await asyncio.wait_for(task, 10)
+        assert scope.aborted
+
+
+async def test_abort_storm_never_uses_the_listener_connection_twice_at_once(
+    postgres_url: str,
+) -> None:
+    """Notified reads and the poll share the listener's connection one at a time: a storm of
+    aborts with a fast poll costs no reconnects (asyncpg refuses a second operation)."""
+    count = 600
+    async with (
+        aioabort.App(postgres_url, poll_interval=0.005) as consumer,
+        aioabort.App(postgres_url) as producer,
+    ):
+        entered = [asyncio.Event() for _ in range(count)]
+
+        async def body(i: int) -> aioabort.AbortScope:
+            async with aioabort.abortable(f"storm-{i}", app=consumer, suppress=True) as s:
+                entered[i].set()
+                await asyncio.sleep(3600)
+            return s
+
+        tasks = [asyncio.create_task(body(i)) for i in range(count)]
+        for event in entered:
+            await event.wait()
+        for start in range(0, count, 50):
+            await asyncio.gather(
+                *(producer.handle(f"storm-{i}").abort("storm") for i in range(start, start + 50))
+            )
+        scopes = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        assert all(scope.aborted for scope in scopes)
+        assert consumer.watcher.statistics().reconnects == 0

@@ -181,3 +181,46 @@ async def test_abort_sent_while_the_listener_reconnects_is_delivered(cluster: Cl
             assert await producer.handle("late").abort("sent around the reconnect") is True
         scope = await asyncio.wait_for(task, 30)  # no 30 s poll needed: the re-read finds it
         assert scope.aborted
+
+
+async def test_restart_while_the_event_loop_is_busy_loses_no_abort(cluster: Cluster) -> None:
+    """The server restarts while this process's event loop is blocked, so pooled connections
+    and the listener see the server's goodbye only afterwards, all at once, under load. Every
+    abort must still be recorded and delivered, every record end, and every error that leaves
+    aioabort be an AioabortError."""
+    count = 40
+    async with (
+        aioabort.App(cluster.url, poll_interval=0.2) as consumer,
+        aioabort.App(cluster.url, poll_interval=0.2) as producer,
+    ):
+        entered = [asyncio.Event() for _ in range(count)]
+
+        async def body(i: int) -> aioabort.AbortScope:
+            async with aioabort.abortable(f"busy-{i}", app=consumer, suppress=True) as scope:
+                entered[i].set()
+                await asyncio.sleep(3600)
+            return scope
+
+        tasks = [asyncio.create_task(body(i)) for i in range(count)]
+        for event in entered:
+            await event.wait()
+        # Fill both pools with connections that the restart will kill.
+        await asyncio.gather(*(producer.handle(f"busy-{i}").state() for i in range(count)))
+        await asyncio.gather(*(consumer.handle(f"busy-{i}").state() for i in range(count)))
+
+        cluster.stop()  # blocking on purpose: the loop is busy through the whole restart
+        cluster.start()
+
+        results = await asyncio.gather(
+            *(producer.handle(f"busy-{i}").abort("after a busy restart") for i in range(count)),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert all(isinstance(e, aioabort.AioabortError) for e in errors), errors
+        # A write that is safe to repeat retries on a fresh connection: none fails here.
+        assert results == [True] * count
+        scopes = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        assert all(scope.aborted for scope in scopes)
+        for i in range(count):
+            record = await producer.handle(f"busy-{i}").wait(timeout=30)
+            assert record.state is TaskState.ABORTED, record

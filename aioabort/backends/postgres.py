@@ -45,6 +45,7 @@ from .._backend import (
     WatchedIds,
 )
 from .._errors import (
+    AioabortError,
     AppClosed,
     InvalidURL,
     StoreError,
@@ -63,17 +64,29 @@ SCHEMA_VERSION = 1
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SCHEMA_PARAM = "aioabort_schema"
 
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
-#: Errors that mean "the connection (or the server) went away": worth a retry on a new one.
-_CONNECTION_ERRORS = (
-    OSError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.InterfaceError,
-)
+#: SQLSTATEs that mean the server ended the session: admin/crash shutdown, cannot connect now.
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+def connection_unusable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection (or the server) cannot be used any more, so the
+    statement is worth retrying on a fresh one: decided by what the error means, not by a list
+    of the driver's classes that a new release could outgrow.
+
+    * the socket failed (``OSError``), or the driver says the connection is closed, busy or in
+      a state it cannot leave (``InterfaceError``, ``InternalClientError``: "another operation
+      is in progress" after the server's goodbye was read mid-statement);
+    * the server answered with a connection exception (SQLSTATE class 08) or that it is
+      shutting down or starting (57P01-57P03).
+
+    A statement the server refused for what it says (a constraint, a syntax error) is not.
+    """
+    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        return sqlstate.startswith("08") or sqlstate in _SERVER_GONE
+    return False
 
 
 def _ts(value: datetime | None) -> datetime | None:
@@ -199,6 +212,10 @@ class _Listener:
         self.notifications = 0
         self.reconnects = 0
         self.connected = asyncio.Event()
+        #: One statement at a time on the listener's connection (the poll, notified reads).
+        self.reading = asyncio.Lock()
+        self.to_read: set[str] = set()
+        self.reader: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         await self._connect()
@@ -220,7 +237,7 @@ class _Listener:
         if conn is not None and not conn.is_closed():
             try:
                 await asyncio.wait_for(conn.close(), 2)
-            except (*_DRIVER_ERRORS, asyncio.CancelledError):
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing: force it
                 conn.terminate()
 
     async def _connect(self) -> None:
@@ -265,27 +282,35 @@ class _Listener:
 
     def _on_notify(self, conn: asyncpg.Connection, pid: int, channel: str, payload: str) -> None:
         self.notifications += 1
-        if channel == self.store.abort_channel and payload in set(self.watched()):
+        if channel == self.store.abort_channel and payload in self.watched():
             # Only aborts for scopes open here cost a read; the reason lives in the row.
-            self.store.spawn(self._read_and_deliver(payload))
+            # Ids notified while a read is under way wait for the next one: one reader.
+            self.to_read.add(payload)
+            if self.reader is None or self.reader.done():
+                self.reader = self.store.spawn(self._read_notified())
         else:
             self.on_change(Change())
 
-    async def _read_and_deliver(self, task_id: str) -> None:
-        conn = self.conn
-        if conn is None:
-            return
-        try:
-            rows = await conn.fetch(
-                f"SELECT id, abort_code, abort_message, abort_by, abort_at, attempts "
-                f"FROM {self.store.schema}.tasks WHERE id = $1 AND abort_code IS NOT NULL",
-                task_id,
-            )
-            self.statements += 1
-        except _DRIVER_ERRORS:
-            self.wake.set()  # the poll will catch it
-            return
-        self._deliver(rows)
+    async def _read_notified(self) -> None:
+        while self.to_read:
+            ids, self.to_read = list(self.to_read), set()
+            async with self.reading:
+                conn = self.conn
+                if conn is None:
+                    self.wake.set()  # reconnecting: the re-read after it finds them
+                    return
+                try:
+                    rows = await conn.fetch(
+                        f"SELECT id, abort_code, abort_message, abort_by, abort_at, attempts "
+                        f"FROM {self.store.schema}.tasks WHERE id = ANY($1::text[]) "
+                        "AND abort_code IS NOT NULL",
+                        ids,
+                    )
+                    self.statements += 1
+                except Exception:  # noqa: BLE001 - a hint lost: the poll re-reads the truth
+                    self.wake.set()  # the poll (or the reconnect's re-read) will catch it
+                    return
+            self._deliver(rows)
 
     def _deliver(self, rows: Sequence[Any]) -> None:
         notices = []
@@ -297,17 +322,10 @@ class _Listener:
 
     async def poll(self) -> None:
         """Read the abort log past ``low_water``; one statement however many scopes are open."""
-        conn = self.conn
-        assert conn is not None
-        rows = await conn.fetch(
-            f"SELECT l.seq, t.id, t.abort_code, t.abort_message, t.abort_by, t.abort_at, "
-            "t.attempts "
-            f"FROM {self.store.schema}.abort_log AS l "
-            f"JOIN {self.store.schema}.tasks AS t ON t.id = l.task_id "
-            "WHERE l.seq > $1 ORDER BY l.seq",
-            self.low_water,
-            timeout=self.store.command_timeout,
-        )
+        async with self.reading:
+            conn = self.conn
+            assert conn is not None
+            rows = await self._poll_rows(conn)
         self.polls += 1
         self.statements += 1
         fresh = [row for row in rows if row[0] not in self.seen]
@@ -316,6 +334,18 @@ class _Listener:
         self._advance()
         if fresh:
             self._deliver([row[1:] for row in fresh])
+
+    async def _poll_rows(self, conn: asyncpg.Connection) -> list[Any]:
+        rows: list[Any] = await conn.fetch(
+            f"SELECT l.seq, t.id, t.abort_code, t.abort_message, t.abort_by, t.abort_at, "
+            "t.attempts "
+            f"FROM {self.store.schema}.abort_log AS l "
+            f"JOIN {self.store.schema}.tasks AS t ON t.id = l.task_id "
+            "WHERE l.seq > $1 ORDER BY l.seq",
+            self.low_water,
+            timeout=self.store.command_timeout,
+        )
+        return rows
 
     def _advance(self) -> None:
         now = time.monotonic()
@@ -347,12 +377,15 @@ class _Listener:
                     backoff = 0.1
                     logger.info("listener reconnected", extra={"action": "listener_reconnected"})
                 await self.poll()
-            except _DRIVER_ERRORS as exc:
+            except Exception as exc:
+                # A supervisor: whatever the driver (or a bug) raised, the listener reconnects
+                # and re-reads; it never dies while the App is open.
                 logger.warning(
                     "listener connection failed; reconnecting",
+                    exc_info=not connection_unusable(exc),  # a traceback only for surprises
                     extra={
                         "action": "listener_failed",
-                        "error": str(exc),
+                        "error": f"{type(exc).__name__}: {exc}",
                         "url": store.display_url,
                     },
                 )
@@ -399,10 +432,11 @@ class PostgresStore(Store):
     def check_url(url: str) -> None:
         parse_url(url)
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[T]) -> asyncio.Future[T]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # -- connection --------------------------------------------------------------------------
 
@@ -416,7 +450,7 @@ class PostgresStore(Store):
                 command_timeout=self.command_timeout,
                 reset=_keep_session,
             )
-        except _DRIVER_ERRORS as exc:
+        except Exception as exc:  # whatever the driver raised: one clear error, from it
             raise StoreUnavailable(
                 f"cannot connect to the PostgreSQL store {self.display_url}: "
                 f"{type(exc).__name__}: {exc}"
@@ -472,7 +506,7 @@ class PostgresStore(Store):
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 5)
-            except (*_DRIVER_ERRORS, asyncio.CancelledError):
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing: force it
                 pool.terminate()
 
     def _require(self) -> asyncpg.Pool:
@@ -481,7 +515,7 @@ class PostgresStore(Store):
         return self._pool
 
     def _wrap(self, exc: BaseException) -> StoreError:
-        if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.InterfaceError):
+        if isinstance(exc, asyncio.TimeoutError) or connection_unusable(exc):
             return StoreUnavailable(
                 f"the PostgreSQL store {self.display_url} is unreachable: "
                 f"{type(exc).__name__}: {exc}"
@@ -500,9 +534,13 @@ class PostgresStore(Store):
         while True:
             try:
                 return await attempt()
-            except (StoreError, TaskAlreadyExists):
+            except AioabortError:
                 raise
-            except _CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                # Every error that leaves the store is an AioabortError raised from the
+                # driver's; only a connection that cannot be used any more is retried.
+                if not connection_unusable(exc):
+                    raise self._wrap(exc) from exc
                 if time.monotonic() + delay > deadline or self._pool is None:
                     raise self._wrap(exc) from exc
                 logger.warning(
@@ -512,8 +550,6 @@ class PostgresStore(Store):
                 await self._pool.expire_connections()  # the others are as dead: replace them all
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-            except _DRIVER_ERRORS as exc:
-                raise self._wrap(exc) from exc
 
     async def _transaction(
         self,
@@ -984,7 +1020,7 @@ class PostgresStore(Store):
         listener = _Listener(self, on_change, watched)
         try:
             await listener.start()
-        except _DRIVER_ERRORS as exc:
+        except Exception as exc:
             raise StoreUnavailable(
                 f"cannot open the listener connection to {self.display_url}: {exc}"
             ) from exc
