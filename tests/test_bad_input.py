@@ -196,3 +196,52 @@ async def test_cancelled_abort_call_still_commits(app: aioabort.App) -> None:
     record = await app.handle("shielded").record()
     assert record.state is TaskState.ABORTED
     assert record.reason is not None and record.reason.message == "kept"
+
+
+SECRET = "Zq9x7Lm-secret"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://alice:{SECRET}@127.0.0.1/db",
+        f"postgresql://alice@127.0.0.1/db?password={SECRET}",
+        f"postgresql://alice@127.0.0.1/db?sslmode=disable&PASSWORD={SECRET}&x=1",
+        f"postgresql://alice@127.0.0.1/db?sslpassword={SECRET}",
+        f"postgres://alice:{SECRET}@h1:5432,h2:5433/db",
+    ],
+)
+def test_the_password_is_never_shown(url: str) -> None:
+    app = aioabort.App(url)
+    assert SECRET not in app.url and SECRET not in repr(app)
+    assert "***" in app.url
+
+
+@pytest.mark.parametrize("password", ["Zq9/x7Lm", "Zq9#x7Lm", "Zq9?x7Lm", "Zq9/x7?Lm#q"])
+def test_unencoded_reserved_characters_in_the_password_are_refused(password: str) -> None:
+    with pytest.raises(aioabort.InvalidURL, match="percent-encode") as info:
+        aioabort.App(f"postgresql://alice:{password}@127.0.0.1:5432/db")
+    assert "Zq9" not in str(info.value) and "x7" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_a_port_that_is_not_a_number_is_refused_at_the_call() -> None:
+    with pytest.raises(aioabort.InvalidURL, match="port"):
+        aioabort.App("postgresql://alice@127.0.0.1:54x2/db")
+
+
+def test_the_cli_never_prints_the_password(postgres_database: str) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from .test_cli import run_cli
+
+    parts = urlsplit(postgres_database)  # trust auth: any password is accepted
+    netloc = f"{parts.username}:{SECRET}@{parts.hostname}:{parts.port}"
+    url = urlunsplit(parts._replace(netloc=netloc, query=f"password={SECRET}2"))
+    done = run_cli("--db", url, "db", "init")
+    assert done.returncode == 0, done.stderr
+    assert "store ready" in done.stdout
+    assert SECRET not in done.stdout + done.stderr
+    broken = run_cli("--db", f"postgresql://alice:{SECRET}/x@127.0.0.1/db", "tasks")
+    assert broken.returncode != 0
+    assert "percent-encode" in broken.stderr and "x7Lm" not in broken.stdout + broken.stderr

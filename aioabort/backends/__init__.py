@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._backend import Store
 from .._errors import InvalidURL, MissingDriver
@@ -17,17 +17,51 @@ _SCHEMES: dict[str, tuple[str, str, str | None, str]] = {
 }
 
 
+#: Query parameters asyncpg (libpq) reads a secret from.
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
+def mangled_userinfo(url: str) -> bool:
+    """Whether ``url``'s user or password holds an unencoded ``/``, ``?`` or ``#``.
+
+    Such a character ends the authority early, so the rest of the password lands in the path,
+    query or fragment, where no redaction would find it. The telltale is an ``@`` after the
+    authority (in a query, before any ``=``: a value such as ``user=a@b`` is fine).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return True
+    if "@" in parts.netloc:
+        return False
+    before_value = parts.query.split("=", 1)[0] if "=" in parts.query else parts.query
+    return "@" in parts.path or "@" in parts.fragment or "@" in before_value
+
+
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and logs."""
+    """``url`` with every secret replaced by ``***``, for messages and logs: the password in
+    the authority and ``password=``/``sslpassword=`` query parameters. A URL whose user or
+    password is not percent-encoded shows only its scheme."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if mangled_userinfo(url):
+        return f"{parts.scheme}://<hidden: unencoded characters in the user or password>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hosts = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(key.lower() in _SECRET_PARAMS for key, _ in pairs):
+            query = "&".join(
+                f"{key}=***" if key.lower() in _SECRET_PARAMS else urlencode({key: value})
+                for key, value in pairs
+            )
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
 
 
 def store_factory(url: object) -> Callable[[], Store]:

@@ -54,7 +54,7 @@ from .._errors import (
 )
 from .._state import StartDecision, TaskRecord, TaskState, decide_start
 from .._types import AbortReason, TaskError
-from . import _sql, redact
+from . import _sql, mangled_userinfo, redact
 
 logger = logging.getLogger("aioabort.postgres")
 
@@ -98,13 +98,29 @@ def record_from_row(row: Sequence[Any]) -> TaskRecord:
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """Split ``url`` into the DSN asyncpg gets and the schema name aioabort uses."""
+    """Split ``url`` into the DSN asyncpg gets and the schema name aioabort uses.
+
+    :raises InvalidURL: for a URL asyncpg would refuse or misread; the message never shows a
+        password.
+    """
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise InvalidURL(f"cannot parse the PostgreSQL URL {redact(url)!r}: {exc}") from exc
+        raise InvalidURL(f"cannot parse the PostgreSQL URL {redact(url)!r}: {exc}") from None
     if parts.scheme.lower() not in ("postgresql", "postgres"):
         raise InvalidURL(f"not a PostgreSQL URL: {redact(url)!r}")
+    if mangled_userinfo(url):
+        raise InvalidURL(
+            "the PostgreSQL URL's user or password contains an unencoded '/', '?' or '#': "
+            "percent-encode them (%2F, %3F, %23), e.g. with urllib.parse.quote(password, safe='')"
+        )
+    if "," not in parts.netloc:  # one host: its port must be a number (asyncpg: ValueError)
+        try:
+            parts.port  # noqa: B018 - urllib validates the port when it is read
+        except ValueError:
+            raise InvalidURL(
+                f"the port in the PostgreSQL URL {redact(url)!r} is not a number from 0 to 65535"
+            ) from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = "aioabort"
     kept: list[tuple[str, str]] = []
