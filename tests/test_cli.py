@@ -160,3 +160,78 @@ def test_missing_and_bad_urls(tmp_path: Path) -> None:
 def test_passwords_never_printed() -> None:
     out = run_cli("--db", "mysql://user:hunter2@host/db", "tasks")
     assert "hunter2" not in out.stdout + out.stderr
+
+
+HOSTILE = "\x1b]0;pwned\x07[/x] [bold red]boom\x1b[2J\x9b31m\u202eevil"
+#: Ids refuse C0 controls, but may hold C1 controls, bidi overrides and markup.
+HOSTILE_ID = "id-[/x]\x9b31m\u202eevil"
+
+
+def run_cli_tty(*args: str) -> tuple[int, str]:
+    """Run the CLI with its stdout on a pseudo-terminal (rich draws its table there)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aioabort", *args],
+        stdout=follower,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "400", "TERM": "xterm"},
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.fixture
+def hostile(sqlite_url: str) -> str:
+    """Records whose id, name, message and reason carry terminal escapes and rich markup."""
+
+    async def fill() -> None:
+        async with aioabort.App(sqlite_url) as app:
+            await app.create(HOSTILE_ID, name=HOSTILE)
+            async with aioabort.abortable("msg", name=HOSTILE, suppress=True) as scope:
+                await scope.report(0.5, HOSTILE)
+                await app.handle("msg").abort(HOSTILE)
+                await asyncio.sleep(5)
+
+    asyncio.run(fill())
+    return sqlite_url
+
+
+def assert_inert(output: str) -> None:
+    for raw in ("\x1b]0;pwned", "\x07", "\x1b[2J", "\x9b", "\u202e"):
+        assert raw not in output, (raw, output)
+    assert "MarkupError" not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("tasks",), ("show", "msg"), ("show", HOSTILE_ID), ("tasks", "--json")],
+    ids=["tasks", "show", "show-hostile-id", "tasks-json"],
+)
+def test_record_text_never_drives_the_terminal(hostile: str, args: tuple[str, ...]) -> None:
+    code, output = run_cli_tty("--db", hostile, *args)
+    assert code == 0, output
+    assert_inert(output)
+    assert "\\x1b]0;pwned" in output or "\\u001b]0;pwned" in output  # shown, not sent
+    if args[-1] == "--json":
+        data = json.loads(output)
+        assert any(record["name"] == HOSTILE for record in data)
+
+
+def test_record_text_is_escaped_in_pipes_too(hostile: str) -> None:
+    for args in (("tasks",), ("show", "msg"), ("abort", "--yes", HOSTILE_ID)):
+        done = run_cli("--db", hostile, *args)
+        assert done.returncode in (0, 2), done.stderr
+        assert_inert(done.stdout + done.stderr)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from .. import __version__
 from .._app import App
@@ -41,7 +41,7 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(runner())
     except AioabortError as exc:
-        _console(err=True).print(f"[red]error:[/red] {exc}", markup=True)
+        _console(err=True).print(Text("error: ", style="red") + Text(_output.printable(exc)))
         raise SystemExit(EXIT_ERROR) from exc
 
 
@@ -56,7 +56,7 @@ def _make_app(ctx: click.Context) -> App:
 
 
 def _dump(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    click.echo(_output.safe_json(data, indent=2))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,7 +136,7 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
     if record is None:
         if as_json:
             _dump(None)
-        _console(err=True).print(f"no task with id {task_id!r}")
+        _console(err=True).print(Text(f"no task with id {_output.printable(repr(task_id))}"))
         raise SystemExit(EXIT_NOT_FOUND)
     if as_json:
         _dump(_output.record_to_json(record))
@@ -176,7 +176,8 @@ def abort(
         if not sys.stdin.isatty():
             _console(err=True).print("refusing to abort without confirmation: pass --yes")
             raise SystemExit(EXIT_DECLINED)
-        if not click.confirm(f"Abort {len(task_ids)} task(s): {', '.join(task_ids)}?"):
+        listed = _output.printable(", ".join(task_ids))
+        if not click.confirm(f"Abort {len(task_ids)} task(s): {listed}?"):
             raise SystemExit(EXIT_DECLINED)
 
     async def go() -> list[dict[str, Any]]:
@@ -208,7 +209,7 @@ def abort(
         elif result["outcome"] == "already_finished":
             code = EXIT_FINISHED
         if as_json:
-            click.echo(json.dumps(result))
+            click.echo(_output.safe_json(result))
         else:
             words = {
                 "aborted": "aborted",
@@ -216,7 +217,7 @@ def abort(
                 "already_finished": f"already finished ({result['state']})",
                 "not_found": "not found",
             }[result["outcome"]]
-            click.echo(f"{result['id']}: {words}")
+            click.echo(_output.printable(f"{result['id']}: {words}"))
     raise SystemExit(code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,42 @@ STATE_STYLES = {
     TaskState.FAILURE: "red",
     TaskState.ABORTED: "magenta",
 }
+
+
+def printable(value: object) -> str:
+    """``str(value)`` safe to write to a terminal: every control or format character (ESC,
+    BEL, C1 controls such as CSI, bidirectional overrides) is shown as its escape (``\\x1b``,
+    ``\\u202e``) instead of being sent. Records hold text from anyone who could create one
+    (a request's path, a task's message), and none of it may drive the operator's terminal.
+    Keep the result out of rich markup: wrap it in :class:`rich.text.Text`."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def safe_json(data: Any, *, indent: int | None = None) -> str:
+    """JSON for the terminal and for scripts: valid JSON whose C1 controls and format
+    characters are written as ``\\u`` escapes (JSON already escapes C0 controls)."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in " \n" else _json_escape(ch) for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells an astral character as a surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def record_to_json(record: TaskRecord) -> dict[str, Any]:
@@ -67,13 +104,13 @@ def tasks_table(records: list[TaskRecord], *, title: str | None = None) -> Table
             progress = Table.grid(padding=(0, 1))
             progress.add_row(bar, f"{record.progress:4.0%}")
         table.add_row(
-            record.id,
-            record.name or "",
+            Text(printable(record.id)),
+            Text(printable(record.name or "")),
             state_text(record.state),
             progress,
-            record.message or "",
+            Text(printable(record.message or "")),
             age(record),
-            outcome_text(record),
+            Text(printable(outcome_text(record))),
         )
     return table
 
@@ -88,7 +125,7 @@ def record_line(record: TaskRecord) -> str:
     outcome = outcome_text(record)
     if outcome:
         parts.append(outcome)
-    return "  ".join(parts)
+    return printable("  ".join(parts))
 
 
 def record_details(record: TaskRecord) -> list[tuple[str, str]]:
@@ -103,5 +140,5 @@ def record_details(record: TaskRecord) -> list[tuple[str, str]]:
             value = str(record.error)
         elif key == "progress":
             value = f"{record.progress:.0%}"
-        rows.append((key, str(value)))
+        rows.append((key, printable(value)))
     return rows
