@@ -145,7 +145,7 @@ async def test_end_write_that_failed_lands_once_the_lock_is_released(sqlite_url:
         # The lock is gone: the kept write lands by itself, and a waiter sees the end.
         record = await app.handle("locked-out").wait(timeout=10)
         assert record.state is TaskState.SUCCESS
-        assert app.redo.pending() == []
+        await wait_until(lambda: app.redo.pending() == [], what="the redo to forget it")
 
 
 async def test_end_write_that_failed_on_a_full_disk_lands_once_there_is_room(

@@ -244,3 +244,49 @@ async def test_unclosed_app_warns(sqlite_url: str) -> None:
     with pytest.warns(ResourceWarning, match="never closed"):
         app.__del__()
     await app.aclose()
+
+
+async def test_a_stalled_event_loop_never_holds_the_write_lock(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop stalls at the worst moment: just as this process's write transaction began.
+    Another writer (a plain connection, as another process would be) must still get the lock
+    within its own busy timeout, because the transaction does not wait for the loop."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    outcome: list[str] = []
+
+    def other_writer() -> None:
+        conn = sqlite3.connect(path_of(sqlite_url), isolation_level=None, timeout=2.0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            outcome.append("got the lock")
+        except sqlite3.OperationalError as exc:
+            outcome.append(str(exc))
+        finally:
+            conn.close()
+
+    def stall() -> None:  # runs on the loop: nothing else runs here until it returns
+        writer = threading.Thread(target=other_writer)
+        writer.start()
+        writer.join(timeout=10)
+
+    stalled = threading.Event()
+    count = SQLiteStore._count_statement
+
+    def traced(self: SQLiteStore, sql: str) -> None:
+        count(self, sql)
+        if sql.startswith("BEGIN IMMEDIATE") and armed.is_set() and not stalled.is_set():
+            stalled.set()
+            loop.call_soon_threadsafe(stall)
+
+    armed = threading.Event()
+    monkeypatch.setattr(SQLiteStore, "_count_statement", traced)
+    async with aioabort.App(sqlite_url) as app:
+        armed.set()
+        await app.create("during-a-stall")
+        assert stalled.is_set()
+        assert outcome == ["got the lock"], outcome
+        assert await app.handle("during-a-stall").state() is TaskState.PENDING

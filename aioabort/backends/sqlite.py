@@ -22,7 +22,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -301,6 +301,21 @@ class _ChangePoller(threading.Thread):
                 return
 
 
+class _Tx:
+    """The statements of one write transaction, run in the driver's thread."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+
 class SQLiteStore(Store):
     """The SQLite store. Made by :class:`aioabort.App` from a ``sqlite:///`` URL."""
 
@@ -379,12 +394,12 @@ class SQLiteStore(Store):
             )
 
     async def _ensure_schema(self) -> None:
-        async def body() -> None:
-            rows = await self._exec(
+        def body(tx: _Tx) -> None:
+            rows = tx.fetch(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'aioabort_meta'"
             )
             if rows:
-                version_rows = await self._exec(
+                version_rows = tx.fetch(
                     "SELECT value FROM aioabort_meta WHERE key = 'schema_version'"
                 )
                 version = int(version_rows[0][0]) if version_rows else 0
@@ -397,8 +412,8 @@ class SQLiteStore(Store):
                     return
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
-                    await self._exec(statement)
-            await self._exec(
+                    tx.fetch(statement)
+            tx.fetch(
                 "INSERT INTO aioabort_meta (key, value) VALUES ('schema_version', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
@@ -432,41 +447,65 @@ class SQLiteStore(Store):
         except sqlite3.IntegrityError:
             raise
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                raise StoreBusy(f"the SQLite store {self._path!r} is locked: {exc}") from exc
-            raise StoreError(f"SQLite error: {exc}") from exc
+            raise self._error(exc) from exc
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite error: {exc}") from exc
 
-    async def _write(self, body: Callable[[], Awaitable[T]], *, notify: bool = True) -> T:
-        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, retrying while locked."""
-        deadline = time.monotonic() + self.write_budget
-        delay = 0.005
+    async def _write(self, body: Callable[[_Tx], T], *, notify: bool = True) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, retrying while locked.
+
+        The whole transaction (BEGIN, the statements, COMMIT) runs in the driver's thread as
+        one unit, so a stalled event loop in this process never holds the database's write
+        lock against every other process: it is held for the statements' time alone.
+        """
+        conn = self._require()
         async with self._lock:
-            while True:
-                try:
-                    await self._exec("BEGIN IMMEDIATE")
-                    break
-                except StoreBusy:
-                    if time.monotonic() + delay > deadline:
-                        raise StoreBusy(
-                            f"the SQLite store {self._path!r} stayed locked by another writer "
-                            f"for more than {self.write_budget:g}s"
-                        ) from None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
             try:
-                result = await body()
-                await self._exec("COMMIT")
-            except BaseException:
-                try:
-                    await self._exec("ROLLBACK")
-                except (StoreError, AppClosed):
-                    pass
-                raise
+                # aiosqlite runs each call in its connection's own thread; _execute is how its
+                # public methods do it, and here it carries a whole transaction.
+                result: T = await conn._execute(  # type: ignore[no-untyped-call]
+                    self._transaction, conn._conn, body
+                )
+            except sqlite3.OperationalError as exc:
+                raise self._error(exc) from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite error: {exc}") from exc
         if notify and self._on_change is not None:
             self._on_change(Change())
         return result
+
+    def _transaction(self, conn: sqlite3.Connection, body: Callable[[_Tx], T]) -> T:
+        """The driver's thread: BEGIN IMMEDIATE (retried while another writer holds the lock,
+        up to :attr:`write_budget`), the body, COMMIT; ROLLBACK on any error."""
+        deadline = time.monotonic() + self.write_budget
+        delay = 0.005
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StoreBusy(
+                        f"the SQLite store {self._path!r} stayed locked by another writer "
+                        f"for more than {self.write_budget:g}s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        try:
+            result = body(_Tx(conn))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _error(self, exc: sqlite3.OperationalError) -> StoreError:
+        if _is_busy(exc):
+            return StoreBusy(f"the SQLite store {self._path!r} is locked: {exc}")
+        return StoreError(f"SQLite error: {exc}")
 
     # -- records -----------------------------------------------------------------------------
 
@@ -484,10 +523,10 @@ class SQLiteStore(Store):
             return await self._creates(NewTask(task_id, name, queue, args_json, retryable))
         now = time.time()
 
-        async def body() -> TaskRecord:
-            parent = await self._aborted_parent(parent_id)
+        def body(tx: _Tx) -> TaskRecord:
+            parent = self._aborted_parent(tx, parent_id)
             try:
-                rows = await self._exec(
+                rows = tx.fetch(
                     "INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, "
                     "retryable, created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?) "
                     f"RETURNING {_sql.COLUMNS}",
@@ -496,7 +535,7 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError as exc:
                 raise TaskAlreadyExists(task_id) from exc
             if parent is not None:  # born into an aborted family: never runs
-                return await self._abort_unlocked(task_id, parent, now) or record_from_row(rows[0])
+                return self._abort_unlocked(tx, task_id, parent, now) or record_from_row(rows[0])
             return record_from_row(rows[0])
 
         return await self._write(body)
@@ -517,8 +556,8 @@ class SQLiteStore(Store):
                 at,
             ]
 
-        async def body() -> list[TaskRecord | BaseException]:
-            rows = await self._exec(
+        def body(tx: _Tx) -> list[TaskRecord | BaseException]:
+            rows = tx.fetch(
                 "INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, retryable, "
                 f"created_at, updated_at) VALUES {values} ON CONFLICT (id) DO NOTHING "
                 f"RETURNING {_sql.COLUMNS}",
@@ -533,11 +572,11 @@ class SQLiteStore(Store):
 
         return await self._write(body)
 
-    async def _aborted_parent(self, parent_id: str | None) -> AbortReason | None:
+    def _aborted_parent(self, tx: _Tx, parent_id: str | None) -> AbortReason | None:
         """The reason a child of ``parent_id`` is born aborted with, if the parent is aborting."""
         if parent_id is None:
             return None
-        rows = await self._exec(
+        rows = tx.fetch(
             "SELECT abort_code, abort_message, abort_by, abort_at FROM aioabort_tasks "
             f"WHERE id = ? AND state IN {_sql.PARENT_ABORTED}",
             (parent_id,),
@@ -547,10 +586,10 @@ class SQLiteStore(Store):
         reason = _sql.reason_from(rows[0][0], rows[0][1], rows[0][2], _ts(rows[0][3]))
         return None if reason is None else _sql.parent_reason(parent_id, reason)
 
-    async def _abort_unlocked(
-        self, task_id: str, reason: AbortReason, now: float
+    def _abort_unlocked(
+        self, tx: _Tx, task_id: str, reason: AbortReason, now: float
     ) -> TaskRecord | None:
-        rows = await self._exec(
+        rows = tx.fetch(
             f"UPDATE aioabort_tasks SET state = {_sql.abort_case()}, abort_code = ?, "
             "abort_message = ?, abort_by = ?, abort_at = ?, updated_at = ?, "
             "finished_at = CASE WHEN state = 'PENDING' THEN ? ELSE finished_at END "
@@ -559,9 +598,7 @@ class SQLiteStore(Store):
         )
         if not rows:
             return None
-        await self._exec(
-            "INSERT INTO aioabort_abort_log (task_id, at) VALUES (?, ?)", (task_id, now)
-        )
+        tx.fetch("INSERT INTO aioabort_abort_log (task_id, at) VALUES (?, ?)", (task_id, now))
         return record_from_row(rows[0])
 
     async def start(
@@ -569,18 +606,16 @@ class SQLiteStore(Store):
     ) -> StartResult:
         now = time.time()
 
-        async def body() -> StartResult:
-            rows = await self._exec(
-                f"SELECT {_sql.COLUMNS} FROM aioabort_tasks WHERE id = ?", (task_id,)
-            )
+        def body(tx: _Tx) -> StartResult:
+            rows = tx.fetch(f"SELECT {_sql.COLUMNS} FROM aioabort_tasks WHERE id = ?", (task_id,))
             current = record_from_row(rows[0]) if rows else None
             decision = decide_start(
                 None if current is None else current.state,
                 ever_started=current is not None and current.started_at is not None,
             )
             if decision is StartDecision.CREATE:
-                parent = await self._aborted_parent(parent_id)
-                rows = await self._exec(
+                parent = self._aborted_parent(tx, parent_id)
+                rows = tx.fetch(
                     "INSERT INTO aioabort_tasks (id, name, parent_id, state, owner, created_at, "
                     "started_at, updated_at, attempts) VALUES (?, ?, ?, 'STARTED', ?, ?, ?, ?, 1) "
                     f"RETURNING {_sql.COLUMNS}",
@@ -588,11 +623,11 @@ class SQLiteStore(Store):
                 )
                 record = record_from_row(rows[0])
                 if parent is not None:  # started under an aborting parent: aborting already
-                    record = await self._abort_unlocked(task_id, parent, now) or record
+                    record = self._abort_unlocked(tx, task_id, parent, now) or record
                 return StartResult(decision, record)
             assert current is not None
             if decision is StartDecision.START:
-                rows = await self._exec(
+                rows = tx.fetch(
                     "UPDATE aioabort_tasks SET state = 'STARTED', owner = ?, started_at = ?, "
                     "updated_at = ?, name = COALESCE(name, ?), attempts = attempts + 1 "
                     f"WHERE id = ? AND state = 'PENDING' RETURNING {_sql.COLUMNS}",
@@ -606,12 +641,12 @@ class SQLiteStore(Store):
     async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
         now = time.time()
 
-        async def body() -> AbortOutcome:
-            record = await self._abort_unlocked(task_id, reason, now)
+        def body(tx: _Tx) -> AbortOutcome:
+            record = self._abort_unlocked(tx, task_id, reason, now)
             if record is None:
-                return AbortOutcome(False, await self.get_unlocked(task_id))
+                return AbortOutcome(False, self._get(tx, task_id))
             child_reason = _sql.parent_reason(task_id, reason)
-            rows = await self._exec(
+            rows = tx.fetch(
                 "WITH RECURSIVE family(id) AS ("
                 "SELECT id FROM aioabort_tasks WHERE parent_id = ? "
                 "UNION SELECT t.id FROM aioabort_tasks AS t JOIN family AS f "
@@ -632,8 +667,7 @@ class SQLiteStore(Store):
                 ),
             )
             if rows:
-                conn = self._require()
-                await conn.executemany(
+                tx.executemany(
                     "INSERT INTO aioabort_abort_log (task_id, at) VALUES (?, ?)",
                     [(row[0], now) for row in rows],
                 )
@@ -667,8 +701,8 @@ class SQLiteStore(Store):
                 item.error_json,
             ]
 
-        async def body() -> list[TaskRecord | BaseException | None]:
-            rows = await self._exec(
+        def body(tx: _Tx) -> list[TaskRecord | BaseException | None]:
+            rows = tx.fetch(
                 f"WITH v(id, owner, state, result, error) AS (VALUES {values}) "
                 "UPDATE aioabort_tasks SET state = v.state, result = v.result, error = v.error, "
                 "finished_at = ?, updated_at = ? FROM v WHERE aioabort_tasks.id = v.id "
@@ -681,9 +715,7 @@ class SQLiteStore(Store):
             results: list[TaskRecord | BaseException | None] = []
             for item in items:
                 record = done.get(item.task_id)
-                results.append(
-                    record if record is not None else await self.get_unlocked(item.task_id)
-                )
+                results.append(record if record is not None else self._get(tx, item.task_id))
             return results
 
         return await self._write(body)
@@ -692,8 +724,8 @@ class SQLiteStore(Store):
         now = time.time()
         marks = ", ".join("?" for _ in queues)
 
-        async def body() -> list[TaskRecord]:
-            rows = await self._exec(
+        def body(tx: _Tx) -> list[TaskRecord]:
+            rows = tx.fetch(
                 "UPDATE aioabort_tasks SET state = 'STARTED', owner = ?, started_at = ?, "
                 "updated_at = ?, attempts = attempts + 1 WHERE id IN (SELECT id FROM "
                 f"aioabort_tasks WHERE state = 'PENDING' AND queue IN ({marks}) "
@@ -717,8 +749,8 @@ class SQLiteStore(Store):
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
         now = time.time()
 
-        async def body() -> TaskRecord | None:
-            rows = await self._exec(
+        def body(tx: _Tx) -> TaskRecord | None:
+            rows = tx.fetch(
                 "UPDATE aioabort_tasks SET state = 'PENDING', owner = NULL, started_at = NULL, "
                 "abort_code = NULL, abort_message = NULL, abort_by = NULL, abort_at = NULL, "
                 "progress = NULL, message = NULL, updated_at = ? "
@@ -728,19 +760,21 @@ class SQLiteStore(Store):
             )
             if rows:
                 return record_from_row(rows[0])
-            return await self.get_unlocked(task_id)
+            return self._get(tx, task_id)
 
         return await self._write(body)
 
-    async def get_unlocked(self, task_id: str) -> TaskRecord | None:
-        rows = await self._exec(
-            f"SELECT {_sql.COLUMNS} FROM aioabort_tasks WHERE id = ?", (task_id,)
-        )
+    @staticmethod
+    def _get(tx: _Tx, task_id: str) -> TaskRecord | None:
+        rows = tx.fetch(f"SELECT {_sql.COLUMNS} FROM aioabort_tasks WHERE id = ?", (task_id,))
         return record_from_row(rows[0]) if rows else None
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self._lock:
-            return await self.get_unlocked(task_id)
+            rows = await self._exec(
+                f"SELECT {_sql.COLUMNS} FROM aioabort_tasks WHERE id = ?", (task_id,)
+            )
+        return record_from_row(rows[0]) if rows else None
 
     async def list_tasks(
         self,
@@ -777,8 +811,8 @@ class SQLiteStore(Store):
     ) -> bool:
         now = time.time()
 
-        async def body() -> bool:
-            rows = await self._exec(
+        def body(tx: _Tx) -> bool:
+            rows = tx.fetch(
                 "UPDATE aioabort_tasks SET progress = COALESCE(?, progress), "
                 "message = COALESCE(?, message), updated_at = ? "
                 f"WHERE id = ? AND owner = ? AND state IN {_sql.RUNNING} RETURNING id",
@@ -793,8 +827,8 @@ class SQLiteStore(Store):
     async def heartbeat(self, owner: OwnerInfo) -> None:
         now = time.time()
 
-        async def body() -> None:
-            await self._exec(
+        def body(tx: _Tx) -> None:
+            tx.fetch(
                 "INSERT INTO aioabort_owners (id, host, pid, started_at, last_seen, beats) "
                 "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (id) DO UPDATE SET "
                 "last_seen = excluded.last_seen, beats = aioabort_owners.beats + 1",
@@ -817,8 +851,8 @@ class SQLiteStore(Store):
             "OR owner NOT IN (SELECT id FROM aioabort_owners))"
         )
 
-        async def body() -> list[str]:
-            requeued = await self._exec(
+        def body(tx: _Tx) -> list[str]:
+            requeued = tx.fetch(
                 "UPDATE aioabort_tasks SET state = 'PENDING', owner = NULL, started_at = NULL, "
                 "abort_code = NULL, abort_message = NULL, abort_by = NULL, abort_at = NULL, "
                 "progress = NULL, message = NULL, updated_at = ? "
@@ -826,7 +860,7 @@ class SQLiteStore(Store):
                 "'shutdown' RETURNING id",
                 (now, *dead),
             )
-            rows = await self._exec(
+            rows = tx.fetch(
                 "UPDATE aioabort_tasks SET state = 'FAILURE', finished_at = ?, updated_at = ?, "
                 "error = json_object('cause', 'lost', 'type', '', 'message', "
                 "'owner ' || COALESCE(owner, '?') || ' stopped heartbeating') "
@@ -834,8 +868,8 @@ class SQLiteStore(Store):
                 (now, now, *dead),
             )
             if dead:
-                await self._exec(f"DELETE FROM aioabort_owners WHERE id IN ({marks})", dead)
-            await self._exec(
+                tx.fetch(f"DELETE FROM aioabort_owners WHERE id IN ({marks})", dead)
+            tx.fetch(
                 "DELETE FROM aioabort_abort_log WHERE seq <= "
                 "(SELECT MAX(seq) FROM aioabort_abort_log) - ?",
                 (_ABORT_LOG_KEEP,),
@@ -850,15 +884,15 @@ class SQLiteStore(Store):
     async def release_owner(self, owner: str) -> list[str]:
         now = time.time()
 
-        async def body() -> list[str]:
-            rows = await self._exec(
+        def body(tx: _Tx) -> list[str]:
+            rows = tx.fetch(
                 "UPDATE aioabort_tasks SET state = 'FAILURE', finished_at = ?, updated_at = ?, "
                 "error = json_object('cause', 'lost', 'type', '', 'message', "
                 "'owner ' || owner || ' closed while the task was running') "
                 f"WHERE owner = ? AND state IN {_sql.RUNNING} RETURNING id",
                 (now, now, owner),
             )
-            await self._exec("DELETE FROM aioabort_owners WHERE id = ?", (owner,))
+            tx.fetch("DELETE FROM aioabort_owners WHERE id = ?", (owner,))
             return [row[0] for row in rows]
 
         return await self._write(body)
