@@ -25,7 +25,7 @@ from ._redo import Redo
 from ._runner import DEFAULT_QUEUE, Task, _check_queue, task_name
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
-from ._types import MAX_TASK_NAME_LENGTH, AbortReason, check_task_id
+from ._types import MAX_OFFSET, MAX_TASK_NAME_LENGTH, AbortReason, check_task_id
 from ._watcher import Watcher
 from .backends import redact, store_factory
 
@@ -494,8 +494,8 @@ class App:
                 f"unknown state in {list(states or [])!r}; states are "
                 + ", ".join(s.value for s in TaskState)
             ) from exc
-        if not 1 <= limit <= 10_000 or offset < 0:
-            raise UsageError("limit must be within 1..10000 and offset not negative")
+        if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
+            raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
         return await self.store.list_tasks(states=wanted, name=name, limit=limit, offset=offset)
 
     async def counts(self) -> dict[TaskState, int]:

@@ -51,6 +51,10 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
+#: The largest offset a listing accepts (any more would overflow the stores' integers).
+MAX_OFFSET = 10**9
+
+
 def check_task_id(task_id: object) -> str:
     """Return ``task_id`` if it is a usable task id, else raise :class:`InvalidTaskId`.
 

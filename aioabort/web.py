@@ -39,7 +39,7 @@ from ._errors import (
     UsageError,
 )
 from ._scope import AbortScope, abortable
-from ._types import MAX_TASK_ID_LENGTH, AbortReason
+from ._types import MAX_OFFSET, MAX_TASK_ID_LENGTH, AbortReason
 
 try:
     from starlette.requests import Request
@@ -318,6 +318,23 @@ def request_scope(request: Request) -> AbortScope:
 Authorize = Callable[[Request], bool | Awaitable[bool]]
 
 
+#: The largest body the abort route reads (a reason is at most 2,000 characters).
+MAX_ABORT_BODY = 64 * 1024
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or ``None`` once it is over ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def router(
     aborts: App,
     *,
@@ -395,9 +412,13 @@ def router(
             return JSONResponse(
                 {"error": "bad_request", "detail": "limit and offset are integers"}, status_code=400
             )
-        if not 1 <= limit <= 500:
+        if not 1 <= limit <= 500 or not 0 <= offset <= MAX_OFFSET:
             return JSONResponse(
-                {"error": "bad_request", "detail": "limit must be within 1..500"}, status_code=400
+                {
+                    "error": "bad_request",
+                    "detail": f"limit must be within 1..500 and offset within 0..{MAX_OFFSET}",
+                },
+                status_code=400,
             )
         records = await aborts.tasks(
             states=states or None, name=params.get("name"), limit=limit, offset=offset
@@ -423,9 +444,15 @@ def router(
         task_id = request.path_params["task_id"]
         handle = aborts.handle(task_id)
         message = "aborted from the web"
-        if await request.body():
+        raw = await _bounded_body(request, MAX_ABORT_BODY)
+        if raw is None:
+            return JSONResponse(
+                {"error": "too_large", "detail": f"the body is over {MAX_ABORT_BODY} bytes"},
+                status_code=413,
+            )
+        if raw:
             try:
-                body = await request.json()
+                body = json.loads(raw)
             except ValueError:
                 return JSONResponse(
                     {"error": "bad_request", "detail": "the body must be JSON"}, status_code=400

@@ -397,3 +397,57 @@ async def test_scope_opened_by_a_function_scoped_dependency(store_url: str) -> N
         record = await aborts.handle("dep-1").record()
     assert record.state is TaskState.SUCCESS  # the handler caught the abort and answered
     assert record.reason is not None and record.reason.message == "from the dependency test"
+
+
+async def test_router_bounds_what_it_reads(site: Site) -> None:
+    await site.aborts.create("bounded", name="job")
+    async with site.client as client:
+        for offset in (10**23, -1):
+            answer = await client.get("/aioabort/tasks", params={"offset": offset})
+            assert answer.status_code == 400 and answer.json()["error"] == "bad_request"
+        big = await client.post(
+            "/aioabort/tasks/bounded/abort", content=b'{"reason": "' + b"x" * 200_000 + b'"}'
+        )
+        assert big.status_code == 413
+        assert (await client.get("/aioabort/tasks/bounded")).json()["state"] == "PENDING"
+    with pytest.raises(aioabort.UsageError):
+        await site.aborts.tasks(offset=10**23)
+
+
+async def test_an_oversized_abort_body_is_not_read_whole(site: Site) -> None:
+    """Raw ASGI with no Content-Length: the route stops reading once past its limit."""
+    await site.aborts.create("streamed-body", name="job")
+    chunk = b"x" * 65536
+    sent = 0
+    total = 800  # 50 MiB if it were read whole
+
+    async def receive() -> MutableMapping[str, Any]:
+        nonlocal sent
+        sent += 1
+        return {"type": "http.request", "body": chunk, "more_body": sent < total}
+
+    answer: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        answer.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/aioabort/tasks/streamed-body/abort",
+        "raw_path": b"/aioabort/tasks/streamed-body/abort",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    async with site.client:
+        await site.api(scope, receive, send)
+    assert answer[0]["status"] == 413
+    assert sent <= 3
+    assert await site.aborts.handle("streamed-body").state() is TaskState.PENDING
