@@ -290,3 +290,32 @@ async def test_a_stalled_event_loop_never_holds_the_write_lock(
         assert stalled.is_set()
         assert outcome == ["got the lock"], outcome
         assert await app.handle("during-a-stall").state() is TaskState.PENDING
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_store_file_deleted_under_a_running_process_fails_loudly(
+    sqlite_url: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = Path(path_of(sqlite_url))
+    async with aioabort.App(sqlite_url) as app:
+        await app.create("before")
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        if how == "replaced":  # another process starts afresh on the same path
+            async with aioabort.App(sqlite_url) as newcomer:
+                await newcomer.create("in-the-new-file")
+        # Idle, the watcher notices and says so...
+        await wait_until(
+            lambda: any(r.__dict__.get("action") == "store_file_lost" for r in caplog.records),
+            what="the error log",
+        )
+        # ...and every call fails instead of writing to a file nobody else sees.
+        with pytest.raises(aioabort.StoreUnavailable, match="deleted or replaced"):
+            await app.create("after")
+        with pytest.raises(aioabort.StoreUnavailable, match="deleted or replaced"):
+            await app.handle("before").state()
+    if how == "replaced":
+        async with aioabort.App(sqlite_url) as reader:
+            assert await reader.handle("in-the-new-file").state() is TaskState.PENDING
+            with pytest.raises(aioabort.TaskNotFound):
+                await reader.handle("after").state()

@@ -149,6 +149,15 @@ def parse_path(url: str) -> str:
     return path
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """The file's (device, inode), or ``None`` if there is no file at ``path``."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class _FileEvents:
     """Linux inotify on the database's directory: wakes the watcher when any process writes
     the WAL, so an idle watcher sleeps instead of polling. ``None`` where unavailable."""
@@ -156,6 +165,8 @@ class _FileEvents:
     _IN_MODIFY = 0x00000002
     _IN_CREATE = 0x00000100
     _IN_MOVED_TO = 0x00000080
+    _IN_MOVED_FROM = 0x00000040
+    _IN_DELETE = 0x00000200
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -170,7 +181,13 @@ class _FileEvents:
             fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
             if fd < 0:
                 return None
-            mask = cls._IN_MODIFY | cls._IN_CREATE | cls._IN_MOVED_TO
+            mask = (
+                cls._IN_MODIFY
+                | cls._IN_CREATE
+                | cls._IN_MOVED_TO
+                | cls._IN_MOVED_FROM
+                | cls._IN_DELETE
+            )
             if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
                 os.close(fd)
                 return None
@@ -217,8 +234,11 @@ class _ChangePoller(threading.Thread):
         last_seq: int,
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Change], None],
+        on_lost: Callable[[], None],
     ) -> None:
         super().__init__(name="aioabort-sqlite-watcher", daemon=True)
+        self._on_lost = on_lost
+        self._identity = _file_identity(path)
         self._path = path
         self._interval = interval
         self._last_seq = last_seq
@@ -273,6 +293,11 @@ class _ChangePoller(threading.Thread):
         while True:
             burst_until = self._sleep(burst_until)
             if self._stopping.is_set():
+                return
+            if _file_identity(self._path) != self._identity:
+                # Deleted or replaced: say so now, even if this process is idle.
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._on_lost)
                 return
             self.polls += 1
             try:
@@ -337,6 +362,8 @@ class SQLiteStore(Store):
         self._on_change: ChangeCallback | None = None
         self._poller: _ChangePoller | None = None
         self._closed = False
+        self._identity: tuple[int, int] | None = None  # the file's (device, inode) once open
+        self._lost_reported = False
         self._finishes = GroupCommit(self._finish_batch)
         self._creates = GroupCommit(self._create_batch)
 
@@ -365,6 +392,8 @@ class SQLiteStore(Store):
                     )
             await self._exec("PRAGMA synchronous = NORMAL")
             await self._ensure_schema()
+            if not self._memory:
+                self._identity = _file_identity(self._path)
         except BaseException as exc:
             await conn.close()
             self._conn = None
@@ -438,7 +467,23 @@ class SQLiteStore(Store):
     def _require(self) -> aiosqlite.Connection:
         if self._conn is None:
             raise AppClosed("the SQLite store is not open")
+        if self._identity is not None and _file_identity(self._path) != self._identity:
+            # Deleted or replaced under us: writes would go to a file nobody else sees (and
+            # reads come from one), a silent split brain. Fail every call, loudly, instead.
+            self._report_lost()
+            raise StoreUnavailable(self._lost_message())
         return self._conn
+
+    def _lost_message(self) -> str:
+        return (
+            f"the SQLite store {self._path!r} was deleted or replaced while this process had "
+            "it open; close the App and open it again (its records are in the old file, if any)"
+        )
+
+    def _report_lost(self) -> None:
+        if not self._lost_reported:
+            self._lost_reported = True
+            logger.error(self._lost_message(), extra={"action": "store_file_lost"})
 
     async def _exec(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._require()
@@ -906,7 +951,12 @@ class SQLiteStore(Store):
         async with self._lock:
             rows = await self._exec("SELECT COALESCE(MAX(seq), 0) FROM aioabort_abort_log")
         poller = _ChangePoller(
-            self._path, self.poll_interval, int(rows[0][0]), asyncio.get_running_loop(), on_change
+            self._path,
+            self.poll_interval,
+            int(rows[0][0]),
+            asyncio.get_running_loop(),
+            on_change,
+            self._report_lost,
         )
         poller.start()
         self._poller = poller
