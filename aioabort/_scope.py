@@ -65,6 +65,15 @@ def _parent_scope() -> AbortScope | None:
     return _current_scope.get()
 
 
+def _enclosing_aborted(scope: AbortScope | None) -> bool:
+    """Whether an abort scope around this one was aborted (its cancellation explains ours)."""
+    while scope is not None:
+        if scope.is_aborted():
+            return True
+        scope = scope._enclosing
+    return False
+
+
 class _Callback:
     __slots__ = ("callback", "handle", "ran", "stopped")
 
@@ -109,6 +118,7 @@ class AbortScope:
         "_claimed",
         "_detached",
         "_early",
+        "_enclosing",
         "_flush_handle",
         "_last_report",
         "_loop",
@@ -165,6 +175,7 @@ class AbortScope:
         self._detached = detached
         self._requested = False
         self._early: list[tuple[AbortReason, int]] = []
+        self._enclosing: AbortScope | None = None
         self._preaborted = False
         self._body_running = False
         self._cancel_scope: anyio.CancelScope | None = None
@@ -389,6 +400,7 @@ class AbortScope:
         self._body_running = True
         if self._requested:
             cancel_scope.cancel(f"aioabort: task {self.id!r} aborted: {self.reason}")
+        self._enclosing = _current_scope.get()
         self._token = _current_scope.set(self)
         return self
 
@@ -407,10 +419,12 @@ class AbortScope:
             self._token = None
         swallowed = bool(cancel_scope.__exit__(exc_type, exc, tb))
         # Stopped by the abort: our scope caught its own cancellation, or an abort was asked
-        # and the body ended by a cancellation that an enclosing cancelled scope must see.
-        stopped = cancel_scope.cancelled_caught or (
-            self._requested and isinstance(exc, asyncio.CancelledError)
-        )
+        # and the body ended by a cancellation that an enclosing aborted scope must see. A
+        # cancellation from outside (a timeout, a TaskGroup) that is still under way wins even
+        # if an abort came too: it propagates (rule 1), so the record must say the same.
+        cancelled = isinstance(exc, asyncio.CancelledError) and not swallowed
+        outer = cancelled and not _enclosing_aborted(self._enclosing)
+        stopped = not outer and (cancel_scope.cancelled_caught or (self._requested and cancelled))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -566,3 +566,52 @@ async def test_report_outside_the_body_is_refused(app: aioabort.App) -> None:
         pass
     with pytest.raises(aioabort.UsageError):
         await scope.report(0.5)
+
+
+async def test_outer_timeout_then_abort_in_the_cleanup_record_and_raise_agree(
+    app: aioabort.App,
+) -> None:
+    """The timeout fires first; the abort lands while the body cleans up. The timeout
+    propagates (rule 1), so the record says FAILURE (cancelled), the abort request kept."""
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            async with aioabort.abortable("timeout-then-abort", app=app) as scope:
+                try:
+                    await asyncio.sleep(60)
+                finally:
+                    await app.handle("timeout-then-abort").abort("during the cleanup")
+                    await asyncio.sleep(60)  # cancelled by the abort at once
+    assert not scope.aborted
+    record = await app.handle("timeout-then-abort").record()
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "cancelled"
+    assert record.reason is not None and record.reason.message == "during the cleanup"
+
+
+async def test_abort_then_outer_timeout_in_the_cleanup_record_and_raise_agree(
+    app: aioabort.App,
+) -> None:
+    """The abort comes first; the timeout fires during the abort's shielded cleanup. The
+    caller sees the timeout, and so does the record: the outer cancellation wins."""
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with asyncio.timeout(None) as deadline:
+            async with aioabort.abortable("abort-then-timeout", app=app) as scope:
+                entered.set()
+                try:
+                    await asyncio.sleep(60)
+                finally:
+                    deadline.reschedule(asyncio.get_running_loop().time() + 0.05)
+                    async with scope.cleanup(timeout=30):
+                        await asyncio.sleep(60)  # the timeout cuts this
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    await app.handle("abort-then-timeout").abort("first")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(task, 10)
+    record = await app.handle("abort-then-timeout").record()
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "cancelled"
+    assert record.reason is not None and record.reason.message == "first"
