@@ -1,15 +1,24 @@
 """A bounded soak: several worker processes and a producer on one store, thousands of tasks,
-abort storms and random ``kill -9`` of workers; then it checks that nothing was lost.
+abort storms, random ``kill -9`` of workers, scopes cancelled while they enter, and store
+faults; then it checks that nothing was lost.
 
     python -m benchmarks.soak --store sqlite --seconds 30
-    python -m benchmarks.soak --store postgres --seconds 300 --workers 4
+    python -m benchmarks.soak --store postgres --seconds 300 --workers 4 --faults
 
 It prints what happened and exits 1 on any loss:
 
 * stuck: a record not terminal once everything settled (workers alive, reaper run);
+* left running by a live owner: a stuck record whose owner is still alive (no reaper will
+  ever end it: the worst kind);
 * lost aborts: an abort this producer recorded whose task then ran on and ended SUCCESS more
   than a second after the request while its worker was alive (a delivery failure);
 * changed: a terminal record seen during the run that later differs.
+
+``--faults`` adds, every quarter of the run, what the store can suffer without a server of
+the soak's own: on SQLite another writer holding the write lock for a second and a stall of
+the producer's event loop; on PostgreSQL every aioabort connection terminated by the server
+(``pg_terminate_backend``, what clients see of a restart) while the producer's loop stalls.
+The test suite also runs it with real PostgreSQL restarts on a throwaway cluster.
 """
 
 from __future__ import annotations
@@ -19,16 +28,21 @@ import asyncio
 import os
 import random
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 _REPO = str(Path(__file__).resolve().parent.parent)
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+#: A fault the soak inflicts on the store now and then (it may block the event loop).
+Fault = Callable[[], Awaitable[None]]
 
 
 async def _worker(url: str) -> asyncio.subprocess.Process:
@@ -50,38 +64,100 @@ async def _worker(url: str) -> asyncio.subprocess.Process:
     )
 
 
-async def soak(url: str, seconds: float, workers: int, seed: int) -> dict[str, Any]:
-    from aioabort import TaskRecord, TaskState
+async def _entry_storm(app: Any, rng: random.Random, prefix: str) -> list[str]:
+    """Scopes cancelled while they enter: a TaskGroup whose sibling fails at once, and tasks
+    cancelled a few loop turns after they began entering. Returns the ids tried."""
+    import aioabort
+
+    async def scoped(task_id: str) -> None:
+        async with aioabort.abortable(task_id, app=app, name="soak.entry"):
+            await asyncio.sleep(3600)
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("a sibling failed")
+
+    ids = [f"{prefix}-g{i}" for i in range(rng.randint(20, 60))]
+    try:
+        async with asyncio.TaskGroup() as group:
+            for task_id in ids:
+                group.create_task(scoped(task_id))
+            group.create_task(failing())
+    except* ValueError:
+        pass
+    except* aioabort.AioabortError:
+        pass
+    for i in range(rng.randint(5, 20)):
+        task_id = f"{prefix}-c{i}"
+        ids.append(task_id)
+        task = asyncio.create_task(scoped(task_id))
+        for _ in range(rng.randint(0, 6)):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, aioabort.AioabortError):
+            pass
+    return ids
+
+
+async def soak(
+    url: str, seconds: float, workers: int, seed: int, fault: Fault | None = None
+) -> dict[str, Any]:
+    from aioabort import AioabortError, TaskRecord, TaskState
 
     rng = random.Random(seed)
     os.environ["AIOABORT_URL"] = url
     from . import soak_app
 
     submitted: list[str] = []
+    entered: list[str] = []
     aborts: dict[str, float] = {}
-    kills = 0
+    kills = faults = refused = 0
     snapshots: dict[str, tuple[str, Any]] = {}
     procs = [await _worker(url) for _ in range(workers)]
     async with soak_app.app as app:
         try:
             deadline = time.monotonic() + seconds
-            next_kill = time.monotonic() + seconds / 4
+            next_kill = next_fault = time.monotonic() + seconds / 4
             while time.monotonic() < deadline:
-                batch = [
-                    (soak_app.retryable if rng.random() < 0.1 else soak_app.work).delay(
-                        rng.randint(1, 60)
-                    )
-                    for _ in range(rng.randint(20, 80))
-                ]
-                submitted += [h.id for h in await asyncio.gather(*batch)]
-                if rng.random() < 0.3:  # an abort storm over recent tasks
-                    targets = rng.sample(submitted[-300:], min(len(submitted), rng.randint(10, 80)))
-                    results = await asyncio.gather(
-                        *(app.handle(t).abort(f"storm {seed}") for t in targets)
-                    )
-                    for target, recorded in zip(targets, results, strict=True):
-                        if recorded:
-                            aborts[target] = time.time()
+                try:
+                    batch = [
+                        (soak_app.retryable if rng.random() < 0.1 else soak_app.work).delay(
+                            rng.randint(1, 60)
+                        )
+                        for _ in range(rng.randint(20, 80))
+                    ]
+                    for made in await asyncio.gather(*batch, return_exceptions=True):
+                        if isinstance(made, AioabortError):
+                            refused += 1  # a create refused during a fault: never queued
+                        elif isinstance(made, BaseException):
+                            raise made
+                        else:
+                            submitted.append(made.id)
+                    if rng.random() < 0.3 and submitted:  # an abort storm over recent tasks
+                        targets = rng.sample(
+                            submitted[-300:], min(len(submitted[-300:]), rng.randint(10, 80))
+                        )
+                        results = await asyncio.gather(
+                            *(app.handle(t).abort(f"storm {seed}") for t in targets),
+                            return_exceptions=True,
+                        )
+                        for target, recorded in zip(targets, results, strict=True):
+                            if isinstance(recorded, AioabortError):
+                                refused += 1
+                            elif isinstance(recorded, BaseException):
+                                raise recorded
+                            elif recorded:
+                                aborts[target] = time.time()
+                    if rng.random() < 0.2:
+                        entered += await _entry_storm(app, rng, f"entry-{len(entered)}")
+                    for record in await app.tasks(
+                        states=["SUCCESS", "FAILURE", "ABORTED"], limit=50
+                    ):
+                        snapshots.setdefault(record.id, (record.state.value, record.finished_at))
+                except AioabortError:
+                    refused += 1  # a read refused during a fault (reads fail fast)
                 if time.monotonic() > next_kill:
                     victim = rng.randrange(len(procs))
                     procs[victim].send_signal(signal.SIGKILL)
@@ -89,14 +165,20 @@ async def soak(url: str, seconds: float, workers: int, seed: int) -> dict[str, A
                     procs[victim] = await _worker(url)
                     kills += 1
                     next_kill = time.monotonic() + seconds / 4
-                for record in await app.tasks(states=["SUCCESS", "FAILURE", "ABORTED"], limit=50):
-                    snapshots.setdefault(record.id, (record.state.value, record.finished_at))
+                if fault is not None and time.monotonic() > next_fault:
+                    await fault()
+                    faults += 1
+                    next_fault = time.monotonic() + seconds / 4
                 await asyncio.sleep(rng.uniform(0.05, 0.25))
             # Settle: workers drain the queue; the reaper ends what the killed workers held.
             settle = time.monotonic() + 120
             while time.monotonic() < settle:
-                await app.reap()
-                counts = await app.counts()
+                try:
+                    await app.reap()
+                    counts = await app.counts()
+                except AioabortError:
+                    await asyncio.sleep(0.5)
+                    continue
                 if not any(
                     counts[s] for s in (TaskState.PENDING, TaskState.STARTED, TaskState.ABORTING)
                 ):
@@ -108,6 +190,7 @@ async def soak(url: str, seconds: float, workers: int, seed: int) -> dict[str, A
                 records.update((r.id, r) for r in page)
                 if len(page) < 10_000:
                     break
+            live_owners = set(await app.store.owner_beats())
         finally:
             for proc in procs:
                 if proc.returncode is None:
@@ -119,6 +202,8 @@ async def soak(url: str, seconds: float, workers: int, seed: int) -> dict[str, A
                     proc.kill()
                     await proc.wait()
     stuck = [i for i in submitted if not records[i].state.is_terminal]
+    stuck += [i for i in entered if i in records and not records[i].state.is_terminal]
+    left_running = [i for i in stuck if records[i].owner in live_owners]
     lost = []
     delivered = 0
     for task_id in aborts:
@@ -145,11 +230,16 @@ async def soak(url: str, seconds: float, workers: int, seed: int) -> dict[str, A
         "final_states": states,
         "retryable_requeued_runs": len([r for r in records.values() if r.attempts > 1]),
         "workers_killed": kills,
+        "faults": faults,
+        "calls_refused_during_faults": refused,
+        "scopes_cancelled_while_entering": len(entered),
+        "entries_recorded": len([i for i in entered if i in records]),
         "aborts_recorded": len(aborts),
         "aborts_delivered": delivered,
         "aborts_raced_completion_or_owner_death": len(aborts) - delivered - len(lost),
         "aborts_lost": len(lost),
         "records_stuck": len(stuck),
+        "records_left_running_by_a_live_owner": len(left_running),
         "terminal_records_changed": len(changed),
         "ok": not (lost or stuck or changed),
     }
@@ -168,6 +258,46 @@ async def _drop_schema(url: str) -> None:
         await conn.close()
 
 
+def sqlite_fault(url: str) -> Fault:
+    """Another writer holds the write lock for a second, then the producer's loop stalls."""
+    path = url[len("sqlite:///") :]
+
+    async def fault() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            await asyncio.sleep(1.0)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        time.sleep(0.5)  # noqa: ASYNC251 - a stalled event loop, on purpose
+
+    return fault
+
+
+def postgres_fault(url: str) -> Fault:
+    """The server ends every aioabort connection of this database (what a restart looks like
+    to its clients) while the producer's event loop is stalled."""
+    from aioabort.backends.postgres import parse_url
+
+    dsn, _ = parse_url(url)
+
+    async def fault() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            time.sleep(0.5)  # noqa: ASYNC251 - the loop is busy while the goodbyes arrive
+        finally:
+            await conn.close()
+
+    return fault
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.soak",
@@ -178,6 +308,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--faults", action="store_true", help="inflict store faults every quarter of the run"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     with tempfile.TemporaryDirectory(prefix="aioabort-soak-") as tmp:
@@ -187,7 +320,10 @@ def main() -> int:
             base = os.environ.get("AIOABORT_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
             url = f"{base}?aioabort_schema=soak_{uuid.uuid4().hex[:8]}"
         try:
-            result = asyncio.run(soak(url, args.seconds, args.workers, seed))
+            fault = None
+            if args.faults:
+                fault = (sqlite_fault if args.store == "sqlite" else postgres_fault)(url)
+            result = asyncio.run(soak(url, args.seconds, args.workers, seed, fault))
         finally:
             if args.store == "postgres":
                 asyncio.run(_drop_schema(url))

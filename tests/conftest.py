@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import glob
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -109,7 +114,7 @@ def pytest_runtest_makereport(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "postgres_url" in getattr(item, "fixturenames", ()):
+        if {"postgres_url", "cluster"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
 
 
@@ -187,3 +192,102 @@ def fill(directory: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def _bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@dataclass
+class Cluster:
+    bindir: Path
+    data: Path
+    port: int
+    user_cmd: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run(
+            [
+                *self.user_cmd,
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-w",
+                "-l",
+                str(self.data / "log"),
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        self.ctl(
+            "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self.ctl("-m", "fast", "stop")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip("initdb/pg_ctl are not installed")
+    user_cmd: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        user_cmd = ["runuser", "-u", "postgres", "--"]
+    # Not under pytest's tmp_path: the postgres user must be able to reach the directory.
+    base = Path(tempfile.mkdtemp(prefix="aioabort-pgcluster-"))
+    data = base / "data"
+    data.mkdir()
+    if user_cmd:
+        shutil.chown(base, "postgres")
+        shutil.chown(data, "postgres")
+        base.chmod(0o755)
+    made = subprocess.run(
+        [
+            *user_cmd,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=False,
+        capture_output=True,
+        timeout=120,
+        text=True,
+    )
+    if made.returncode != 0:
+        raise RuntimeError(f"initdb failed: {made.stderr}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    own = Cluster(bindir, data, port, user_cmd)
+    own.start()
+    try:
+        yield own
+    finally:
+        subprocess.run(
+            [*user_cmd, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        shutil.rmtree(base, ignore_errors=True)

@@ -5,121 +5,15 @@ abort sent after it comes back is delivered; every record ends as it should."""
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 import aioabort
 from aioabort import TaskState
 
+from .conftest import Cluster
+
 pytestmark = pytest.mark.postgres
-
-
-def _bindir() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-@dataclass
-class Cluster:
-    bindir: Path
-    data: Path
-    port: int
-    user_cmd: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def ctl(self, *args: str) -> None:
-        subprocess.run(
-            [
-                *self.user_cmd,
-                str(self.bindir / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-w",
-                "-l",
-                str(self.data / "log"),
-                *args,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-    def start(self) -> None:
-        self.ctl(
-            "-o",
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off",
-            "start",
-        )
-
-    def stop(self) -> None:
-        self.ctl("-m", "fast", "stop")
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    bindir = _bindir()
-    if bindir is None:
-        pytest.skip("initdb/pg_ctl are not installed")
-    user_cmd: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        user_cmd = ["runuser", "-u", "postgres", "--"]
-    # Not under pytest's tmp_path: the postgres user must be able to reach the directory.
-    base = Path(tempfile.mkdtemp(prefix="aioabort-pgcluster-"))
-    data = base / "data"
-    data.mkdir()
-    if user_cmd:
-        shutil.chown(base, "postgres")
-        shutil.chown(data, "postgres")
-        base.chmod(0o755)
-    made = subprocess.run(
-        [
-            *user_cmd,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ],
-        check=False,
-        capture_output=True,
-        timeout=120,
-        text=True,
-    )
-    if made.returncode != 0:
-        raise RuntimeError(f"initdb failed: {made.stderr}")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    own = Cluster(bindir, data, port, user_cmd)
-    own.start()
-    try:
-        yield own
-    finally:
-        subprocess.run(
-            [*user_cmd, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_server_restart_mid_run_loses_nothing(cluster: Cluster) -> None:
