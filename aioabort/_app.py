@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar, final, overload
 import anyio
 
 from . import _runtime
+from ._aborting import Parts, stop_here
 from ._backend import OwnerInfo, Store
 from ._errors import AioabortError, AppClosed, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
@@ -271,17 +272,7 @@ class App:
             return
         reason = AbortReason(AbortReason.SHUTDOWN, "the aioabort App is closing")
         for scope in scopes:
-            try:
-                record = (await shielded(store.request_abort(scope.id, reason))).record
-            except AioabortError as exc:
-                # Not recorded, but the body stops all the same: shutting down is local.
-                logger.warning(
-                    "could not record the shutdown abort",
-                    extra={"action": "abort_failed", "task_id": scope.id, "error": str(exc)},
-                )
-                record = None
-            first = record.reason if record is not None and record.reason else reason
-            watcher.deliver(scope.id, first)
+            await stop_here(Parts(store, watcher), scope.id, reason)
         with anyio.move_on_after(self.shutdown_grace):
             await watcher.wait_idle()
 

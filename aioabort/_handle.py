@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
+from ._aborting import record_and_deliver
 from ._errors import TaskAborted, TaskFailed, TaskNotFound
 from ._runtime import resolve
-from ._shield import shielded
 from ._state import TaskRecord, TaskState
 from ._types import AbortReason, JSONValue, check_task_id, coerce_reason
 
@@ -70,17 +70,7 @@ class AbortHandle:
         :raises InvalidReason: for a bad reason (nothing is written).
         """
         abort_reason = coerce_reason(reason, by)
-        runtime = self._runtime()
-        outcome = await shielded(runtime.store.request_abort(self.id, abort_reason))
-        if outcome.recorded:
-            record = outcome.record
-            runtime.watcher.deliver(
-                self.id,
-                record.reason if record and record.reason else abort_reason,
-                record.attempts if record else None,
-            )
-            for child in outcome.children:
-                runtime.watcher.deliver(child.task_id, child.reason)
+        outcome = await record_and_deliver(self._runtime(), self.id, abort_reason)
         return outcome.recorded
 
     async def record(self) -> TaskRecord:

@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _runtime
+from ._aborting import stop_here
 from ._backend import StartResult, Store
 from ._errors import (
     AioabortError,
@@ -488,25 +489,9 @@ class AbortScope:
             f"time limit of {self._time_limit:g}s exceeded",
             by=f"time_limit@{runtime.owner}",
         )
-        task = asyncio.get_running_loop().create_task(self._abort_for(runtime, reason))
+        task = asyncio.get_running_loop().create_task(stop_here(runtime, self.id, reason))
         _background.add(task)
         task.add_done_callback(_background.discard)
-
-    async def _abort_for(self, runtime: _Bound, reason: AbortReason) -> None:
-        try:
-            outcome = await shielded(runtime.store.request_abort(self.id, reason))
-        except AioabortError:
-            logger.exception(
-                "could not record the time limit's abort",
-                extra={"action": "time_limit_failed", "task_id": self.id},
-            )
-            self._deliver_abort(reason)  # stop the body all the same
-            return
-        record = outcome.record
-        if outcome.recorded and record is not None:
-            runtime.watcher.deliver(self.id, record.reason or reason, record.attempts)
-            for child in outcome.children:
-                runtime.watcher.deliver(child.task_id, child.reason)
 
     async def _requeue(self, runtime: _Bound) -> None:
         store, task_id, owner = runtime.store, self.id, runtime.owner

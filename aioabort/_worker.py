@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
+from ._aborting import stop_here
 from ._errors import AioabortError, UsageError
 from ._runner import DEFAULT_QUEUE, _check_queue, execute, fail_unknown
 from ._shield import shielded
@@ -241,20 +242,7 @@ class Worker:
         runtime = self.app._runtime()
         reason = AbortReason(AbortReason.SHUTDOWN, "the worker is shutting down")
         for task_id in list(self._running):
-            try:
-                outcome = await shielded(runtime.store.request_abort(task_id, reason))
-            except AioabortError:
-                logger.exception(
-                    "could not record the shutdown abort",
-                    extra={"action": "shutdown_abort_failed", "task_id": task_id},
-                )
-                runtime.watcher.deliver(task_id, reason)  # shutting down is local: stop it
-                continue
-            record = outcome.record
-            if record is not None and record.reason is not None:
-                runtime.watcher.deliver(task_id, record.reason, record.attempts)
-            for child in outcome.children:
-                runtime.watcher.deliver(child.task_id, child.reason)
+            await stop_here(runtime, task_id, reason)
         # Aborted tasks record their end (bounded by the store's own timeouts).
         running = list(self._running.values())
         if running:

@@ -1,0 +1,71 @@
+"""Record an abort, then deliver it here and to the children: DESIGN rule 10, in one place.
+
+The request commits before anything is cancelled, so the record never lags the body. Then
+the scope open in this process for that id (if any) and the scopes of every unfinished child
+the store aborted with it are cancelled at once, without waiting for the watcher to see the
+change. Used by :meth:`AbortHandle.abort`, a scope's time limit, the worker's and the App's
+shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple, Protocol
+
+from ._backend import AbortOutcome, Store
+from ._errors import AioabortError
+from ._shield import shielded
+from ._types import AbortReason
+from ._watcher import Watcher
+
+logger = logging.getLogger("aioabort")
+
+
+class _Parts(Protocol):
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def watcher(self) -> Watcher: ...
+
+
+class Parts(NamedTuple):
+    """A store and a watcher, for callers that hold them apart (an App that is closing)."""
+
+    store: Store
+    watcher: Watcher
+
+
+async def record_and_deliver(runtime: _Parts, task_id: str, reason: AbortReason) -> AbortOutcome:
+    """Record an abort of ``task_id`` (shielded), then deliver it to the scopes open here.
+
+    :raises StoreError: when the request cannot be recorded (nothing is delivered then).
+    """
+    outcome = await shielded(runtime.store.request_abort(task_id, reason))
+    if outcome.recorded:
+        _deliver(runtime.watcher, task_id, reason, outcome)
+    return outcome
+
+
+async def stop_here(runtime: _Parts, task_id: str, reason: AbortReason) -> None:
+    """An abort that must stop this process's scope for ``task_id`` even when the store cannot
+    record it (a time limit, a shutdown): the failure is logged and the scope is stopped with
+    ``reason`` all the same; a task already aborting is stopped with its first reason."""
+    try:
+        outcome = await shielded(runtime.store.request_abort(task_id, reason))
+    except AioabortError:
+        logger.exception(
+            "could not record the abort; stopping the task here all the same",
+            extra={"action": "abort_failed", "task_id": task_id, "code": reason.code},
+        )
+        runtime.watcher.deliver(task_id, reason)
+        return
+    _deliver(runtime.watcher, task_id, reason, outcome)
+
+
+def _deliver(watcher: Watcher, task_id: str, reason: AbortReason, outcome: AbortOutcome) -> None:
+    record = outcome.record
+    first = record.reason if record is not None and record.reason is not None else reason
+    watcher.deliver(task_id, first, record.attempts if record is not None else None)
+    for child in outcome.children:
+        watcher.deliver(child.task_id, child.reason, child.attempt)
