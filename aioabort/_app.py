@@ -7,11 +7,10 @@ import inspect
 import logging
 import os
 import socket
-import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final, overload
 
@@ -22,6 +21,7 @@ from ._aborting import Parts, stop_here
 from ._backend import OwnerInfo, Store
 from ._errors import AioabortError, AppClosed, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
+from ._liveness import Liveness
 from ._redo import Redo
 from ._runner import DEFAULT_QUEUE, Task, _check_queue, task_name
 from ._shield import shielded
@@ -34,22 +34,6 @@ logger = logging.getLogger("aioabort")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class _Liveness:
-    """Which owners stopped heartbeating, judged by their counters and a monotonic clock."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[int, float]] = {}
-
-    def dead(self, beats: dict[str, int], now: float, stale_after: float) -> set[str]:
-        for owner, count in beats.items():
-            last = self._seen.get(owner)
-            if last is None or last[0] != count:
-                self._seen[owner] = (count, now)
-        for owner in set(self._seen) - set(beats):
-            del self._seen[owner]
-        return {owner for owner, (_, since) in self._seen.items() if now - since >= stale_after}
 
 
 @final
@@ -119,11 +103,10 @@ class App:
         self._store: Store | None = None
         self._watcher: Watcher | None = None
         self._owner: OwnerInfo | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
         self._tokens: list[object] = []
         self._state = "new"
         self._tasks: dict[str, Task[Any, Any]] = {}
-        self._liveness = _Liveness()
+        self._liveness: Liveness | None = None
         self._background: set[asyncio.Task[object]] = set()
         self._redo = Redo()
 
@@ -203,9 +186,10 @@ class App:
         # now so the first abort is not slow.
         with anyio.CancelScope() as warm:  # noqa: ASYNC100 - entering it is the point
             warm.cancel()
-        self._heartbeat_task = asyncio.get_running_loop().create_task(
-            self._heartbeat_forever(), name="aioabort-heartbeat"
+        self._liveness = Liveness(
+            store, owner, interval=self.heartbeat_interval, stale_after=self.stale_after
         )
+        self._liveness.start()
         self._state = "open"
         _runtime.add_default(self)
         logger.debug("app opened", extra={"action": "app_opened", "url": self.url})
@@ -238,11 +222,8 @@ class App:
                     await store.aclose()
 
     async def _stop_heartbeat(self) -> None:
-        task, self._heartbeat_task = self._heartbeat_task, None
-        if task is not None:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        if self._liveness is not None:
+            await self._liveness.stop()
 
     async def _release(self, store: Store, owner: OwnerInfo) -> None:
         unsent = await self._redo.aclose()
@@ -429,25 +410,6 @@ class App:
                 stacklevel=1,
             )
 
-    async def _heartbeat_forever(self) -> None:
-        store, owner = self._store, self._owner
-        assert store is not None and owner is not None
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                await shielded(store.heartbeat(owner))
-                lost = await self._reap_once(store)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
-                continue
-            if lost:
-                logger.warning(
-                    "tasks whose owner stopped heartbeating were ended as lost",
-                    extra={"action": "tasks_reaped", "task_ids": lost},
-                )
-
     # -- producer API ------------------------------------------------------------------------
 
     def handle(self, task_id: str) -> AbortHandle:
@@ -499,13 +461,6 @@ class App:
 
         Runs by itself every ``heartbeat_interval``; call it to reap at once.
         """
-        return await self._reap_once(self.store)
-
-    async def _reap_once(self, store: Store) -> list[str]:
-        # An owner is dead when its heartbeat counter has not moved for stale_after seconds
-        # of *this* process's monotonic clock: wall-clock jumps cannot kill live owners.
-        beats = await store.owner_beats()
-        dead = self._liveness.dead(beats, time.monotonic(), self.stale_after)
-        if self._owner is not None:
-            dead.discard(self._owner.id)
-        return await shielded(store.reap(sorted(dead)))
+        if self._liveness is None or not self.is_open:
+            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
+        return await self._liveness.reap()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -30,10 +29,11 @@ from ._errors import (
     TaskAlreadyStarted,
     UsageError,
 )
+from ._progress import Progress, check_report
 from ._redo import Redo
 from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState, end_state, should_requeue
-from ._types import MAX_REASON_MESSAGE_LENGTH, AbortReason, TaskError, check_task_id
+from ._types import AbortReason, TaskError, check_task_id
 from ._watcher import Watcher
 
 if TYPE_CHECKING:
@@ -120,12 +120,10 @@ class AbortScope:
         "_detached",
         "_early",
         "_enclosing",
-        "_flush_handle",
-        "_last_report",
         "_loop",
         "_name",
-        "_pending_report",
         "_preaborted",
+        "_progress",
         "_requested",
         "_result_json",
         "_retryable",
@@ -184,9 +182,7 @@ class AbortScope:
         self._runtime: _Bound | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token: contextvars.Token[AbortScope | None] | None = None
-        self._last_report = float("-inf")
-        self._pending_report: tuple[float | None, str | None] | None = None
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._progress: Progress | None = None
 
     def __repr__(self) -> str:
         return f"<AbortScope id={self.id!r} aborted={self.aborted} requested={self._requested}>"
@@ -251,59 +247,14 @@ class AbortScope:
 
         :raises UsageError: for progress outside 0..1 or a message over 2,000 characters.
         """
-        if progress is not None and (
-            isinstance(progress, bool)
-            or not isinstance(progress, int | float)
-            or not 0.0 <= progress <= 1.0
-        ):
-            raise UsageError(f"progress must be a number within 0..1, got {progress!r}")
-        if message is not None and (
-            not isinstance(message, str) or len(message) > MAX_REASON_MESSAGE_LENGTH
-        ):
-            raise UsageError("a progress message must be a str of at most 2000 characters")
-        runtime = self._runtime
-        if runtime is None or not self._body_running:
+        check_report(progress, message)
+        progress_writes = self._progress
+        if progress_writes is None or not self._body_running:
             raise UsageError("report() is only allowed inside the scope's body")
-        now = time.monotonic()
-        wait = self._last_report + self.report_interval - now
-        if wait > 0:
-            self._pending_report = (progress, message)
-            if self._flush_handle is None:
-                loop = asyncio.get_running_loop()
-                self._flush_handle = loop.call_later(wait, self._flush_soon)
-            return
-        self._last_report = now
-        self._pending_report = None
-        await shielded(
-            runtime.store.report(self.id, owner=runtime.owner, progress=progress, message=message)
-        )
+        await progress_writes.report(progress, message)
 
     #: The shortest time between two progress writes, in seconds.
     report_interval = 0.25
-
-    def _flush_soon(self) -> None:
-        self._flush_handle = None
-        if self._pending_report is not None and self._runtime is not None:
-            task = asyncio.get_running_loop().create_task(self._flush_report())
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-
-    async def _flush_report(self) -> None:
-        pending, self._pending_report = self._pending_report, None
-        runtime = self._runtime
-        if pending is None or runtime is None:
-            return
-        self._last_report = time.monotonic()
-        try:
-            await shielded(
-                runtime.store.report(
-                    self.id, owner=runtime.owner, progress=pending[0], message=pending[1]
-                )
-            )
-        except AioabortError:
-            logger.warning(
-                "could not store progress", extra={"action": "report_failed", "task_id": self.id}
-            )
 
     @asynccontextmanager
     async def cleanup(self, timeout: float = 5.0) -> AsyncIterator[anyio.CancelScope]:
@@ -347,6 +298,12 @@ class AbortScope:
         # Keep the parts, not the App: the exit must still record the end while the App closes.
         bound = self._runtime = _Bound(runtime.store, runtime.watcher, runtime.owner, runtime.redo)
         self._loop = asyncio.get_running_loop()
+        store, task_id, owner = runtime.store, self.id, runtime.owner
+
+        def write_progress(progress: float | None, message: str | None) -> Awaitable[bool]:
+            return store.report(task_id, owner=owner, progress=progress, message=message)
+
+        self._progress = Progress(self.id, write_progress, self.report_interval)
         parent = None if self._detached else _parent_scope()
         self.record = self._claimed
         runtime.watcher.register(self)
@@ -429,12 +386,9 @@ class AbortScope:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         try:
-            if self._pending_report is not None:
-                await self._flush_report()
+            if self._progress is not None:
+                await self._progress.flush()
             if self._preaborted:
                 # Aborted while PENDING: the record is already ABORTED; nothing to write.
                 self.aborted = True

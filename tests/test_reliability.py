@@ -184,12 +184,12 @@ async def test_aclose_completes_when_the_store_errors(sqlite_url: str) -> None:
 
     task = asyncio.create_task(body())
     await entered.wait()
-    heartbeat = app._heartbeat_task
-    assert heartbeat is not None
+    liveness = app._liveness
+    assert liveness is not None and liveness.is_running()
     with sqlite_write_lock(sqlite_path(sqlite_url)):
         await asyncio.wait_for(app.aclose(), 30)
     assert not app.is_open
-    assert heartbeat.done()
+    assert not liveness.is_running()
     scope = await asyncio.wait_for(task, 5)  # stopped by the local shutdown all the same
     assert scope.reason is not None and scope.reason.code == "shutdown"
     await app.aclose()  # a second close does nothing

@@ -1,0 +1,87 @@
+"""Heartbeats and reaping (DESIGN rule 9): a dead process cannot keep a task STARTED forever.
+
+Each open App heartbeats once per interval (one write for all its scopes) and reaps: running
+tasks whose owner's heartbeat counter has not moved for ``stale_after`` seconds of *this*
+process's monotonic clock end FAILURE with cause ``lost`` (or go back to PENDING if
+retryable), by compare-and-set. Judging by counters, never by clocks, means a wall-clock
+jump cannot kill a live owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from ._backend import OwnerInfo, Store
+from ._shield import shielded
+
+logger = logging.getLogger("aioabort")
+
+
+class OwnerClock:
+    """Which owners stopped heartbeating, judged by their counters and a monotonic clock."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def dead(self, beats: dict[str, int], now: float, stale_after: float) -> set[str]:
+        for owner, count in beats.items():
+            last = self._seen.get(owner)
+            if last is None or last[0] != count:
+                self._seen[owner] = (count, now)
+        for owner in set(self._seen) - set(beats):
+            del self._seen[owner]
+        return {owner for owner, (_, since) in self._seen.items() if now - since >= stale_after}
+
+
+class Liveness:
+    """This process's heartbeat and reaper, for one open store. Created by the App."""
+
+    def __init__(
+        self, store: Store, owner: OwnerInfo, *, interval: float, stale_after: float
+    ) -> None:
+        self._store = store
+        self._owner = owner
+        self._interval = interval
+        self._stale_after = stale_after
+        self._clock = OwnerClock()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._beat_forever(), name="aioabort-heartbeat"
+        )
+
+    def is_running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def reap(self) -> list[str]:
+        """End the running tasks of owners that stopped heartbeating; returns their ids."""
+        beats = await self._store.owner_beats()
+        dead = self._clock.dead(beats, time.monotonic(), self._stale_after)
+        dead.discard(self._owner.id)
+        return await shielded(self._store.reap(sorted(dead)))
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await shielded(self._store.heartbeat(self._owner))
+                lost = await self.reap()
+            except Exception:
+                logger.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
+                continue
+            if lost:
+                logger.warning(
+                    "tasks whose owner stopped heartbeating were ended as lost",
+                    extra={"action": "tasks_reaped", "task_ids": lost},
+                )
