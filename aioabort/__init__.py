@@ -1,17 +1,24 @@
 """aioabort: stop a running coroutine from any process, cleanly, with the reason recorded.
 
 Layout, lowest first; imports point one way:
+
   _types, _errors   values, ids and the error tree; no I/O
   _state            task states and their legal changes, pure functions; knows nothing of storage
-  _backend          the storage contract; backends/ implement it (SQLite, PostgreSQL), loaded by URL
-  _scope, _watcher, _handle   the consumer, the per-process watcher, the producer
-  _app, _runner, _worker   the App (store + watcher + heartbeat), tasks, the worker
-  web, aiohttp, cli        integrations on top
+  _backend          the storage contract; backends/ implement it (SQLite, PostgreSQL), loaded by
+                    URL scheme; testing.MemoryStore is the reference implementation
+  _shield, _redo    aioabort's own writes: shielded from cancellation, retried until they land
+  _scope, _progress, _watcher, _aborting, _handle
+                    the consumer, its progress, the per-process watcher, rule 10, the producer
+  _liveness, _app, _runner, _worker
+                    heartbeat and reaping, the App (composition root), tasks, the worker
+  web, aiohttp, cli integrations on top
 """
 
 from __future__ import annotations
 
+from . import testing as testing  # aioabort.testing.MemoryStore, for tests of applications
 from ._app import App
+from ._backend import Store
 from ._errors import (
     AioabortError,
     AppClosed,
@@ -63,6 +70,7 @@ __all__ = [
     "NoCurrentScope",
     "NotJSONSerializable",
     "ScopeAlreadyEntered",
+    "Store",
     "StoreBusy",
     "StoreError",
     "StoreUnavailable",

@@ -53,7 +53,11 @@ class App:
 
     :param url: ``sqlite:///path.db`` (a file, created on first use; ``sqlite:////abs/path.db``
         for an absolute path) or ``postgresql://user@host/db``. Without one, the App reads
-        ``$AIOABORT_URL`` each time it opens.
+        ``$AIOABORT_URL`` each time it opens. Other schemes come from
+        :func:`aioabort.backends.register_scheme` (``memory://name``: a
+        :class:`~aioabort.testing.MemoryStore` shared by the Apps of this process that name it).
+    :param store: a :class:`~aioabort.Store` instance to use instead of a URL, e.g.
+        ``App(store=aioabort.testing.MemoryStore())`` in an application's tests.
     :param heartbeat_interval: seconds between this process's heartbeats (one write each).
     :param stale_after: seconds without a heartbeat after which another process ends this
         process's running tasks as FAILURE (cause ``lost``).
@@ -63,6 +67,7 @@ class App:
         (``PRAGMA data_version``) and 1.0 on PostgreSQL (the safety net behind NOTIFY).
     :raises InvalidURL: for a missing or unknown URL.
     :raises MissingDriver: when the URL's driver is not installed.
+    :raises UsageError: for both a URL and a store, or bad settings.
     """
 
     _state = "new"
@@ -71,6 +76,7 @@ class App:
         self,
         url: str | None = None,
         *,
+        store: Store | None = None,
         heartbeat_interval: float = 5.0,
         stale_after: float = 30.0,
         shutdown_grace: float = 5.0,
@@ -78,7 +84,7 @@ class App:
     ) -> None:
         # Without a URL the App reads AIOABORT_URL each time it opens, so a module-level
         # ``app = aioabort.App()`` follows the environment (``aioabort --db URL worker ...``).
-        self._url_from_env = url is None
+        self._url_from_env = url is None and store is None
         if not heartbeat_interval > 0:
             raise UsageError(f"heartbeat_interval must be positive, got {heartbeat_interval!r}")
         if not stale_after > heartbeat_interval:
@@ -88,9 +94,18 @@ class App:
             )
         if poll_interval is not None and not 0 < poll_interval <= 60:
             raise UsageError(f"poll_interval must be within (0, 60] seconds, got {poll_interval!r}")
-        self._make_store: Callable[[], Store] | None = None
+        self._make_store: Callable[[float | None], Store] | None = None
         self.url: str = "$AIOABORT_URL"
-        if url is not None:
+        if store is not None:
+            if url is not None:
+                raise UsageError("pass either a URL or store=, not both")
+            if not isinstance(store, Store):
+                raise UsageError(f"store= must be an aioabort.Store, got {type(store).__name__}")
+            if poll_interval is not None:
+                raise UsageError("with store=, set the poll interval on the store itself")
+            self._make_store = lambda _poll_interval: store
+            self.url = store.display_url
+        elif url is not None:
             self._make_store = store_factory(url)
             self.url = redact(url)
         elif os.environ.get("AIOABORT_URL"):
@@ -167,9 +182,7 @@ class App:
             self._make_store, self.url = make_store, redact(env_url)
         assert make_store is not None
         self._state = "opening"
-        store = make_store()
-        if self.poll_interval is not None:
-            store.poll_interval = self.poll_interval
+        store = make_store(self.poll_interval)
         try:
             await store.open()
             owner = OwnerInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid())

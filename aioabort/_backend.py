@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ._errors import InvalidURL
 from ._state import StartDecision, TaskRecord, TaskState
 from ._types import AbortReason, TaskError
 
@@ -169,16 +170,47 @@ WatchedIds = Callable[[], Collection[str]]
 
 
 class Store(abc.ABC):
-    """The storage contract. One instance serves one open App.
+    """The storage contract. One instance serves one open App at a time.
 
     Every write runs in one short transaction and is a compare-and-set on the record's state:
-    a terminal record is never changed. Methods that write report whether they did.
+    a terminal record is never changed. Methods that write report whether they did. The legal
+    changes are :mod:`aioabort._state`'s; a store decides nothing of its own.
+
+    A store's duties beyond its methods:
+
+    * **Report changes.** Once :meth:`start_watching` was called, call ``on_change`` on the
+      event loop thread: with :class:`Change` (no aborts) after every write this store itself
+      committed, so a ``handle.wait()`` in this process wakes at once; and with the
+      :class:`AbortNotice` of every abort request committed by anyone (other processes
+      included), read at a cost per poll that does not grow with the ids watched.
+    * **Check URLs without I/O.** A store made from a URL (``App("scheme://...")``) is
+      registered with :func:`aioabort.backends.register_scheme`; :meth:`check_url` raises
+      :class:`InvalidURL` for a URL it cannot use (called at ``App()``), and :meth:`from_url`
+      makes the store (called at ``App.open()``). A store passed as ``App(store=...)`` needs
+      neither.
+    * **Shape errors.** Every error a method raises is an :class:`AioabortError`
+      (:class:`StoreUnavailable`, :class:`StoreBusy`, :class:`StoreError`, or
+      :class:`TaskAlreadyExists` from :meth:`create`), raised ``from`` the driver's error.
+    * **Bound its own time** (busy timeouts, command timeouts): aioabort runs its writes
+      shielded from cancellation and relies on them to end.
     """
 
     #: The store URL with any password removed, for messages and logs.
     display_url: str
-    #: Seconds between the change watcher's polls.
+    #: Seconds between the change watcher's polls (a class default a store may override).
     poll_interval: float
+
+    @classmethod  # noqa: B027 - optional: only stores made from a URL override it
+    def check_url(cls, url: str) -> None:
+        """Raise :class:`InvalidURL` if this store cannot use ``url``. No I/O."""
+
+    @classmethod
+    def from_url(cls, url: str, *, poll_interval: float | None = None) -> Store:
+        """The store for ``url`` (checked by :meth:`check_url`); no I/O until :meth:`open`.
+
+        :param poll_interval: the App's ``poll_interval=``, when it gave one.
+        """
+        raise InvalidURL(f"{cls.__name__} is not made from a URL")
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -129,13 +129,45 @@ def decide_start(state: TaskState | None, *, ever_started: bool) -> StartDecisio
     return StartDecision.ALREADY_FINISHED
 
 
+#: Abort codes that send a retryable task back to the queue instead of ending it.
+REQUEUE_CODES: frozenset[str] = frozenset({AbortReason.SHUTDOWN})
+
+#: States of a parent whose new children are born aborted (and started ones abort at once).
+PARENT_ABORTED_STATES: frozenset[TaskState] = frozenset({TaskState.ABORTING, TaskState.ABORTED})
+
+
 def should_requeue(*, retryable: bool, stopped_by_abort: bool, reason_code: str | None) -> bool:
     """Whether a task that just ended goes back to PENDING instead of its end state.
 
     Only a retryable task stopped by a worker's shutdown (an abort with code ``shutdown``) is
     requeued; an abort asked for by anyone else, a timeout or a failure is final.
     """
-    return retryable and stopped_by_abort and reason_code == "shutdown"
+    return retryable and stopped_by_abort and reason_code in REQUEUE_CODES
+
+
+def requeue_after_loss(record: TaskRecord) -> bool:
+    """Whether a running task whose owner was lost goes back to PENDING (else it is reaped
+    as FAILURE, cause ``lost``): a retryable one with no abort request other than
+    ``shutdown``."""
+    return record.retryable and (record.reason is None or record.reason.code in REQUEUE_CODES)
+
+
+def parent_reason(parent_id: str, reason: AbortReason) -> AbortReason:
+    """The reason a child gets when its parent ``parent_id`` is aborted with ``reason``."""
+    message = f"parent {parent_id} was aborted"
+    if reason.message:
+        message = f"{message}: {reason.message}"
+    return AbortReason(AbortReason.PARENT, message[:2000], reason.by, reason.at)
+
+
+def reaped_error(owner: str | None) -> TaskError:
+    """The error of a task whose owner stopped heartbeating."""
+    return TaskError(TaskError.LOST, "", f"owner {owner or '?'} stopped heartbeating")
+
+
+def released_error(owner: str) -> TaskError:
+    """The error of a task still running when its owner's App closed."""
+    return TaskError(TaskError.LOST, "", f"owner {owner} closed while the task was running")
 
 
 def end_state(*, stopped_by_abort: bool, failed: bool) -> TaskState:

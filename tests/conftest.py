@@ -83,9 +83,23 @@ def postgres_database() -> Iterator[str]:
         asyncio.run(drop())
 
 
-@pytest.fixture(params=STORES)
+#: The reference in-memory store joins the suite wherever nothing crosses a process.
+ALL_STORES = ["memory", *STORES]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``store_url`` runs every test on every store; modules marked ``real_stores`` (they
+    start other processes) run on the stores other processes can reach."""
+    if "store_url" in metafunc.fixturenames:
+        real_only = metafunc.definition.get_closest_marker("real_stores") is not None
+        metafunc.parametrize("store_url", STORES if real_only else ALL_STORES, indirect=True)
+
+
+@pytest.fixture
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     kind = request.param
+    if kind == "memory":
+        return f"memory://{uuid.uuid4().hex}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'aioabort.db'}"
     database: str = request.getfixturevalue("postgres_database")

@@ -11,10 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 import aioabort
 from aioabort import TaskState
 
 from .conftest import wait_until
+
+pytestmark = pytest.mark.real_stores  # they start other processes
 
 CHILD = Path(__file__).with_name("child_scope.py")
 

@@ -70,7 +70,7 @@ class StoreMachine(RuleBasedStateMachine):
     def open_stores(self, count: int) -> None:
         url = type(self).url_maker()
         for _ in range(count):
-            store = store_factory(url)()
+            store = store_factory(url)(None)
             self.run(store.open())
             owner = uuid.uuid4().hex
             self.run(store.heartbeat(aioabort._backend.OwnerInfo(owner, "test", 1)))
@@ -208,7 +208,11 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 def test_stores_follow_the_state_machine(store_url: str, tmp_path: Any) -> None:
-    if store_url.startswith("sqlite"):
+    if store_url.startswith("memory"):
+
+        def make() -> str:
+            return f"memory://m_{uuid.uuid4().hex}"
+    elif store_url.startswith("sqlite"):
 
         def make() -> str:
             return f"sqlite:///{tempfile.mkdtemp(dir=tmp_path)}/model.db"

@@ -209,8 +209,10 @@ async def _is_terminal(app: aioabort.App, task_id: str) -> bool:
 # -- a remembered abort belongs to the run it was meant for ----------------------------------
 
 
-def _retry_app(url: str, ran: list[str], hold: asyncio.Event, **options: float) -> aioabort.App:
-    app = aioabort.App(url, **options)
+def _retry_app(
+    url: str, ran: list[str], hold: asyncio.Event, poll_interval: float | None = None
+) -> aioabort.App:
+    app = aioabort.App(url, poll_interval=poll_interval)
 
     @app.task(retryable=True, name="reliability.retry_me")
     async def retry_me() -> str:

@@ -312,6 +312,7 @@ class _WriteBlocker:
             await self._pg.close()
 
 
+@pytest.mark.real_stores  # it holds a lock of the SQL stores from outside
 async def test_abort_during_the_final_write(app: aioabort.App, store_url: str) -> None:
     """The body returned; its SUCCESS write is in flight when an abort arrives."""
     blocker = _WriteBlocker(store_url)

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 import aioabort
 from aioabort import TaskState
 
 from .conftest import wait_until
+
+pytestmark = pytest.mark.real_stores  # they start other processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,6 +19,8 @@ from aioabort import TaskAborted, TaskState
 from . import worker_app
 from .conftest import wait_until
 
+pytestmark = pytest.mark.real_stores  # they start other processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -3,18 +3,49 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._backend import Store
-from .._errors import InvalidURL, MissingDriver
+from .._errors import InvalidURL, MissingDriver, UsageError
 
-#: scheme -> (module, class name, extra that installs its driver, driver module)
-_SCHEMES: dict[str, tuple[str, str, str | None, str]] = {
-    "sqlite": ("aioabort.backends.sqlite", "SQLiteStore", None, "aiosqlite"),
-    "postgresql": ("aioabort.backends.postgres", "PostgresStore", "postgres", "asyncpg"),
-    "postgres": ("aioabort.backends.postgres", "PostgresStore", "postgres", "asyncpg"),
-}
+#: scheme -> where its store lives; filled by register_scheme().
+_SCHEMES: dict[str, _Scheme] = {}
+
+
+class _Scheme(NamedTuple):
+    target: str  # "module:ClassName", imported when the scheme is first used
+    extra: str | None  # the aioabort extra that installs its driver
+    driver: str | None  # the driver's module, checked first for a clear MissingDriver
+
+
+def register_scheme(
+    scheme: str, target: str, *, extra: str | None = None, driver: str | None = None
+) -> None:
+    """Make ``App("scheme://...")`` use the :class:`~aioabort.Store` subclass ``target``
+    (``"package.module:ClassName"``, imported only when a URL of that scheme is used).
+
+    :param extra: the pip extra that installs its driver, named in :class:`MissingDriver`.
+    :param driver: the driver's module name, imported first so a missing one says so.
+    :raises UsageError: for a malformed scheme or target.
+    """
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme or ""):
+        raise UsageError(f"a URL scheme is lowercase letters, digits, '+', '.', '-': {scheme!r}")
+    if not re.fullmatch(r"[\w.]+:\w+", target or ""):
+        raise UsageError(f"a store target looks like 'package.module:ClassName': {target!r}")
+    _SCHEMES[scheme] = _Scheme(target, extra, driver)
+
+
+register_scheme("sqlite", "aioabort.backends.sqlite:SQLiteStore", driver="aiosqlite")
+register_scheme(
+    "postgresql", "aioabort.backends.postgres:PostgresStore", extra="postgres", driver="asyncpg"
+)
+register_scheme(
+    "postgres", "aioabort.backends.postgres:PostgresStore", extra="postgres", driver="asyncpg"
+)
+register_scheme("memory", "aioabort.testing:MemoryStore")
 
 
 #: Query parameters asyncpg (libpq) reads a secret from.
@@ -64,10 +95,10 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
 
 
-def store_factory(url: object) -> Callable[[], Store]:
-    """Check ``url`` and load its store's module; return a factory that makes the store.
-
-    No I/O happens here: the store connects when it is opened.
+def store_factory(url: object) -> Callable[[float | None], Store]:
+    """Check ``url`` and load its store's module; return a factory that makes the store
+    (given the App's ``poll_interval``). No I/O happens here: the store connects when it is
+    opened.
 
     :raises InvalidURL: for a URL that is not a string or has an unknown scheme.
     :raises MissingDriver: when the scheme's driver is not installed (names the extra).
@@ -78,20 +109,23 @@ def store_factory(url: object) -> Callable[[], Store]:
     if scheme not in _SCHEMES:
         known = ", ".join(sorted({"sqlite:///path.db", "postgresql://user@host/db"}))
         raise InvalidURL(f"unknown store URL {redact(url)!r}: expected one of {known}")
-    module_name, class_name, extra, driver = _SCHEMES[scheme]
-    try:
-        importlib.import_module(driver)
-    except ImportError as exc:
-        hint = f'pip install "aioabort[{extra}]"' if extra else f"pip install {driver}"
-        raise MissingDriver(
-            f"the {scheme} store needs the {driver} driver, which is not installed: {hint}"
-        ) from exc
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name)
+    target, extra, driver = _SCHEMES[scheme]
+    if driver is not None:
+        try:
+            importlib.import_module(driver)
+        except ImportError as exc:
+            hint = f'pip install "aioabort[{extra}]"' if extra else f"pip install {driver}"
+            raise MissingDriver(
+                f"the {scheme} store needs the {driver} driver, which is not installed: {hint}"
+            ) from exc
+    module_name, class_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Store)):
+        raise InvalidURL(f"{target} (registered for {scheme}://) is not an aioabort Store")
     cls.check_url(url)
 
-    def make() -> Store:
-        store: Store = cls(url)
+    def make(poll_interval: float | None) -> Store:
+        store: Store = cls.from_url(url, poll_interval=poll_interval)
         return store
 
     return make

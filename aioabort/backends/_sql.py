@@ -7,7 +7,14 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .._state import ABORTABLE_STATES, FINISHABLE_STATES, TaskRecord, TaskState, after_abort_request
+from .._state import (
+    ABORTABLE_STATES,
+    FINISHABLE_STATES,
+    PARENT_ABORTED_STATES,
+    TaskRecord,
+    TaskState,
+    after_abort_request,
+)
 from .._types import AbortReason, TaskError
 
 
@@ -42,16 +49,8 @@ def columns(alias: str) -> str:
     return ", ".join(f"{alias}.{name.strip()}" for name in COLUMNS.split(","))
 
 
-#: The states a child is aborted from when its parent is: the same rule as any abort.
-PARENT_ABORTED = "('ABORTING', 'ABORTED')"
-
-
-def parent_reason(parent_id: str, reason: AbortReason) -> AbortReason:
-    """The reason a child gets when its parent ``parent_id`` is aborted with ``reason``."""
-    message = f"parent {parent_id} was aborted"
-    if reason.message:
-        message = f"{message}: {reason.message}"
-    return AbortReason(AbortReason.PARENT, message[:2000], reason.by, reason.at)
+#: The states of a parent whose children are born aborted.
+PARENT_ABORTED = in_list(PARENT_ABORTED_STATES)
 
 
 def reason_from(

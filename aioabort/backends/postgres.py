@@ -52,7 +52,7 @@ from .._errors import (
     StoreUnavailable,
     TaskAlreadyExists,
 )
-from .._state import StartDecision, TaskRecord, TaskState, decide_start
+from .._state import StartDecision, TaskRecord, TaskState, decide_start, parent_reason
 from .._types import AbortReason, TaskError
 from . import _sql, mangled_userinfo, redact
 
@@ -430,7 +430,9 @@ class PostgresStore(Store):
     #: How long a write that is safe to repeat keeps retrying after losing its connection.
     reconnect_budget = 30.0
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, poll_interval: float | None = None) -> None:
+        if poll_interval is not None:
+            self.poll_interval = poll_interval
         self.display_url = redact(url)
         self.dsn, self.schema = parse_url(url)
         self.abort_channel = f"{self.schema}.aborts"
@@ -444,8 +446,12 @@ class PostgresStore(Store):
         self._finishes = GroupCommit(self._finish_batch)
         self._creates = GroupCommit(self._create_batch)
 
-    @staticmethod
-    def check_url(url: str) -> None:
+    @classmethod
+    def from_url(cls, url: str, *, poll_interval: float | None = None) -> PostgresStore:
+        return cls(url, poll_interval=poll_interval)
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
         parse_url(url)
 
     def spawn(self, coro: Awaitable[T]) -> asyncio.Future[T]:
@@ -684,7 +690,7 @@ class PostgresStore(Store):
         if row is None:
             return None
         reason = _sql.reason_from(row[0], row[1], row[2], row[3])
-        return None if reason is None else _sql.parent_reason(parent_id, reason)
+        return None if reason is None else parent_reason(parent_id, reason)
 
     async def _abort_one(
         self, conn: asyncpg.Connection, task_id: str, reason: AbortReason
@@ -782,7 +788,7 @@ class PostgresStore(Store):
         return await self._transaction(body)
 
     async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
-        child = _sql.parent_reason(task_id, reason)
+        child = parent_reason(task_id, reason)
         # One statement, so one round trip and one commit: the abort, the aborts of every
         # unfinished descendant, their log rows and their notifications commit together.
         row = await self._fetchrow(

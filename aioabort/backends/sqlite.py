@@ -50,7 +50,7 @@ from .._errors import (
     StoreUnavailable,
     TaskAlreadyExists,
 )
-from .._state import StartDecision, TaskRecord, TaskState, decide_start
+from .._state import StartDecision, TaskRecord, TaskState, decide_start, parent_reason
 from .._types import AbortReason, TaskError
 from . import _sql
 
@@ -352,7 +352,9 @@ class SQLiteStore(Store):
     #: How long a write keeps retrying a locked database before raising StoreBusy.
     write_budget = 30.0
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, poll_interval: float | None = None) -> None:
+        if poll_interval is not None:
+            self.poll_interval = poll_interval
         self.display_url = url
         self._path = parse_path(url)
         self._memory = self._path == ":memory:"
@@ -367,8 +369,12 @@ class SQLiteStore(Store):
         self._finishes = GroupCommit(self._finish_batch)
         self._creates = GroupCommit(self._create_batch)
 
-    @staticmethod
-    def check_url(url: str) -> None:
+    @classmethod
+    def from_url(cls, url: str, *, poll_interval: float | None = None) -> SQLiteStore:
+        return cls(url, poll_interval=poll_interval)
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
         parse_path(url)
 
     # -- connection --------------------------------------------------------------------------
@@ -629,7 +635,7 @@ class SQLiteStore(Store):
         if not rows:
             return None
         reason = _sql.reason_from(rows[0][0], rows[0][1], rows[0][2], _ts(rows[0][3]))
-        return None if reason is None else _sql.parent_reason(parent_id, reason)
+        return None if reason is None else parent_reason(parent_id, reason)
 
     def _abort_unlocked(
         self, tx: _Tx, task_id: str, reason: AbortReason, now: float
@@ -690,7 +696,7 @@ class SQLiteStore(Store):
             record = self._abort_unlocked(tx, task_id, reason, now)
             if record is None:
                 return AbortOutcome(False, self._get(tx, task_id))
-            child_reason = _sql.parent_reason(task_id, reason)
+            child_reason = parent_reason(task_id, reason)
             rows = tx.fetch(
                 "WITH RECURSIVE family(id) AS ("
                 "SELECT id FROM aioabort_tasks WHERE parent_id = ? "

@@ -1,0 +1,435 @@
+"""An in-process store for testing code that uses aioabort: the reference implementation of
+the :class:`~aioabort.Store` contract.
+
+Use it in an application's tests, with no database::
+
+    from aioabort.testing import MemoryStore
+
+    async def test_export_stops_when_aborted():
+        async with aioabort.App(store=MemoryStore()) as app:
+            ...
+
+Every rule comes from :mod:`aioabort._state`, as in the SQL stores; each operation is one
+step on the event loop (no awaits inside), which is what makes it atomic. Several
+``MemoryStore`` instances on one :class:`MemoryDatabase` behave like several processes on one
+database: each has its own owner, and aborts reach the watchers of all of them. The URL
+``memory://name`` gives the Apps of a process that name it one shared database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+from collections.abc import Collection
+from datetime import UTC, datetime
+from typing import Any
+
+from ._backend import (
+    AbortNotice,
+    AbortOutcome,
+    Change,
+    ChangeCallback,
+    OwnerInfo,
+    StartResult,
+    Store,
+    StoreStatistics,
+    WatchedIds,
+)
+from ._errors import AppClosed, InvalidURL, TaskAlreadyExists
+from ._state import (
+    ABORTABLE_STATES,
+    FINISHABLE_STATES,
+    REAPABLE_STATES,
+    StartDecision,
+    TaskRecord,
+    TaskState,
+    after_abort_request,
+    decide_start,
+    parent_reason,
+    reaped_error,
+    released_error,
+    requeue_after_loss,
+)
+from ._types import AbortReason, TaskError
+
+__all__ = ["MemoryDatabase", "MemoryStore"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryDatabase:
+    """The records, owners and watchers that :class:`MemoryStore` instances share."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskRecord] = {}
+        self.order: dict[str, int] = {}  # insertion order: ties of created_at keep it
+        self.beats: dict[str, int] = {}
+        self.watchers: list[tuple[asyncio.AbstractEventLoop, ChangeCallback]] = []
+        self._counter = itertools.count()
+
+    def insert(self, record: TaskRecord) -> None:
+        self.tasks[record.id] = record
+        self.order[record.id] = next(self._counter)
+
+    def announce(self, notices: tuple[AbortNotice, ...] = ()) -> None:
+        """Tell every watcher, on its own loop, after the current step (never inline)."""
+        for loop, on_change in list(self.watchers):
+            loop.call_soon_threadsafe(on_change, Change(notices))
+
+
+#: Databases named by ``memory://name`` URLs in this process.
+_NAMED: dict[str, MemoryDatabase] = {}
+
+
+class MemoryStore(Store):
+    """The reference store: every record in memory, shared through a :class:`MemoryDatabase`.
+
+    :param database: the database to share with other stores (a new one by default).
+    """
+
+    poll_interval = 0.0  # changes are pushed; nothing polls
+
+    def __init__(self, database: MemoryDatabase | None = None) -> None:
+        self.db = database if database is not None else MemoryDatabase()
+        self.display_url = "memory://"
+        self._open = False
+        self._watching: tuple[asyncio.AbstractEventLoop, ChangeCallback] | None = None
+        self._statements = 0
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        if not url.lower().startswith("memory://"):
+            raise InvalidURL(f"a memory URL looks like memory://name, got {url!r}")
+
+    @classmethod
+    def from_url(cls, url: str, *, poll_interval: float | None = None) -> MemoryStore:
+        name = url[len("memory://") :]
+        store = cls(_NAMED.setdefault(name, MemoryDatabase()))
+        store.display_url = url
+        return store
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def aclose(self) -> None:
+        self._open = False
+        if self._watching is not None and self._watching in self.db.watchers:
+            self.db.watchers.remove(self._watching)
+        self._watching = None
+
+    async def start_watching(self, on_change: ChangeCallback, watched: WatchedIds) -> None:
+        self._watching = (asyncio.get_running_loop(), on_change)
+        self.db.watchers.append(self._watching)
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(statements=self._statements)
+
+    def _step(self) -> dict[str, TaskRecord]:
+        """Every operation starts here: the store must be open; one "statement" is counted."""
+        if not self._open:
+            raise AppClosed("the memory store is not open")
+        self._statements += 1
+        return self.db.tasks
+
+    def _local_change(self) -> None:
+        if self._watching is not None:
+            loop, on_change = self._watching
+            loop.call_soon(on_change, Change())
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        task_id: str,
+        *,
+        name: str | None,
+        queue: str | None = None,
+        args_json: str | None = None,
+        parent_id: str | None = None,
+        retryable: bool = False,
+    ) -> TaskRecord:
+        tasks = self._step()
+        if task_id in tasks:
+            raise TaskAlreadyExists(task_id)
+        record = TaskRecord(
+            id=task_id,
+            name=name,
+            state=TaskState.PENDING,
+            reason=None,
+            result=None,
+            error=None,
+            progress=None,
+            message=None,
+            created_at=_now(),
+            started_at=None,
+            finished_at=None,
+            owner=None,
+            parent_id=parent_id,
+            queue=queue,
+            args=None if args_json is None else json.loads(args_json),
+            retryable=retryable,
+        )
+        self.db.insert(record)
+        inherited = self._aborted_parent(parent_id)
+        if inherited is not None:  # born into an aborted family: never runs
+            record = self._abort(task_id, inherited)
+            self.db.announce((AbortNotice(task_id, inherited, record.attempts),))
+        self._local_change()
+        return record
+
+    async def start(
+        self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
+    ) -> StartResult:
+        tasks = self._step()
+        current = tasks.get(task_id)
+        decision = decide_start(
+            None if current is None else current.state,
+            ever_started=current is not None and current.started_at is not None,
+        )
+        now = _now()
+        if decision is StartDecision.CREATE:
+            record = TaskRecord(
+                id=task_id,
+                name=name,
+                state=TaskState.STARTED,
+                reason=None,
+                result=None,
+                error=None,
+                progress=None,
+                message=None,
+                created_at=now,
+                started_at=now,
+                finished_at=None,
+                owner=owner,
+                parent_id=parent_id,
+                attempts=1,
+            )
+            self.db.insert(record)
+            inherited = self._aborted_parent(parent_id)
+            if inherited is not None:  # started under an aborting parent: aborting already
+                record = self._abort(task_id, inherited)
+        elif decision is StartDecision.START:
+            assert current is not None
+            record = self._put(
+                current,
+                state=TaskState.STARTED,
+                owner=owner,
+                started_at=now,
+                name=current.name if current.name is not None else name,
+                attempts=current.attempts + 1,
+            )
+        else:
+            assert current is not None
+            return StartResult(decision, current)
+        self._local_change()
+        return StartResult(decision, record)
+
+    async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
+        tasks = self._step()
+        waiting = sorted(
+            (r for r in tasks.values() if r.state is TaskState.PENDING and r.queue in queues),
+            key=lambda r: (r.created_at, self.db.order[r.id]),
+        )
+        now = _now()
+        claimed = [
+            self._put(
+                r, state=TaskState.STARTED, owner=owner, started_at=now, attempts=r.attempts + 1
+            )
+            for r in waiting[:limit]
+        ]
+        if claimed:
+            self._local_change()
+        return claimed
+
+    async def has_pending(self, queues: Collection[str]) -> bool:
+        tasks = self._step()
+        return any(r.state is TaskState.PENDING and r.queue in queues for r in tasks.values())
+
+    async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
+        tasks = self._step()
+        current = tasks.get(task_id)
+        if current is None or current.owner != owner or current.state not in FINISHABLE_STATES:
+            return current
+        record = self._back_to_queue(current)
+        self._local_change()
+        return record
+
+    async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
+        tasks = self._step()
+        current = tasks.get(task_id)
+        if current is None or current.state not in ABORTABLE_STATES:
+            return AbortOutcome(False, current)
+        record = self._abort(task_id, reason)
+        child = parent_reason(task_id, reason)
+        children = tuple(
+            AbortNotice(kid.id, child, kid.attempts)
+            for kid in (self._abort(d, child) for d in self._descendants(task_id))
+        )
+        self.db.announce((AbortNotice(task_id, reason, record.attempts), *children))
+        self._local_change()
+        return AbortOutcome(True, record, children)
+
+    async def finish(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        state: TaskState,
+        result_json: str | None = None,
+        error: TaskError | None = None,
+    ) -> TaskRecord | None:
+        tasks = self._step()
+        current = tasks.get(task_id)
+        if current is None or current.owner != owner or current.state not in FINISHABLE_STATES:
+            return current
+        record = self._put(
+            current,
+            state=state,
+            result=None if result_json is None else json.loads(result_json),
+            error=error,
+            finished_at=_now(),
+        )
+        self._local_change()
+        return record
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return self._step().get(task_id)
+
+    async def list_tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        tasks = self._step()
+        wanted = [
+            r
+            for r in tasks.values()
+            if (not states or r.state in states) and (name is None or r.name == name)
+        ]
+        wanted.sort(key=lambda r: r.id)
+        wanted.sort(key=lambda r: r.created_at, reverse=True)
+        return wanted[offset : offset + limit]
+
+    async def count_tasks(self) -> dict[TaskState, int]:
+        counts: dict[TaskState, int] = {}
+        for record in self._step().values():
+            counts[record.state] = counts.get(record.state, 0) + 1
+        return counts
+
+    async def report(
+        self, task_id: str, *, owner: str, progress: float | None, message: str | None
+    ) -> bool:
+        tasks = self._step()
+        current = tasks.get(task_id)
+        if current is None or current.owner != owner or current.state not in FINISHABLE_STATES:
+            return False
+        self._put(
+            current,
+            progress=current.progress if progress is None else progress,
+            message=current.message if message is None else message,
+        )
+        return True
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    async def heartbeat(self, owner: OwnerInfo) -> None:
+        self._step()
+        self.db.beats[owner.id] = self.db.beats.get(owner.id, 0) + 1
+
+    async def owner_beats(self) -> dict[str, int]:
+        self._step()
+        return dict(self.db.beats)
+
+    async def reap(self, dead: Collection[str]) -> list[str]:
+        tasks = self._step()
+        gone = set(dead)
+        lost = [
+            r
+            for r in tasks.values()
+            if r.state in REAPABLE_STATES
+            and (r.owner is None or r.owner in gone or r.owner not in self.db.beats)
+        ]
+        ids = []
+        for record in lost:
+            if requeue_after_loss(record):
+                self._back_to_queue(record)
+            else:
+                self._put(
+                    record,
+                    state=TaskState.FAILURE,
+                    error=reaped_error(record.owner),
+                    finished_at=_now(),
+                )
+            ids.append(record.id)
+        for owner in gone:
+            self.db.beats.pop(owner, None)
+        if ids:
+            self.db.announce()
+        return ids
+
+    async def release_owner(self, owner: str) -> list[str]:
+        tasks = self._step()
+        mine = [r for r in tasks.values() if r.owner == owner and r.state in FINISHABLE_STATES]
+        for record in mine:
+            self._put(
+                record, state=TaskState.FAILURE, error=released_error(owner), finished_at=_now()
+            )
+        self.db.beats.pop(owner, None)
+        if mine:
+            self.db.announce()
+        return [r.id for r in mine]
+
+    # -- the rules, applied to records -------------------------------------------------------
+
+    def _put(self, record: TaskRecord, **changes: Any) -> TaskRecord:
+        updated = dataclasses.replace(record, **changes)
+        self.db.tasks[record.id] = updated
+        return updated
+
+    def _abort(self, task_id: str, reason: AbortReason) -> TaskRecord:
+        record = self.db.tasks[task_id]
+        target = after_abort_request(record.state)
+        assert target is not None, "only abortable records are aborted"
+        finished = _now() if target.is_terminal else record.finished_at
+        return self._put(record, state=target, reason=reason, finished_at=finished)
+
+    def _back_to_queue(self, record: TaskRecord) -> TaskRecord:
+        return self._put(
+            record,
+            state=TaskState.PENDING,
+            owner=None,
+            started_at=None,
+            reason=None,
+            progress=None,
+            message=None,
+        )
+
+    def _aborted_parent(self, parent_id: str | None) -> AbortReason | None:
+        parent = None if parent_id is None else self.db.tasks.get(parent_id)
+        if parent is None or parent.reason is None:
+            return None
+        if parent.state not in (TaskState.ABORTING, TaskState.ABORTED):
+            return None
+        return parent_reason(parent.id, parent.reason)
+
+    def _descendants(self, task_id: str) -> list[str]:
+        """Unfinished, abortable descendants of ``task_id``, nearest first."""
+        found: list[str] = []
+        frontier = [task_id]
+        while frontier:
+            parent = frontier.pop(0)
+            for record in list(self.db.tasks.values()):
+                if record.parent_id == parent and record.id not in found:
+                    frontier.append(record.id)
+                    if record.state in ABORTABLE_STATES:
+                        found.append(record.id)
+        return found
