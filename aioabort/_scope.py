@@ -248,10 +248,17 @@ class AbortScope:
         :raises UsageError: for progress outside 0..1 or a message over 2,000 characters.
         """
         check_report(progress, message)
-        progress_writes = self._progress
-        if progress_writes is None or not self._body_running:
+        runtime = self._runtime
+        if runtime is None or not self._body_running:
             raise UsageError("report() is only allowed inside the scope's body")
-        await progress_writes.report(progress, message)
+        if self._progress is None:  # made on first use: most scopes never report
+            store, task_id, owner = runtime.store, self.id, runtime.owner
+
+            def write(progress: float | None, message: str | None) -> Awaitable[bool]:
+                return store.report(task_id, owner=owner, progress=progress, message=message)
+
+            self._progress = Progress(self.id, write, self.report_interval)
+        await self._progress.report(progress, message)
 
     #: The shortest time between two progress writes, in seconds.
     report_interval = 0.25
@@ -298,12 +305,6 @@ class AbortScope:
         # Keep the parts, not the App: the exit must still record the end while the App closes.
         bound = self._runtime = _Bound(runtime.store, runtime.watcher, runtime.owner, runtime.redo)
         self._loop = asyncio.get_running_loop()
-        store, task_id, owner = runtime.store, self.id, runtime.owner
-
-        def write_progress(progress: float | None, message: str | None) -> Awaitable[bool]:
-            return store.report(task_id, owner=owner, progress=progress, message=message)
-
-        self._progress = Progress(self.id, write_progress, self.report_interval)
         parent = None if self._detached else _parent_scope()
         self.record = self._claimed
         runtime.watcher.register(self)

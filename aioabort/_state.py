@@ -160,14 +160,22 @@ def parent_reason(parent_id: str, reason: AbortReason) -> AbortReason:
     return AbortReason(AbortReason.PARENT, message[:2000], reason.by, reason.at)
 
 
+#: What a requeue clears on the record, besides moving it to PENDING (a fresh run).
+REQUEUE_CLEARS: tuple[str, ...] = ("owner", "started_at", "reason", "progress", "message")
+
+#: The messages of a lost task's error; ``{owner}`` is the owner's id (``?`` if none).
+REAPED_MESSAGE = "owner {owner} stopped heartbeating"
+RELEASED_MESSAGE = "owner {owner} closed while the task was running"
+
+
 def reaped_error(owner: str | None) -> TaskError:
     """The error of a task whose owner stopped heartbeating."""
-    return TaskError(TaskError.LOST, "", f"owner {owner or '?'} stopped heartbeating")
+    return TaskError(TaskError.LOST, "", REAPED_MESSAGE.format(owner=owner or "?"))
 
 
 def released_error(owner: str) -> TaskError:
     """The error of a task still running when its owner's App closed."""
-    return TaskError(TaskError.LOST, "", f"owner {owner} closed while the task was running")
+    return TaskError(TaskError.LOST, "", RELEASED_MESSAGE.format(owner=owner))
 
 
 def end_state(*, stopped_by_abort: bool, failed: bool) -> TaskState:

@@ -42,6 +42,7 @@ from ._state import (
     ABORTABLE_STATES,
     FINISHABLE_STATES,
     REAPABLE_STATES,
+    REQUEUE_CLEARS,
     StartDecision,
     TaskRecord,
     TaskState,
@@ -403,15 +404,8 @@ class MemoryStore(Store):
         return self._put(record, state=target, reason=reason, finished_at=finished)
 
     def _back_to_queue(self, record: TaskRecord) -> TaskRecord:
-        return self._put(
-            record,
-            state=TaskState.PENDING,
-            owner=None,
-            started_at=None,
-            reason=None,
-            progress=None,
-            message=None,
-        )
+        cleared: dict[str, Any] = dict.fromkeys(REQUEUE_CLEARS)
+        return self._put(record, state=TaskState.PENDING, **cleared)
 
     def _aborted_parent(self, parent_id: str | None) -> AbortReason | None:
         parent = None if parent_id is None else self.db.tasks.get(parent_id)

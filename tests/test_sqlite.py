@@ -10,7 +10,8 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
-from aioabort.backends.sqlite import SCHEMA_VERSION, SQLiteStore
+from aioabort.backends._sqlstore import SCHEMA_VERSION
+from aioabort.backends.sqlite import SQLiteStore
 
 from .conftest import wait_until
 
@@ -246,9 +247,7 @@ async def test_unclosed_app_warns(sqlite_url: str) -> None:
     await app.aclose()
 
 
-async def test_a_stalled_event_loop_never_holds_the_write_lock(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_stalled_event_loop_never_holds_the_write_lock(sqlite_url: str) -> None:
     """The loop stalls at the worst moment: just as this process's write transaction began.
     Another writer (a plain connection, as another process would be) must still get the lock
     within its own busy timeout, because the transaction does not wait for the loop."""
@@ -274,18 +273,16 @@ async def test_a_stalled_event_loop_never_holds_the_write_lock(
         writer.join(timeout=10)
 
     stalled = threading.Event()
-    count = SQLiteStore._count_statement
 
-    def traced(self: SQLiteStore, sql: str) -> None:
-        count(self, sql)
-        if sql.startswith("BEGIN IMMEDIATE") and armed.is_set() and not stalled.is_set():
+    def traced(sql: str) -> None:  # SQLite calls it in the driver's thread
+        if sql.startswith("BEGIN IMMEDIATE") and not stalled.is_set():
             stalled.set()
             loop.call_soon_threadsafe(stall)
 
-    armed = threading.Event()
-    monkeypatch.setattr(SQLiteStore, "_count_statement", traced)
     async with aioabort.App(sqlite_url) as app:
-        armed.set()
+        store = app.store
+        assert isinstance(store, SQLiteStore) and store._conn is not None
+        await store._conn.set_trace_callback(traced)
         await app.create("during-a-stall")
         assert stalled.is_set()
         assert outcome == ["got the lock"], outcome

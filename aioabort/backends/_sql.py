@@ -11,6 +11,10 @@ from .._state import (
     ABORTABLE_STATES,
     FINISHABLE_STATES,
     PARENT_ABORTED_STATES,
+    REAPED_MESSAGE,
+    RELEASED_MESSAGE,
+    REQUEUE_CLEARS,
+    REQUEUE_CODES,
     TaskRecord,
     TaskState,
     after_abort_request,
@@ -42,6 +46,36 @@ COLUMNS = (
     "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at, "
     "retryable, attempts"
 )
+
+
+COLUMN_COUNT = len(COLUMNS.split(","))
+
+#: The record's fields as columns (a reason is four).
+_FIELD_COLUMNS = {"reason": ("abort_code", "abort_message", "abort_by", "abort_at")}
+
+
+def requeue_reset() -> str:
+    """The ``SET`` list of a requeue: PENDING, and :data:`REQUEUE_CLEARS` cleared."""
+    cleared = [c for f in REQUEUE_CLEARS for c in _FIELD_COLUMNS.get(f, (f,))]
+    return ", ".join(["state = 'PENDING'", *(f"{c} = NULL" for c in cleared)])
+
+
+def requeue_when() -> str:
+    """The guard that sends a lost retryable task back to the queue (``requeue_after_loss``)."""
+    codes = ", ".join(f"'{code}'" for code in sorted(REQUEUE_CODES))
+    return f"retryable AND (abort_code IS NULL OR abort_code IN ({codes}))"
+
+
+def lost_error(json_object: str, *, reaped: bool) -> str:
+    """An expression for the JSON error of a lost task, the owner taken from each row.
+
+    :param json_object: the dialect's JSON constructor, ``{}`` standing for its arguments.
+    """
+    before, after = (REAPED_MESSAGE if reaped else RELEASED_MESSAGE).split("{owner}")
+    message = f"'{before}' || COALESCE(owner, '?') || '{after}'"
+    return json_object.replace(
+        "{}", f"'cause', '{TaskError.LOST}', 'type', '', 'message', {message}"
+    )
 
 
 def columns(alias: str) -> str:

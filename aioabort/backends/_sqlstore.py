@@ -1,0 +1,457 @@
+"""The SQL store: each operation's flow written once, over a small connection protocol.
+
+A dialect supplies its statements in one named-query file (``sql/sqlite.sql``,
+``sql/postgres.sql``: the same names, the same numbered parameters) and its driver supplies
+three things: a write transaction, a single statement, and how timestamps come back. Rules
+that :mod:`aioabort._state` owns (guards, the requeue rule, the lost-task error, the columns a
+requeue clears) are put into the statements at load time, never retyped in SQL.
+
+Statements are counted here, in :meth:`SQLStore._rows`, for every caller. Local writes are
+announced here (:meth:`SQLStore._write`), which is the store's duty towards ``handle.wait()``.
+A dialect may override an operation where one statement beats the generic flow; PostgreSQL's
+one-round-trip :meth:`request_abort` is that exception.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import re
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import datetime
+from importlib import resources
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from .._backend import (
+    AbortNotice,
+    AbortOutcome,
+    Change,
+    ChangeCallback,
+    Finish,
+    NewTask,
+    OwnerInfo,
+    StartResult,
+    Store,
+    StoreStatistics,
+)
+from .._errors import StoreUnavailable, TaskAlreadyExists
+from .._state import StartDecision, TaskRecord, TaskState, decide_start, parent_reason
+from .._types import AbortReason, TaskError
+from . import _sql
+from ._batch import GroupCommit
+
+T = TypeVar("T")
+
+#: The schema version both dialects create; a newer one in the database is refused.
+SCHEMA_VERSION = 1
+#: How many abort-log entries are kept (watchers read only entries newer than their start);
+#: pruned by sequence number, so no clock is involved.
+ABORT_LOG_KEEP = 100_000
+
+Row = Sequence[Any]
+
+
+class Connection(Protocol):
+    """What a flow needs of a connection inside a transaction: run one statement."""
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> Sequence[Row]: ...
+
+
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def load_queries(dialect: str, values: dict[str, str]) -> dict[str, str]:
+    """The named queries of ``sql/<dialect>.sql``, with ``{placeholders}`` filled from
+    ``values`` (an unknown placeholder is a bug in the file, and fails loudly)."""
+    text = resources.files(__package__).joinpath(f"sql/{dialect}.sql").read_text("utf-8")
+    parts = _NAME.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+        sql = "\n".join(lines).strip().rstrip(";")
+
+        def fill(match: re.Match[str], query: str = name) -> str:
+            key = match.group(1)
+            if key not in values:
+                raise KeyError(f"{dialect}.sql, query {query}: unknown placeholder {{{key}}}")
+            return values[key]
+
+        queries[name] = _PLACEHOLDER.sub(fill, sql)
+    return queries
+
+
+def rule_values(json_object: str) -> dict[str, str]:
+    """The placeholders both dialects share, generated from :mod:`aioabort._state`.
+
+    :param json_object: the dialect's JSON object constructor, ``{}`` standing for its
+        arguments (``json_object({})``, ``json_build_object({})::text``).
+    """
+    return {
+        "all_states": _sql.in_list(list(TaskState)),
+        "running": _sql.RUNNING,
+        "abortable": _sql.ABORTABLE,
+        "parent_aborted": _sql.PARENT_ABORTED,
+        "abort_case": _sql.abort_case(),
+        "columns": _sql.COLUMNS,
+        "requeue_reset": _sql.requeue_reset(),
+        "requeue_when": _sql.requeue_when(),
+        "reaped_error": _sql.lost_error(json_object, reaped=True),
+        "released_error": _sql.lost_error(json_object, reaped=False),
+    }
+
+
+class SQLStore(Store, abc.ABC):
+    """A store over SQL: the flows of every operation; a driver subclass connects.
+
+    Subclasses set :attr:`dialect`, fill :attr:`queries` with :func:`load_queries`, and
+    implement :meth:`_transaction`, :meth:`_statement`, :meth:`_timestamp` (and the watching
+    side of the contract).
+    """
+
+    #: The named-query file: ``sql/<dialect>.sql``.
+    dialect: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.queries: dict[str, str] = {}
+        self._statements = 0
+        self._on_change: ChangeCallback | None = None
+        self._finishes = GroupCommit(self._finish_batch)
+        self._creates = GroupCommit(self._create_batch)
+
+    # -- what a driver provides --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _transaction(self, body: Callable[[Connection], Awaitable[T]], *, retry: bool) -> T:
+        """Run ``body`` in one write transaction (committed, or rolled back on any error).
+
+        :param retry: the writes are safe to repeat (compare-and-sets): the driver may run
+            the body again on a fresh connection after losing one.
+        """
+
+    @abc.abstractmethod
+    async def _statement(
+        self, sql: str, args: Sequence[Any], *, write: bool, retry: bool
+    ) -> list[Row]:
+        """Run one statement on its own (its own implicit transaction) and return its rows."""
+
+    @abc.abstractmethod
+    def _timestamp(self, value: Any) -> datetime | None:
+        """A stored timestamp as an aware datetime."""
+
+    def _param(self, value: Any) -> Any:
+        """A flow's argument as the driver takes it: lists as JSON arrays."""
+        if isinstance(value, list | tuple):
+            return json.dumps(value)
+        return value
+
+    # -- running statements ------------------------------------------------------------------
+
+    async def _rows(self, conn: Connection, name: str, *args: Any) -> list[Row]:
+        """Run the named query on ``conn`` (inside a flow's transaction)."""
+        self._statements += 1
+        return list(await conn.fetch(self.queries[name], [self._param(a) for a in args]))
+
+    async def _row(self, conn: Connection, name: str, *args: Any) -> Row | None:
+        rows = await self._rows(conn, name, *args)
+        return rows[0] if rows else None
+
+    async def _one(
+        self, name: str, *args: Any, write: bool = False, retry: bool = False
+    ) -> list[Row]:
+        """Run the named query as a statement of its own; a write is announced."""
+        self._statements += 1
+        rows = await self._statement(
+            self.queries[name], [self._param(a) for a in args], write=write, retry=retry
+        )
+        if write:
+            self._changed()
+        return rows
+
+    async def _write(self, body: Callable[[Connection], Awaitable[T]], *, retry: bool) -> T:
+        """A flow's transaction; once committed, the change is announced here."""
+        result = await self._transaction(body, retry=retry)
+        self._changed()
+        return result
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(Change())
+
+    def _record(self, row: Row) -> TaskRecord:
+        return _sql.record_from_row(tuple(row)[: _sql.COLUMN_COUNT], self._timestamp)
+
+    def _reason(self, row: Row) -> AbortReason | None:
+        return _sql.reason_from(row[0], row[1], row[2], self._timestamp(row[3]))
+
+    def notices(self, rows: Sequence[Row]) -> list[AbortNotice]:
+        """Rows of ``aborts_of`` (id, code, message, by, at, attempts) as abort notices."""
+        found = []
+        for row in rows:
+            reason = self._reason(row[1:5])
+            if reason is not None:
+                found.append(AbortNotice(row[0], reason, row[5]))
+        return found
+
+    # -- schema ------------------------------------------------------------------------------
+
+    async def _ensure_schema(self) -> None:
+        async def body(conn: Connection) -> None:
+            await self._rows(conn, "lock_schema")
+            exists = await self._row(conn, "schema_exists")
+            if exists is not None and exists[0]:
+                found = await self._row(conn, "schema_version")
+                version = int(found[0]) if found is not None else 0
+                if version > SCHEMA_VERSION:
+                    raise StoreUnavailable(
+                        f"the store {self.display_url} has schema version {version}, newer "
+                        f"than this aioabort supports ({SCHEMA_VERSION}): upgrade aioabort"
+                    )
+                if version == SCHEMA_VERSION:
+                    return
+            for statement in self.queries["schema"].split(";"):
+                if statement.strip():
+                    self._statements += 1
+                    await conn.fetch(statement, [])
+            await self._rows(conn, "set_schema_version", str(SCHEMA_VERSION))
+
+        await self._transaction(body, retry=True)
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        task_id: str,
+        *,
+        name: str | None,
+        queue: str | None = None,
+        args_json: str | None = None,
+        parent_id: str | None = None,
+        retryable: bool = False,
+    ) -> TaskRecord:
+        if parent_id is None:
+            return await self._creates(NewTask(task_id, name, queue, args_json, retryable))
+
+        async def body(conn: Connection) -> TaskRecord:
+            inherited = await self._parent_abort(conn, parent_id)
+            row = await self._row(
+                conn, "insert_pending", task_id, name, queue, parent_id, args_json, retryable
+            )
+            if row is None:
+                raise TaskAlreadyExists(task_id)
+            record = self._record(row)
+            if inherited is not None:  # born into an aborted family: never runs
+                record = await self._abort_one(conn, task_id, inherited) or record
+            return record
+
+        # A lost reply could hide a commit: the caller gets a clear error, never a duplicate.
+        return await self._write(body, retry=False)
+
+    async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
+        rows = await self._one(
+            "insert_pending_batch",
+            [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in items],
+            write=True,
+        )
+        made = {row[0]: self._record(row) for row in rows}
+        results: list[TaskRecord | BaseException] = []
+        for item in items:
+            record = made.pop(item.task_id, None)
+            results.append(record if record is not None else TaskAlreadyExists(item.task_id))
+        return results
+
+    async def _parent_abort(self, conn: Connection, parent_id: str | None) -> AbortReason | None:
+        """The reason a child of ``parent_id`` is aborted with, if the parent is aborting."""
+        if parent_id is None:
+            return None
+        row = await self._row(conn, "parent_abort", parent_id)
+        reason = None if row is None else self._reason(row)
+        return None if reason is None else parent_reason(parent_id, reason)
+
+    async def _abort_one(
+        self, conn: Connection, task_id: str, reason: AbortReason
+    ) -> TaskRecord | None:
+        row = await self._row(
+            conn, "abort_task", task_id, reason.code, reason.message, reason.by, reason.at
+        )
+        if row is None:
+            return None
+        await self._rows(conn, "log_aborts", [task_id])
+        return self._record(row)
+
+    async def start(
+        self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
+    ) -> StartResult:
+        attempts: list[None] = []  # more than one: a retry after a lost connection
+
+        async def body(conn: Connection) -> StartResult:
+            attempts.append(None)
+            row = await self._row(conn, "get_task_for_update", task_id)
+            current = None if row is None else self._record(row)
+            decision = _decide(current)
+            if (
+                current is not None
+                and decision is StartDecision.ALREADY_STARTED
+                and len(attempts) > 1
+                and current.owner == owner
+            ):
+                # Started by this very call on a connection that died before replying.
+                return StartResult(StartDecision.START, current)
+            if decision is StartDecision.CREATE:
+                inherited = await self._parent_abort(conn, parent_id)
+                row = await self._row(conn, "insert_started", task_id, name, parent_id, owner)
+                if row is None:  # created by someone else since our read: look again
+                    row = await self._row(conn, "get_task", task_id)
+                    assert row is not None
+                    other = self._record(row)
+                    return StartResult(_decide(other), other)
+                record = self._record(row)
+                if inherited is not None:  # started under an aborting parent: aborting
+                    record = await self._abort_one(conn, task_id, inherited) or record
+                return StartResult(decision, record)
+            if decision is StartDecision.START:
+                row = await self._row(conn, "start_pending", task_id, owner, name)
+                assert row is not None  # read in this transaction, and locked
+                return StartResult(decision, self._record(row))
+            assert current is not None
+            return StartResult(decision, current)
+
+        return await self._write(body, retry=True)
+
+    async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
+        child = parent_reason(task_id, reason)
+
+        async def body(conn: Connection) -> AbortOutcome:
+            row = await self._row(
+                conn, "abort_task", task_id, reason.code, reason.message, reason.by, reason.at
+            )
+            if row is None:
+                found = await self._row(conn, "get_task", task_id)
+                current = None if found is None else self._record(found)
+                # Our own request, committed on a connection that died before replying:
+                recorded = current is not None and current.reason == reason
+                return AbortOutcome(recorded, current)
+            kids = await self._rows(
+                conn, "abort_descendants", task_id, child.code, child.message, child.by, child.at
+            )
+            await self._rows(conn, "log_aborts", [task_id, *(kid[0] for kid in kids)])
+            notices = tuple(AbortNotice(kid[0], child, kid[1]) for kid in kids)
+            return AbortOutcome(True, self._record(row), notices)
+
+        return await self._write(body, retry=True)
+
+    async def finish(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        state: TaskState,
+        result_json: str | None = None,
+        error: TaskError | None = None,
+    ) -> TaskRecord | None:
+        error_json = None if error is None else error.to_json()
+        return await self._finishes(Finish(task_id, owner, state, result_json, error_json))
+
+    async def _finish_batch(self, items: list[Finish]) -> list[TaskRecord | BaseException | None]:
+        rows = await self._one(
+            "finish_batch",
+            [[i.task_id, i.owner, i.state.value, i.result_json, i.error_json] for i in items],
+            write=True,
+            retry=True,
+        )
+        done = {row[0]: self._record(row) for row in rows}
+        results: list[TaskRecord | BaseException | None] = []
+        for item in items:
+            record = done.get(item.task_id)
+            results.append(record if record is not None else await self.get(item.task_id))
+        return results
+
+    async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
+        # Not retried: a lost reply could hide a claim; the worker claims again later.
+        rows = await self._one("claim", owner, list(queues), limit, write=True)
+        return sorted((self._record(row) for row in rows), key=lambda r: r.created_at)
+
+    async def has_pending(self, queues: Collection[str]) -> bool:
+        rows = await self._one("has_pending", list(queues))
+        return bool(rows[0][0])
+
+    async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
+        rows = await self._one("requeue", task_id, owner, write=True, retry=True)
+        return self._record(rows[0]) if rows else await self.get(task_id)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        rows = await self._one("get_task", task_id)
+        return self._record(rows[0]) if rows else None
+
+    async def list_tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        wanted = [TaskState(s).value for s in states] if states else None
+        rows = await self._one("list_tasks", wanted, name, limit, offset)
+        return [self._record(row) for row in rows]
+
+    async def count_tasks(self) -> dict[TaskState, int]:
+        return {TaskState(state): int(n) for state, n in await self._one("count_tasks")}
+
+    async def report(
+        self, task_id: str, *, owner: str, progress: float | None, message: str | None
+    ) -> bool:
+        # Progress wakes no waiter: it changes no state (and sends no notification).
+        self._statements += 1
+        rows = await self._statement(
+            self.queries["report"],
+            [task_id, owner, progress, message],
+            write=True,
+            retry=True,
+        )
+        return bool(rows)
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    async def heartbeat(self, owner: OwnerInfo) -> None:
+        self._statements += 1
+        await self._statement(
+            self.queries["heartbeat"], [owner.id, owner.host, owner.pid], write=True, retry=True
+        )
+
+    async def owner_beats(self) -> dict[str, int]:
+        return {owner: int(beats) for owner, beats in await self._one("owner_beats")}
+
+    async def reap(self, dead: Collection[str]) -> list[str]:
+        gone = list(dead)
+
+        async def body(conn: Connection) -> list[str]:
+            requeued = await self._rows(conn, "reap_requeue", gone)
+            failed = await self._rows(conn, "reap_fail", gone)
+            if gone:
+                await self._rows(conn, "forget_owners", gone)
+            await self._rows(conn, "prune_abort_log", ABORT_LOG_KEEP)
+            return [row[0] for row in (*requeued, *failed)]
+
+        ids = await self._transaction(body, retry=True)
+        if ids:
+            self._changed()
+        return ids
+
+    async def release_owner(self, owner: str) -> list[str]:
+        async def body(conn: Connection) -> list[str]:
+            rows = await self._rows(conn, "release_owner", owner)
+            await self._rows(conn, "forget_owners", [owner])
+            return [row[0] for row in rows]
+
+        return await self._write(body, retry=True)
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(statements=self._statements)
+
+
+def _decide(record: TaskRecord | None) -> StartDecision:
+    return decide_start(
+        None if record is None else record.state,
+        ever_started=record is not None and record.started_at is not None,
+    )

@@ -1,0 +1,292 @@
+-- The PostgreSQL dialect of aioabort's store: every statement the SQL store runs, by name.
+-- sqlite.sql has the same names with the same numbered parameters, so the two can be read
+-- side by side. {placeholders} are filled once at load time from aioabort._state (guards,
+-- the requeue rule, the lost-task error) and from the store (the schema and the channels,
+-- both checked identifiers); never from input. Times come from the server's clock. Lists
+-- are JSON arrays. Notifications commit with the write that causes them (NOTIFY is sent at
+-- commit, and only then), inside the same statement: one round trip.
+
+-- name: schema
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS {schema}.tasks (
+    id text PRIMARY KEY,
+    name text,
+    queue text,
+    parent_id text,
+    state text NOT NULL CHECK (state IN {all_states}),
+    args text,
+    result text,
+    error text,
+    abort_code text,
+    abort_message text,
+    abort_by text,
+    abort_at timestamptz,
+    progress double precision,
+    message text,
+    owner text,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at timestamptz,
+    finished_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    retryable boolean NOT NULL DEFAULT false,
+    attempts integer NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_pending ON {schema}.tasks (queue, created_at)
+    WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS tasks_state ON {schema}.tasks (state, created_at);
+CREATE INDEX IF NOT EXISTS tasks_running_owner ON {schema}.tasks (owner)
+    WHERE state IN {running};
+CREATE INDEX IF NOT EXISTS tasks_parent ON {schema}.tasks (parent_id)
+    WHERE parent_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {schema}.abort_log (
+    seq bigserial PRIMARY KEY,
+    task_id text NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS {schema}.owners (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
+    beats bigint NOT NULL DEFAULT 0
+);
+
+-- name: lock_schema
+-- One process creates the schema; the others wait here, then find it.
+SELECT pg_advisory_xact_lock(hashtext('aioabort:{schema}'));
+
+-- name: schema_exists
+SELECT to_regclass('{schema}.meta') IS NOT NULL;
+
+-- name: schema_version
+SELECT value FROM {schema}.meta WHERE key = 'schema_version';
+
+-- name: set_schema_version
+INSERT INTO {schema}.meta (key, value) VALUES ('schema_version', $1)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: get_task
+SELECT {columns} FROM {schema}.tasks WHERE id = $1;
+
+-- name: get_task_for_update
+SELECT {columns} FROM {schema}.tasks WHERE id = $1 FOR UPDATE;
+
+-- name: insert_pending
+WITH ins AS (
+    INSERT INTO {schema}.tasks (id, name, queue, parent_id, state, args, retryable)
+    VALUES ($1, $2, $3, $4, 'PENDING', $5, $6)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING {columns}
+), notified AS (
+    SELECT pg_notify('{queue_channel}', queue) FROM ins WHERE queue IS NOT NULL
+)
+SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins;
+
+-- name: insert_pending_batch
+-- $1: a JSON array of [id, name, queue, args, retryable]; one NOTIFY per queue with work.
+WITH v AS (
+    SELECT e ->> 0 AS id, e ->> 1 AS name, e ->> 2 AS queue, e ->> 3 AS args,
+        (e ->> 4)::boolean AS retryable, n
+    FROM json_array_elements($1::json) WITH ORDINALITY AS x(e, n)
+), ins AS (
+    INSERT INTO {schema}.tasks (id, name, queue, state, args, retryable, created_at, updated_at)
+    SELECT id, name, queue, 'PENDING', args, retryable, clock_timestamp(), clock_timestamp()
+    FROM v ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING {columns}
+), notified AS (
+    SELECT pg_notify('{queue_channel}', q.queue)
+    FROM (SELECT DISTINCT queue FROM ins WHERE queue IS NOT NULL) AS q
+)
+SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins;
+
+-- name: insert_started
+INSERT INTO {schema}.tasks (id, name, parent_id, state, owner, started_at, attempts)
+VALUES ($1, $2, $3, 'STARTED', $4, clock_timestamp(), 1)
+ON CONFLICT (id) DO NOTHING
+RETURNING {columns};
+
+-- name: start_pending
+UPDATE {schema}.tasks SET state = 'STARTED', owner = $2, started_at = clock_timestamp(),
+    updated_at = clock_timestamp(), name = COALESCE(name, $3), attempts = attempts + 1
+WHERE id = $1 AND state = 'PENDING'
+RETURNING {columns};
+
+-- name: parent_abort
+SELECT abort_code, abort_message, abort_by, abort_at FROM {schema}.tasks
+WHERE id = $1 AND state IN {parent_aborted};
+
+-- name: abort_task
+UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
+    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
+    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+WHERE id = $1 AND state IN {abortable}
+RETURNING {columns};
+
+-- name: abort_descendants
+WITH RECURSIVE family(id) AS (
+    SELECT id FROM {schema}.tasks WHERE parent_id = $1
+    UNION SELECT t.id FROM {schema}.tasks AS t JOIN family AS f ON t.parent_id = f.id
+)
+UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
+    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
+    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+WHERE id IN (SELECT id FROM family) AND state IN {abortable}
+RETURNING id, attempts;
+
+-- name: log_aborts
+-- $1: a JSON array of task ids, logged for every watcher and notified, in the order given.
+WITH logged AS (
+    INSERT INTO {schema}.abort_log (task_id)
+    SELECT e FROM json_array_elements_text($1::json) WITH ORDINALITY AS x(e, n) ORDER BY n
+    RETURNING task_id
+)
+SELECT count(pg_notify('{abort_channel}', task_id)) FROM logged;
+
+-- name: request_abort
+-- The one-round-trip abort (PostgresStore.request_abort, a named exception to the generic
+-- flow): the abort, every unfinished descendant's ($6, $7: their reason), their log rows and
+-- notifications, in one statement and one commit.
+WITH RECURSIVE family(id) AS (
+    SELECT id FROM {schema}.tasks WHERE parent_id = $1
+    UNION SELECT t.id FROM {schema}.tasks AS t JOIN family AS f ON t.parent_id = f.id
+), root AS (
+    UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
+        abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
+        finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+    WHERE id = $1 AND state IN {abortable}
+    RETURNING {columns}
+), kids AS (
+    UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $6, abort_message = $7,
+        abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
+        finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+    WHERE id IN (SELECT id FROM family) AND state IN {abortable}
+        AND EXISTS (SELECT 1 FROM root)
+    RETURNING id, attempts
+), logged AS (
+    INSERT INTO {schema}.abort_log (task_id)
+    SELECT id FROM root UNION ALL SELECT id FROM kids
+    RETURNING task_id
+), notified AS (
+    SELECT pg_notify('{abort_channel}', task_id) FROM logged
+)
+SELECT root.*, (SELECT count(*) FROM notified) AS notified,
+    (SELECT json_agg(json_build_array(id, attempts)) FROM kids)::text AS kids
+FROM root;
+
+-- name: finish_batch
+-- $1: a JSON array of [id, owner, state, result, error]; one NOTIFY per task ended.
+WITH v AS (
+    SELECT e ->> 0 AS id, e ->> 1 AS owner, e ->> 2 AS state, e ->> 3 AS result,
+        e ->> 4 AS error
+    FROM json_array_elements($1::json) AS x(e)
+), done AS (
+    UPDATE {schema}.tasks AS t SET state = v.state, result = v.result, error = v.error,
+        finished_at = clock_timestamp(), updated_at = clock_timestamp()
+    FROM v
+    WHERE t.id = v.id AND t.owner = v.owner AND t.state IN {running}
+    RETURNING {qualified_columns}
+)
+SELECT done.*, pg_notify('{end_channel}', done.id)::text AS notified FROM done;
+
+-- name: claim
+UPDATE {schema}.tasks SET state = 'STARTED', owner = $1, started_at = clock_timestamp(),
+    updated_at = clock_timestamp(), attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM {schema}.tasks
+    WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($2::json))
+    ORDER BY created_at LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {columns};
+
+-- name: has_pending
+SELECT EXISTS (
+    SELECT 1 FROM {schema}.tasks
+    WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($1::json))
+);
+
+-- name: requeue
+WITH back AS (
+    UPDATE {schema}.tasks SET {requeue_reset}, updated_at = clock_timestamp()
+    WHERE id = $1 AND owner = $2 AND state IN {running}
+    RETURNING {columns}
+)
+SELECT back.*, pg_notify('{queue_channel}', back.queue)::text AS notified FROM back;
+
+-- name: list_tasks
+-- $1: a JSON array of states, or NULL for every state; $2: a name, or NULL.
+SELECT {columns} FROM {schema}.tasks
+WHERE ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
+    AND ($2::text IS NULL OR name = $2::text)
+ORDER BY created_at DESC, id
+LIMIT $3 OFFSET $4;
+
+-- name: count_tasks
+SELECT state, COUNT(*) FROM {schema}.tasks GROUP BY state;
+
+-- name: report
+UPDATE {schema}.tasks SET progress = COALESCE($3, progress), message = COALESCE($4, message),
+    updated_at = clock_timestamp()
+WHERE id = $1 AND owner = $2 AND state IN {running}
+RETURNING id;
+
+-- name: heartbeat
+INSERT INTO {schema}.owners (id, host, pid, beats) VALUES ($1, $2, $3, 1)
+ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp(),
+    beats = {schema}.owners.beats + 1;
+
+-- name: owner_beats
+SELECT id, beats FROM {schema}.owners;
+
+-- name: reap_requeue
+-- $1: a JSON array of dead owners; a running task with no live owner is lost.
+WITH back AS (
+    UPDATE {schema}.tasks SET {requeue_reset}, updated_at = clock_timestamp()
+    WHERE state IN {running} AND {requeue_when} AND (
+        owner IS NULL OR owner IN (SELECT json_array_elements_text($1::json))
+        OR NOT EXISTS (SELECT 1 FROM {schema}.owners AS o WHERE o.id = owner)
+    )
+    RETURNING id, queue
+)
+SELECT back.id, pg_notify('{queue_channel}', back.queue)::text AS notified FROM back;
+
+-- name: reap_fail
+WITH lost AS (
+    UPDATE {schema}.tasks SET state = 'FAILURE', finished_at = clock_timestamp(),
+        updated_at = clock_timestamp(), error = {reaped_error}
+    WHERE state IN {running} AND (
+        owner IS NULL OR owner IN (SELECT json_array_elements_text($1::json))
+        OR NOT EXISTS (SELECT 1 FROM {schema}.owners AS o WHERE o.id = owner)
+    )
+    RETURNING id
+)
+SELECT lost.id, pg_notify('{end_channel}', lost.id)::text AS notified FROM lost;
+
+-- name: forget_owners
+DELETE FROM {schema}.owners WHERE id IN (SELECT json_array_elements_text($1::json));
+
+-- name: prune_abort_log
+DELETE FROM {schema}.abort_log WHERE seq <= (SELECT MAX(seq) FROM {schema}.abort_log) - $1;
+
+-- name: release_owner
+UPDATE {schema}.tasks SET state = 'FAILURE', finished_at = clock_timestamp(),
+    updated_at = clock_timestamp(), error = {released_error}
+WHERE owner = $1 AND state IN {running}
+RETURNING id;
+
+-- name: max_abort_seq
+SELECT COALESCE(MAX(seq), 0) FROM {schema}.abort_log;
+
+-- name: aborts_since
+-- The watcher's poll: abort requests logged after $1, with the reason on each record now.
+SELECT l.seq, l.task_id, t.abort_code, t.abort_message, t.abort_by, t.abort_at, t.attempts
+FROM {schema}.abort_log AS l JOIN {schema}.tasks AS t ON t.id = l.task_id
+WHERE l.seq > $1 ORDER BY l.seq;
+
+-- name: aborts_of
+-- $1: a JSON array of task ids (the ones watched here): their abort requests, if any.
+SELECT id, abort_code, abort_message, abort_by, abort_at, attempts FROM {schema}.tasks
+WHERE id IN (SELECT json_array_elements_text($1::json)) AND abort_code IS NOT NULL;

@@ -1,0 +1,232 @@
+-- The SQLite dialect of aioabort's store: every statement the SQL store runs, by name.
+-- postgres.sql has the same names with the same numbered parameters, so the two can be read
+-- side by side. {placeholders} are filled once at load time from aioabort._state (guards,
+-- the requeue rule, the lost-task error) and from the dialect ({now}); never from input.
+-- Times are REAL seconds since the epoch, from SQLite's own clock. Lists are JSON arrays.
+
+-- name: schema
+CREATE TABLE IF NOT EXISTS aioabort_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aioabort_tasks (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    queue TEXT,
+    parent_id TEXT,
+    state TEXT NOT NULL CHECK (state IN {all_states}),
+    args TEXT,
+    result TEXT,
+    error TEXT,
+    abort_code TEXT,
+    abort_message TEXT,
+    abort_by TEXT,
+    abort_at REAL,
+    progress REAL,
+    message TEXT,
+    owner TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL,
+    retryable INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS aioabort_tasks_pending ON aioabort_tasks (queue, created_at)
+    WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS aioabort_tasks_state ON aioabort_tasks (state, created_at);
+CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner)
+    WHERE state IN {running};
+CREATE INDEX IF NOT EXISTS aioabort_tasks_parent ON aioabort_tasks (parent_id)
+    WHERE parent_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS aioabort_abort_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aioabort_owners (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    beats INTEGER NOT NULL DEFAULT 0
+);
+
+-- name: lock_schema
+-- BEGIN IMMEDIATE already holds the database's write lock.
+SELECT 1;
+
+-- name: schema_exists
+SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'aioabort_meta');
+
+-- name: schema_version
+SELECT value FROM aioabort_meta WHERE key = 'schema_version';
+
+-- name: set_schema_version
+INSERT INTO aioabort_meta (key, value) VALUES ('schema_version', ?1)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: get_task
+SELECT {columns} FROM aioabort_tasks WHERE id = ?1;
+
+-- name: get_task_for_update
+-- BEGIN IMMEDIATE: no other writer can change it before the transaction ends.
+SELECT {columns} FROM aioabort_tasks WHERE id = ?1;
+
+-- name: insert_pending
+INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, retryable, created_at,
+    updated_at)
+VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, {now}, {now})
+ON CONFLICT (id) DO NOTHING
+RETURNING {columns};
+
+-- name: insert_pending_batch
+-- ?1: a JSON array of [id, name, queue, args, retryable]; the rowid keeps their order.
+INSERT INTO aioabort_tasks (id, name, queue, state, args, retryable, created_at, updated_at)
+SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, {now}, {now}
+FROM json_each(?1) WHERE true
+ON CONFLICT (id) DO NOTHING
+RETURNING {columns};
+
+-- name: insert_started
+INSERT INTO aioabort_tasks (id, name, parent_id, state, owner, created_at, started_at,
+    updated_at, attempts)
+VALUES (?1, ?2, ?3, 'STARTED', ?4, {now}, {now}, {now}, 1)
+ON CONFLICT (id) DO NOTHING
+RETURNING {columns};
+
+-- name: start_pending
+UPDATE aioabort_tasks SET state = 'STARTED', owner = ?2, started_at = {now}, updated_at = {now},
+    name = COALESCE(name, ?3), attempts = attempts + 1
+WHERE id = ?1 AND state = 'PENDING'
+RETURNING {columns};
+
+-- name: parent_abort
+SELECT abort_code, abort_message, abort_by, abort_at FROM aioabort_tasks
+WHERE id = ?1 AND state IN {parent_aborted};
+
+-- name: abort_task
+UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message = ?3,
+    abort_by = ?4, abort_at = ?5, updated_at = {now},
+    finished_at = CASE WHEN state = 'PENDING' THEN {now} ELSE finished_at END
+WHERE id = ?1 AND state IN {abortable}
+RETURNING {columns};
+
+-- name: abort_descendants
+WITH RECURSIVE family(id) AS (
+    SELECT id FROM aioabort_tasks WHERE parent_id = ?1
+    UNION SELECT t.id FROM aioabort_tasks AS t JOIN family AS f ON t.parent_id = f.id
+)
+UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message = ?3,
+    abort_by = ?4, abort_at = ?5, updated_at = {now},
+    finished_at = CASE WHEN state = 'PENDING' THEN {now} ELSE finished_at END
+WHERE id IN (SELECT id FROM family) AND state IN {abortable}
+RETURNING id, attempts;
+
+-- name: log_aborts
+-- ?1: a JSON array of task ids, logged for every watcher in the order given.
+INSERT INTO aioabort_abort_log (task_id, at) SELECT value, {now} FROM json_each(?1);
+
+-- name: finish_batch
+-- ?1: a JSON array of [id, owner, state, result, error].
+WITH v(id, owner, state, result, error) AS (
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?1)
+)
+UPDATE aioabort_tasks SET state = v.state, result = v.result, error = v.error,
+    finished_at = {now}, updated_at = {now}
+FROM v
+WHERE aioabort_tasks.id = v.id AND aioabort_tasks.owner = v.owner
+    AND aioabort_tasks.state IN {running}
+RETURNING {qualified_columns};
+
+-- name: claim
+UPDATE aioabort_tasks SET state = 'STARTED', owner = ?1, started_at = {now}, updated_at = {now},
+    attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM aioabort_tasks
+    WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?2))
+    ORDER BY created_at, rowid LIMIT ?3
+) AND state = 'PENDING'
+RETURNING {columns};
+
+-- name: has_pending
+SELECT EXISTS (
+    SELECT 1 FROM aioabort_tasks
+    WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?1))
+);
+
+-- name: requeue
+UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}
+WHERE id = ?1 AND owner = ?2 AND state IN {running}
+RETURNING {columns};
+
+-- name: list_tasks
+-- ?1: a JSON array of states, or NULL for every state; ?2: a name, or NULL.
+SELECT {columns} FROM aioabort_tasks
+WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
+    AND (?2 IS NULL OR name = ?2)
+ORDER BY created_at DESC, id
+LIMIT ?3 OFFSET ?4;
+
+-- name: count_tasks
+SELECT state, COUNT(*) FROM aioabort_tasks GROUP BY state;
+
+-- name: report
+UPDATE aioabort_tasks SET progress = COALESCE(?3, progress), message = COALESCE(?4, message),
+    updated_at = {now}
+WHERE id = ?1 AND owner = ?2 AND state IN {running}
+RETURNING id;
+
+-- name: heartbeat
+INSERT INTO aioabort_owners (id, host, pid, started_at, last_seen, beats)
+VALUES (?1, ?2, ?3, {now}, {now}, 1)
+ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
+    beats = aioabort_owners.beats + 1;
+
+-- name: owner_beats
+SELECT id, beats FROM aioabort_owners;
+
+-- name: reap_requeue
+-- ?1: a JSON array of dead owners; a running task with no live owner is lost.
+UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}
+WHERE state IN {running} AND {requeue_when} AND (
+    owner IS NULL OR owner IN (SELECT value FROM json_each(?1))
+    OR owner NOT IN (SELECT id FROM aioabort_owners)
+)
+RETURNING id;
+
+-- name: reap_fail
+UPDATE aioabort_tasks SET state = 'FAILURE', finished_at = {now}, updated_at = {now},
+    error = {reaped_error}
+WHERE state IN {running} AND (
+    owner IS NULL OR owner IN (SELECT value FROM json_each(?1))
+    OR owner NOT IN (SELECT id FROM aioabort_owners)
+)
+RETURNING id;
+
+-- name: forget_owners
+DELETE FROM aioabort_owners WHERE id IN (SELECT value FROM json_each(?1));
+
+-- name: prune_abort_log
+DELETE FROM aioabort_abort_log WHERE seq <= (SELECT MAX(seq) FROM aioabort_abort_log) - ?1;
+
+-- name: release_owner
+UPDATE aioabort_tasks SET state = 'FAILURE', finished_at = {now}, updated_at = {now},
+    error = {released_error}
+WHERE owner = ?1 AND state IN {running}
+RETURNING id;
+
+-- name: max_abort_seq
+SELECT COALESCE(MAX(seq), 0) FROM aioabort_abort_log;
+
+-- name: aborts_since
+-- The watcher's poll: abort requests logged after ?1, with the reason on each record now.
+SELECT l.seq, l.task_id, t.abort_code, t.abort_message, t.abort_by, t.abort_at, t.attempts
+FROM aioabort_abort_log AS l JOIN aioabort_tasks AS t ON t.id = l.task_id
+WHERE l.seq > ?1 ORDER BY l.seq;
+
+-- name: aborts_of
+-- ?1: a JSON array of task ids (the ones watched here): their abort requests, if any.
+SELECT id, abort_code, abort_message, abort_by, abort_at, attempts FROM aioabort_tasks
+WHERE id IN (SELECT value FROM json_each(?1)) AND abort_code IS NOT NULL;
