@@ -47,6 +47,7 @@ from .._errors import AioabortError, AppClosed, InvalidURL, StoreError, StoreUna
 from .._state import parent_reason
 from .._types import AbortReason
 from . import _sql, mangled_userinfo, redact
+from ._seqcursor import SeqCursor
 from ._sqlstore import Connection, Row, SQLStore, load_queries, rule_values
 
 logger = logging.getLogger("aioabort.postgres")
@@ -154,9 +155,7 @@ class _Listener:
         self.on_change = on_change
         self.watched = watched
         self.conn: asyncpg.Connection | None = None
-        self.low_water = 0  # every seq <= low_water has been seen (or given up on)
-        self.seen: set[int] = set()  # seqs above low_water already delivered
-        self.gaps_since: dict[int, float] = {}  # missing seq -> when we first noticed it
+        self.cursor = SeqCursor(gap_timeout=store.gap_timeout)
         self.task: asyncio.Task[None] | None = None
         self.lost = asyncio.Event()
         self.wake = asyncio.Event()
@@ -207,8 +206,8 @@ class _Listener:
             await conn.add_listener(store.end_channel, self._on_notify)
             await conn.add_listener(store.queue_channel, self._on_notify)
             self.statements += 3
-            if self.low_water == 0 and not self.seen:
-                self.low_water = await conn.fetchval(store.queries["max_abort_seq"])
+            if not self.cursor.started:
+                self.cursor.low_water = await conn.fetchval(store.queries["max_abort_seq"])
                 self.statements += 1
             ids = list(self.watched())
             if ids:
@@ -258,45 +257,25 @@ class _Listener:
         self.on_change(Change(tuple(self.store.notices(rows))))
 
     async def poll(self) -> None:
-        """Read the abort log past ``low_water``; one statement however many scopes are open."""
+        """Read the abort log past the cursor; one statement however many scopes are open."""
         async with self.reading:
             conn = self.conn
             assert conn is not None
             rows = await self._poll_rows(conn)
         self.polls += 1
         self.statements += 1
-        fresh = [row for row in rows if row[0] not in self.seen]
-        for row in rows:
-            self.seen.add(row[0])
-        self._advance()
+        new = self.cursor.fresh((row[0] for row in rows), time.monotonic())
+        fresh = [row for row in rows if row[0] in new]
         if fresh:
             self._deliver([row[1:] for row in fresh])
 
     async def _poll_rows(self, conn: asyncpg.Connection) -> list[Any]:
         rows: list[Any] = await conn.fetch(
             self.store.queries["aborts_since"],
-            self.low_water,
+            self.cursor.low_water,
             timeout=self.store.command_timeout,
         )
         return rows
-
-    def _advance(self) -> None:
-        now = time.monotonic()
-        top = max(self.seen, default=self.low_water)
-        for seq in range(self.low_water + 1, top):
-            if seq not in self.seen:
-                self.gaps_since.setdefault(seq, now)
-        while True:
-            nxt = self.low_water + 1
-            if nxt in self.seen:
-                self.seen.discard(nxt)
-                self.gaps_since.pop(nxt, None)
-                self.low_water = nxt
-            elif nxt in self.gaps_since and now - self.gaps_since[nxt] > self.store.gap_timeout:
-                del self.gaps_since[nxt]  # a rolled-back (or very late) transaction: give up
-                self.low_water = nxt
-            else:
-                break
 
     async def _run(self) -> None:
         store = self.store
