@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, final
 
 import anyio
@@ -91,6 +93,37 @@ class AbortHandle:
         """
         return (await self.record()).reason is not None
 
+    async def watch(self, *, every: float | None = None) -> AsyncGenerator[TaskRecord, None]:
+        """The record now, then again each time it changes, until it is terminal (the last
+        record yielded). Wakes on the changes the watcher sees.
+
+        Example::
+
+            async for record in app.handle("report-42").watch():
+                print(record.state, record.progress)
+
+        :param every: also yield the (unchanged) record after this many seconds without a
+            change, e.g. to keep a stream alive.
+        :raises TaskNotFound: if there is no record.
+        """
+        runtime = self._runtime()
+        last: TaskRecord | None = None
+        quiet = 0.0
+        while True:
+            changed = runtime.watcher.change_event()  # taken before reading: no change lost
+            record = await runtime.store.get(self.id)
+            if record is None:
+                raise TaskNotFound(self.id)
+            if record != last or (every is not None and quiet >= every):
+                yield record
+                last, quiet = record, 0.0
+            if record.state.is_terminal:
+                return
+            interval = _WAIT_REREAD_INTERVAL if every is None else min(every, _WAIT_REREAD_INTERVAL)
+            with anyio.move_on_after(interval) as waited:
+                await changed.wait()
+            quiet = quiet + interval if waited.cancelled_caught else 0.0
+
     async def wait(self, timeout: float | None = None) -> TaskRecord:
         """Wait until the task has really stopped (a terminal state); return its record.
 
@@ -100,17 +133,12 @@ class AbortHandle:
         :raises TimeoutError: if ``timeout`` seconds pass first.
         :raises TaskNotFound: if there is no record.
         """
-        runtime = self._runtime()
         with anyio.fail_after(timeout):
-            while True:
-                changed = runtime.watcher.change_event()
-                record = await runtime.store.get(self.id)
-                if record is None:
-                    raise TaskNotFound(self.id)
-                if record.state.is_terminal:
-                    return record
-                with anyio.move_on_after(_WAIT_REREAD_INTERVAL):
-                    await changed.wait()
+            async with contextlib.aclosing(self.watch()) as records:
+                async for record in records:
+                    if record.state.is_terminal:
+                        return record
+        raise AssertionError("watch() ends with a terminal record")  # pragma: no cover
 
     async def result(self, timeout: float | None = None) -> JSONValue:
         """Wait for the task to end and return its stored result.

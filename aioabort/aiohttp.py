@@ -13,7 +13,6 @@ from outside, which the record shows as FAILURE with cause ``cancelled``.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -21,6 +20,7 @@ from ._app import App
 from ._errors import MissingDriver, ScopeAlreadyEntered, TaskAlreadyFinished, TaskAlreadyStarted
 from ._scope import AbortScope, abortable
 from ._types import MAX_TASK_ID_LENGTH
+from .web._middleware import REQUEST_ID_RE
 
 try:
     from aiohttp import web
@@ -37,7 +37,6 @@ AIOABORT = web.AppKey("aioabort", App)
 #: Where the middleware keeps the request's scope: ``request[SCOPE]``.
 SCOPE = web.RequestKey("aioabort_scope", AbortScope)
 
-_REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{MAX_TASK_ID_LENGTH}}}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,7 +53,7 @@ def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int =
         request_id = request.headers.get(header)
         if request_id is None:
             request_id = uuid.uuid4().hex
-        elif not _REQUEST_ID_RE.fullmatch(request_id):
+        elif not REQUEST_ID_RE.fullmatch(request_id):
             return web.json_response(
                 {
                     "error": "invalid_request_id",

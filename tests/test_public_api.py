@@ -62,3 +62,22 @@ def test_core_modules_import_no_sql_or_driver() -> None:
             if path.name == "_app.py" and banned == "from .backends":
                 continue  # the App loads a store by URL; it is the one layer allowed to
             assert banned not in text, f"{path.name} must not contain {banned!r}"
+
+
+def test_the_asgi_middleware_needs_no_web_framework() -> None:
+    """Litestar, Django and raw ASGI users import the middleware without Starlette."""
+    code = (
+        "import sys\n"
+        "for name in ('starlette', 'fastapi'):\n"
+        "    sys.modules[name] = None  # as if not installed\n"
+        "from aioabort.web import AbortMiddleware, combine_lifespans\n"
+        "import aioabort\n"
+        "try:\n"
+        "    from aioabort.web import router\n"
+        "except aioabort.MissingDriver as exc:\n"
+        "    print('router:', exc)\n"
+        "print(sorted(m for m in ('starlette', 'fastapi') if sys.modules.get(m)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 'pip install "aioabort[web]"' in out.stdout
+    assert out.stdout.strip().endswith("[]")

@@ -1,0 +1,220 @@
+"""The pure ASGI middleware: each HTTP request runs inside ``abortable(request_id)``.
+
+It imports no web framework: Starlette, FastAPI, Litestar, Django's ASGI handler or raw ASGI
+all run it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from .._app import App
+from .._errors import (
+    ScopeAlreadyEntered,
+    TaskAlreadyFinished,
+    TaskAlreadyStarted,
+    UsageError,
+)
+from .._scope import abortable
+from .._types import MAX_TASK_ID_LENGTH, AbortReason
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Request ids the web integrations accept from a header.
+REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{MAX_TASK_ID_LENGTH}}}")
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class AbortMiddleware:
+    """Runs every HTTP request inside ``abortable(request_id)``. Pure ASGI; add it outermost.
+
+    The request id comes from ``header`` (letters, digits and ``._:@/+=-``, at most 200
+    characters; anything else is answered 400) or is generated; it is echoed back in the
+    same response header. The request is abortable from any process:
+    ``await aborts.handle(request_id).abort(reason=...)``. An aborted request whose response
+    had not started gets ``status_code`` (default 499) and the JSON body
+    ``{"error": "aborted", "task_id": ..., "reason": {...}}``; a streaming response that was
+    under way simply ends. The body iterator of a streaming response runs inside the scope too.
+
+    :param aborts: the :class:`aioabort.App` (opened by ``lifespan=aborts.lifespan``).
+    :param header: the request-id header.
+    :param abort_on_disconnect: abort the request (reason code ``disconnect``) when the client
+        disconnects before its response is complete. Off by default.
+    :param status_code: the status of an aborted request.
+    :param exclude: path prefixes to pass through without a scope (health checks...).
+    :param lazy_open: open the App on the first request, for servers without lifespan
+        support.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        aborts: App,
+        header: str = "x-request-id",
+        abort_on_disconnect: bool = False,
+        status_code: int = 499,
+        exclude: Sequence[str] = (),
+        lazy_open: bool = False,
+    ) -> None:
+        if not isinstance(aborts, App):
+            raise UsageError("AbortMiddleware needs aborts=aioabort.App(...)")
+        self.app = app
+        self.aborts = aborts
+        self.header = header.lower()
+        self._header_bytes = self.header.encode("latin-1")
+        self.abort_on_disconnect = abort_on_disconnect
+        self.status_code = status_code
+        self.exclude = tuple(exclude)
+        self.lazy_open = lazy_open
+        self._opening = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exclude):
+            await self.app(scope, receive, send)
+            return
+        if not self.aborts.is_open:
+            if self.lazy_open:
+                async with self._opening:
+                    if not self.aborts.is_open:
+                        await self.aborts.open()
+            else:
+                await _send_json(
+                    send,
+                    503,
+                    {
+                        "error": "aioabort_not_open",
+                        "detail": "the aioabort App is not open: use lifespan=aborts.lifespan "
+                        "or AbortMiddleware(..., lazy_open=True)",
+                    },
+                )
+                return
+        raw = next((v for k, v in scope.get("headers", []) if k == self._header_bytes), None)
+        if raw is None:
+            request_id = uuid.uuid4().hex
+        else:
+            request_id = raw.decode("latin-1")
+            if not REQUEST_ID_RE.fullmatch(request_id):
+                await _send_json(
+                    send,
+                    400,
+                    {
+                        "error": "invalid_request_id",
+                        "detail": f"the {self.header} header must be 1-{MAX_TASK_ID_LENGTH} "
+                        "letters, digits or ._:@/+=- characters",
+                    },
+                )
+                return
+        await self._run(scope, receive, send, request_id)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        echo = (self._header_bytes, request_id.encode("latin-1"))
+        progress = {"started": False, "complete": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), echo]}
+                progress["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                progress["complete"] = True
+            await send(message)
+
+        name = f"{scope.get('method', 'HTTP')} {scope.get('path', '')}"[:200]
+        abort_scope = abortable(
+            request_id, app=self.aborts, suppress=True, name=name, detached=True
+        )
+        try:
+            async with abort_scope:
+                scope.setdefault("state", {})["aioabort_scope"] = abort_scope
+                if self.abort_on_disconnect:
+                    await self._with_disconnect_watch(
+                        scope, receive, send_wrapper, request_id, progress
+                    )
+                else:
+                    await self.app(scope, receive, send_wrapper)
+        except (TaskAlreadyFinished, TaskAlreadyStarted, ScopeAlreadyEntered):
+            await _send_json(
+                send,
+                409,
+                {
+                    "error": "request_id_in_use",
+                    "detail": f"the request id {request_id!r} was already used",
+                },
+                [echo],
+            )
+            return
+        if abort_scope.aborted:
+            with contextlib.suppress(OSError):
+                if not progress["started"]:
+                    await _send_json(
+                        send,
+                        self.status_code,
+                        {
+                            "error": "aborted",
+                            "task_id": request_id,
+                            "reason": None
+                            if abort_scope.reason is None
+                            else abort_scope.reason.to_dict(),
+                        },
+                        [echo],
+                    )
+                elif not progress["complete"]:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _with_disconnect_watch(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        progress: dict[str, bool],
+    ) -> None:
+        # Only one reader may own receive(): a pump reads it and hands messages to the app.
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def pump() -> None:
+            while True:
+                message = await receive()
+                inbox.put_nowait(message)
+                if message["type"] == "http.disconnect":
+                    if not progress["complete"]:  # not the normal end after a response
+                        await self.aborts.handle(request_id).abort(
+                            AbortReason(
+                                AbortReason.DISCONNECT, "the client disconnected", by="aioabort.web"
+                            )
+                        )
+                    return
+
+        pump_task = asyncio.get_running_loop().create_task(pump())
+        try:
+            await self.app(scope, inbox.get, send)
+        finally:
+            pump_task.cancel()
+            await asyncio.gather(pump_task, return_exceptions=True)
