@@ -48,7 +48,7 @@ from ._handle import AbortHandle
 from ._runner import Task
 from ._scope import AbortScope, abortable, current_scope
 from ._state import TaskRecord, TaskState
-from ._types import AbortReason, TaskError
+from ._types import AbortReason, ErrorInfo
 from ._watcher import Watcher, WatcherStatistics
 from ._worker import Worker, WorkerStatistics
 
@@ -61,6 +61,7 @@ __all__ = [
     "AioabortError",
     "App",
     "AppClosed",
+    "ErrorInfo",
     "InvalidArguments",
     "InvalidReason",
     "InvalidTaskId",
@@ -79,7 +80,6 @@ __all__ = [
     "TaskAlreadyExists",
     "TaskAlreadyFinished",
     "TaskAlreadyStarted",
-    "TaskError",
     "TaskFailed",
     "TaskNotFound",
     "TaskRecord",
@@ -103,3 +103,17 @@ for _name in __all__:
         except (AttributeError, TypeError):  # pragma: no cover - builtins-like objects
             pass
 del _name, _obj, annotations
+
+
+def __getattr__(name: str) -> object:
+    if name == "TaskError":  # renamed: it is data (a record's error), not an exception
+        import warnings
+
+        warnings.warn(
+            "aioabort.TaskError is now aioabort.ErrorInfo (it is data, not an exception: "
+            "catch aioabort.TaskFailed); the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ErrorInfo
+    raise AttributeError(f"module 'aioabort' has no attribute {name!r}")

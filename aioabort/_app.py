@@ -359,9 +359,22 @@ class App:
         return register
 
     @property
-    def registered_tasks(self) -> dict[str, Task[Any, Any]]:
-        """The tasks registered on this App, by name."""
+    def registry(self) -> dict[str, Task[Any, Any]]:
+        """The task functions registered with ``@app.task``, by name (a copy).
+
+        (``app.task`` registers one; ``await app.tasks()`` lists task *records*.)
+        """
         return dict(self._tasks)
+
+    @property
+    def registered_tasks(self) -> dict[str, Task[Any, Any]]:
+        """Deprecated: use :attr:`registry` (the old name read too much like ``tasks()``)."""
+        warnings.warn(
+            "App.registered_tasks is now App.registry; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.registry
 
     async def send_task(
         self,

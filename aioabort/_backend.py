@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ._errors import InvalidURL
 from ._state import StartDecision, TaskRecord, TaskState
-from ._types import AbortReason, TaskError
+from ._types import AbortReason, ErrorInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +227,7 @@ class Store(abc.ABC):
         owner: str,
         state: TaskState,
         result_json: str | None = None,
-        error: TaskError | None = None,
+        error: ErrorInfo | None = None,
     ) -> TaskRecord | None:
         """Write the end state, only if the record is running and owned by ``owner``.
 

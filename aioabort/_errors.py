@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._types import AbortReason, TaskError
+    from ._types import AbortReason, ErrorInfo
 
 
 class AioabortError(Exception):
@@ -142,15 +142,15 @@ class TaskFailed(AioabortError):
     """The task ended FAILURE.
 
     :ivar task_id: the task's id.
-    :ivar error: the :class:`~aioabort.TaskError` stored on the record.
+    :ivar error: the :class:`~aioabort.ErrorInfo` stored on the record.
     """
 
-    def __init__(self, task_id: str, error: TaskError | None) -> None:
+    def __init__(self, task_id: str, error: ErrorInfo | None) -> None:
         super().__init__(f"task {task_id!r} failed: {error}")
         self.task_id = task_id
         self.error = error
 
-    def __reduce__(self) -> tuple[type[TaskFailed], tuple[str, TaskError | None]]:
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[str, ErrorInfo | None]]:
         return (type(self), (self.task_id, self.error))
 
 

@@ -20,7 +20,7 @@ from ._handle import AbortHandle
 from ._scope import AbortScope, _current_scope
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
-from ._types import MAX_TASK_NAME_LENGTH, TaskError, check_task_id, dump_json
+from ._types import MAX_TASK_NAME_LENGTH, ErrorInfo, check_task_id, dump_json
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -219,8 +219,8 @@ async def execute(
 async def fail_unknown(runtime: Runtime, record: TaskRecord, known: Sequence[str]) -> None:
     """End a claimed record whose task name this worker does not know."""
     names = ", ".join(sorted(known)) or "none"
-    error = TaskError(
-        TaskError.EXCEPTION,
+    error = ErrorInfo(
+        ErrorInfo.EXCEPTION,
         "UnknownTask",
         f"no task named {record.name!r} is registered in this worker (it knows: {names})"[:2000],
     )

@@ -33,7 +33,7 @@ from ._progress import Progress, check_report
 from ._redo import Redo
 from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState, end_state, should_requeue
-from ._types import AbortReason, TaskError, check_task_id
+from ._types import AbortReason, ErrorInfo, check_task_id
 from ._watcher import Watcher
 
 if TYPE_CHECKING:
@@ -405,13 +405,13 @@ class AbortScope:
                 error = None
                 if state is TaskState.FAILURE and exc is not None:
                     error = (
-                        TaskError(
-                            TaskError.CANCELLED,
+                        ErrorInfo(
+                            ErrorInfo.CANCELLED,
                             type(exc).__qualname__,
                             "cancelled from outside the scope",
                         )
                         if isinstance(exc, asyncio.CancelledError)
-                        else TaskError.from_exception(exc)
+                        else ErrorInfo.from_exception(exc)
                     )
                 await self._finish(runtime, state, error)
         finally:
@@ -425,8 +425,8 @@ class AbortScope:
     async def _end_unentered(self, runtime: _Bound, started: StartResult) -> None:
         if started.decision not in (StartDecision.CREATE, StartDecision.START):
             return  # nothing was written
-        error = TaskError(
-            TaskError.CANCELLED, "CancelledError", "cancelled while entering the scope"
+        error = ErrorInfo(
+            ErrorInfo.CANCELLED, "CancelledError", "cancelled while entering the scope"
         )
         await self._finish(runtime, TaskState.FAILURE, error)
 
@@ -466,7 +466,7 @@ class AbortScope:
             )
             runtime.redo.add(task_id, write)
 
-    async def _finish(self, runtime: _Bound, state: TaskState, error: TaskError | None) -> None:
+    async def _finish(self, runtime: _Bound, state: TaskState, error: ErrorInfo | None) -> None:
         result_json = self._result_json if state is TaskState.SUCCESS else None
         store, task_id, owner = runtime.store, self.id, runtime.owner
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ._types import AbortReason, JSONValue, TaskError
+from ._types import AbortReason, ErrorInfo, JSONValue
 
 
 class TaskState(enum.StrEnum):
@@ -168,14 +168,14 @@ REAPED_MESSAGE = "owner {owner} stopped heartbeating"
 RELEASED_MESSAGE = "owner {owner} closed while the task was running"
 
 
-def reaped_error(owner: str | None) -> TaskError:
+def reaped_error(owner: str | None) -> ErrorInfo:
     """The error of a task whose owner stopped heartbeating."""
-    return TaskError(TaskError.LOST, "", REAPED_MESSAGE.format(owner=owner or "?"))
+    return ErrorInfo(ErrorInfo.LOST, "", REAPED_MESSAGE.format(owner=owner or "?"))
 
 
-def released_error(owner: str) -> TaskError:
+def released_error(owner: str) -> ErrorInfo:
     """The error of a task still running when its owner's App closed."""
-    return TaskError(TaskError.LOST, "", RELEASED_MESSAGE.format(owner=owner))
+    return ErrorInfo(ErrorInfo.LOST, "", RELEASED_MESSAGE.format(owner=owner))
 
 
 def end_state(*, stopped_by_abort: bool, failed: bool) -> TaskState:
@@ -217,7 +217,7 @@ class TaskRecord:
     state: TaskState
     reason: AbortReason | None
     result: JSONValue
-    error: TaskError | None
+    error: ErrorInfo | None
     progress: float | None
     message: str | None
     created_at: datetime

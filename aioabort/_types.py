@@ -157,8 +157,9 @@ def coerce_reason(reason: str | AbortReason | None, by: str | None) -> AbortReas
 
 
 @dataclass(frozen=True, slots=True)
-class TaskError:
-    """How a task that ended FAILURE failed.
+class ErrorInfo:
+    """How a task that ended FAILURE failed: data, found on ``record.error`` (and on
+    :class:`TaskFailed`, the exception ``handle.result()`` raises). Formerly ``TaskError``.
 
     :param cause: ``exception`` (the body raised), ``cancelled`` (an outer cancellation such as a
         caller's timeout stopped it), or ``lost`` (its owner process stopped heartbeating).
@@ -185,12 +186,12 @@ class TaskError:
         return json.dumps({"cause": self.cause, "type": self.type, "message": self.message})
 
     @classmethod
-    def from_json(cls, text: str) -> TaskError:
+    def from_json(cls, text: str) -> ErrorInfo:
         data = json.loads(text)
         return cls(str(data["cause"]), str(data.get("type", "")), str(data.get("message", "")))
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> TaskError:
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
         return cls(cls.EXCEPTION, type(exc).__qualname__, str(exc)[:MAX_REASON_MESSAGE_LENGTH])
 
 

@@ -135,7 +135,7 @@ class Worker:
                 "action": "worker_started",
                 "queues": self.queues,
                 "concurrency": self.concurrency,
-                "tasks": sorted(self.app.registered_tasks),
+                "tasks": sorted(self.app.registry),
             },
         )
         self._started.set()
@@ -169,11 +169,11 @@ class Worker:
             await self._shutdown()
 
     def _start(self, record: Any) -> None:
-        task = self.app.registered_tasks.get(record.name or "")
+        task = self.app.registry.get(record.name or "")
         runtime = self.app._runtime()
         coro: Coroutine[Any, Any, object]
         if task is None:
-            coro = fail_unknown(runtime, record, list(self.app.registered_tasks))
+            coro = fail_unknown(runtime, record, list(self.app.registry))
             self._counts["failed"] += 1
             logger.error(
                 "unknown task name in the queue",

@@ -53,7 +53,7 @@ from ._state import (
     released_error,
     requeue_after_loss,
 )
-from ._types import AbortReason, TaskError
+from ._types import AbortReason, ErrorInfo
 
 __all__ = ["MemoryDatabase", "MemoryStore"]
 
@@ -283,7 +283,7 @@ class MemoryStore(Store):
         owner: str,
         state: TaskState,
         result_json: str | None = None,
-        error: TaskError | None = None,
+        error: ErrorInfo | None = None,
     ) -> TaskRecord | None:
         tasks = self._step()
         current = tasks.get(task_id)

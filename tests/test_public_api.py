@@ -81,3 +81,15 @@ def test_the_asgi_middleware_needs_no_web_framework() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 'pip install "aioabort[web]"' in out.stdout
     assert out.stdout.strip().endswith("[]")
+
+
+def test_renamed_names_still_work_for_one_release_with_a_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert aioabort.TaskError is aioabort.ErrorInfo
+        app = aioabort.App("sqlite:///unused.db")
+        assert app.registered_tasks == app.registry == {}
+    assert [w.category for w in caught] == [DeprecationWarning, DeprecationWarning]
+    assert "ErrorInfo" in str(caught[0].message) and "registry" in str(caught[1].message)

@@ -19,7 +19,7 @@ from .._state import (
     TaskState,
     after_abort_request,
 )
-from .._types import AbortReason, TaskError
+from .._types import AbortReason, ErrorInfo
 
 
 def in_list(states: Collection[TaskState]) -> str:
@@ -74,7 +74,7 @@ def lost_error(json_object: str, *, reaped: bool) -> str:
     before, after = (REAPED_MESSAGE if reaped else RELEASED_MESSAGE).split("{owner}")
     message = f"'{before}' || COALESCE(owner, '?') || '{after}'"
     return json_object.replace(
-        "{}", f"'cause', '{TaskError.LOST}', 'type', '', 'message', {message}"
+        "{}", f"'cause', '{ErrorInfo.LOST}', 'type', '', 'message', {message}"
     )
 
 
@@ -128,7 +128,7 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         state=TaskState(state),
         reason=reason_from(code, message, by, ts(at)),
         result=None if result is None else json.loads(result),
-        error=None if error is None else TaskError.from_json(error),
+        error=None if error is None else ErrorInfo.from_json(error),
         progress=progress,
         message=progress_message,
         created_at=created,

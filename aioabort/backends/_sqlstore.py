@@ -36,7 +36,7 @@ from .._backend import (
 )
 from .._errors import StoreUnavailable, TaskAlreadyExists
 from .._state import StartDecision, TaskRecord, TaskState, decide_start, parent_reason
-from .._types import AbortReason, TaskError
+from .._types import AbortReason, ErrorInfo
 from . import _sql
 from ._batch import GroupCommit
 
@@ -347,7 +347,7 @@ class SQLStore(Store, abc.ABC):
         owner: str,
         state: TaskState,
         result_json: str | None = None,
-        error: TaskError | None = None,
+        error: ErrorInfo | None = None,
     ) -> TaskRecord | None:
         error_json = None if error is None else error.to_json()
         return await self._finishes(Finish(task_id, owner, state, result_json, error_json))

@@ -322,7 +322,7 @@ def worker(
                 loop.add_signal_handler(signum, runner.stop)
             click.echo(
                 f"aioabort worker: {app.url}, queues {', '.join(queues)}, concurrency "
-                f"{concurrency}, tasks: {', '.join(sorted(app.registered_tasks)) or 'none'}",
+                f"{concurrency}, tasks: {', '.join(sorted(app.registry)) or 'none'}",
                 err=True,
             )
             await runner.run()
