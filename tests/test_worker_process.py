@@ -24,9 +24,58 @@ pytestmark = pytest.mark.real_stores  # they start other processes
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class WorkerProcess:
+    """An ``aioabort worker`` subprocess whose stderr is read as it comes (a full pipe would
+    block the worker), so a failure can show what the worker said."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._said = asyncio.Event()
+        assert proc.stderr is not None
+        self._reader = asyncio.create_task(self._read(proc.stderr))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        try:
+            async for line in stream:
+                self.lines.append(line.decode(errors="replace"))
+                self._said.set()
+        finally:
+            self._said.set()  # the end of the stream wakes a waiter too
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    async def said(self, text: str, timeout: float = 30) -> None:
+        """Wait until the worker wrote ``text`` to stderr."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._said.clear()
+                if text in self.stderr:
+                    return
+                if self._reader.done():
+                    raise AssertionError(f"the worker ended without saying {text!r}")
+                await self._said.wait()
+
+    async def exit_code(self, timeout: float = 60) -> int:
+        """Wait for the worker to exit. The bound is longer than the worker's own 30 s wait
+        for aborted tasks, so a slow shutdown fails here with its stderr, not at random."""
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"the worker did not exit; it said:\n{self.stderr}") from None
+        await self._reader
+        return code
+
+
 @asynccontextmanager
-async def worker_process(url: str, *extra: str) -> AsyncIterator[asyncio.subprocess.Process]:
+async def worker_process(url: str, *extra: str) -> AsyncIterator[WorkerProcess]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    level = [] if "--log-level" in extra else ["--log-level", "warning"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -35,18 +84,16 @@ async def worker_process(url: str, *extra: str) -> AsyncIterator[asyncio.subproc
         url,
         "worker",
         "tests.worker_app:app",
-        "--log-level",
-        "warning",
+        *level,
         *extra,
         stderr=asyncio.subprocess.PIPE,
         env=env,
         cwd=ROOT,
     )
-    assert proc.stderr is not None
-    banner = await asyncio.wait_for(proc.stderr.readline(), 30)
-    assert b"aioabort worker:" in banner, banner
+    worker = WorkerProcess(proc)
     try:
-        yield proc
+        await worker.said("aioabort worker:")
+        yield worker
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -132,10 +179,8 @@ async def test_sigterm_aborts_running_tasks_after_the_grace(
         await wait_until(lambda: is_running(producer, plain.id), timeout=30)
         await wait_until(lambda: is_running(producer, retry.id), timeout=30)
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-        assert proc.stderr is not None
-        tail = (await proc.stderr.read()).decode()
-    assert "1 aborted, 1 requeued" in tail
+        assert await proc.exit_code() == 0, proc.stderr
+    assert "1 aborted, 1 requeued" in proc.stderr, proc.stderr
     record = await plain.record()
     assert record.state is TaskState.ABORTED
     assert record.reason is not None and record.reason.code == "shutdown"
@@ -145,14 +190,14 @@ async def test_sigterm_aborts_running_tasks_after_the_grace(
 
 
 async def test_second_sigint_stops_at_once(producer: aioabort.App, store_url: str) -> None:
-    async with worker_process(store_url, "--grace", "3600") as proc:
+    async with worker_process(store_url, "--grace", "3600", "--log-level", "info") as proc:
         handle = await worker_app.count.delay(10_000)
         await wait_until(lambda: is_running(producer, handle.id), timeout=30)
         proc.send_signal(signal.SIGINT)
-        await asyncio.sleep(0.2)
-        assert proc.returncode is None  # draining: the grace is an hour
+        await proc.said("waiting for running tasks")
+        assert proc.proc.returncode is None  # draining: the grace is an hour
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await proc.exit_code() == 0, proc.stderr
     record = await handle.record()
     assert record.state is TaskState.ABORTED
     assert record.reason is not None and record.reason.code == "shutdown"
@@ -167,7 +212,7 @@ async def test_kill_9_ends_the_task_lost_or_requeues_it(
         await wait_until(lambda: is_running(producer, plain.id), timeout=30)
         await wait_until(lambda: is_running(producer, retry.id), timeout=30)
         proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await proc.exit_code()
     # The producer's App heartbeats and reaps (stale_after=2 s in tests/worker_app.py).
     record = await plain.wait(timeout=30)
     assert record.state is TaskState.FAILURE
