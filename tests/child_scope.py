@@ -1,8 +1,11 @@
 """A child process for the cross-process tests: runs one abort scope and reports on stdout.
 
-usage: python child_scope.py URL TASK_ID [--swallow] [--poll-interval SECONDS]
+usage: python child_scope.py URL TASK_ID [--swallow | --stubborn] [--poll-interval SECONDS]
 
 Prints ``READY`` once the scope is entered, then one of ``ABORTED code message``, ``DONE``.
+``--swallow`` swallows the first cancellation (printing ``SWALLOWED``; the next await is
+cancelled again); ``--stubborn`` swallows every one and never leaves its scope (it is meant
+to be killed).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import sys
 import aioabort
 
 
-async def main(url: str, task_id: str, swallow: bool, poll_interval: float | None) -> int:
+async def main(
+    url: str, task_id: str, swallow: bool, stubborn: bool, poll_interval: float | None
+) -> int:
     async with aioabort.App(
         url, heartbeat_interval=0.2, stale_after=1.0, poll_interval=poll_interval
     ):
@@ -25,6 +30,14 @@ async def main(url: str, task_id: str, swallow: bool, poll_interval: float | Non
                         await asyncio.sleep(3600)
                     except asyncio.CancelledError:
                         print("SWALLOWED", flush=True)
+                said = False
+                while stubborn:
+                    try:
+                        await asyncio.sleep(3600)
+                    except asyncio.CancelledError:
+                        if not said:
+                            print("SWALLOWED", flush=True)
+                            said = True
                 await asyncio.sleep(3600)
         except aioabort.TaskAborted as exc:
             assert exc.reason is not None and scope.aborted
@@ -37,4 +50,6 @@ async def main(url: str, task_id: str, swallow: bool, poll_interval: float | Non
 if __name__ == "__main__":
     args = sys.argv[1:]
     interval = float(args[args.index("--poll-interval") + 1]) if "--poll-interval" in args else None
-    sys.exit(asyncio.run(main(args[0], args[1], "--swallow" in args, interval)))
+    sys.exit(
+        asyncio.run(main(args[0], args[1], "--swallow" in args, "--stubborn" in args, interval))
+    )

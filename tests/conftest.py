@@ -173,6 +173,15 @@ async def state_of(app: aioabort.App, task_id: str) -> aioabort.TaskState:
     return await app.handle(task_id).state()
 
 
+async def has_state(app: aioabort.App, task_id: str, *states: aioabort.TaskState) -> bool:
+    """Whether the record is in one of ``states`` (for ``wait_until``); False while there
+    is no record yet."""
+    try:
+        return await app.handle(task_id).state() in states
+    except aioabort.TaskNotFound:
+        return False
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs of our own (needs root and mount(2); skipped where neither is there)."""

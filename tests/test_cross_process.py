@@ -16,7 +16,7 @@ import pytest
 import aioabort
 from aioabort import TaskState
 
-from .conftest import wait_until
+from .conftest import has_state, wait_until
 
 pytestmark = pytest.mark.real_stores  # they start other processes
 
@@ -74,7 +74,7 @@ async def test_level_triggered_across_processes(app: aioabort.App, store_url: st
 
 async def test_killed_owner_is_reaped_as_lost_keeping_the_abort(store_url: str) -> None:
     async with aioabort.App(store_url, heartbeat_interval=0.1, stale_after=1.0) as app:
-        async with child(store_url, "orphan", "--swallow") as proc:
+        async with child(store_url, "orphan", "--stubborn") as proc:
             assert await read_line(proc) == "READY"
             await app.handle("orphan").abort("about to kill")
             assert await read_line(proc) == "SWALLOWED"  # still inside its scope: ABORTING
@@ -125,7 +125,7 @@ async def test_wall_clock_jumps_do_not_reap_live_owners(store_url: str) -> None:
                 await release.wait()
 
         task = asyncio.create_task(body())
-        await wait_until(lambda: _state_is(reaper, "survivor", TaskState.STARTED))
+        await wait_until(lambda: has_state(reaper, "survivor", TaskState.STARTED))
         for shift in (-3600.0, 3600.0):
             await _shift_last_seen(store_url, live.owner, shift)
             for _ in range(3):
@@ -135,13 +135,6 @@ async def test_wall_clock_jumps_do_not_reap_live_owners(store_url: str) -> None:
         release.set()
         await task
         assert await reaper.handle("survivor").state() is TaskState.SUCCESS
-
-
-async def _state_is(app: aioabort.App, task_id: str, state: TaskState) -> bool:
-    try:
-        return await app.handle(task_id).state() is state
-    except aioabort.TaskNotFound:
-        return False
 
 
 async def _shift_last_seen(store_url: str, owner: str, seconds: float) -> None:

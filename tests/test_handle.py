@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -22,9 +23,12 @@ async def test_wait_returns_when_the_task_ends(app: aioabort.App) -> None:
     await entered.wait()
     handle = app.handle("waited")
     waiter = asyncio.create_task(handle.wait(timeout=10))
-    await asyncio.sleep(0.02)
-    assert not waiter.done()
-    release.set()
+    async with contextlib.aclosing(handle.watch()) as records:
+        first = await anext(records)  # what wait() sees first: running, so it waits on
+        assert first.state is TaskState.STARTED
+        release.set()
+        seen = [first.state, *[r.state async for r in records]]
+    assert seen[-1] is TaskState.SUCCESS and TaskState.SUCCESS not in seen[:-1]
     record = await waiter
     assert record.state is TaskState.SUCCESS
     await task

@@ -10,8 +10,9 @@ import pytest
 
 import aioabort
 from aioabort import TaskAborted, TaskFailed, TaskState
+from aioabort._state import RUNNING_STATES
 
-from .conftest import wait_until
+from .conftest import has_state, wait_until
 
 
 class Lab:
@@ -106,10 +107,6 @@ async def lab(store_url: str) -> AsyncIterator[Lab]:
             await lab.stop_worker()
 
 
-async def running(lab: Lab, task_id: str) -> bool:
-    return await lab.app.handle(task_id).state() in (TaskState.STARTED, TaskState.ABORTING)
-
-
 async def test_delay_runs_on_the_worker_and_stores_the_result(lab: Lab) -> None:
     lab.start_worker()
     handle = await lab.add.delay(2, 3)
@@ -140,7 +137,7 @@ async def test_abort_while_pending_never_runs(lab: Lab) -> None:
 async def test_abort_while_running_ends_aborted_with_reason(lab: Lab) -> None:
     lab.start_worker()
     handle = await lab.wait_forever.delay("x")
-    await wait_until(lambda: running(lab, handle.id))
+    await wait_until(lambda: has_state(lab.app, handle.id, *RUNNING_STATES))
     assert await handle.abort("stop it", by="operator") is True
     with pytest.raises(TaskAborted) as info:
         await handle.result(timeout=10)
@@ -260,9 +257,10 @@ async def test_concurrency_is_respected(lab: Lab) -> None:
     lab.start_worker(concurrency=2)
     handles = [await lab.gated.delay(str(i)) for i in range(5)]
     await wait_until(lambda: len(lab.ran) == 2)
-    await asyncio.sleep(0.1)
-    assert len(lab.ran) == 2
-    assert lab.worker is not None and lab.worker.statistics().running == 2
+    # Two slots, both busy: the worker claimed two and left three queued.
+    assert lab.worker is not None
+    assert (lab.worker.statistics().claimed, lab.worker.statistics().running) == (2, 2)
+    assert (await lab.app.counts())[TaskState.PENDING] == 3
     lab.release.set()
     assert [await h.result(timeout=10) for h in handles] == [str(i) for i in range(5)]
 
@@ -351,13 +349,19 @@ async def test_spawn_runs_here_and_is_abortable_from_another_app(lab: Lab, store
     assert record.queue is None  # never visible to workers
 
 
-async def test_graceful_stop_lets_running_tasks_finish(lab: Lab) -> None:
+async def test_graceful_stop_lets_running_tasks_finish(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="aioabort.worker")
     worker = lab.start_worker(grace=10)
     handle = await lab.gated.delay("drain")
     await wait_until(lambda: "gated:drain" in lab.ran)
     worker.stop()
-    await asyncio.sleep(0.1)
-    assert await handle.state() is TaskState.STARTED  # still running during the grace
+    await wait_until(
+        lambda: any(getattr(r, "action", "") == "worker_draining" for r in caplog.records),
+        what="the worker to start draining",
+    )
+    assert await handle.state() is TaskState.STARTED  # draining: still running in the grace
     lab.release.set()
     assert await handle.result(timeout=10) == "drain"
     await lab.stop_worker()

@@ -325,10 +325,12 @@ async def test_abort_during_the_final_write(app: aioabort.App, store_url: str) -
     task = asyncio.create_task(body())
     try:
         await wait_until(lambda: blocker.held, what="the lock to be taken")
-        await asyncio.sleep(0.05)  # let the final write reach the lock
+        for _ in range(5):  # loop turns, not time: the scope's exit -> its end write -> queued
+            await asyncio.sleep(0)
         abort = asyncio.create_task(app.handle("final-write").abort("late"))
-        await asyncio.sleep(0.05)
-        assert not task.done() and not abort.done()
+        for _ in range(5):  # loop turns, not time: abort() -> its shielded store call -> queued
+            await asyncio.sleep(0)
+        assert not task.done() and not abort.done()  # both wait on the lock
     finally:
         await blocker.release()
     scope = await asyncio.wait_for(task, 10)

@@ -191,62 +191,6 @@ async def test_heartbeat_is_one_write_per_interval_for_all_scopes(sqlite_url: st
         await asyncio.gather(*tasks)
 
 
-async def test_closing_the_app_aborts_open_scopes_with_shutdown(sqlite_url: str) -> None:
-    app = aioabort.App(sqlite_url, shutdown_grace=5)
-    await app.open()
-    entered = asyncio.Event()
-
-    async def body() -> aioabort.AbortScope:
-        async with aioabort.abortable("at-close", app=app, suppress=True) as scope:
-            entered.set()
-            await asyncio.sleep(60)
-        return scope
-
-    task = asyncio.create_task(body())
-    await entered.wait()
-    await app.aclose()
-    scope = await task
-    assert scope.aborted and scope.reason is not None and scope.reason.code == "shutdown"
-    async with aioabort.App(sqlite_url) as reader:
-        record = await reader.handle("at-close").record()
-    assert record.state is TaskState.ABORTED
-    assert record.reason is not None and record.reason.code == "shutdown"
-
-
-async def test_scope_outliving_the_grace_is_ended_lost(sqlite_url: str) -> None:
-    app = aioabort.App(sqlite_url, shutdown_grace=0.05)
-    await app.open()
-    entered = asyncio.Event()
-    release = asyncio.Event()
-
-    async def stubborn() -> None:
-        async with aioabort.abortable("stubborn-close", app=app, suppress=True):
-            entered.set()
-            while not release.is_set():
-                try:
-                    await release.wait()
-                except asyncio.CancelledError:
-                    pass
-
-    task = asyncio.create_task(stubborn())
-    await entered.wait()
-    await app.aclose()
-    async with aioabort.App(sqlite_url) as reader:
-        record = await reader.handle("stubborn-close").record()
-    assert record.state is TaskState.FAILURE
-    assert record.error is not None and record.error.cause == "lost"
-    release.set()
-    await task  # its own end write fails quietly against the closed store
-
-
-async def test_unclosed_app_warns(sqlite_url: str) -> None:
-    app = aioabort.App(sqlite_url)
-    await app.open()
-    with pytest.warns(ResourceWarning, match="never closed"):
-        app.__del__()
-    await app.aclose()
-
-
 async def test_a_stalled_event_loop_never_holds_the_write_lock(sqlite_url: str) -> None:
     """The loop stalls at the worst moment: just as this process's write transaction began.
     Another writer (a plain connection, as another process would be) must still get the lock

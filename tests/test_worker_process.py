@@ -17,7 +17,7 @@ import aioabort
 from aioabort import TaskAborted, TaskState
 
 from . import worker_app
-from .conftest import wait_until
+from .conftest import has_state, wait_until
 
 pytestmark = pytest.mark.real_stores  # they start other processes
 
@@ -112,10 +112,6 @@ async def producer(store_url: str) -> AsyncIterator[aioabort.App]:
         del os.environ["AIOABORT_URL"]
 
 
-async def is_running(app: aioabort.App, task_id: str) -> bool:
-    return await app.handle(task_id).state() is TaskState.STARTED
-
-
 async def test_celery_flow_across_processes(producer: aioabort.App, store_url: str) -> None:
     async with worker_process(store_url):
         assert await (await worker_app.add.delay(20, 22)).result(timeout=30) == 42
@@ -162,7 +158,7 @@ async def test_abort_racing_completion_across_processes(
 async def test_swallowed_abort_across_processes(producer: aioabort.App, store_url: str) -> None:
     async with worker_process(store_url):
         handle = await worker_app.stubborn.delay()
-        await wait_until(lambda: is_running(producer, handle.id), timeout=30)
+        await wait_until(lambda: has_state(producer, handle.id, TaskState.STARTED), timeout=30)
         await asyncio.sleep(0.1)
         await handle.abort("stop")
         assert await handle.result(timeout=30) == "finished anyway"
@@ -176,8 +172,8 @@ async def test_sigterm_aborts_running_tasks_after_the_grace(
     async with worker_process(store_url, "--grace", "0.3") as proc:
         plain = await worker_app.count.delay(10_000)
         retry = await worker_app.retryable_count.delay(10_000)
-        await wait_until(lambda: is_running(producer, plain.id), timeout=30)
-        await wait_until(lambda: is_running(producer, retry.id), timeout=30)
+        await wait_until(lambda: has_state(producer, plain.id, TaskState.STARTED), timeout=30)
+        await wait_until(lambda: has_state(producer, retry.id, TaskState.STARTED), timeout=30)
         proc.send_signal(signal.SIGTERM)
         assert await proc.exit_code() == 0, proc.stderr
     assert "1 aborted, 1 requeued" in proc.stderr, proc.stderr
@@ -192,7 +188,7 @@ async def test_sigterm_aborts_running_tasks_after_the_grace(
 async def test_second_sigint_stops_at_once(producer: aioabort.App, store_url: str) -> None:
     async with worker_process(store_url, "--grace", "3600", "--log-level", "info") as proc:
         handle = await worker_app.count.delay(10_000)
-        await wait_until(lambda: is_running(producer, handle.id), timeout=30)
+        await wait_until(lambda: has_state(producer, handle.id, TaskState.STARTED), timeout=30)
         proc.send_signal(signal.SIGINT)
         await proc.said("waiting for running tasks")
         assert proc.proc.returncode is None  # draining: the grace is an hour
@@ -209,8 +205,8 @@ async def test_kill_9_ends_the_task_lost_or_requeues_it(
     async with worker_process(store_url) as proc:
         plain = await worker_app.count.delay(10_000)
         retry = await worker_app.retryable_count.delay(10_000)
-        await wait_until(lambda: is_running(producer, plain.id), timeout=30)
-        await wait_until(lambda: is_running(producer, retry.id), timeout=30)
+        await wait_until(lambda: has_state(producer, plain.id, TaskState.STARTED), timeout=30)
+        await wait_until(lambda: has_state(producer, retry.id, TaskState.STARTED), timeout=30)
         proc.send_signal(signal.SIGKILL)
         await proc.exit_code()
     # The producer's App heartbeats and reaps (stale_after=2 s in tests/worker_app.py).
@@ -218,13 +214,9 @@ async def test_kill_9_ends_the_task_lost_or_requeues_it(
     assert record.state is TaskState.FAILURE
     assert record.error is not None and record.error.cause == "lost"
     await wait_until(
-        lambda: _state_is(producer, retry.id, TaskState.PENDING), timeout=30, what="requeue"
+        lambda: has_state(producer, retry.id, TaskState.PENDING), timeout=30, what="requeue"
     )
     await retry.abort()
-
-
-async def _state_is(app: aioabort.App, task_id: str, state: TaskState) -> bool:
-    return await app.handle(task_id).state() is state
 
 
 async def test_parent_abort_reaches_children_on_another_worker(
