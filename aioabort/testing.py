@@ -62,6 +62,21 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _new_record(task_id: str, *, name: str | None, state: TaskState, **fields: Any) -> TaskRecord:
+    """A record as a store first writes it: nothing reported, requested or ended yet."""
+    blank: dict[str, Any] = {
+        "reason": None,
+        "result": None,
+        "error": None,
+        "progress": None,
+        "message": None,
+        "started_at": None,
+        "finished_at": None,
+        "owner": None,
+    }
+    return TaskRecord(id=task_id, name=name, state=state, created_at=_now(), **{**blank, **fields})
+
+
 class MemoryDatabase:
     """The records, owners and watchers that :class:`MemoryStore` instances share."""
 
@@ -158,19 +173,10 @@ class MemoryStore(Store):
         tasks = self._step()
         if task_id in tasks:
             raise TaskAlreadyExists(task_id)
-        record = TaskRecord(
-            id=task_id,
+        record = _new_record(
+            task_id,
             name=name,
             state=TaskState.PENDING,
-            reason=None,
-            result=None,
-            error=None,
-            progress=None,
-            message=None,
-            created_at=_now(),
-            started_at=None,
-            finished_at=None,
-            owner=None,
             parent_id=parent_id,
             queue=queue,
             args=None if args_json is None else json.loads(args_json),
@@ -195,18 +201,11 @@ class MemoryStore(Store):
         )
         now = _now()
         if decision is StartDecision.CREATE:
-            record = TaskRecord(
-                id=task_id,
+            record = _new_record(
+                task_id,
                 name=name,
                 state=TaskState.STARTED,
-                reason=None,
-                result=None,
-                error=None,
-                progress=None,
-                message=None,
-                created_at=now,
                 started_at=now,
-                finished_at=None,
                 owner=owner,
                 parent_id=parent_id,
                 attempts=1,
