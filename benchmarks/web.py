@@ -6,63 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import sys
 import time
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 from ._stats import summary_ms
-
-_REPO = str(Path(__file__).resolve().parent.parent)
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from .servers import uvicorn
 
 
-async def _server(url: str, stack: AsyncExitStack) -> tuple[str, asyncio.subprocess.Process]:
-    import httpx
-
-    port = _port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
+def _server(url: str, *, stdout: bool = False) -> Any:
+    return uvicorn(
         "benchmarks.web_app:api",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "AIOABORT_URL": url, "PYTHONPATH": _REPO},
-        cwd=_REPO,
+        url,
+        ready="/aioabort/tasks?limit=1",
+        ready_status=200,
+        stdout=stdout,
     )
-
-    async def stop() -> None:
-        proc.terminate()
-        await proc.wait()
-
-    stack.push_async_callback(stop)
-    base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base) as client:
-        for _ in range(600):
-            try:
-                if (await client.get("/aioabort/tasks?limit=1")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-        else:
-            raise TimeoutError("uvicorn did not start")
-    return base, proc
 
 
 async def router_latency(url: str, count: int) -> dict[str, Any]:
@@ -70,8 +29,10 @@ async def router_latency(url: str, count: int) -> dict[str, Any]:
 
     latencies: list[float] = []
     async with AsyncExitStack() as stack:
-        a, proc_a = await _server(url, stack)
-        b, _ = await _server(url, stack)
+        # A prints when a handler is cancelled.
+        server_a = await stack.enter_async_context(_server(url, stdout=True))
+        server_b = await stack.enter_async_context(_server(url))
+        a, b, proc_a = server_a.base, server_b.base, server_a.proc
         assert proc_a.stdout is not None
         on_a = await stack.enter_async_context(httpx.AsyncClient(base_url=a, timeout=30))
         on_b = await stack.enter_async_context(httpx.AsyncClient(base_url=b, timeout=30))

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +15,7 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
+from benchmarks import servers
 
 from .conftest import wait_until
 
@@ -26,47 +24,13 @@ pytestmark = pytest.mark.real_stores  # they start other processes
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def uvicorn(url: str) -> AsyncIterator[str]:
-    """One server process on a free loopback port; yields its base URL once it answers."""
-    port = free_port()
-    env = {**os.environ, "AIOABORT_URL": url, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "docs.examples.fastapi_app:api",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        cwd=ROOT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base) as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get("/reports/none")).status_code == 404
-                except httpx.TransportError:
-                    return False
-
-            await wait_until(up, timeout=30, what=f"uvicorn on {port}")
-        yield base
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
+    """docs/examples/fastapi_app.py in a uvicorn process of its own; yields its base URL."""
+    async with servers.uvicorn(
+        "docs.examples.fastapi_app:api", url, ready="/reports/none", ready_status=404
+    ) as server:
+        yield server.base
 
 
 async def test_request_on_a_aborted_through_b(store_url: str) -> None:

@@ -1,0 +1,76 @@
+"""Real uvicorn processes on loopback, for the benchmarks and the test suite alike."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    base: str
+    proc: asyncio.subprocess.Process
+
+
+@asynccontextmanager
+async def uvicorn(
+    app: str, store_url: str, *, ready: str, ready_status: int, stdout: bool = False
+) -> AsyncIterator[Server]:
+    """One ``uvicorn app`` process on a free loopback port, with ``AIOABORT_URL=store_url``;
+    yields once ``GET ready`` answers ``ready_status`` (within 30 s), and stops it after.
+
+    :param stdout: capture the server's standard output (``server.proc.stdout``).
+    """
+    import httpx
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        stdout=asyncio.subprocess.PIPE if stdout else None,
+        env={**os.environ, "AIOABORT_URL": store_url, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if (await client.get(ready)).status_code == ready_status:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.returncode is not None or time.monotonic() > deadline:
+                    raise TimeoutError(f"uvicorn {app} did not start on port {port}")
+                await asyncio.sleep(0.02)
+        yield Server(base, proc)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
