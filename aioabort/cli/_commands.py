@@ -15,7 +15,7 @@ from .. import __version__
 from .._app import App
 from .._errors import AioabortError, TaskNotFound
 from .._state import TaskRecord, TaskState
-from . import _output
+from . import _live, _output
 
 T = TypeVar("T")
 
@@ -24,6 +24,12 @@ EXIT_ABORTED = 0
 EXIT_NOT_FOUND = 1
 EXIT_FINISHED = 2
 EXIT_DECLINED = 4
+#: ``abort --wait``: a task ended otherwise than ABORTED (it finished despite the abort).
+EXIT_NOT_ABORTED = 5
+#: ``abort --wait``: the timeout passed with tasks still running.
+EXIT_TIMEOUT = 7
+#: Ctrl-C.
+EXIT_INTERRUPTED = 130
 #: Any aioabort error (bad URL, store unavailable...).
 EXIT_ERROR = 3
 
@@ -88,7 +94,18 @@ def cli(ctx: click.Context, db: str | None) -> None:
 @click.option("--name", help="Only tasks with this name.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) for scripts.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON for scripts (one array; with --watch, one object per change).",
+)
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep the listing live: redrawn in place on a terminal, one line per change "
+    "otherwise, until Ctrl-C (exit 0).",
+)
 @click.pass_context
 def tasks(
     ctx: click.Context,
@@ -97,15 +114,23 @@ def tasks(
     limit: int,
     offset: int,
     as_json: bool,
+    watch: bool,
 ) -> None:
     """List tasks, newest first."""
     app = _make_app(ctx)
 
+    async def query() -> list[TaskRecord]:
+        return await app.tasks(
+            states=[s.upper() for s in states] or None, name=name, limit=limit, offset=offset
+        )
+
+    if watch:
+        _watch_tasks(app, query, as_json)
+        return
+
     async def go() -> list[TaskRecord]:
         async with app:
-            return await app.tasks(
-                states=[s.upper() for s in states] or None, name=name, limit=limit, offset=offset
-            )
+            return await query()
 
     records = _run(go)
     if as_json:
@@ -117,13 +142,64 @@ def tasks(
             click.echo(_output.record_line(record))
 
 
+def _watch_tasks(app: App, query: Callable[[], Awaitable[list[TaskRecord]]], as_json: bool) -> None:
+    render: Callable[[list[TaskRecord]], None]
+    if sys.stdout.isatty() and not as_json:
+        from rich.live import Live
+
+        def title(records: list[TaskRecord]) -> str:
+            return f"{len(records)} task(s), live: Ctrl-C to quit"
+
+        with Live(console=_console(), auto_refresh=False) as live:
+
+            def draw(records: list[TaskRecord]) -> None:
+                live.update(_output.tasks_table(records, title=title(records)), refresh=True)
+
+            _run_live(lambda: _live.watch_listing(app, query, draw), on_interrupt=0)
+        return
+    seen: dict[str, TaskRecord] = {}
+
+    def lines(records: list[TaskRecord]) -> None:
+        for record in _live.changed_lines(seen, records):
+            if as_json:
+                click.echo(_output.safe_json(_output.record_to_json(record)))
+            else:
+                click.echo(f"{_live.stamp()}  {_output.record_line(record)}")
+        sys.stdout.flush()
+
+    render = lines
+    _run_live(lambda: _live.watch_listing(app, query, render), on_interrupt=0)
+
+
+def _run_live(coro_fn: Callable[[], Awaitable[T]], *, on_interrupt: int = EXIT_INTERRUPTED) -> T:
+    """Like :func:`_run`, and Ctrl-C ends the view cleanly with ``on_interrupt``."""
+    try:
+        return _run(coro_fn)
+    except KeyboardInterrupt:
+        raise SystemExit(on_interrupt) from None
+
+
 @cli.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Then print every change (state, progress, the abort, the end) until the task "
+    "has ended; with --json, one JSON object per line, the last one terminal.",
+)
 @click.pass_context
-def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
-    """Show one task's record. Exits 1 if there is no such task."""
+def show(ctx: click.Context, task_id: str, as_json: bool, follow: bool) -> None:
+    """Show one task's record. Exits 1 if there is no such task.
+
+    With --follow it exits when the task has ended: 0 SUCCESS, 5 FAILURE, 6 ABORTED
+    (1 no such task, 3 a store error, 130 Ctrl-C).
+    """
     app = _make_app(ctx)
+    if follow:
+        _follow(app, task_id, as_json)
+        return
 
     async def go() -> TaskRecord | None:
         async with app:
@@ -141,9 +217,7 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
     if as_json:
         _dump(_output.record_to_json(record))
         return
-    width = max(len(k) for k, _ in _output.record_details(record))
-    for key, value in _output.record_details(record):
-        click.echo(f"{key:<{width}}  {value}")
+    _print_details(record)
 
 
 @cli.command()
@@ -157,6 +231,18 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
 @click.option("--by", help="Who asks (default: host:pid).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per id.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Return only when every task has really stopped (its cleanup done, its end recorded).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="With --wait: give up after this long (exit 7, naming the tasks still running).",
+)
 @click.pass_context
 def abort(
     ctx: click.Context,
@@ -165,12 +251,18 @@ def abort(
     by: str | None,
     yes: bool,
     as_json: bool,
+    wait: bool,
+    timeout: float | None,
 ) -> None:
     """Ask tasks to stop. The request is recorded; each task stops at its next await.
 
-    Exit codes: 0 every task aborted (or already aborting), 1 a task was not found,
-    2 a task had already finished, 4 not confirmed.
+    Exit codes: 0 every task aborted (or already aborting; with --wait: every task ended
+    ABORTED), 1 a task was not found, 2 a task had already finished, 3 a store error,
+    4 not confirmed, 5 (--wait) a task ended otherwise (it finished despite the abort),
+    7 (--wait) the timeout passed with tasks still running.
     """
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout goes with --wait")
     app = _make_app(ctx)
     if not yes:
         if not sys.stdin.isatty():
@@ -199,6 +291,13 @@ def abort(
                     else "already_aborting"
                 )
                 results.append({"id": task_id, "outcome": outcome, "state": state.value})
+            if wait:
+                waiting = [r["id"] for r in results if r["outcome"] != "not_found"]
+                ended, running = await _live.wait_all(app, waiting, timeout)
+                for result in results:
+                    if result["id"] in ended:
+                        result["state"] = ended[result["id"]].state.value
+                    result["running"] = result["id"] in running
         return results
 
     results = _run(go)
@@ -217,8 +316,52 @@ def abort(
                 "already_finished": f"already finished ({result['state']})",
                 "not_found": "not found",
             }[result["outcome"]]
+            if wait and result["outcome"] != "not_found":
+                words += ", still running" if result["running"] else f", ended {result['state']}"
             click.echo(_output.printable(f"{result['id']}: {words}"))
+    if wait:
+        running = [r["id"] for r in results if r.get("running")]
+        if any(
+            r["outcome"] in ("aborted", "already_aborting")
+            and not r["running"]
+            and r["state"] != TaskState.ABORTED.value
+            for r in results
+        ):
+            code = EXIT_NOT_ABORTED
+        if running:
+            listed = _output.printable(", ".join(running))
+            _console(err=True).print(Text(f"still running after {timeout:g}s: {listed}"))
+            code = EXIT_TIMEOUT
     raise SystemExit(code)
+
+
+def _follow(app: App, task_id: str, as_json: bool) -> None:
+    printed: list[TaskRecord] = []
+
+    def emit(record: TaskRecord) -> None:
+        if as_json:
+            click.echo(_output.safe_json(_output.record_to_json(record)))
+        elif not printed:
+            _print_details(record)
+        else:
+            click.echo(f"{_live.stamp()}  {_output.record_line(record)}")
+        sys.stdout.flush()
+        printed.append(record)
+
+    last = _run_live(lambda: _live.follow(app, task_id, emit))
+    if last is None:
+        if as_json:
+            _dump(None)
+        _console(err=True).print(Text(f"no task with id {_output.printable(repr(task_id))}"))
+        raise SystemExit(EXIT_NOT_FOUND)
+    raise SystemExit(_live.FOLLOW_EXIT[last.state])
+
+
+def _print_details(record: TaskRecord) -> None:
+    details = _output.record_details(record)
+    width = max(len(k) for k, _ in details)
+    for key, value in details:
+        click.echo(f"{key:<{width}}  {value}")
 
 
 def _load_app(target: str) -> App:

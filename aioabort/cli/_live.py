@@ -1,0 +1,99 @@
+"""Live views for operators: ``tasks --watch``, ``show --follow``, ``abort --wait``.
+
+All three are driven by the watcher's change delivery (``AbortHandle.watch()`` and the change
+event), with the watcher's one-second re-read as the safety net, never by a re-read per row:
+a change costs one read of the record (or of the listed page), whatever the store holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import anyio
+
+from .._app import App
+from .._errors import TaskNotFound
+from .._state import TaskRecord, TaskState
+
+#: The shortest time between two redraws of a watched listing, in seconds.
+REDRAW_INTERVAL = 0.1
+#: The safety net: a watched listing is read again after this long without a change (progress
+#: reported in another process sends no notification on PostgreSQL).
+REREAD_INTERVAL = 1.0
+
+
+async def follow(app: App, task_id: str, emit: Callable[[TaskRecord], None]) -> TaskRecord | None:
+    """Emit the record, then every change of it, until it is terminal; return the last one
+    (``None``: no such task)."""
+    last: TaskRecord | None = None
+    async with app:
+        try:
+            async with contextlib.aclosing(app.handle(task_id).watch()) as records:
+                async for record in records:
+                    emit(record)
+                    last = record
+        except TaskNotFound:
+            return None
+    return last
+
+
+async def wait_all(
+    app: App, task_ids: list[str], timeout: float | None
+) -> tuple[dict[str, TaskRecord], list[str]]:
+    """Wait until every task has a terminal state (at most ``timeout`` seconds); returns the
+    records that ended and the ids still running."""
+    ended: dict[str, TaskRecord] = {}
+
+    async def one(task_id: str) -> None:
+        ended[task_id] = await app.handle(task_id).wait()
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as group:
+            for task_id in task_ids:
+                group.start_soon(one, task_id)
+    return ended, [t for t in task_ids if t not in ended]
+
+
+async def watch_listing(
+    app: App,
+    query: Callable[[], Awaitable[list[TaskRecord]]],
+    render: Callable[[list[TaskRecord]], None],
+) -> None:
+    """Render the listing, then again each time it changes, until cancelled (Ctrl-C).
+
+    One query per change the watcher sees (at most one per :data:`REDRAW_INTERVAL`), and one
+    per :data:`REREAD_INTERVAL` without any; ``render`` is called only when the listing differs.
+    """
+    shown: list[TaskRecord] | None = None
+    async with app:
+        while True:
+            changed = app.watcher.change_event()  # taken before reading: no change lost
+            started = time.monotonic()
+            records = await query()
+            if records != shown:
+                render(records)
+                shown = records
+            with anyio.move_on_after(REREAD_INTERVAL):
+                await changed.wait()
+            pause = REDRAW_INTERVAL - (time.monotonic() - started)
+            if pause > 0:
+                await asyncio.sleep(pause)
+
+
+def changed_lines(before: dict[str, TaskRecord], records: list[TaskRecord]) -> list[TaskRecord]:
+    """The records that are new or differ from ``before`` (which is updated), oldest first."""
+    fresh = [r for r in records if before.get(r.id) != r]
+    before.update((r.id, r) for r in records)
+    return list(reversed(fresh))
+
+
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%S")
+
+
+#: How ``show --follow`` exits, by the state the task ended in.
+FOLLOW_EXIT = {TaskState.SUCCESS: 0, TaskState.FAILURE: 5, TaskState.ABORTED: 6}

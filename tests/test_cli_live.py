@@ -1,0 +1,243 @@
+"""Live views: ``show --follow``, ``abort --wait``, ``tasks --watch``: the real command in a
+subprocess (a pseudo-terminal for the live table) against a task run here, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+import aioabort
+from aioabort import TaskState
+
+from .conftest import has_state, wait_until
+
+pytestmark = pytest.mark.real_stores  # the command runs in another process
+
+
+async def cli(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aioabort",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@asynccontextmanager
+async def running_task(
+    app: aioabort.App, task_id: str, *, cleanup: asyncio.Event | None = None
+) -> AsyncIterator[tuple[asyncio.Task[None], asyncio.Queue[float | None]]]:
+    """A task in a scope here; put progress values on the queue (``None``: return)."""
+    steps: asyncio.Queue[float | None] = asyncio.Queue()
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with aioabort.abortable(task_id, app=app, suppress=True) as scope:
+            entered.set()
+            try:
+                while (value := await steps.get()) is not None:
+                    await scope.report(value, f"at {value:.0%}")
+            finally:
+                if cleanup is not None:
+                    async with scope.cleanup(timeout=30):
+                        await cleanup.wait()
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    try:
+        yield task, steps
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_show_follow_json_prints_each_change_and_exits_by_the_end(store_url: str) -> None:
+    async with aioabort.App(store_url) as app, running_task(app, "followed") as (task, steps):
+        proc = await cli("--db", store_url, "show", "followed", "--follow", "--json")
+        assert proc.stdout is not None
+        lines: list[dict[str, object]] = []
+
+        async def line() -> dict[str, object]:
+            assert proc.stdout is not None
+            raw = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert raw, (await proc.stderr.read()).decode() if proc.stderr else "EOF"
+            lines.append(json.loads(raw))
+            return lines[-1]
+
+        assert (await line())["state"] == "STARTED"
+        for value in (0.25, 0.5, 0.75):
+            await asyncio.sleep(aioabort.AbortScope.report_interval)  # written at once
+            await steps.put(value)
+            while (await line())["progress"] != value:  # each change, in order
+                pass
+        await steps.put(None)
+        await task
+        while (await line())["state"] != "SUCCESS":
+            pass
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await proc.stdout.read() == b""  # the terminal record was the last line
+    assert [entry["progress"] for entry in lines if entry["progress"]][:3] == [0.25, 0.5, 0.75]
+
+
+@pytest.mark.parametrize(
+    ("end", "code"), [(TaskState.ABORTED, 6), (TaskState.FAILURE, 5)], ids=["aborted", "failed"]
+)
+async def test_show_follow_exit_code_says_how_it_ended(
+    store_url: str, end: TaskState, code: int
+) -> None:
+    async with aioabort.App(store_url) as app:
+        entered = asyncio.Event()
+
+        async def body() -> None:
+            async with aioabort.abortable("ends", app=app, suppress=True):
+                entered.set()
+                await asyncio.sleep(3600) if end is TaskState.ABORTED else await asyncio.sleep(0)
+                raise ValueError("it broke")
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        proc = await cli("--db", store_url, "show", "ends", "--follow")
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert first.startswith(b"id"), first  # the record, as `show` prints it
+        if end is TaskState.ABORTED:
+            await app.handle("ends").abort("stop following")
+        await asyncio.gather(task, return_exceptions=True)
+        assert await asyncio.wait_for(proc.wait(), 30) == code
+        out = (await proc.stdout.read()).decode()
+        assert end.value in out
+
+
+async def test_show_follow_of_an_unknown_task_exits_1(store_url: str) -> None:
+    async with aioabort.App(store_url):
+        pass
+    proc = await cli("--db", store_url, "show", "nobody", "--follow")
+    assert await asyncio.wait_for(proc.wait(), 30) == 1
+
+
+async def test_abort_wait_returns_after_the_cleanup(store_url: str) -> None:
+    cleanup = asyncio.Event()
+    async with (
+        aioabort.App(store_url) as app,
+        running_task(app, "slow-cleanup", cleanup=cleanup) as (task, _),
+    ):
+        proc = await cli("--db", store_url, "abort", "slow-cleanup", "--yes", "--wait")
+        await wait_until(lambda: has_state(app, "slow-cleanup", TaskState.ABORTING))
+        assert proc.returncode is None  # recorded, but the cleanup holds the task
+        cleanup.set()
+        await task
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.stdout is not None
+        out = (await proc.stdout.read()).decode()
+        assert "slow-cleanup: aborted, ended ABORTED" in out
+        record = await app.handle("slow-cleanup").record()
+        assert record.state is TaskState.ABORTED
+
+
+async def test_abort_wait_timeout_names_the_tasks_still_running(store_url: str) -> None:
+    cleanup = asyncio.Event()
+    async with (
+        aioabort.App(store_url) as app,
+        running_task(app, "stuck-cleanup", cleanup=cleanup),
+    ):
+        proc = await cli(
+            "--db", store_url, "abort", "stuck-cleanup", "--yes", "--wait", "--timeout", "0.5"
+        )
+        assert await asyncio.wait_for(proc.wait(), 30) == 7
+        assert proc.stderr is not None
+        assert "still running after 0.5s: stuck-cleanup" in (await proc.stderr.read()).decode()
+        assert await app.handle("stuck-cleanup").state() is TaskState.ABORTING
+        cleanup.set()
+
+
+async def test_tasks_watch_in_a_terminal_updates_in_place(store_url: str) -> None:
+    async with aioabort.App(store_url) as app, running_task(app, "watched") as (task, steps):
+        leader, follower = pty.openpty()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aioabort",
+            "--db",
+            store_url,
+            "tasks",
+            "--watch",
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+            env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+        )
+        os.close(follower)
+        screen = bytearray()
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+
+        def readable() -> None:
+            try:
+                screen.extend(os.read(leader, 65536))
+            except OSError:
+                loop.remove_reader(leader)
+            arrived.set()
+
+        loop.add_reader(leader, readable)
+
+        async def shows(text: str) -> None:
+            async with asyncio.timeout(30):
+                while text.encode() not in screen:
+                    arrived.clear()
+                    await arrived.wait()
+
+        try:
+            await shows("watched")
+            await steps.put(0.5)
+            await shows("50%")
+            await app.handle("watched").abort("from the test")
+            await task
+            await shows("ABORTED")
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            loop.remove_reader(leader)
+            os.close(leader)
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+    text = screen.decode(errors="replace")
+    assert "\x1b[2J" not in text and "\x1b[?1049h" not in text  # never the whole screen
+    frames = text.count("live: Ctrl-C to quit")
+    # Redrawn when the listing changed (started, progress, aborting, aborted, and the safety
+    # net's re-read), not at every tick of a timer.
+    assert 3 <= frames <= 8, frames
+
+
+async def test_tasks_watch_in_a_pipe_prints_a_line_per_change(store_url: str) -> None:
+    async with aioabort.App(store_url) as app, running_task(app, "piped") as (task, steps):
+        proc = await cli("--db", store_url, "tasks", "--watch")
+        assert proc.stdout is not None
+        seen: list[str] = []
+
+        async def until(text: str) -> None:
+            assert proc.stdout is not None
+            while not seen or text not in seen[-1]:
+                seen.append((await asyncio.wait_for(proc.stdout.readline(), 30)).decode())
+
+        await until("STARTED")
+        await steps.put(0.5)
+        await until("progress=50%")
+        await app.handle("piped").abort("from the test")
+        await task
+        await until("ABORTED")
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert all("piped" in line for line in seen)
