@@ -34,10 +34,20 @@ class AbortNotice:
 class Change:
     """Something was committed to the store; ``aborts`` lists abort requests among it.
 
-    A change with no aborts still wakes whoever waits for a record to change (``handle.wait()``).
+    :ivar ids: the tasks whose records changed (the ids of ``aborts`` count too): only their
+        waiters wake (DESIGN rule 13). ``None`` means the store cannot tell (after a reconnect,
+        say): every waiter wakes and reads again. An empty set names no task (new work
+        queued, say): only listeners of every change wake.
     """
 
     aborts: tuple[AbortNotice, ...] = ()
+    ids: frozenset[str] | None = None
+
+    def names(self, task_id: str) -> bool:
+        """Whether this change may concern ``task_id``."""
+        if self.ids is None:
+            return True
+        return task_id in self.ids or any(n.task_id == task_id for n in self.aborts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +137,12 @@ class Store(abc.ABC):
     A store's duties beyond its methods:
 
     * **Report changes.** Once :meth:`start_watching` was called, call ``on_change`` on the
-      event loop thread: with :class:`Change` (no aborts) after every write this store itself
-      committed, so a ``handle.wait()`` in this process wakes at once; and with the
-      :class:`AbortNotice` of every abort request committed by anyone (other processes
-      included), read at a cost per poll that does not grow with the ids watched.
+      event loop thread: with a :class:`Change` naming the ids it changed after every write
+      this store itself committed, so a ``handle.wait()`` in this process wakes at once; with
+      the ids of records other processes changed, as far as the store can tell (``ids=None``
+      when it cannot: every waiter then reads again); and with the :class:`AbortNotice` of
+      every abort request committed by anyone, read at a cost per poll that does not grow
+      with the ids watched.
     * **Check URLs without I/O.** A store made from a URL (``App("scheme://...")``) is
       registered with :func:`aioabort.backends.register_scheme`; :meth:`check_url` raises
       :class:`InvalidURL` for a URL it cannot use (called at ``App()``), and :meth:`from_url`

@@ -17,8 +17,10 @@ from ._types import AbortReason, JSONValue, check_task_id, coerce_reason
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
-#: How long wait() sleeps between re-reads when no change wakes it (a safety net only).
-_WAIT_REREAD_INTERVAL = 1.0
+#: How long a waiter waits for a change of its task before it reads again anyway: a safety
+#: net only. Changes of the task wake it at once (and a watcher that may have missed some,
+#: after a reconnect, wakes every waiter), so an idle waiter costs one read per interval.
+_SAFETY_REREAD = 30.0
 
 
 @final
@@ -109,20 +111,21 @@ class AbortHandle:
         runtime = self._runtime()
         last: TaskRecord | None = None
         quiet = 0.0
-        while True:
-            changed = runtime.watcher.change_event()  # taken before reading: no change lost
-            record = await runtime.store.get(self.id)
-            if record is None:
-                raise TaskNotFound(self.id)
-            if record != last or (every is not None and quiet >= every):
-                yield record
-                last, quiet = record, 0.0
-            if record.state.is_terminal:
-                return
-            interval = _WAIT_REREAD_INTERVAL if every is None else min(every, _WAIT_REREAD_INTERVAL)
-            with anyio.move_on_after(interval) as waited:
-                await changed.wait()
-            quiet = quiet + interval if waited.cancelled_caught else 0.0
+        with runtime.watcher.waiting(self.id) as next_change:
+            while True:
+                changed = next_change()  # taken before reading: no change is lost
+                record = await runtime.store.get(self.id)
+                if record is None:
+                    raise TaskNotFound(self.id)
+                if record != last or (every is not None and quiet >= every):
+                    yield record
+                    last, quiet = record, 0.0
+                if record.state.is_terminal:
+                    return
+                interval = _SAFETY_REREAD if every is None else min(every, _SAFETY_REREAD)
+                with anyio.move_on_after(interval) as waited:
+                    await changed.wait()
+                quiet = quiet + interval if waited.cancelled_caught else 0.0
 
     async def wait(self, timeout: float | None = None) -> TaskRecord:
         """Wait until the task has really stopped (a terminal state); return its record.

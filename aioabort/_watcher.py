@@ -8,9 +8,11 @@ the watcher maps each abort notice to the scope with that id, on the event loop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +50,8 @@ class WatcherStatistics:
     :ivar notices: abort notices seen, for any task.
     :ivar deliveries: aborts delivered to a scope open here.
     :ivar reconnects: reconnections of the store's change watcher.
+    :ivar wakeups: per-id wake-ups of waiters (``handle.wait()``, ``watch()``).
+    :ivar waited_ids: ids with a waiter now.
     """
 
     open_scopes: int
@@ -58,6 +62,8 @@ class WatcherStatistics:
     notices: int
     deliveries: int
     reconnects: int
+    wakeups: int = 0
+    waited_ids: int = 0
 
 
 class Watcher:
@@ -73,6 +79,10 @@ class Watcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._recent: OrderedDict[str, tuple[AbortReason, int | None, float]] = OrderedDict()
+        #: Per-id events of the waiters (handle.wait(), watch()) of this process.
+        self._waiting: dict[str, asyncio.Event] = {}
+        self._wait_counts: dict[str, int] = {}
+        self._wakeups = 0
 
     async def start(self) -> None:
         await self._store.start_watching(self._on_change, self._scopes.keys)
@@ -140,15 +150,52 @@ class Watcher:
                     "abort delivered",
                     extra={"action": "abort_delivered", "task_id": notice.task_id},
                 )
-        self._pulse()
+        self._pulse(change)
 
-    def _pulse(self) -> None:
+    def _pulse(self, change: Change | None = None) -> None:
+        """Wake the listeners of every change, and the waiters of the ids ``change`` names
+        (all of them when it names none it can tell: ``ids=None``)."""
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+        if not self._waiting:
+            return
+        if change is None or change.ids is None:
+            woken = list(self._waiting)
+        else:
+            woken = [*change.ids, *(n.task_id for n in change.aborts)]
+        for task_id in woken:
+            waiting = self._waiting.pop(task_id, None)
+            if waiting is not None:
+                self._wakeups += 1
+                waiting.set()
 
     def change_event(self) -> asyncio.Event:
-        """An event set at the next change: take it *before* reading, then wait on it."""
+        """An event set at the next change of anything: take it *before* reading, then wait
+        on it. (To wait for one task, use :meth:`waiting`: other tasks' changes leave it be.)"""
         return self._changed
+
+    @contextlib.contextmanager
+    def waiting(self, task_id: str) -> Iterator[Callable[[], asyncio.Event]]:
+        """While inside, ``next_change()`` gives an event set at the next change of
+        ``task_id`` only (DESIGN rule 13): take it *before* reading, then wait on it. Waiters
+        on one id share one event, dropped when the last of them leaves."""
+        self._wait_counts[task_id] = self._wait_counts.get(task_id, 0) + 1
+
+        def next_change() -> asyncio.Event:
+            event = self._waiting.get(task_id)
+            if event is None:
+                event = self._waiting[task_id] = asyncio.Event()
+            return event
+
+        try:
+            yield next_change
+        finally:
+            left = self._wait_counts[task_id] - 1
+            if left:
+                self._wait_counts[task_id] = left
+            else:
+                del self._wait_counts[task_id]
+                self._waiting.pop(task_id, None)
 
     def statistics(self) -> WatcherStatistics:
         """Counters, to see what the watcher costs and does."""
@@ -162,4 +209,6 @@ class Watcher:
             notices=self._notices,
             deliveries=self._deliveries,
             reconnects=store.reconnects,
+            wakeups=self._wakeups,
+            waited_ids=len(self._wait_counts),
         )

@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,10 +91,12 @@ class MemoryDatabase:
         self.tasks[record.id] = record
         self.order[record.id] = next(self._counter)
 
-    def announce(self, notices: tuple[AbortNotice, ...] = ()) -> None:
-        """Tell every watcher, on its own loop, after the current step (never inline)."""
+    def announce(self, ids: Iterable[str], notices: tuple[AbortNotice, ...] = ()) -> None:
+        """Tell every watcher which records changed, on its own loop, after the current step
+        (never inline)."""
+        change = Change(notices, ids=frozenset(ids))
         for loop, on_change in list(self.watchers):
-            loop.call_soon_threadsafe(on_change, Change(notices))
+            loop.call_soon_threadsafe(on_change, change)
 
 
 #: Databases named by ``memory://name`` URLs in this process.
@@ -153,10 +155,9 @@ class MemoryStore(Store):
         self._statements += 1
         return self.db.tasks
 
-    def _local_change(self) -> None:
-        if self._watching is not None:
-            loop, on_change = self._watching
-            loop.call_soon(on_change, Change())
+    def _changed(self, *ids: str) -> None:
+        """A write: every watcher of the database learns which records changed."""
+        self.db.announce(ids)
 
     # -- records -----------------------------------------------------------------------------
 
@@ -186,8 +187,8 @@ class MemoryStore(Store):
         inherited = self._aborted_parent(parent_id)
         if inherited is not None:  # born into an aborted family: never runs
             record = self._abort(task_id, inherited)
-            self.db.announce((AbortNotice(task_id, inherited, record.attempts),))
-        self._local_change()
+            self.db.announce((), (AbortNotice(task_id, inherited, record.attempts),))
+        self._changed(task_id)
         return record
 
     async def start(
@@ -227,7 +228,7 @@ class MemoryStore(Store):
         else:
             assert current is not None
             return StartResult(decision, current)
-        self._local_change()
+        self._changed(task_id)
         return StartResult(decision, record)
 
     async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
@@ -244,7 +245,7 @@ class MemoryStore(Store):
             for r in waiting[:limit]
         ]
         if claimed:
-            self._local_change()
+            self._changed(*(r.id for r in claimed))
         return claimed
 
     async def has_pending(self, queues: Collection[str]) -> bool:
@@ -257,7 +258,7 @@ class MemoryStore(Store):
         if current is None or current.owner != owner or current.state not in FINISHABLE_STATES:
             return current
         record = self._back_to_queue(current)
-        self._local_change()
+        self._changed(task_id)
         return record
 
     async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
@@ -271,8 +272,7 @@ class MemoryStore(Store):
             AbortNotice(kid.id, child, kid.attempts)
             for kid in (self._abort(d, child) for d in self._descendants(task_id))
         )
-        self.db.announce((AbortNotice(task_id, reason, record.attempts), *children))
-        self._local_change()
+        self.db.announce((), (AbortNotice(task_id, reason, record.attempts), *children))
         return AbortOutcome(True, record, children)
 
     async def finish(
@@ -295,7 +295,7 @@ class MemoryStore(Store):
             error=error,
             finished_at=_now(),
         )
-        self._local_change()
+        self._changed(task_id)
         return record
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -373,7 +373,7 @@ class MemoryStore(Store):
         for owner in gone:
             self.db.beats.pop(owner, None)
         if ids:
-            self.db.announce()
+            self.db.announce(ids)
         return ids
 
     async def release_owner(self, owner: str) -> list[str]:
@@ -385,7 +385,7 @@ class MemoryStore(Store):
             )
         self.db.beats.pop(owner, None)
         if mine:
-            self.db.announce()
+            self.db.announce(r.id for r in mine)
         return [r.id for r in mine]
 
     # -- the rules, applied to records -------------------------------------------------------

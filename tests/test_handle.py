@@ -10,6 +10,8 @@ import pytest
 import aioabort
 from aioabort import TaskAborted, TaskFailed, TaskState
 
+from .conftest import wait_until
+
 
 async def test_wait_returns_when_the_task_ends(app: aioabort.App) -> None:
     release, entered = asyncio.Event(), asyncio.Event()
@@ -146,3 +148,26 @@ async def test_handles_compare_by_id(app: aioabort.App) -> None:
     assert app.handle("x") != app.handle("y")
     assert len({app.handle("x"), app.handle("x")}) == 1
     assert "x" in repr(app.handle("x"))
+
+
+async def test_a_waiter_is_not_woken_by_other_tasks_changes(
+    app: aioabort.App, other_app: aioabort.App
+) -> None:
+    """DESIGN rule 13: a change wakes only the waiters of the ids it names. Other tasks
+    changing, here or in another App, cost an idle waiter nothing."""
+    await app.create("waited-on")
+    waiters = [asyncio.create_task(app.handle("waited-on").wait(timeout=60)) for _ in range(5)]
+    await wait_until(lambda: app.watcher.statistics().waited_ids == 1, what="the waiters")
+    before = app.watcher.statistics()
+    for i in range(10):  # other tasks start and end, in this App and in another
+        async with aioabort.abortable(f"other-{i}", app=app if i % 2 else other_app):
+            pass
+    await wait_until(lambda: app.watcher.statistics().changes > before.changes + 5)
+    after = app.watcher.statistics()
+    assert after.wakeups == before.wakeups  # no waiter of "waited-on" woke
+    assert not any(w.done() for w in waiters)
+    await other_app.handle("waited-on").abort("now it changes")  # from elsewhere: one wake
+    records = await asyncio.gather(*waiters)
+    assert {r.state for r in records} == {TaskState.ABORTED}
+    assert app.watcher.statistics().wakeups - after.wakeups >= 1
+    assert app.watcher.statistics().waited_ids == 0  # the shared event went with its waiters

@@ -11,6 +11,7 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
+from aioabort.backends._sqlstore import SCHEMA_VERSION
 from aioabort.backends.postgres import PostgresStore, parse_url
 
 from .conftest import wait_until
@@ -173,7 +174,7 @@ async def test_schema_is_created_once_and_versioned(postgres_url: str) -> None:
             version = await conn.fetchval(
                 f"SELECT value FROM {schema}.meta WHERE key = 'schema_version'"
             )
-            assert version == "1"
+            assert version == str(SCHEMA_VERSION)
             await conn.execute(f"UPDATE {schema}.meta SET value = '99'")
         finally:
             await conn.close()

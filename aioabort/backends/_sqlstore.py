@@ -42,8 +42,9 @@ from ._batch import GroupCommit
 
 T = TypeVar("T")
 
-#: The schema version both dialects create; a newer one in the database is refused.
-SCHEMA_VERSION = 1
+#: The schema version both dialects create; a newer one in the database is refused, an older
+#: one migrated (every statement of the schema is "IF NOT EXISTS"). 2: an index on updated_at.
+SCHEMA_VERSION = 2
 #: How many abort-log entries are kept (watchers read only entries newer than their start);
 #: pruned by sequence number, so no clock is involved.
 ABORT_LOG_KEEP = 100_000
@@ -157,26 +158,39 @@ class SQLStore(Store, abc.ABC):
         return rows[0] if rows else None
 
     async def _one(
-        self, name: str, *args: Any, write: bool = False, retry: bool = False
+        self,
+        name: str,
+        *args: Any,
+        write: bool = False,
+        retry: bool = False,
+        changed: Callable[[list[Row]], Collection[str]] | None = None,
     ) -> list[Row]:
-        """Run the named query as a statement of its own; a write is announced."""
+        """Run the named query as a statement of its own; a write announces the ids
+        ``changed(rows)`` names (by default the first column of the rows it returned)."""
         self._statements += 1
         rows = await self._statement(
             self.queries[name], [self._param(a) for a in args], write=write, retry=retry
         )
         if write:
-            self._changed()
+            self._changed(changed(rows) if changed is not None else [row[0] for row in rows])
         return rows
 
-    async def _write(self, body: Callable[[Connection], Awaitable[T]], *, retry: bool) -> T:
-        """A flow's transaction; once committed, the change is announced here."""
+    async def _write(
+        self,
+        body: Callable[[Connection], Awaitable[T]],
+        *,
+        retry: bool,
+        changed: Callable[[T], Collection[str]],
+    ) -> T:
+        """A flow's transaction; once committed, the ids ``changed(result)`` names are
+        announced here (DESIGN rule 13: only their waiters wake)."""
         result = await self._transaction(body, retry=retry)
-        self._changed()
+        self._changed(changed(result))
         return result
 
-    def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(Change())
+    def _changed(self, ids: Collection[str]) -> None:
+        if self._on_change is not None and ids:
+            self._on_change(Change(ids=frozenset(ids)))
 
     def _record(self, row: Row) -> TaskRecord:
         return _sql.record_from_row(tuple(row)[: _sql.COLUMN_COUNT], self._timestamp)
@@ -245,7 +259,7 @@ class SQLStore(Store, abc.ABC):
             return record
 
         # A lost reply could hide a commit: the caller gets a clear error, never a duplicate.
-        return await self._write(body, retry=False)
+        return await self._write(body, retry=False, changed=lambda r: (r.id,))
 
     async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
         rows = await self._one(
@@ -316,7 +330,7 @@ class SQLStore(Store, abc.ABC):
             assert current is not None
             return StartResult(decision, current)
 
-        return await self._write(body, retry=True)
+        return await self._write(body, retry=True, changed=lambda _: (task_id,))
 
     async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
         child = parent_reason(task_id, reason)
@@ -338,7 +352,7 @@ class SQLStore(Store, abc.ABC):
             notices = tuple(AbortNotice(kid[0], child, kid[1]) for kid in kids)
             return AbortOutcome(True, self._record(row), notices)
 
-        return await self._write(body, retry=True)
+        return await self._write(body, retry=True, changed=_abort_ids)
 
     async def finish(
         self,
@@ -376,7 +390,9 @@ class SQLStore(Store, abc.ABC):
         return bool(rows[0][0])
 
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
-        rows = await self._one("requeue", task_id, owner, write=True, retry=True)
+        rows = await self._one(
+            "requeue", task_id, owner, write=True, retry=True, changed=lambda _: (task_id,)
+        )
         return self._record(rows[0]) if rows else await self.get(task_id)
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -434,8 +450,7 @@ class SQLStore(Store, abc.ABC):
             return [row[0] for row in (*requeued, *failed)]
 
         ids = await self._transaction(body, retry=True)
-        if ids:
-            self._changed()
+        self._changed(ids)
         return ids
 
     async def release_owner(self, owner: str) -> list[str]:
@@ -444,10 +459,17 @@ class SQLStore(Store, abc.ABC):
             await self._rows(conn, "forget_owners", [owner])
             return [row[0] for row in rows]
 
-        return await self._write(body, retry=True)
+        return await self._write(body, retry=True, changed=lambda ids: ids)
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(statements=self._statements)
+
+
+def _abort_ids(outcome: AbortOutcome) -> list[str]:
+    """The ids an abort changed: its task (if it recorded anything) and the children."""
+    if not outcome.recorded or outcome.record is None:
+        return []
+    return [outcome.record.id, *(child.task_id for child in outcome.children)]
 
 
 def _decide(record: TaskRecord | None) -> StartDecision:

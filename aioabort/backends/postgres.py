@@ -227,14 +227,17 @@ class _Listener:
 
     def _on_notify(self, conn: asyncpg.Connection, pid: int, channel: str, payload: str) -> None:
         self.notifications += 1
+        if channel == self.store.queue_channel:
+            self.on_change(Change(ids=frozenset()))  # new work on a queue: no task changed
+            return
+        # An abort or an end: the payload is the task id; only its waiters wake.
+        self.on_change(Change(ids=frozenset((payload,))))
         if channel == self.store.abort_channel and payload in self.watched():
             # Only aborts for scopes open here cost a read; the reason lives in the row.
             # Ids notified while a read is under way wait for the next one: one reader.
             self.to_read.add(payload)
             if self.reader is None or self.reader.done():
                 self.reader = self.store.spawn(self._read_notified())
-        else:
-            self.on_change(Change())
 
     async def _read_notified(self) -> None:
         while self.to_read:
@@ -254,7 +257,7 @@ class _Listener:
 
     def _deliver(self, rows: Sequence[Row]) -> None:
         """Rows of ``aborts_of`` (id, code, message, by, at, attempts) to the watcher."""
-        self.on_change(Change(tuple(self.store.notices(rows))))
+        self.on_change(Change(tuple(self.store.notices(rows)), ids=frozenset()))
 
     async def poll(self) -> None:
         """Read the abort log past the cursor; one statement however many scopes are open."""
@@ -287,6 +290,7 @@ class _Listener:
                     await self._connect()
                     self.reconnects += 1
                     backoff = 0.1
+                    self.on_change(Change())  # notifications may have been missed: wake all
                     logger.info("listener reconnected", extra={"action": "listener_reconnected"})
                 await self.poll()
             except Exception as exc:
@@ -484,7 +488,7 @@ class PostgresStore(SQLStore):
         """A named exception to the generic flow: the abort, every unfinished descendant's,
         their log rows and their notifications in one statement (one round trip)."""
         child = parent_reason(task_id, reason)
-        rows = await self._one(
+        rows = await self._one(  # announced below, with the children
             "request_abort",
             task_id,
             reason.code,
@@ -495,6 +499,7 @@ class PostgresStore(SQLStore):
             child.message,
             write=True,
             retry=True,
+            changed=lambda _: (),
         )
         if not rows:
             current = await self.get(task_id)
@@ -502,6 +507,7 @@ class PostgresStore(SQLStore):
             return AbortOutcome(current is not None and current.reason == reason, current)
         row = rows[0]
         kids = json.loads(row[-1]) if row[-1] is not None else []
+        self._changed([task_id, *(kid for kid, _ in kids)])
         notices = tuple(AbortNotice(kid, child, attempts) for kid, attempts in kids)
         return AbortOutcome(True, self._record(row), notices)
 

@@ -161,6 +161,7 @@ class _ChangePoller(threading.Thread):
         path: str,
         interval: float,
         last_seq: int,
+        since: float,
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Change], None],
         on_lost: Callable[[], None],
@@ -171,6 +172,9 @@ class _ChangePoller(threading.Thread):
         self._path = path
         self._interval = interval
         self._last_seq = last_seq
+        #: Changes reported up to this record time; the ids reported at exactly that time.
+        self._since = since
+        self._at_since: set[str] = set()
         self._loop = loop
         self._deliver = deliver
         self._stopping = threading.Event()
@@ -235,7 +239,8 @@ class _ChangePoller(threading.Thread):
                 if current == version:
                     continue
                 rows = conn.execute(QUERIES["aborts_since"], (self._last_seq,)).fetchall()
-                self.statements += 1
+                changed = conn.execute(QUERIES["changed_since"], (self._since,)).fetchall()
+                self.statements += 2
             except sqlite3.Error as exc:
                 logger.warning(
                     "SQLite change poll failed; retrying",
@@ -249,10 +254,25 @@ class _ChangePoller(threading.Thread):
                 reason = _sql.reason_from(code, message, by, _ts(at))
                 if reason is not None:
                     notices.append(AbortNotice(task_id, reason, attempt))
+            ids = self._changed_ids(changed)
             try:
-                self._loop.call_soon_threadsafe(self._deliver, Change(tuple(notices)))
+                self._loop.call_soon_threadsafe(self._deliver, Change(tuple(notices), ids=ids))
             except RuntimeError:  # the event loop is closed: nobody is left to tell
                 return
+
+    def _changed_ids(self, rows: list[tuple[str, float]]) -> frozenset[str]:
+        """The ids of ``changed_since`` rows not reported before (a record changed at the
+        very instant of the last report is read again, and told apart by its id)."""
+        fresh = set()
+        for task_id, at in rows:
+            if at > self._since:
+                self._since, self._at_since = at, set()
+            if at == self._since:
+                if task_id in self._at_since:
+                    continue
+                self._at_since.add(task_id)
+            fresh.add(task_id)
+        return frozenset(fresh)
 
 
 class _ThreadConn:
@@ -472,10 +492,12 @@ class SQLiteStore(SQLStore):
         if self._memory:
             return  # one connection, one process: every change is local
         rows = await self._one("max_abort_seq")
+        since = await self._one("max_updated")
         poller = _ChangePoller(
             self._path,
             self.poll_interval,
             int(rows[0][0]),
+            float(since[0][0]),
             asyncio.get_running_loop(),
             on_change,
             self._report_lost,

@@ -32,10 +32,13 @@ async def follow(app: App, task_id: str, emit: Callable[[TaskRecord], None]) -> 
     last: TaskRecord | None = None
     async with app:
         try:
-            async with contextlib.aclosing(app.handle(task_id).watch()) as records:
+            # every=: progress reported elsewhere sends no notification on PostgreSQL.
+            watched = app.handle(task_id).watch(every=REREAD_INTERVAL)
+            async with contextlib.aclosing(watched) as records:
                 async for record in records:
-                    emit(record)
-                    last = record
+                    if record != last:
+                        emit(record)
+                        last = record
         except TaskNotFound:
             return None
     return last

@@ -39,6 +39,7 @@ CREATE INDEX IF NOT EXISTS tasks_running_owner ON {schema}.tasks (owner)
     WHERE state IN {running};
 CREATE INDEX IF NOT EXISTS tasks_parent ON {schema}.tasks (parent_id)
     WHERE parent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_updated ON {schema}.tasks (updated_at);
 CREATE TABLE IF NOT EXISTS {schema}.abort_log (
     seq bigserial PRIMARY KEY,
     task_id text NOT NULL,
@@ -290,3 +291,11 @@ WHERE l.seq > $1 ORDER BY l.seq;
 -- $1: a JSON array of task ids (the ones watched here): their abort requests, if any.
 SELECT id, abort_code, abort_message, abort_by, abort_at, attempts FROM {schema}.tasks
 WHERE id IN (SELECT json_array_elements_text($1::json)) AND abort_code IS NOT NULL;
+
+-- name: max_updated
+SELECT COALESCE(MAX(updated_at), '-infinity'::timestamptz) FROM {schema}.tasks;
+
+-- name: changed_since
+-- Which records changed since $1 (inclusive: writers are serialized, so a later commit
+-- never carries an earlier time; one at the same instant is caught, and told apart by id).
+SELECT id, updated_at FROM {schema}.tasks WHERE updated_at >= $1 ORDER BY updated_at;

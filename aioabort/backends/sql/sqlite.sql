@@ -39,6 +39,7 @@ CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner
     WHERE state IN {running};
 CREATE INDEX IF NOT EXISTS aioabort_tasks_parent ON aioabort_tasks (parent_id)
     WHERE parent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS aioabort_tasks_updated ON aioabort_tasks (updated_at);
 CREATE TABLE IF NOT EXISTS aioabort_abort_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL,
@@ -230,3 +231,11 @@ WHERE l.seq > ?1 ORDER BY l.seq;
 -- ?1: a JSON array of task ids (the ones watched here): their abort requests, if any.
 SELECT id, abort_code, abort_message, abort_by, abort_at, attempts FROM aioabort_tasks
 WHERE id IN (SELECT value FROM json_each(?1)) AND abort_code IS NOT NULL;
+
+-- name: max_updated
+SELECT COALESCE(MAX(updated_at), 0) FROM aioabort_tasks;
+
+-- name: changed_since
+-- Which records changed since ?1 (inclusive: writers are serialized, so a later commit
+-- never carries an earlier time; one at the same instant is caught, and told apart by id).
+SELECT id, updated_at FROM aioabort_tasks WHERE updated_at >= ?1 ORDER BY updated_at;
