@@ -172,9 +172,10 @@ class _ChangePoller(threading.Thread):
         self._path = path
         self._interval = interval
         self._last_seq = last_seq
-        #: Changes reported up to this record time; the ids reported at exactly that time.
+        #: Changes were reported up to this record time (inclusive: see _changed_ids), and
+        #: the rows reported at exactly that time.
         self._since = since
-        self._at_since: set[str] = set()
+        self._at_since: set[tuple[Any, ...]] = set()
         self._loop = loop
         self._deliver = deliver
         self._stopping = threading.Event()
@@ -260,18 +261,20 @@ class _ChangePoller(threading.Thread):
             except RuntimeError:  # the event loop is closed: nobody is left to tell
                 return
 
-    def _changed_ids(self, rows: list[tuple[str, float]]) -> frozenset[str]:
-        """The ids of ``changed_since`` rows not reported before (a record changed at the
-        very instant of the last report is read again, and told apart by its id)."""
+    def _changed_ids(self, rows: list[tuple[Any, ...]]) -> frozenset[str]:
+        """The ids of ``changed_since`` rows not reported before. A row at the very instant
+        of the last read is read again and told apart by what a waiter sees (state, progress,
+        message, abort), since a second change within one millisecond carries the same time."""
         fresh = set()
-        for task_id, at in rows:
+        for row in rows:
+            at = row[1]
             if at > self._since:
                 self._since, self._at_since = at, set()
             if at == self._since:
-                if task_id in self._at_since:
+                if row in self._at_since:
                     continue
-                self._at_since.add(task_id)
-            fresh.add(task_id)
+                self._at_since.add(row)
+            fresh.add(row[0])
         return frozenset(fresh)
 
 

@@ -296,6 +296,7 @@ WHERE id IN (SELECT json_array_elements_text($1::json)) AND abort_code IS NOT NU
 SELECT COALESCE(MAX(updated_at), '-infinity'::timestamptz) FROM {schema}.tasks;
 
 -- name: changed_since
--- Which records changed since $1 (inclusive: writers are serialized, so a later commit
--- never carries an earlier time; one at the same instant is caught, and told apart by id).
-SELECT id, updated_at FROM {schema}.tasks WHERE updated_at >= $1 ORDER BY updated_at;
+-- Which records changed since $1 (inclusive: a change within the same instant is not
+-- missed).
+SELECT id, updated_at, state, progress, message, abort_code FROM {schema}.tasks
+WHERE updated_at >= $1 ORDER BY updated_at;

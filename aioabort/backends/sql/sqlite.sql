@@ -237,5 +237,6 @@ SELECT COALESCE(MAX(updated_at), 0) FROM aioabort_tasks;
 
 -- name: changed_since
 -- Which records changed since ?1 (inclusive: writers are serialized, so a later commit
--- never carries an earlier time; one at the same instant is caught, and told apart by id).
-SELECT id, updated_at FROM aioabort_tasks WHERE updated_at >= ?1 ORDER BY updated_at;
+-- never carries an earlier time, and one within the same millisecond is not missed).
+SELECT id, updated_at, state, progress, message, abort_code FROM aioabort_tasks
+WHERE updated_at >= ?1 ORDER BY updated_at;
