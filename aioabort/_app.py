@@ -64,7 +64,7 @@ class App:
     :param shutdown_grace: on close, seconds open scopes get to finish after being aborted
         with code ``shutdown``.
     :param poll_interval: seconds between the watcher's polls; by default 0.005 on SQLite
-        (``PRAGMA data_version``) and 1.0 on PostgreSQL (the safety net behind NOTIFY).
+        (``PRAGMA data_version``) and 5.0 on PostgreSQL (the safety net behind NOTIFY).
     :raises InvalidURL: for a missing or unknown URL.
     :raises MissingDriver: when the URL's driver is not installed.
     :raises UsageError: for both a URL and a store, or bad settings.

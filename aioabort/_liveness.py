@@ -19,6 +19,9 @@ from ._shield import shielded
 
 logger = logging.getLogger("aioabort")
 
+#: Every this many heartbeats the reaper sweeps even when every known owner is alive.
+SWEEP_EVERY = 12
+
 
 class OwnerClock:
     """Which owners stopped heartbeating, judged by their counters and a monotonic clock."""
@@ -48,6 +51,8 @@ class Liveness:
         self._stale_after = stale_after
         self._clock = OwnerClock()
         self._task: asyncio.Task[None] | None = None
+        #: Heartbeat rounds so far (for tests and statistics).
+        self.rounds = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -64,19 +69,27 @@ class Liveness:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def reap(self) -> list[str]:
-        """End the running tasks of owners that stopped heartbeating; returns their ids."""
+    async def reap(self, *, sweep: bool = True) -> list[str]:
+        """End the running tasks of owners that stopped heartbeating; returns their ids.
+
+        :param sweep: reap even when no known owner died (which also ends running tasks whose
+            owner nobody knows, and prunes the abort log). Without it, a round where every
+            owner is alive costs one read.
+        """
         beats = await self._store.owner_beats()
         dead = self._clock.dead(beats, time.monotonic(), self._stale_after)
         dead.discard(self._owner.id)
+        if not dead and not sweep:
+            return []
         return await shielded(self._store.reap(sorted(dead)))
 
     async def _beat_forever(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            self.rounds += 1
             try:
                 await shielded(self._store.heartbeat(self._owner))
-                lost = await self.reap()
+                lost = await self.reap(sweep=self.rounds % SWEEP_EVERY == 0)
             except Exception:
                 logger.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
                 continue

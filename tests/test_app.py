@@ -10,6 +10,8 @@ import pytest
 import aioabort
 from aioabort import TaskState
 
+from .conftest import wait_until
+
 
 async def test_closing_the_app_aborts_open_scopes_with_shutdown(store_url: str) -> None:
     app = aioabort.App(store_url, shutdown_grace=5)
@@ -65,3 +67,23 @@ async def test_unclosed_app_warns(store_url: str) -> None:
     with pytest.warns(ResourceWarning, match="never closed"):
         app.__del__()
     await app.aclose()
+
+
+async def test_an_idle_app_costs_two_statements_per_heartbeat(store_url: str) -> None:
+    """A heartbeat and one read of the owners' counters per interval; the reaping transaction
+    only when an owner died (and as a sweep every SWEEP_EVERY rounds)."""
+    from aioabort._liveness import SWEEP_EVERY
+
+    async with (
+        aioabort.App(store_url, heartbeat_interval=0.02, stale_after=10) as app,
+        aioabort.App(store_url, heartbeat_interval=10, stale_after=20),  # alive: not reaped
+    ):
+        liveness = app._liveness
+        assert liveness is not None
+        await wait_until(lambda: liveness.rounds >= 1)
+        rounds, statements = liveness.rounds, app.store.statistics().statements
+        await wait_until(lambda: liveness.rounds >= rounds + 2 * SWEEP_EVERY)
+        done = liveness.rounds - rounds
+        spent = app.store.statistics().statements - statements
+    sweeps = done // SWEEP_EVERY + 1
+    assert 2 * done - 2 <= spent <= 2 * done + 6 * sweeps, (done, spent)

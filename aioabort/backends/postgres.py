@@ -331,8 +331,9 @@ class PostgresStore(SQLStore):
     """The PostgreSQL store. Made by :class:`aioabort.App` from a ``postgresql://`` URL."""
 
     dialect = "postgres"
-    #: Seconds between polls of the abort log (the safety net, and the health check).
-    poll_interval = 1.0
+    #: Seconds between polls of the abort log (the safety net behind LISTEN, and the health
+    #: check of the listener's connection; aborts and ends arrive by notification at once).
+    poll_interval = 5.0
     #: Seconds a gap in abort-log sequence numbers is waited for before it is given up.
     gap_timeout = 30.0
     #: Seconds allowed for connecting.
