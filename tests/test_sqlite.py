@@ -75,13 +75,24 @@ async def test_store_locked_past_the_budget_is_store_busy(
 
 
 async def test_lock_held_briefly_is_waited_out(sqlite_url: str) -> None:
+    import threading
+
     async with aioabort.App(sqlite_url) as app:
         await app.create("brief")
+        store = app.store
+        assert isinstance(store, SQLiteStore) and store._conn is not None
+        began = threading.Event()
+
+        def traced(sql: str) -> None:  # SQLite calls it in the driver's thread, per attempt
+            if sql.startswith("BEGIN IMMEDIATE"):
+                began.set()
+
+        await store._conn.set_trace_callback(traced)
         blocker = sqlite3.connect(path_of(sqlite_url), isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         abort = asyncio.create_task(app.handle("brief").abort())
-        await asyncio.sleep(0.1)
-        assert not abort.done()
+        await wait_until(began.is_set, what="the abort to try for the lock")
+        assert not abort.done()  # it waits on the lock (busy_timeout), it does not fail
         blocker.execute("COMMIT")
         blocker.close()
         assert await asyncio.wait_for(abort, 10) is True
