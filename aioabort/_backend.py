@@ -272,9 +272,13 @@ class Store(abc.ABC):
         """Store progress on a running task owned by ``owner``; no push notification."""
 
     @abc.abstractmethod
-    async def heartbeat(self, owner: OwnerInfo) -> None:
+    async def heartbeat(self, owner: OwnerInfo) -> dict[str, int]:
         """Record that ``owner`` is alive: one write for all its tasks, which bumps its
-        ``beats`` counter (liveness is judged by that counter changing, never by clocks)."""
+        ``beats`` counter (liveness is judged by that counter changing, never by clocks).
+
+        :returns: every known owner's counter, read with the beat (the reaper's input, so an
+            idle App costs one statement per interval where the dialect allows it).
+        """
 
     @abc.abstractmethod
     async def owner_beats(self) -> dict[str, int]:

@@ -76,7 +76,9 @@ class Liveness:
             owner nobody knows, and prunes the abort log). Without it, a round where every
             owner is alive costs one read.
         """
-        beats = await self._store.owner_beats()
+        return await self._reap(await self._store.owner_beats(), sweep=sweep)
+
+    async def _reap(self, beats: dict[str, int], *, sweep: bool) -> list[str]:
         dead = self._clock.dead(beats, time.monotonic(), self._stale_after)
         dead.discard(self._owner.id)
         if not dead and not sweep:
@@ -88,8 +90,8 @@ class Liveness:
             await asyncio.sleep(self._interval)
             self.rounds += 1
             try:
-                await shielded(self._store.heartbeat(self._owner))
-                lost = await self.reap(sweep=self.rounds % SWEEP_EVERY == 0)
+                beats = await shielded(self._store.heartbeat(self._owner))
+                lost = await self._reap(beats, sweep=self.rounds % SWEEP_EVERY == 0)
             except Exception:
                 logger.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
                 continue

@@ -341,9 +341,10 @@ class MemoryStore(Store):
 
     # -- liveness ----------------------------------------------------------------------------
 
-    async def heartbeat(self, owner: OwnerInfo) -> None:
+    async def heartbeat(self, owner: OwnerInfo) -> dict[str, int]:
         self._step()
         self.db.beats[owner.id] = self.db.beats.get(owner.id, 0) + 1
+        return dict(self.db.beats)
 
     async def owner_beats(self) -> dict[str, int]:
         self._step()

@@ -70,8 +70,9 @@ async def test_unclosed_app_warns(store_url: str) -> None:
 
 
 async def test_an_idle_app_costs_two_statements_per_heartbeat(store_url: str) -> None:
-    """A heartbeat and one read of the owners' counters per interval; the reaping transaction
-    only when an owner died (and as a sweep every SWEEP_EVERY rounds)."""
+    """A heartbeat that reads the owners' counters (one statement on PostgreSQL, two on
+    SQLite) per interval; the reaping transaction only when an owner died (and as a sweep
+    every SWEEP_EVERY rounds)."""
     from aioabort._liveness import SWEEP_EVERY
 
     async with (
@@ -86,4 +87,5 @@ async def test_an_idle_app_costs_two_statements_per_heartbeat(store_url: str) ->
         done = liveness.rounds - rounds
         spent = app.store.statistics().statements - statements
     sweeps = done // SWEEP_EVERY + 1
-    assert 2 * done - 2 <= spent <= 2 * done + 6 * sweeps, (done, spent)
+    per_beat = 2 if store_url.startswith("sqlite") else 1  # SQLite reads the counters apart
+    assert per_beat * done - 2 <= spent <= per_beat * done + 6 * sweeps, (done, spent)

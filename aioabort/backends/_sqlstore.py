@@ -429,11 +429,14 @@ class SQLStore(Store, abc.ABC):
 
     # -- liveness ----------------------------------------------------------------------------
 
-    async def heartbeat(self, owner: OwnerInfo) -> None:
+    async def heartbeat(self, owner: OwnerInfo) -> dict[str, int]:
         self._statements += 1
-        await self._statement(
+        rows = await self._statement(
             self.queries["heartbeat"], [owner.id, owner.host, owner.pid], write=True, retry=True
         )
+        if not rows:  # a dialect whose heartbeat cannot read the counters in one statement
+            return await self.owner_beats()
+        return {row[0]: int(row[1]) for row in rows}
 
     async def owner_beats(self) -> dict[str, int]:
         return {owner: int(beats) for owner, beats in await self._one("owner_beats")}

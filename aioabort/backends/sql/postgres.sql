@@ -235,9 +235,16 @@ WHERE id = $1 AND owner = $2 AND state IN {running}
 RETURNING id;
 
 -- name: heartbeat
-INSERT INTO {schema}.owners (id, host, pid, beats) VALUES ($1, $2, $3, 1)
-ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp(),
-    beats = {schema}.owners.beats + 1;
+-- The beat, and every owner's counter as the statement began (the reaper's input): one
+-- statement per interval for an idle App.
+WITH beat AS (
+    INSERT INTO {schema}.owners (id, host, pid, beats) VALUES ($1, $2, $3, 1)
+    ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp(),
+        beats = {schema}.owners.beats + 1
+    RETURNING id, beats
+)
+SELECT id, beats FROM beat
+UNION ALL SELECT id, beats FROM {schema}.owners WHERE id NOT IN (SELECT id FROM beat);
 
 -- name: owner_beats
 SELECT id, beats FROM {schema}.owners;

@@ -180,6 +180,7 @@ WHERE id = ?1 AND owner = ?2 AND state IN {running}
 RETURNING id;
 
 -- name: heartbeat
+-- (SQLite cannot read every owner in the same statement: the store reads them next.)
 INSERT INTO aioabort_owners (id, host, pid, started_at, last_seen, beats)
 VALUES (?1, ?2, ?3, {now}, {now}, 1)
 ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
