@@ -417,22 +417,16 @@ class SQLStore(Store, abc.ABC):
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None
     ) -> bool:
-        # Progress wakes no waiter: it changes no state (and sends no notification).
-        self._statements += 1
-        rows = await self._statement(
-            self.queries["report"],
-            [task_id, owner, progress, message],
-            write=True,
-            retry=True,
-        )
+        rows = await self._one(
+            "report", task_id, owner, progress, message, write=True, retry=True, changed=_none
+        )  # progress wakes no waiter: it changes no state (and sends no notification)
         return bool(rows)
 
     # -- liveness ----------------------------------------------------------------------------
 
     async def heartbeat(self, owner: OwnerInfo) -> dict[str, int]:
-        self._statements += 1
-        rows = await self._statement(
-            self.queries["heartbeat"], [owner.id, owner.host, owner.pid], write=True, retry=True
+        rows = await self._one(
+            "heartbeat", owner.id, owner.host, owner.pid, write=True, retry=True, changed=_none
         )
         if not rows:  # a dialect whose heartbeat cannot read the counters in one statement
             return await self.owner_beats()
@@ -466,6 +460,11 @@ class SQLStore(Store, abc.ABC):
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(statements=self._statements)
+
+
+def _none(rows: object) -> tuple[()]:
+    """For writes that change no task's state: nothing to announce."""
+    return ()
 
 
 def _abort_ids(outcome: AbortOutcome) -> list[str]:

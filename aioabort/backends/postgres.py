@@ -500,7 +500,7 @@ class PostgresStore(SQLStore):
             child.message,
             write=True,
             retry=True,
-            changed=lambda _: (),
+            changed=lambda _: (),  # announced below, with the children
         )
         if not rows:
             current = await self.get(task_id)
