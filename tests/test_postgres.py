@@ -304,3 +304,31 @@ async def test_abort_storm_never_uses_the_listener_connection_twice_at_once(
         scopes = await asyncio.wait_for(asyncio.gather(*tasks), 60)
         assert all(scope.aborted for scope in scopes)
         assert consumer.watcher.statistics().reconnects == 0
+
+
+@pytest.mark.parametrize("message", ["short", "🛑" * 2000], ids=["in-the-notice", "too-long"])
+async def test_an_abort_notice_carries_its_reason(postgres_url: str, message: str) -> None:
+    """Trust the push: the listener delivers the reason the notification carries and reads no
+    row; a reason too long for NOTIFY's 8,000 bytes comes as the id alone, and is read."""
+    async with (
+        aioabort.App(postgres_url, poll_interval=60) as consumer,
+        aioabort.App(postgres_url) as producer,
+    ):
+        entered = asyncio.Event()
+
+        async def body() -> aioabort.AbortScope:
+            async with aioabort.abortable("pushed", app=consumer, suppress=True) as scope:
+                entered.set()
+                await asyncio.sleep(3600)
+            return scope
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        before = consumer.watcher.statistics()
+        assert await producer.handle("pushed").abort(message) is True
+        scope = await asyncio.wait_for(task, 10)
+        after = consumer.watcher.statistics()
+    assert scope.aborted and scope.reason is not None and scope.reason.message == message
+    assert after.polls == before.polls  # delivered by the notification, not the poll
+    reads = after.statements - before.statements
+    assert reads == (0 if message == "short" else 1)

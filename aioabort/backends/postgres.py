@@ -230,12 +230,18 @@ class _Listener:
         if channel == self.store.queue_channel:
             self.on_change(Change(ids=frozenset()))  # new work on a queue: no task changed
             return
-        # An abort or an end: the payload is the task id; only its waiters wake.
-        self.on_change(Change(ids=frozenset((payload,))))
-        if channel == self.store.abort_channel and payload in self.watched():
-            # Only aborts for scopes open here cost a read; the reason lives in the row.
-            # Ids notified while a read is under way wait for the next one: one reader.
-            self.to_read.add(payload)
+        if channel == self.store.end_channel:
+            self.on_change(Change(ids=frozenset((payload,))))  # the payload is the task id
+            return
+        notice, task_id = _abort_notice(payload)
+        if notice is not None:  # the push carries the reason: trusted, no row is read
+            self.on_change(Change((notice,), ids=frozenset((task_id,))))
+            return
+        self.on_change(Change(ids=frozenset((task_id,))))
+        if task_id in self.watched():
+            # A notice without its reason (too long for NOTIFY): read the row. Ids notified
+            # while a read is under way wait for the next one: one reader.
+            self.to_read.add(task_id)
             if self.reader is None or self.reader.done():
                 self.reader = self.store.spawn(self._read_notified())
 
@@ -312,6 +318,19 @@ class _Listener:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), store.poll_interval)
+
+
+def _abort_notice(payload: str) -> tuple[AbortNotice | None, str]:
+    """An abort notification's payload: the notice, when it carries the reason, and the id."""
+    data = json.loads(payload)
+    task_id = str(data["id"])
+    if data.get("code") is None:
+        return None, task_id
+    reason = _sql.reason_from(
+        data["code"], data["message"], data["by"], datetime.fromisoformat(data["at"])
+    )
+    assert reason is not None
+    return AbortNotice(task_id, reason, data.get("attempts")), task_id
 
 
 class _PgConn:

@@ -144,7 +144,7 @@ WITH logged AS (
     SELECT e FROM json_array_elements_text($1::json) WITH ORDINALITY AS x(e, n) ORDER BY n
     RETURNING task_id
 )
-SELECT count(pg_notify('{abort_channel}', task_id)) FROM logged;
+SELECT count(pg_notify('{abort_channel}', json_build_object('id', task_id)::text)) FROM logged;
 
 -- name: request_abort
 -- The one-round-trip abort (PostgresStore.request_abort, a named exception to the generic
@@ -171,7 +171,16 @@ WITH RECURSIVE family(id) AS (
     SELECT id FROM root UNION ALL SELECT id FROM kids
     RETURNING task_id
 ), notified AS (
-    SELECT pg_notify('{abort_channel}', task_id) FROM logged
+    -- The notice carries the reason (the listener trusts it and reads no row); one too long
+    -- for NOTIFY's 8,000 bytes carries the id alone, and the listener reads the row.
+    SELECT pg_notify('{abort_channel}', CASE WHEN octet_length(p.j) < 7900 THEN p.j
+        ELSE json_build_object('id', n.id)::text END)
+    FROM (
+        SELECT id, attempts, abort_code, abort_message, abort_by, abort_at FROM root
+        UNION ALL SELECT id, attempts, $6, $7, $4, $5 FROM kids
+    ) AS n(id, attempts, code, message, by_, at),
+    LATERAL (SELECT json_build_object('id', n.id, 'code', n.code, 'message', n.message,
+        'by', n.by_, 'at', n.at, 'attempts', n.attempts)::text AS j) AS p
 )
 SELECT root.*, (SELECT count(*) FROM notified) AS notified,
     (SELECT json_agg(json_build_array(id, attempts)) FROM kids)::text AS kids
