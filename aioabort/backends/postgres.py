@@ -6,7 +6,8 @@ of every operation is :mod:`._sqlstore`'s and the statements are ``sql/postgres.
 one-round-trip :meth:`PostgresStore.request_abort` is the named exception.
 
 * Statements run on an asyncpg pool. The abort write, its abort-log row and its ``pg_notify``
-  commit in one transaction; the payload is the task id, the reason lives in the row.
+  commit in one transaction; the payload carries the id and the reason (trusted: the
+  listener reads no row), or the id alone when the reason is too long for NOTIFY.
 * The watcher listens on a **dedicated** connection (a pooled one is UNLISTENed when it goes
   back to the pool). On every (re)connect it LISTENs first, then re-reads every watched id, so
   an abort sent while it was disconnected is still delivered.
