@@ -114,6 +114,7 @@ async def soak(
     entered: list[str] = []
     aborts: dict[str, float] = {}
     kills = faults = refused = 0
+    exited: list[int] = []  # exit codes of workers that ended without being killed
     snapshots: dict[str, tuple[str, Any]] = {}
     procs = [await _worker(url) for _ in range(workers)]
     async with soak_app.app as app:
@@ -158,6 +159,10 @@ async def soak(
                         snapshots.setdefault(record.id, (record.state.value, record.finished_at))
                 except AioabortError:
                     refused += 1  # a read refused during a fault (reads fail fast)
+                for i, proc in enumerate(procs):
+                    if proc.returncode is not None:  # a worker that died by itself: a bug
+                        exited.append(proc.returncode)
+                        procs[i] = await _worker(url)
                 if time.monotonic() > next_kill:
                     victim = rng.randrange(len(procs))
                     procs[victim].send_signal(signal.SIGKILL)
@@ -230,6 +235,7 @@ async def soak(
         "final_states": states,
         "retryable_requeued_runs": len([r for r in records.values() if r.attempts > 1]),
         "workers_killed": kills,
+        "workers_that_exited_by_themselves": len(exited),
         "faults": faults,
         "calls_refused_during_faults": refused,
         "scopes_cancelled_while_entering": len(entered),
@@ -241,7 +247,7 @@ async def soak(
         "records_stuck": len(stuck),
         "records_left_running_by_a_live_owner": len(left_running),
         "terminal_records_changed": len(changed),
-        "ok": not (lost or stuck or changed),
+        "ok": not (lost or stuck or changed or exited),
     }
 
 

@@ -5,6 +5,7 @@ abort sent after it comes back is delivered; every record ends as it should."""
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 
@@ -118,3 +119,47 @@ async def test_restart_while_the_event_loop_is_busy_loses_no_abort(cluster: Clus
         for i in range(count):
             record = await producer.handle(f"busy-{i}").wait(timeout=30)
             assert record.state is TaskState.ABORTED, record
+
+
+async def test_a_worker_started_while_the_server_is_down_waits_for_it(cluster: Cluster) -> None:
+    import os
+    import sys
+
+    from . import worker_app
+    from .test_worker_process import ROOT, WorkerProcess
+
+    url = f"{cluster.url}?aioabort_schema=late"
+    async with aioabort.App(url):
+        pass  # the schema exists; the worker will only need the server
+    await asyncio.to_thread(cluster.stop)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aioabort",
+        "--db",
+        url,
+        "worker",
+        "tests.worker_app:app",
+        "--log-level",
+        "warning",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    worker = WorkerProcess(proc)
+    try:
+        await worker.said("the store is unreachable; retrying")
+        await asyncio.to_thread(cluster.start)
+        await worker.said("aioabort worker:")
+        os.environ["AIOABORT_URL"] = url
+        try:
+            async with worker_app.app:
+                assert await (await worker_app.add.delay(2, 3)).result(timeout=30) == 5
+        finally:
+            del os.environ["AIOABORT_URL"]
+        worker.send_signal(signal.SIGTERM)
+        assert await worker.exit_code() == 0, worker.stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

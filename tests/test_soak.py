@@ -28,6 +28,7 @@ def check(result: dict[str, Any]) -> None:
     assert result["records_stuck"] == 0
     assert result["records_left_running_by_a_live_owner"] == 0
     assert result["terminal_records_changed"] == 0
+    assert result["workers_that_exited_by_themselves"] == 0
     assert result["ok"] is True
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
@@ -13,7 +16,7 @@ from rich.text import Text
 
 from .. import __version__
 from .._app import App
-from .._errors import AioabortError, TaskNotFound
+from .._errors import AioabortError, StoreUnavailable, TaskNotFound
 from .._state import TaskRecord, TaskState
 from . import _live, _output
 
@@ -427,6 +430,14 @@ def _load_app(target: str) -> App:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--wait-for-store",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="At start, keep trying an unreachable store this long before giving up (exit 3).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -435,6 +446,7 @@ def worker(
     queues: tuple[str, ...],
     grace: float,
     log_level: str,
+    wait_for_store: float,
 ) -> None:
     """Run the tasks of the App at MODULE:APP that are queued with delay().
 
@@ -442,7 +454,6 @@ def worker(
     The first SIGTERM or SIGINT stops claiming and gives running tasks --grace seconds, then
     aborts them with reason code 'shutdown'; a second signal aborts them at once.
     """
-    import logging
     import os
     import signal
 
@@ -458,7 +469,8 @@ def worker(
     )
 
     async def go() -> None:
-        async with app:
+        await _open_when_reachable(app, wait_for_store)
+        async with _closing(app):
             runner = Worker(app, concurrency=concurrency, queues=queues, grace=grace)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -477,6 +489,34 @@ def worker(
             )
 
     _run(go)
+
+
+async def _open_when_reachable(app: App, patience: float) -> None:
+    """Open the App, retrying for ``patience`` seconds while the store is unreachable (a
+    database restarting as the worker starts): a deploy's ordering must not kill workers."""
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            await app.open()
+            return
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logging.getLogger("aioabort.worker").warning(
+                "the store is unreachable; retrying",
+                extra={"action": "store_unreachable", "error": str(exc)},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+@contextlib.asynccontextmanager
+async def _closing(app: App) -> AsyncIterator[App]:
+    try:
+        yield app
+    finally:
+        await app.aclose()
 
 
 @cli.group()
