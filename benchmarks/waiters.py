@@ -61,7 +61,28 @@ async def run(url: str, count: int, idle: int) -> dict[str, Any]:
 
 
 async def compare(url_for: Any, count: int, idles: list[int]) -> list[dict[str, Any]]:
-    return [await run(url_for(), count, idle) for idle in idles]
+    rows = []
+    for idle in idles:
+        url = url_for()
+        try:
+            rows.append(await run(url, count, idle))
+        finally:
+            if url.startswith("postgres"):
+                await _drop_schema(url)
+    return rows
+
+
+async def _drop_schema(url: str) -> None:
+    import asyncpg
+
+    from aioabort.backends.postgres import parse_url
+
+    dsn, schema = parse_url(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
 
 
 def main() -> int:
