@@ -251,7 +251,7 @@ async def soak(
     }
 
 
-async def _drop_schema(url: str) -> None:
+async def drop_schema(url: str) -> None:
     import asyncpg
 
     from aioabort.backends.postgres import parse_url
@@ -332,7 +332,7 @@ def main() -> int:
             result = asyncio.run(soak(url, args.seconds, args.workers, seed, fault))
         finally:
             if args.store == "postgres":
-                asyncio.run(_drop_schema(url))
+                asyncio.run(drop_schema(url))
     print(f"soak (seed {seed}):")
     for key, value in result.items():
         print(f"  {key:40} {value}")

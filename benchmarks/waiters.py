@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 from ._procs import start_worker
+from .soak import drop_schema
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -68,21 +69,8 @@ async def compare(url_for: Any, count: int, idles: list[int]) -> list[dict[str, 
             rows.append(await run(url, count, idle))
         finally:
             if url.startswith("postgres"):
-                await _drop_schema(url)
+                await drop_schema(url)
     return rows
-
-
-async def _drop_schema(url: str) -> None:
-    import asyncpg
-
-    from aioabort.backends.postgres import parse_url
-
-    dsn, schema = parse_url(url)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
 
 
 def main() -> int:

@@ -123,31 +123,15 @@ async def test_restart_while_the_event_loop_is_busy_loses_no_abort(cluster: Clus
 
 async def test_a_worker_started_while_the_server_is_down_waits_for_it(cluster: Cluster) -> None:
     import os
-    import sys
 
     from . import worker_app
-    from .test_worker_process import ROOT, WorkerProcess
+    from .test_worker_process import worker_process
 
     url = f"{cluster.url}?aioabort_schema=late"
     async with aioabort.App(url):
         pass  # the schema exists; the worker will only need the server
     await asyncio.to_thread(cluster.stop)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioabort",
-        "--db",
-        url,
-        "worker",
-        "tests.worker_app:app",
-        "--log-level",
-        "warning",
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
-    worker = WorkerProcess(proc)
-    try:
+    async with worker_process(url, started=False) as worker:
         await worker.said("the store is unreachable; retrying")
         await asyncio.to_thread(cluster.start)
         await worker.said("aioabort worker:")
@@ -159,7 +143,3 @@ async def test_a_worker_started_while_the_server_is_down_waits_for_it(cluster: C
             del os.environ["AIOABORT_URL"]
         worker.send_signal(signal.SIGTERM)
         assert await worker.exit_code() == 0, worker.stderr
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

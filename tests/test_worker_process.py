@@ -73,7 +73,10 @@ class WorkerProcess:
 
 
 @asynccontextmanager
-async def worker_process(url: str, *extra: str) -> AsyncIterator[WorkerProcess]:
+async def worker_process(
+    url: str, *extra: str, started: bool = True
+) -> AsyncIterator[WorkerProcess]:
+    """An ``aioabort worker`` on ``url``; with ``started``, once it printed its banner."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     level = [] if "--log-level" in extra else ["--log-level", "warning"]
     proc = await asyncio.create_subprocess_exec(
@@ -92,7 +95,8 @@ async def worker_process(url: str, *extra: str) -> AsyncIterator[WorkerProcess]:
     )
     worker = WorkerProcess(proc)
     try:
-        await worker.said("aioabort worker:")
+        if started:
+            await worker.said("aioabort worker:")
         yield worker
     finally:
         if proc.returncode is None:
