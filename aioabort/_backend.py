@@ -272,12 +272,21 @@ class Store(abc.ABC):
         """Store progress on a running task owned by ``owner``; no push notification."""
 
     @abc.abstractmethod
-    async def heartbeat(self, owner: OwnerInfo) -> dict[str, int]:
+    async def heartbeat(
+        self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
+    ) -> dict[str, int] | None:
         """Record that ``owner`` is alive: one write for all its tasks, which bumps its
         ``beats`` counter (liveness is judged by that counter changing, never by clocks).
 
-        :returns: every known owner's counter, read with the beat (the reaper's input, so an
-            idle App costs one statement per interval where the dialect allows it).
+        :param lease: also take or renew the fleet's reaper lease for this many seconds (DESIGN
+            rule 13: one process reaps at a time). It is free when nobody holds it or it
+            expired by the store's own clock; its holder renews it; ``release_owner`` frees it.
+        :param quiet: with ``lease``, the reaper's input is the owners whose last beat is older
+            than this many seconds by the store's clock (so its cost grows with dead owners,
+            not live ones; the counters, not the clock, then decide who is dead).
+        :returns: ``None`` unless ``owner`` holds the lease now; then the quiet owners'
+            counters, read with the beat (one statement per interval where the dialect
+            allows it).
         """
 
     @abc.abstractmethod
@@ -292,7 +301,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def release_owner(self, owner: str) -> list[str]:
-        """A clean shutdown of ``owner``: end its still-running tasks as lost, forget it."""
+        """A clean shutdown of ``owner``: end its still-running tasks as lost, forget it, and
+        free the reaper lease if it holds it."""
 
     @abc.abstractmethod
     async def start_watching(self, on_change: ChangeCallback, watched: WatchedIds) -> None:

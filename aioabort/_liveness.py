@@ -1,10 +1,14 @@
 """Heartbeats and reaping (DESIGN rule 9): a dead process cannot keep a task STARTED forever.
 
-Each open App heartbeats once per interval (one write for all its scopes) and reaps: running
-tasks whose owner's heartbeat counter has not moved for ``stale_after`` seconds of *this*
-process's monotonic clock end FAILURE with cause ``lost`` (or go back to PENDING if
-retryable), by compare-and-set. Judging by counters, never by clocks, means a wall-clock
-jump cannot kill a live owner.
+Each open App heartbeats once per interval (one write for all its scopes). One process of the
+fleet reaps (DESIGN rule 13): the holder of the store's reaper lease, taken with the beat and
+renewed by it, which another process takes over when it expires (``LEASE_BEATS`` intervals
+after its holder's last beat). The holder reads the owners that have been quiet for
+``QUIET_BEATS`` intervals by the store's clock, so the reaping costs what the dead cost, and
+ends as FAILURE (cause ``lost``) the running tasks of those whose heartbeat counter has not
+moved for ``stale_after`` seconds of *its* monotonic clock (retryable ones go back to
+PENDING), by compare-and-set. The clock only picks whom to look at; judging by counters means
+a wall-clock jump cannot kill a live owner.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ logger = logging.getLogger("aioabort")
 
 #: Every this many heartbeats the reaper sweeps even when every known owner is alive.
 SWEEP_EVERY = 12
+#: The reaper lease lasts this many heartbeat intervals (renewed at every beat).
+LEASE_BEATS = 2.0
+#: Owners quiet for this many intervals of the reaper's are the ones it looks at.
+QUIET_BEATS = 2.0
 
 
 class OwnerClock:
@@ -53,6 +61,10 @@ class Liveness:
         self._task: asyncio.Task[None] | None = None
         #: Heartbeat rounds so far (for tests and statistics).
         self.rounds = 0
+        #: Whether this process held the reaper lease at its last beat.
+        self.reaping = False
+        #: Rounds this process reaped in (as the lease's holder).
+        self.reaper_rounds = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -90,8 +102,18 @@ class Liveness:
             await asyncio.sleep(self._interval)
             self.rounds += 1
             try:
-                beats = await shielded(self._store.heartbeat(self._owner))
-                lost = await self._reap(beats, sweep=self.rounds % SWEEP_EVERY == 0)
+                quiet = await shielded(
+                    self._store.heartbeat(
+                        self._owner,
+                        lease=LEASE_BEATS * self._interval,
+                        quiet=QUIET_BEATS * self._interval,
+                    )
+                )
+                self.reaping = quiet is not None
+                if quiet is None:
+                    continue
+                self.reaper_rounds += 1
+                lost = await self._reap(quiet, sweep=self.reaper_rounds % SWEEP_EVERY == 0)
             except Exception:
                 logger.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
                 continue

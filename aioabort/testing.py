@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import time
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -84,6 +85,8 @@ class MemoryDatabase:
         self.tasks: dict[str, TaskRecord] = {}
         self.order: dict[str, int] = {}  # insertion order: ties of created_at keep it
         self.beats: dict[str, int] = {}
+        self.last_seen: dict[str, float] = {}  # by the database's clock (monotonic)
+        self.lease: tuple[str, float] | None = None  # the reaper's: (holder, expires)
         self.watchers: list[tuple[asyncio.AbstractEventLoop, ChangeCallback]] = []
         self._counter = itertools.count()
 
@@ -341,10 +344,19 @@ class MemoryStore(Store):
 
     # -- liveness ----------------------------------------------------------------------------
 
-    async def heartbeat(self, owner: OwnerInfo) -> dict[str, int]:
+    async def heartbeat(
+        self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
+    ) -> dict[str, int] | None:
         self._step()
-        self.db.beats[owner.id] = self.db.beats.get(owner.id, 0) + 1
-        return dict(self.db.beats)
+        db, now = self.db, time.monotonic()
+        db.beats[owner.id] = db.beats.get(owner.id, 0) + 1
+        db.last_seen[owner.id] = now
+        if lease is None:
+            return None
+        if db.lease is not None and db.lease[0] != owner.id and db.lease[1] >= now:
+            return None
+        db.lease = (owner.id, now + lease)
+        return {o: n for o, n in db.beats.items() if db.last_seen.get(o, now) < now - quiet}
 
     async def owner_beats(self) -> dict[str, int]:
         self._step()
@@ -373,6 +385,7 @@ class MemoryStore(Store):
             ids.append(record.id)
         for owner in gone:
             self.db.beats.pop(owner, None)
+            self.db.last_seen.pop(owner, None)
         if ids:
             self.db.announce(ids)
         return ids
@@ -385,6 +398,9 @@ class MemoryStore(Store):
                 record, state=TaskState.FAILURE, error=released_error(owner), finished_at=_now()
             )
         self.db.beats.pop(owner, None)
+        self.db.last_seen.pop(owner, None)
+        if self.db.lease is not None and self.db.lease[0] == owner:
+            self.db.lease = None
         if mine:
             self.db.announce(r.id for r in mine)
         return [r.id for r in mine]

@@ -44,7 +44,8 @@ T = TypeVar("T")
 
 #: The schema version both dialects create; a newer one in the database is refused, an older
 #: one migrated (every statement of the schema is "IF NOT EXISTS"). 2: an index on updated_at.
-SCHEMA_VERSION = 2
+#: 3: the reaper lease, and an index on the owners' last beat.
+SCHEMA_VERSION = 3
 #: How many abort-log entries are kept (watchers read only entries newer than their start);
 #: pruned by sequence number, so no clock is involved.
 ABORT_LOG_KEEP = 100_000
@@ -424,13 +425,26 @@ class SQLStore(Store, abc.ABC):
 
     # -- liveness ----------------------------------------------------------------------------
 
-    async def heartbeat(self, owner: OwnerInfo) -> dict[str, int]:
-        rows = await self._one(
-            "heartbeat", owner.id, owner.host, owner.pid, write=True, retry=True, changed=_none
-        )
-        if not rows:  # a dialect whose heartbeat cannot read the counters in one statement
-            return await self.owner_beats()
-        return {row[0]: int(row[1]) for row in rows}
+    async def heartbeat(
+        self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
+    ) -> dict[str, int] | None:
+        beat = (owner.id, owner.host, owner.pid)
+        if lease is None:
+            await self._one("heartbeat", *beat, write=True, retry=True, changed=_none)
+            return None
+        if "beat_and_lease" in self.queries:  # the dialect can do it in one statement
+            rows = await self._one(
+                "beat_and_lease", *beat, lease, quiet, write=True, retry=True, changed=_none
+            )
+            return {row[0]: int(row[1]) for row in rows if row[0] is not None} if rows else None
+
+        async def body(conn: Connection) -> dict[str, int] | None:
+            await self._rows(conn, "heartbeat", *beat)
+            if not await self._rows(conn, "take_lease", owner.id, lease):
+                return None
+            return {row[0]: int(row[1]) for row in await self._rows(conn, "quiet_owners", quiet)}
+
+        return await self._write(body, retry=True, changed=_none)
 
     async def owner_beats(self) -> dict[str, int]:
         return {owner: int(beats) for owner, beats in await self._one("owner_beats")}
@@ -454,6 +468,7 @@ class SQLStore(Store, abc.ABC):
         async def body(conn: Connection) -> list[str]:
             rows = await self._rows(conn, "release_owner", owner)
             await self._rows(conn, "forget_owners", [owner])
+            await self._rows(conn, "release_lease", owner)
             return [row[0] for row in rows]
 
         return await self._write(body, retry=True, changed=lambda ids: ids)

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS {schema}.owners (
     last_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
     beats bigint NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS owners_last_seen ON {schema}.owners (last_seen);
+CREATE TABLE IF NOT EXISTS {schema}.leases (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    expires timestamptz NOT NULL
+);
 
 -- name: lock_schema
 -- One process creates the schema; the others wait here, then find it.
@@ -244,16 +250,49 @@ WHERE id = $1 AND owner = $2 AND state IN {running}
 RETURNING id;
 
 -- name: heartbeat
--- The beat, and every owner's counter as the statement began (the reaper's input): one
--- statement per interval for an idle App.
+INSERT INTO {schema}.owners (id, host, pid, beats) VALUES ($1, $2, $3, 1)
+ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp(),
+    beats = {schema}.owners.beats + 1;
+
+-- name: take_lease
+-- The fleet's reaper lease: $1 takes it when it is free or expired, or renews it, for $2
+-- seconds; a row comes back only to its holder.
+INSERT INTO {schema}.leases (name, holder, expires)
+VALUES ('reaper', $1, clock_timestamp() + make_interval(secs => $2))
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+WHERE {schema}.leases.holder = excluded.holder OR {schema}.leases.expires < clock_timestamp()
+RETURNING holder;
+
+-- name: quiet_owners
+-- The reaper's input: owners whose last beat is older than $1 seconds (the dead, mostly).
+SELECT id, beats FROM {schema}.owners
+WHERE last_seen < clock_timestamp() - make_interval(secs => $1);
+
+-- name: beat_and_lease
+-- heartbeat, take_lease and (for the holder) quiet_owners in one statement: one per interval
+-- for an idle App. $4: the lease's seconds; $5: quiet_owners' $1. The holder gets a row
+-- with a NULL id, then the quiet owners; everyone else gets no row.
 WITH beat AS (
     INSERT INTO {schema}.owners (id, host, pid, beats) VALUES ($1, $2, $3, 1)
     ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp(),
         beats = {schema}.owners.beats + 1
-    RETURNING id, beats
+    RETURNING id
+), lease AS (
+    INSERT INTO {schema}.leases (name, holder, expires)
+    VALUES ('reaper', $1, clock_timestamp() + make_interval(secs => $4))
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+    WHERE {schema}.leases.holder = excluded.holder
+        OR {schema}.leases.expires < clock_timestamp()
+    RETURNING holder
 )
-SELECT id, beats FROM beat
-UNION ALL SELECT id, beats FROM {schema}.owners WHERE id NOT IN (SELECT id FROM beat);
+SELECT NULL::text AS id, NULL::bigint AS beats FROM lease
+UNION ALL
+SELECT o.id, o.beats FROM {schema}.owners AS o
+WHERE EXISTS (SELECT 1 FROM lease)
+    AND o.last_seen < clock_timestamp() - make_interval(secs => $5);
+
+-- name: release_lease
+DELETE FROM {schema}.leases WHERE holder = $1;
 
 -- name: owner_beats
 SELECT id, beats FROM {schema}.owners;

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS aioabort_owners (
     last_seen REAL NOT NULL,
     beats INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS aioabort_owners_last_seen ON aioabort_owners (last_seen);
+CREATE TABLE IF NOT EXISTS aioabort_leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 
 -- name: lock_schema
 -- BEGIN IMMEDIATE already holds the database's write lock.
@@ -180,11 +186,25 @@ WHERE id = ?1 AND owner = ?2 AND state IN {running}
 RETURNING id;
 
 -- name: heartbeat
--- (SQLite cannot read every owner in the same statement: the store reads them next.)
 INSERT INTO aioabort_owners (id, host, pid, started_at, last_seen, beats)
 VALUES (?1, ?2, ?3, {now}, {now}, 1)
 ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
     beats = aioabort_owners.beats + 1;
+
+-- name: take_lease
+-- The fleet's reaper lease: ?1 takes it when it is free or expired, or renews it, for ?2
+-- seconds; a row comes back only to its holder.
+INSERT INTO aioabort_leases (name, holder, expires) VALUES ('reaper', ?1, {now} + ?2)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+WHERE aioabort_leases.holder = excluded.holder OR aioabort_leases.expires < {now}
+RETURNING holder;
+
+-- name: quiet_owners
+-- The reaper's input: owners whose last beat is older than ?1 seconds (the dead, mostly).
+SELECT id, beats FROM aioabort_owners WHERE last_seen < {now} - ?1;
+
+-- name: release_lease
+DELETE FROM aioabort_leases WHERE holder = ?1;
 
 -- name: owner_beats
 SELECT id, beats FROM aioabort_owners;
