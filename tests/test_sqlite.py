@@ -279,6 +279,8 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
         await app.create("kept", name="from version 1")
     conn = sqlite3.connect(path_of(sqlite_url))
     conn.execute("DROP INDEX aioabort_tasks_updated")  # what version 1 had not
+    conn.execute("DROP INDEX aioabort_owners_last_seen")  # nor version 2
+    conn.execute("DROP TABLE aioabort_leases")
     conn.execute("UPDATE aioabort_meta SET value = '1' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -287,9 +289,14 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
     conn = sqlite3.connect(path_of(sqlite_url))
     try:
         version = conn.execute("SELECT value FROM aioabort_meta").fetchone()[0]
-        index = conn.execute(
-            "SELECT name FROM sqlite_master WHERE name = 'aioabort_tasks_updated'"
-        ).fetchone()
+        made = {
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE name IN "
+                "('aioabort_tasks_updated', 'aioabort_owners_last_seen', 'aioabort_leases')"
+            )
+        }
     finally:
         conn.close()
-    assert version == str(SCHEMA_VERSION) == "2" and index is not None
+    assert version == str(SCHEMA_VERSION) == "3"
+    assert made == {"aioabort_tasks_updated", "aioabort_owners_last_seen", "aioabort_leases"}
