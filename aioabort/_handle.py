@@ -95,37 +95,49 @@ class AbortHandle:
         """
         return (await self.record()).reason is not None
 
-    async def watch(self, *, every: float | None = None) -> AsyncGenerator[TaskRecord, None]:
+    async def watch(
+        self, *, every: float | None = None, reread: float | None = None
+    ) -> AsyncGenerator[TaskRecord, None]:
         """The record now, then again each time it changes, until it is terminal (the last
-        record yielded). Wakes on the changes the watcher sees.
+        record yielded). Wakes on the changes of this task the watcher sees; waiters on one
+        task in a process share one read per change.
 
         Example::
 
             async for record in app.handle("report-42").watch():
                 print(record.state, record.progress)
 
-        :param every: also yield the (unchanged) record after this many seconds without a
-            change, e.g. to keep a stream alive.
+        :param every: also yield the last record again after this many seconds without a
+            change (a keep-alive for a stream; it reads nothing).
+        :param reread: read the record again after this many seconds without a change (by
+            default only every 30 s, as a safety net; progress reported by another process
+            on PostgreSQL is not pushed).
         :raises TaskNotFound: if there is no record.
         """
         runtime = self._runtime()
+        watcher = runtime.watcher
+        net = _SAFETY_REREAD if reread is None else min(reread, _SAFETY_REREAD)
         last: TaskRecord | None = None
-        quiet = 0.0
-        with runtime.watcher.waiting(self.id) as next_change:
+        with watcher.waiting(self.id) as next_change:
             while True:
                 changed = next_change()  # taken before reading: no change is lost
-                record = await runtime.store.get(self.id)
+                record = await watcher.shared_read(self.id, changed, runtime.store.get)
                 if record is None:
                     raise TaskNotFound(self.id)
-                if record != last or (every is not None and quiet >= every):
+                if record != last:
                     yield record
-                    last, quiet = record, 0.0
+                    last = record
                 if record.state.is_terminal:
                     return
-                interval = _SAFETY_REREAD if every is None else min(every, _SAFETY_REREAD)
-                with anyio.move_on_after(interval) as waited:
-                    await changed.wait()
-                quiet = quiet + interval if waited.cancelled_caught else 0.0
+                deadline = anyio.current_time() + net
+                while not changed.is_set():
+                    left = deadline - anyio.current_time()
+                    if left <= 0:
+                        break
+                    with anyio.move_on_after(left if every is None else min(every, left)):
+                        await changed.wait()
+                    if every is not None and not changed.is_set():
+                        yield record
 
     async def wait(self, timeout: float | None = None) -> TaskRecord:
         """Wait until the task has really stopped (a terminal state); return its record.

@@ -12,15 +12,17 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ._backend import Change, Store
 from ._errors import ScopeAlreadyEntered
 from ._types import AbortReason
 
 logger = logging.getLogger("aioabort.watcher")
+
+T = TypeVar("T")
 
 #: How long, and how many, abort notices for ids with no open scope are remembered: a worker
 #: that claimed a task registers its scope a moment later, and an abort that arrived in
@@ -52,6 +54,7 @@ class WatcherStatistics:
     :ivar reconnects: reconnections of the store's change watcher.
     :ivar wakeups: per-id wake-ups of waiters (``handle.wait()``, ``watch()``).
     :ivar waited_ids: ids with a waiter now.
+    :ivar shared_reads: reads of a record that a waiter shared with another one.
     """
 
     open_scopes: int
@@ -64,6 +67,7 @@ class WatcherStatistics:
     reconnects: int
     wakeups: int = 0
     waited_ids: int = 0
+    shared_reads: int = 0
 
 
 class Watcher:
@@ -83,6 +87,9 @@ class Watcher:
         self._waiting: dict[str, asyncio.Event] = {}
         self._wait_counts: dict[str, int] = {}
         self._wakeups = 0
+        #: Reads of a record under way for its waiters, with the event they were started under.
+        self._reads: dict[str, tuple[asyncio.Event, asyncio.Future[object]]] = {}
+        self._shared_reads = 0
 
     async def start(self) -> None:
         await self._store.start_watching(self._on_change, self._scopes.keys)
@@ -197,6 +204,29 @@ class Watcher:
                 del self._wait_counts[task_id]
                 self._waiting.pop(task_id, None)
 
+    async def shared_read(
+        self, task_id: str, changed: asyncio.Event, read: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """``read(task_id)``, shared by the waiters of ``task_id`` that hold the same
+        ``changed`` event (from :meth:`waiting`): a read started under it reflects every
+        change they have not yet been woken for, so one read serves them all. A waiter that
+        is cancelled leaves the read to the others."""
+        under = self._reads.get(task_id)
+        if under is not None and under[0] is changed and not under[1].done():
+            self._shared_reads += 1
+            return await asyncio.shield(under[1])  # type: ignore[return-value]
+        future: asyncio.Future[object] = asyncio.ensure_future(read(task_id))
+        self._reads[task_id] = (changed, future)
+
+        def forget(done: asyncio.Future[object]) -> None:
+            if self._reads.get(task_id, (None, None))[1] is done:
+                del self._reads[task_id]
+            if not done.cancelled():
+                done.exception()  # retrieved: a waiter that left does not leave it unheard
+
+        future.add_done_callback(forget)
+        return await asyncio.shield(future)  # type: ignore[return-value]
+
     def statistics(self) -> WatcherStatistics:
         """Counters, to see what the watcher costs and does."""
         store = self._store.statistics()
@@ -211,4 +241,5 @@ class Watcher:
             reconnects=store.reconnects,
             wakeups=self._wakeups,
             waited_ids=len(self._wait_counts),
+            shared_reads=self._shared_reads,
         )

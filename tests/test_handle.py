@@ -171,3 +171,51 @@ async def test_a_waiter_is_not_woken_by_other_tasks_changes(
     assert {r.state for r in records} == {TaskState.ABORTED}
     assert app.watcher.statistics().wakeups - after.wakeups >= 1
     assert app.watcher.statistics().waited_ids == 0  # the shared event went with its waiters
+
+
+async def test_waiters_on_one_task_share_one_read(
+    app: aioabort.App, other_app: aioabort.App
+) -> None:
+    """DESIGN rule 13: a change of a task with many waiters in a process costs one read."""
+    await app.create("shared")
+    count = 20
+    waiters = [asyncio.create_task(app.handle("shared").wait(timeout=60)) for _ in range(count)]
+    watcher = app.watcher
+    await wait_until(
+        lambda: watcher.statistics().waited_ids == 1 and "shared" not in watcher._reads,
+        what="the waiters to read once and wait",
+    )
+    before = watcher.statistics().shared_reads
+    statements = app.store.statistics().statements
+    await other_app.handle("shared").abort("one change")
+    records = await asyncio.gather(*waiters)
+    assert {r.state for r in records} == {TaskState.ABORTED}
+    assert watcher.statistics().shared_reads - before == count - 1
+    assert app.store.statistics().statements - statements <= 2  # the one read (and a re-read)
+
+
+async def test_keep_alives_of_a_watch_read_nothing(
+    app: aioabort.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """watch(every=) yields the last record again while nothing changes (an SSE stream's
+    keep-alive) without reading it: an idle stream costs the store nothing."""
+    await app.create("quiet")
+    reads: list[str] = []
+    get = app.store.get
+
+    async def counted(task_id: str) -> aioabort.TaskRecord | None:
+        reads.append(task_id)
+        return await get(task_id)
+
+    monkeypatch.setattr(app.store, "get", counted)
+    woken = app.watcher.statistics().wakeups
+    seen: list[aioabort.TaskRecord] = []
+    async with contextlib.aclosing(app.handle("quiet").watch(every=0.01)) as records:
+        async for record in records:
+            seen.append(record)
+            if len(seen) == 20:
+                break
+    assert all(r == seen[0] for r in seen)
+    # One read, and one more only for each time a change of "quiet" woke the watch (SQLite's
+    # detector may still report the create), never for a keep-alive.
+    assert len(reads) == 1 + app.watcher.statistics().wakeups - woken

@@ -32,8 +32,8 @@ async def follow(app: App, task_id: str, emit: Callable[[TaskRecord], None]) -> 
     last: TaskRecord | None = None
     async with app:
         try:
-            # every=: progress reported elsewhere sends no notification on PostgreSQL.
-            watched = app.handle(task_id).watch(every=REREAD_INTERVAL)
+            # reread=: progress reported elsewhere sends no notification on PostgreSQL.
+            watched = app.handle(task_id).watch(reread=REREAD_INTERVAL)
             async with contextlib.aclosing(watched) as records:
                 async for record in records:
                     if record != last:

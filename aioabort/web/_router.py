@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 Authorize = Callable[[Request], bool | Awaitable[bool]]
 
 
-#: Seconds between keep-alive comments on an idle event stream.
+#: Seconds between keep-alive comments on an idle event stream (they read nothing).
 _KEEPALIVE = 1.0
 
 #: The largest body the abort route reads (a reason is at most 2,000 characters).
