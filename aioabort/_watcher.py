@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from ._backend import Change, Store
 from ._errors import ScopeAlreadyEntered
@@ -214,7 +214,7 @@ class Watcher:
         under = self._reads.get(task_id)
         if under is not None and under[0] is changed and not under[1].done():
             self._shared_reads += 1
-            return await asyncio.shield(under[1])  # type: ignore[return-value]
+            return cast(T, await asyncio.shield(under[1]))
         future: asyncio.Future[object] = asyncio.ensure_future(read(task_id))
         self._reads[task_id] = (changed, future)
 
@@ -225,7 +225,7 @@ class Watcher:
                 done.exception()  # retrieved: a waiter that left does not leave it unheard
 
         future.add_done_callback(forget)
-        return await asyncio.shield(future)  # type: ignore[return-value]
+        return cast(T, await asyncio.shield(future))
 
     def statistics(self) -> WatcherStatistics:
         """Counters, to see what the watcher costs and does."""
