@@ -269,7 +269,8 @@ class Store(abc.ABC):
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None
     ) -> bool:
-        """Store progress on a running task owned by ``owner``; no push notification."""
+        """Store progress on a running task owned by ``owner``; its waiters wake (the caller
+        rate-limits reports)."""
 
     @abc.abstractmethod
     async def heartbeat(
@@ -310,6 +311,13 @@ class Store(abc.ABC):
 
         The store's cost per poll must not depend on how many ids are watched.
         """
+
+    async def subscribe(self, *, ends: bool, queues: frozenset[str]) -> None:  # noqa: B027 - optional: most stores see every change
+        """What this process needs pushed besides abort requests: task ends (``ends``: it has
+        waiters) and new work on ``queues`` (its workers claim from them). Returns once
+        nothing asked for can be missed (a push that cannot be set up now is made up for by
+        a change naming every id, ``Change()``, once it can). A store that sees every change
+        anyway (a poll, a shared memory) has nothing to do: the default."""
 
     @abc.abstractmethod
     def statistics(self) -> StoreStatistics:

@@ -110,8 +110,8 @@ class AbortHandle:
         :param every: also yield the last record again after this many seconds without a
             change (a keep-alive for a stream; it reads nothing).
         :param reread: read the record again after this many seconds without a change (by
-            default only every 30 s, as a safety net; progress reported by another process
-            on PostgreSQL is not pushed).
+            default every 30 s: a safety net only, since every change of the task, progress
+            included, wakes the watch).
         :raises TaskNotFound: if there is no record.
         """
         runtime = self._runtime()
@@ -119,6 +119,7 @@ class AbortHandle:
         net = _SAFETY_REREAD if reread is None else min(reread, _SAFETY_REREAD)
         last: TaskRecord | None = None
         with watcher.waiting(self.id) as next_change:
+            await watcher.want_ends()  # the store pushes ends here before the first read
             while True:
                 changed = next_change()  # taken before reading: no change is lost
                 record = await watcher.shared_read(self.id, changed, runtime.store.get)

@@ -1,6 +1,7 @@
 """Rate-limited progress: a scope's ``report()`` writes at most once per interval, and the
 last value reported inside an interval is written when it ends (or when the scope exits), so
-it is never lost. Reports never send push notifications (NOTIFY takes a global lock)."""
+it is never lost. A write wakes the task's waiters only (on PostgreSQL, a notification heard
+by the processes that have waiters)."""
 
 from __future__ import annotations
 

@@ -243,7 +243,8 @@ class AbortScope:
 
         Writes are rate-limited to one per :attr:`report_interval` seconds; a report inside the
         interval is kept and written when the interval ends (or when the scope exits), so the
-        last value is never lost. Reports never send push notifications.
+        last value is never lost. Each write wakes the task's waiters (an SSE stream, a
+        ``show --follow``), in any process that has some.
 
         :raises UsageError: for progress outside 0..1 or a message over 2,000 characters.
         """

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
 
@@ -23,6 +23,10 @@ from ._types import AbortReason
 logger = logging.getLogger("aioabort.watcher")
 
 T = TypeVar("T")
+
+#: Seconds a process keeps hearing task ends after its last waiter left (so a request handler
+#: that waits now and then does not LISTEN and UNLISTEN each time).
+_ENDS_LINGER = 30.0
 
 #: How long, and how many, abort notices for ids with no open scope are remembered: a worker
 #: that claimed a task registers its scope a moment later, and an abort that arrived in
@@ -90,13 +94,68 @@ class Watcher:
         #: Reads of a record under way for its waiters, with the event they were started under.
         self._reads: dict[str, tuple[asyncio.Event, asyncio.Future[object]]] = {}
         self._shared_reads = 0
+        #: What the store is asked to push besides aborts (Store.subscribe).
+        self._ends = False
+        self._queue_counts: dict[str, int] = {}
+        self._subscribing: asyncio.Future[None] | None = None
+        self._ends_off: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._store.start_watching(self._on_change, self._scopes.keys)
 
     def stop(self) -> None:
         """Wake every waiter one last time (the store stops watching when it closes)."""
+        if self._ends_off is not None:
+            self._ends_off.cancel()
         self._pulse()
+
+    # -- what the store pushes ---------------------------------------------------------------
+
+    async def want_ends(self) -> None:
+        """Make sure the store pushes task ends here (a waiter is about to read): returns once
+        an end committed from now on cannot be missed."""
+        if self._ends_off is not None:
+            self._ends_off.cancel()
+            self._ends_off = None
+        if not self._ends:
+            self._ends = True
+            self._subscribing = asyncio.ensure_future(self._subscribe())
+        if self._subscribing is not None and not self._subscribing.done():
+            await asyncio.shield(self._subscribing)
+
+    async def want_queues(self, queues: Collection[str]) -> None:
+        """A worker here claims from ``queues``: have the store push new work on them."""
+        for queue in queues:
+            self._queue_counts[queue] = self._queue_counts.get(queue, 0) + 1
+        await self._subscribe()
+
+    def drop_queues(self, queues: Collection[str]) -> None:
+        """A worker stopped claiming from ``queues``."""
+        for queue in queues:
+            left = self._queue_counts.get(queue, 0) - 1
+            if left > 0:
+                self._queue_counts[queue] = left
+            else:
+                self._queue_counts.pop(queue, None)
+        self._resubscribe()
+
+    async def _subscribe(self) -> None:
+        try:
+            await self._store.subscribe(ends=self._ends, queues=frozenset(self._queue_counts))
+        except Exception:  # a push not set up: the store's poll still sees every change
+            logger.exception("subscribing failed", extra={"action": "subscribe_failed"})
+
+    def _resubscribe(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._subscribe())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _no_more_waiters(self) -> None:
+        self._ends_off = None
+        if not self._wait_counts and self._ends:
+            self._ends = False
+            self._resubscribe()
 
     # -- scopes ------------------------------------------------------------------------------
 
@@ -203,6 +262,10 @@ class Watcher:
             else:
                 del self._wait_counts[task_id]
                 self._waiting.pop(task_id, None)
+                if not self._wait_counts and self._ends and self._ends_off is None:
+                    self._ends_off = asyncio.get_running_loop().call_later(
+                        _ENDS_LINGER, self._no_more_waiters
+                    )
 
     async def shared_read(
         self, task_id: str, changed: asyncio.Event, read: Callable[[str], Awaitable[T]]

@@ -138,6 +138,7 @@ class Worker:
                 "tasks": sorted(self.app.registry),
             },
         )
+        await watcher.want_queues(self.queues)  # the store pushes new work on them here
         self._started.set()
         try:
             while not self._stopping.is_set():
@@ -166,6 +167,7 @@ class Worker:
                 if len(records) < free:
                     await self._wait_any(changed.wait(), self.poll_interval)
         finally:
+            watcher.drop_queues(self.queues)
             await self._shutdown()
 
     def _start(self, record: Any) -> None:

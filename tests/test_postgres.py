@@ -332,3 +332,49 @@ async def test_an_abort_notice_carries_its_reason(postgres_url: str, message: st
     assert after.polls == before.polls  # delivered by the notification, not the poll
     reads = after.statements - before.statements
     assert reads == (0 if message == "short" else 1)
+
+
+async def test_a_process_hears_only_what_it_needs(postgres_url: str) -> None:
+    """DESIGN rule 13: a process with no waiter and no worker hears abort requests only —
+    not the fleet's task ends, nor new work. Notifications from one session arrive in commit
+    order, so once the closing abort has arrived nothing sent before it can still come."""
+    async with aioabort.App(postgres_url) as quiet, aioabort.App(postgres_url) as busy:
+
+        @busy.task(queue="somewhere")
+        async def queued() -> None: ...
+
+        assert store_of(quiet).listening() == {store_of(quiet).abort_channel}
+        before = quiet.watcher.statistics().notifications
+        for i in range(5):
+            async with aioabort.abortable(f"ends-{i}", app=busy):
+                pass
+            await queued.delay()
+        await busy.create("closing")
+        await busy.handle("closing").abort("the last notification")
+        await wait_until(lambda: quiet.watcher.statistics().notices > 0, what="the abort")
+        assert quiet.watcher.statistics().notifications - before == 1
+
+
+async def test_waiters_and_workers_subscribe_to_what_they_wait_for(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiter makes its process LISTEN to task ends (until a while after the last one
+    leaves); a worker to the channels of its own queues only."""
+    monkeypatch.setattr("aioabort._watcher._ENDS_LINGER", 0.05)
+    async with aioabort.App(postgres_url) as app, aioabort.App(postgres_url) as other:
+        store = store_of(app)
+        await app.create("awaited")
+        waiter = asyncio.create_task(app.handle("awaited").wait(timeout=30))
+        await wait_until(lambda: store.end_channel in store.listening(), what="LISTEN ends")
+        await other.handle("awaited").abort("seen through the end channel")
+        assert (await waiter).state is TaskState.ABORTED
+        await wait_until(lambda: store.end_channel not in store.listening(), what="UNLISTEN")
+
+        worker = aioabort.Worker(app, queues=["mine"])
+        running = asyncio.create_task(worker.run())
+        await wait_until(lambda: store.queue_channel("mine") in store.listening())
+        assert store.queue_channel("theirs") not in store.listening()
+        assert len({store.queue_channel(q) for q in ("mine", "theirs", "x" * 5000)}) == 3
+        worker.stop()
+        await running
+        await wait_until(lambda: store.queue_channel("mine") not in store.listening())

@@ -419,8 +419,8 @@ class SQLStore(Store, abc.ABC):
         self, task_id: str, *, owner: str, progress: float | None, message: str | None
     ) -> bool:
         rows = await self._one(
-            "report", task_id, owner, progress, message, write=True, retry=True, changed=_none
-        )  # progress wakes no waiter: it changes no state (and sends no notification)
+            "report", task_id, owner, progress, message, write=True, retry=True
+        )  # its waiters wake (a stream shows the progress)
         return bool(rows)
 
     # -- liveness ----------------------------------------------------------------------------

@@ -16,6 +16,9 @@ one-round-trip :meth:`PostgresStore.request_abort` is the named exception.
   keeps its cursor below any gap in the numbers it has seen until the gap fills or is older
   than ``gap_timeout``, so an abort whose transaction commits late is not skipped.
 * No NOTIFY on heartbeats or progress (NOTIFY takes a global lock at commit).
+* A listener hears only what its process needs (DESIGN rule 13): abort requests always; task
+  ends only while the process has waiters; new work only on the channels of the queues its
+  workers claim from (one channel per queue).
 * Tables live in their own schema, ``aioabort`` by default; choose another with
   ``postgresql://.../db?aioabort_schema=name``.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -57,6 +61,8 @@ T = TypeVar("T")
 
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SCHEMA_PARAM = "aioabort_schema"
+#: New work on a queue is notified on the channel of this prefix and a hash of schema and queue.
+_QUEUE_PREFIX = "aioabort_q_"
 
 #: SQLSTATEs that mean the server ended the session: admin/crash shutdown, cannot connect now.
 _SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
@@ -169,6 +175,8 @@ class _Listener:
         self.reading = asyncio.Lock()
         self.to_read: set[str] = set()
         self.reader: asyncio.Future[None] | None = None
+        #: The channels LISTENed on the connection now.
+        self.listening: set[str] = set()
 
     async def start(self) -> None:
         await self._connect()
@@ -203,10 +211,8 @@ class _Listener:
             self.lost.clear()
             conn.add_termination_listener(self._on_terminated)
             # LISTEN first, then re-read: nothing committed after this point can be missed.
-            await conn.add_listener(store.abort_channel, self._on_notify)
-            await conn.add_listener(store.end_channel, self._on_notify)
-            await conn.add_listener(store.queue_channel, self._on_notify)
-            self.statements += 3
+            self.listening = set()
+            await self._listen(conn)
             if not self.cursor.started:
                 self.cursor.low_water = await conn.fetchval(store.queries["max_abort_seq"])
                 self.statements += 1
@@ -221,6 +227,39 @@ class _Listener:
         self.conn = conn
         self.connected.set()
 
+    def wanted(self) -> set[str]:
+        """The channels this process needs now."""
+        store = self.store
+        channels = {store.abort_channel, *map(store.queue_channel, store.wanted_queues)}
+        if store.wants_ends:
+            channels.add(store.end_channel)
+        return channels
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        """LISTEN to the channels wanted and not yet listened to; UNLISTEN the others."""
+        wanted = self.wanted()
+        for channel in sorted(wanted - self.listening):
+            await conn.add_listener(channel, self._on_notify)
+            self.listening.add(channel)
+            self.statements += 1
+        for channel in sorted(self.listening - wanted):
+            await conn.remove_listener(channel, self._on_notify)
+            self.listening.discard(channel)
+            self.statements += 1
+
+    async def subscribe(self) -> None:
+        """Make the connection's LISTENs what the store wants now. When it is down, the
+        reconnect listens (and wakes every waiter); when it fails here, so does it."""
+        async with self.reading:
+            conn = self.conn
+            if conn is None or self.lost.is_set():
+                return
+            try:
+                await self._listen(conn)
+            except Exception:  # noqa: BLE001 - the reconnect listens again and wakes everyone
+                self.lost.set()
+                self.wake.set()
+
     def _on_terminated(self, conn: asyncpg.Connection) -> None:
         if conn is self.conn:
             self.lost.set()
@@ -228,11 +267,11 @@ class _Listener:
 
     def _on_notify(self, conn: asyncpg.Connection, pid: int, channel: str, payload: str) -> None:
         self.notifications += 1
-        if channel == self.store.queue_channel:
-            self.on_change(Change(ids=frozenset()))  # new work on a queue: no task changed
-            return
         if channel == self.store.end_channel:
             self.on_change(Change(ids=frozenset((payload,))))  # the payload is the task id
+            return
+        if channel != self.store.abort_channel:  # a queue's channel: new work, no task changed
+            self.on_change(Change(ids=frozenset()))
             return
         notice, task_id = _abort_notice(payload)
         if notice is not None:  # the push carries the reason: trusted, no row is read
@@ -295,6 +334,7 @@ class _Listener:
                 if self.conn is None or self.conn.is_closed() or self.lost.is_set():
                     await self._close_conn()
                     await self._connect()
+                    await self.subscribe()  # what was asked for while it connected
                     self.reconnects += 1
                     backoff = 0.1
                     self.on_change(Change())  # notifications may have been missed: wake all
@@ -373,7 +413,9 @@ class PostgresStore(SQLStore):
         self.dsn, self.schema = parse_url(url)
         self.abort_channel = f"{self.schema}.aborts"
         self.end_channel = f"{self.schema}.ends"
-        self.queue_channel = f"{self.schema}.queued"
+        #: What the watcher asked to hear besides aborts (see :meth:`subscribe`).
+        self.wants_ends = False
+        self.wanted_queues: frozenset[str] = frozenset()
         self.queries = load_queries(
             "postgres",
             {
@@ -381,13 +423,19 @@ class PostgresStore(SQLStore):
                 "schema": self.schema,
                 "abort_channel": self.abort_channel,
                 "end_channel": self.end_channel,
-                "queue_channel": self.queue_channel,
+                "queue_prefix": _QUEUE_PREFIX,
                 "qualified_columns": _sql.columns("t"),
             },
         )
         self._pool: asyncpg.Pool | None = None
         self._listener: _Listener | None = None
         self._background: set[asyncio.Future[Any]] = set()
+
+    def queue_channel(self, queue: str) -> str:
+        """The channel new work on ``queue`` is notified on (as ``postgres.sql`` names it):
+        short enough for any queue name, apart for each schema."""
+        digest = hashlib.md5(f"{self.schema}:{queue}".encode(), usedforsecurity=False)
+        return _QUEUE_PREFIX + digest.hexdigest()[:20]
 
     @classmethod
     def from_url(cls, url: str, *, poll_interval: float | None = None) -> PostgresStore:
@@ -544,6 +592,15 @@ class PostgresStore(SQLStore):
                 f"cannot open the listener connection to {self.display_url}: {exc}"
             ) from exc
         self._listener = listener
+
+    async def subscribe(self, *, ends: bool, queues: frozenset[str]) -> None:
+        self.wants_ends, self.wanted_queues = ends, queues
+        if self._listener is not None:
+            await self._listener.subscribe()
+
+    def listening(self) -> frozenset[str]:
+        """The channels the listener connection LISTENs to now (for tests and diagnostics)."""
+        return frozenset(self._listener.listening) if self._listener is not None else frozenset()
 
     def statistics(self) -> StoreStatistics:
         listener = self._listener

@@ -21,8 +21,8 @@ from .._state import TaskRecord, TaskState
 
 #: The shortest time between two redraws of a watched listing, in seconds.
 REDRAW_INTERVAL = 0.1
-#: The safety net: a watched listing is read again after this long without a change (progress
-#: reported in another process sends no notification on PostgreSQL).
+#: The safety net: a watched listing is read again after this long without a change (a new
+#: task queued elsewhere is not pushed to a process without workers).
 REREAD_INTERVAL = 1.0
 
 
@@ -32,8 +32,7 @@ async def follow(app: App, task_id: str, emit: Callable[[TaskRecord], None]) -> 
     last: TaskRecord | None = None
     async with app:
         try:
-            # reread=: progress reported elsewhere sends no notification on PostgreSQL.
-            watched = app.handle(task_id).watch(reread=REREAD_INTERVAL)
+            watched = app.handle(task_id).watch()
             async with contextlib.aclosing(watched) as records:
                 async for record in records:
                     if record != last:
@@ -73,6 +72,7 @@ async def watch_listing(
     """
     shown: list[TaskRecord] | None = None
     async with app:
+        await app.watcher.want_ends()  # a listing changes when tasks end, too
         while True:
             changed = app.watcher.change_event()  # taken before reading: no change lost
             started = time.monotonic()

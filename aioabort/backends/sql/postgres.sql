@@ -4,7 +4,9 @@
 -- the requeue rule, the lost-task error) and from the store (the schema and the channels,
 -- both checked identifiers); never from input. Times come from the server's clock. Lists
 -- are JSON arrays. Notifications commit with the write that causes them (NOTIFY is sent at
--- commit, and only then), inside the same statement: one round trip.
+-- commit, and only then), inside the same statement: one round trip. New work on a queue is
+-- notified on that queue's own channel ({queue_prefix} and 20 hex digits of the md5 of
+-- "schema:queue", as PostgresStore.queue_channel computes it), so only its workers hear it.
 
 -- name: schema
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -87,7 +89,8 @@ WITH ins AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING {columns}
 ), notified AS (
-    SELECT pg_notify('{queue_channel}', queue) FROM ins WHERE queue IS NOT NULL
+    SELECT pg_notify('{queue_prefix}' || left(md5('{schema}:' || queue), 20), queue)
+    FROM ins WHERE queue IS NOT NULL
 )
 SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins;
 
@@ -104,7 +107,7 @@ WITH v AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING {columns}
 ), notified AS (
-    SELECT pg_notify('{queue_channel}', q.queue)
+    SELECT pg_notify('{queue_prefix}' || left(md5('{schema}:' || q.queue), 20), q.queue)
     FROM (SELECT DISTINCT queue FROM ins WHERE queue IS NOT NULL) AS q
 )
 SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins;
@@ -230,7 +233,7 @@ WITH back AS (
     WHERE id = $1 AND owner = $2 AND state IN {running}
     RETURNING {columns}
 )
-SELECT back.*, pg_notify('{queue_channel}', back.queue)::text AS notified FROM back;
+SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
 
 -- name: list_tasks
 -- $1: a JSON array of states, or NULL for every state; $2: a name, or NULL.
@@ -244,10 +247,15 @@ LIMIT $3 OFFSET $4;
 SELECT state, COUNT(*) FROM {schema}.tasks GROUP BY state;
 
 -- name: report
-UPDATE {schema}.tasks SET progress = COALESCE($3, progress), message = COALESCE($4, message),
-    updated_at = clock_timestamp()
-WHERE id = $1 AND owner = $2 AND state IN {running}
-RETURNING id;
+-- Progress is notified on the channel of task ends, which only processes with waiters
+-- LISTEN to; a scope writes it at most once per progress interval.
+WITH r AS (
+    UPDATE {schema}.tasks SET progress = COALESCE($3, progress),
+        message = COALESCE($4, message), updated_at = clock_timestamp()
+    WHERE id = $1 AND owner = $2 AND state IN {running}
+    RETURNING id
+)
+SELECT r.id, pg_notify('{end_channel}', r.id)::text AS notified FROM r;
 
 -- name: heartbeat
 INSERT INTO {schema}.owners (id, host, pid, beats) VALUES ($1, $2, $3, 1)
@@ -307,7 +315,7 @@ WITH back AS (
     )
     RETURNING id, queue
 )
-SELECT back.id, pg_notify('{queue_channel}', back.queue)::text AS notified FROM back;
+SELECT back.id, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
 
 -- name: reap_fail
 WITH lost AS (
