@@ -112,6 +112,65 @@ def postgres_url(postgres_database: str) -> str:
     return f"{postgres_database}?aioabort_schema=t_{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_database: str) -> Iterator[str]:
+    """A real PgBouncer in **transaction** pooling mode on a loopback port, in front of the
+    test database, with fewer server connections than aioabort's pool (so consecutive
+    transactions of one client do run on different server connections). Yields the URL of
+    the test database through it. Without the program: skipped (a failure in CI)."""
+    program = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if program is None:
+        message = "pgbouncer is not installed (Debian: apt-get install pgbouncer)"
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"{message} (AIOABORT_REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+    target = urlsplit(postgres_database)
+    user = target.username or "postgres"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tempfile.mkdtemp(prefix="aioabort-pgbouncer-")
+    os.chmod(home, 0o755)  # PgBouncer may run as another user (it refuses to run as root)
+    config = Path(home, "pgbouncer.ini")
+    Path(home, "users.txt").write_text(f'"{user}" ""\n')
+    config.write_text(
+        "[databases]\n"
+        f"* = host={target.hostname or '127.0.0.1'} port={target.port or 5432}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {home}/users.txt\n"
+        "pool_mode = transaction\ndefault_pool_size = 3\nmax_client_conn = 200\n"
+        "ignore_startup_parameters = extra_float_digits\n"
+    )
+    for name in ("pgbouncer.ini", "users.txt"):
+        os.chmod(Path(home, name), 0o644)
+    command = [program, *(["-u", "postgres"] if os.geteuid() == 0 else []), str(config)]
+    log = Path(home, "log.txt")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=out)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"pgbouncer did not start: {log.read_text()}") from None
+                time.sleep(0.05)
+        yield urlunsplit(target._replace(netloc=f"{user}@127.0.0.1:{port}"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def pgbouncer_url(pgbouncer: str) -> str:
+    """A fresh schema, reached through the transaction-pooling PgBouncer (poll-only)."""
+    return f"{pgbouncer}?aioabort_schema=t_{uuid.uuid4().hex[:12]}&aioabort_pooler=transaction"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -128,7 +187,7 @@ def pytest_runtest_makereport(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"postgres_url", "cluster"} & set(getattr(item, "fixturenames", ())):
+        if {"postgres_url", "cluster", "pgbouncer_url"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
 
 

@@ -21,6 +21,10 @@ one-round-trip :meth:`PostgresStore.request_abort` is the named exception.
   workers claim from (one channel per queue).
 * Tables live in their own schema, ``aioabort`` by default; choose another with
   ``postgresql://.../db?aioabort_schema=name``.
+* Behind a transaction-pooling PgBouncer (``?aioabort_pooler=transaction``) nothing can
+  LISTEN: the listener only polls (the abort log, and the records changed since its last poll
+  while the process has waiters) every ``poll_interval`` (0.5 s by default there), and no
+  statement is prepared by name.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -61,6 +65,10 @@ T = TypeVar("T")
 
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SCHEMA_PARAM = "aioabort_schema"
+_POOLER_PARAM = "aioabort_pooler"
+#: In poll-only mode, changed records are read again for this long after their change time
+#: (a transaction commits after the time it wrote), and told apart by id and time.
+_CHANGE_LAG = timedelta(seconds=2)
 #: New work on a queue is notified on the channel of this prefix and a hash of schema and queue.
 _QUEUE_PREFIX = "aioabort_q_"
 
@@ -95,6 +103,13 @@ def parse_url(url: str) -> tuple[str, str]:
     :raises InvalidURL: for a URL asyncpg would refuse or misread; the message never shows a
         password.
     """
+    dsn, schema, _ = parse_options(url)
+    return dsn, schema
+
+
+def parse_options(url: str) -> tuple[str, str, bool]:
+    """:func:`parse_url`, and whether the URL says it goes through a transaction pooler
+    (``aioabort_pooler=transaction``; ``session``, the default, needs nothing special)."""
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -114,20 +129,27 @@ def parse_url(url: str) -> tuple[str, str]:
                 f"the port in the PostgreSQL URL {redact(url)!r} is not a number from 0 to 65535"
             ) from None
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = "aioabort"
+    schema, pooler = "aioabort", "session"
     kept: list[tuple[str, str]] = []
     for key, value in query:
         if key == _SCHEMA_PARAM:
             schema = value
+        elif key == _POOLER_PARAM:
+            pooler = value
         else:
             kept.append((key, value))
+    if pooler not in ("session", "transaction"):
+        raise InvalidURL(
+            f"{_POOLER_PARAM} must be 'session' (the default: PostgreSQL itself, or a pooler in "
+            f"session mode) or 'transaction' (a transaction-pooling PgBouncer), got {pooler!r}"
+        )
     if not _SCHEMA_RE.fullmatch(schema):
         raise InvalidURL(
             f"{_SCHEMA_PARAM} must be a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63 "
             f"characters), got {schema!r}"
         )
     dsn = urlunsplit(parts._replace(query=urlencode(kept)))
-    return dsn, schema
+    return dsn, schema, pooler == "transaction"
 
 
 def _set_keepalive(conn: asyncpg.Connection) -> None:
@@ -177,6 +199,9 @@ class _Listener:
         self.reader: asyncio.Future[None] | None = None
         #: The channels LISTENed on the connection now.
         self.listening: set[str] = set()
+        #: Poll-only mode: the newest change time read, and the changes read since it - lag.
+        self.since: datetime | None = None
+        self.seen: dict[tuple[str, datetime], None] = {}
 
     async def start(self) -> None:
         await self._connect()
@@ -204,7 +229,10 @@ class _Listener:
     async def _connect(self) -> None:
         store = self.store
         conn: asyncpg.Connection = await asyncpg.connect(
-            store.dsn, timeout=store.connect_timeout, command_timeout=store.command_timeout
+            store.dsn,
+            timeout=store.connect_timeout,
+            command_timeout=store.command_timeout,
+            **store.connect_options,
         )
         try:
             _set_keepalive(conn)
@@ -228,15 +256,26 @@ class _Listener:
         self.connected.set()
 
     def wanted(self) -> set[str]:
-        """The channels this process needs now."""
+        """The channels this process needs now (none when nothing can LISTEN)."""
         store = self.store
+        if store.poll_only:
+            return set()
         channels = {store.abort_channel, *map(store.queue_channel, store.wanted_queues)}
         if store.wants_ends:
             channels.add(store.end_channel)
         return channels
 
     async def _listen(self, conn: asyncpg.Connection) -> None:
-        """LISTEN to the channels wanted and not yet listened to; UNLISTEN the others."""
+        """LISTEN to the channels wanted and not yet listened to; UNLISTEN the others. (Poll-
+        only: start reading changed records from now when waiters want ends, or stop.)"""
+        if self.store.poll_only:
+            if not self.store.wants_ends:
+                self.since = None
+            elif self.since is None:
+                self.since = await conn.fetchval(self.store.queries["max_updated"])
+                self.seen = {}
+                self.statements += 1
+            return
         wanted = self.wanted()
         for channel in sorted(wanted - self.listening):
             await conn.add_listener(channel, self._on_notify)
@@ -311,12 +350,38 @@ class _Listener:
             conn = self.conn
             assert conn is not None
             rows = await self._poll_rows(conn)
+            changed = await self._changed_rows(conn) if self.since is not None else None
         self.polls += 1
         self.statements += 1
         new = self.cursor.fresh((row[0] for row in rows), time.monotonic())
         fresh = [row for row in rows if row[0] in new]
         if fresh:
             self._deliver([row[1:] for row in fresh])
+        if changed:
+            self.on_change(Change(ids=frozenset(changed)))
+
+    async def _changed_rows(self, conn: asyncpg.Connection) -> list[str]:
+        """Poll-only mode: the ids of records changed since the last poll (read again for
+        ``_CHANGE_LAG``, so a transaction that commits after its change time is not missed;
+        a change already reported is told apart by id and time)."""
+        since = self.since
+        assert since is not None
+        rows = await conn.fetch(
+            self.store.queries["changed_since"],
+            since - _CHANGE_LAG,
+            timeout=self.store.command_timeout,
+        )
+        self.statements += 1
+        ids = []
+        for row in rows:
+            key = (row[0], row[1])
+            if key not in self.seen:
+                self.seen[key] = None
+                ids.append(row[0])
+            since = max(since, row[1])
+        self.since = since
+        self.seen = {key: None for key in self.seen if key[1] >= since - _CHANGE_LAG}
+        return ids
 
     async def _poll_rows(self, conn: asyncpg.Connection) -> list[Any]:
         rows: list[Any] = await conn.fetch(
@@ -387,6 +452,10 @@ class _PgConn:
         return rows
 
 
+#: The default poll interval when nothing can LISTEN (``aioabort_pooler=transaction``).
+POLL_ONLY_INTERVAL = 0.5
+
+
 class PostgresStore(SQLStore):
     """The PostgreSQL store. Made by :class:`aioabort.App` from a ``postgresql://`` URL."""
 
@@ -407,10 +476,15 @@ class PostgresStore(SQLStore):
 
     def __init__(self, url: str, *, poll_interval: float | None = None) -> None:
         super().__init__()
+        self.display_url = redact(url)
+        self.dsn, self.schema, self.poll_only = parse_options(url)
         if poll_interval is not None:
             self.poll_interval = poll_interval
-        self.display_url = redact(url)
-        self.dsn, self.schema = parse_url(url)
+        elif self.poll_only:
+            self.poll_interval = POLL_ONLY_INTERVAL
+        #: asyncpg options: behind a transaction pooler, no statement is prepared by name
+        #: (the next transaction may run on another server connection).
+        self.connect_options: dict[str, Any] = {"statement_cache_size": 0} if self.poll_only else {}
         self.abort_channel = f"{self.schema}.aborts"
         self.end_channel = f"{self.schema}.ends"
         #: What the watcher asked to hear besides aborts (see :meth:`subscribe`).
@@ -462,6 +536,7 @@ class PostgresStore(SQLStore):
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
                 reset=_keep_session,
+                **self.connect_options,
             )
         except Exception as exc:  # whatever the driver raised: one clear error, from it
             raise StoreUnavailable(
