@@ -378,3 +378,34 @@ async def test_waiters_and_workers_subscribe_to_what_they_wait_for(
         worker.stop()
         await running
         await wait_until(lambda: store.queue_channel("mine") not in store.listening())
+
+
+async def test_ends_are_coalesced_into_few_notifications_yet_every_id_arrives(
+    postgres_url: str,
+) -> None:
+    """A group commit's ends go out as JSON arrays of ids, as few as fit under NOTIFY's
+    8,000 bytes: ids long and full of what JSON escapes still all reach their waiters."""
+    count = 300
+    ids = [f"{i}-" + '"é\\' * 60 for i in range(count)]  # ~360 bytes each as JSON
+    async with aioabort.App(postgres_url) as app, aioabort.App(postgres_url) as other:
+        release = asyncio.Event()
+        entered = 0
+
+        async def body(task_id: str) -> None:
+            nonlocal entered
+            async with aioabort.abortable(task_id, app=other):
+                entered += 1
+                await release.wait()
+
+        bodies = [asyncio.create_task(body(task_id)) for task_id in ids]
+        await wait_until(lambda: entered == count)
+        waiters = [asyncio.create_task(app.handle(task_id).wait(timeout=60)) for task_id in ids]
+        await wait_until(lambda: app.watcher.statistics().waited_ids == count)
+        before = app.watcher.statistics().notifications
+        release.set()  # they all end at once: group commits of many
+        await asyncio.gather(*bodies)
+        records = await asyncio.gather(*waiters)
+        notifications = app.watcher.statistics().notifications - before
+    assert [r.id for r in records] == ids
+    assert {r.state for r in records} == {TaskState.SUCCESS}
+    assert notifications < count / 5, notifications

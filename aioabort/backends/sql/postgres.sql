@@ -196,19 +196,20 @@ SELECT root.*, (SELECT count(*) FROM notified) AS notified,
 FROM root;
 
 -- name: finish_batch
--- $1: a JSON array of [id, owner, state, result, error]; one NOTIFY per task ended.
+-- $1: a JSON array of [id, owner, state, result, error]; the ids ended, coalesced into as few
+-- notifications as fit (postgres.py: _notify_ended).
 WITH v AS (
     SELECT e ->> 0 AS id, e ->> 1 AS owner, e ->> 2 AS state, e ->> 3 AS result,
         e ->> 4 AS error
     FROM json_array_elements($1::json) AS x(e)
-), done AS (
+), ended AS (
     UPDATE {schema}.tasks AS t SET state = v.state, result = v.result, error = v.error,
         finished_at = clock_timestamp(), updated_at = clock_timestamp()
     FROM v
     WHERE t.id = v.id AND t.owner = v.owner AND t.state IN {running}
     RETURNING {qualified_columns}
-)
-SELECT done.*, pg_notify('{end_channel}', done.id)::text AS notified FROM done;
+), {notify_ended}
+SELECT ended.*, (SELECT count(*) FROM notified) AS notified FROM ended;
 
 -- name: claim
 UPDATE {schema}.tasks SET state = 'STARTED', owner = $1, started_at = clock_timestamp(),
@@ -255,7 +256,7 @@ WITH r AS (
     WHERE id = $1 AND owner = $2 AND state IN {running}
     RETURNING id
 )
-SELECT r.id, pg_notify('{end_channel}', r.id)::text AS notified FROM r;
+SELECT r.id, pg_notify('{end_channel}', json_build_array(r.id)::text)::text AS notified FROM r;
 
 -- name: heartbeat
 INSERT INTO {schema}.owners (id, host, pid, beats) VALUES ($1, $2, $3, 1)
@@ -318,7 +319,7 @@ WITH back AS (
 SELECT back.id, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
 
 -- name: reap_fail
-WITH lost AS (
+WITH ended AS (
     UPDATE {schema}.tasks SET state = 'FAILURE', finished_at = clock_timestamp(),
         updated_at = clock_timestamp(), error = {reaped_error}
     WHERE state IN {running} AND (
@@ -326,8 +327,8 @@ WITH lost AS (
         OR NOT EXISTS (SELECT 1 FROM {schema}.owners AS o WHERE o.id = owner)
     )
     RETURNING id
-)
-SELECT lost.id, pg_notify('{end_channel}', lost.id)::text AS notified FROM lost;
+), {notify_ended}
+SELECT ended.id, (SELECT count(*) FROM notified) AS notified FROM ended;
 
 -- name: forget_owners
 DELETE FROM {schema}.owners WHERE id IN (SELECT json_array_elements_text($1::json));
@@ -336,10 +337,13 @@ DELETE FROM {schema}.owners WHERE id IN (SELECT json_array_elements_text($1::jso
 DELETE FROM {schema}.abort_log WHERE seq <= (SELECT MAX(seq) FROM {schema}.abort_log) - $1;
 
 -- name: release_owner
-UPDATE {schema}.tasks SET state = 'FAILURE', finished_at = clock_timestamp(),
-    updated_at = clock_timestamp(), error = {released_error}
-WHERE owner = $1 AND state IN {running}
-RETURNING id;
+WITH ended AS (
+    UPDATE {schema}.tasks SET state = 'FAILURE', finished_at = clock_timestamp(),
+        updated_at = clock_timestamp(), error = {released_error}
+    WHERE owner = $1 AND state IN {running}
+    RETURNING id
+), {notify_ended}
+SELECT ended.id, (SELECT count(*) FROM notified) AS notified FROM ended;
 
 -- name: max_abort_seq
 SELECT COALESCE(MAX(seq), 0) FROM {schema}.abort_log;
