@@ -63,7 +63,7 @@ MODES: dict[str, dict[str, Any]] = {
         "sqlite_procs": 20,
     },
     "full": {
-        "fleet": [8, 40, 80],
+        "fleet": [8, 40],  # 80 of each would pass the server's default max_connections (100)
         "window": 40.0,
         "scopes": [1000, 20000, 100000],
         "aborts": 200,

@@ -41,9 +41,10 @@ async def procrastinate_workers(dsn: str, count: int) -> None:
     workers = []
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(count):
-            app = procrastinate_peer.app.with_connector(
-                procrastinate.PsycopgConnector(conninfo=dsn)
-            )
+            # A small pool, as aioabort's (min 1): the default (10 each) would exhaust the
+            # server's max_connections with a fleet of 40.
+            connector = procrastinate.PsycopgConnector(conninfo=dsn, min_size=1, max_size=2)
+            app = procrastinate_peer.app.with_connector(connector)
             await stack.enter_async_context(app.open_async())
             workers.append(asyncio.create_task(app.run_worker_async(install_signal_handlers=False)))
         await asyncio.sleep(1.0)  # the workers have connected and LISTEN
