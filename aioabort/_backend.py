@@ -199,9 +199,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def start(
-        self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        name: str | None,
+        parent_id: str | None = None,
+        adopt: bool = True,
     ) -> StartResult:
-        """Start a task for ``owner``: create it STARTED, or move it PENDING → STARTED.
+        """Start a task for ``owner``: create it STARTED, or move it PENDING → STARTED (only
+        with ``adopt``; without, a PENDING record is ``TAKEN``).
 
         Reads the record and applies :func:`aioabort._state.decide_start` in one transaction;
         for any decision other than CREATE/START nothing is written.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 
 from ._aborting import record_and_deliver
-from ._errors import TaskAborted, TaskFailed, TaskNotFound
+from ._errors import TaskAborted, TaskAlreadyExists, TaskFailed, TaskNotFound
 from ._runtime import resolve
 from ._state import TaskRecord, TaskState
 from ._types import AbortReason, JSONValue, check_task_id, coerce_reason
@@ -57,7 +57,11 @@ class AbortHandle:
         return resolve(self._app)
 
     async def abort(
-        self, reason: str | AbortReason | None = None, *, by: str | None = None
+        self,
+        reason: str | AbortReason | None = None,
+        *,
+        by: str | None = None,
+        create: bool = False,
     ) -> bool:
         """Ask the task to stop. The request is committed before anything is cancelled.
 
@@ -69,12 +73,21 @@ class AbortHandle:
 
         :param reason: a message (the reason's code is ``user``) or an :class:`AbortReason`.
         :param by: who asks; defaults to ``host:pid``.
+        :param create: for an id with no record yet (a cancel that raced ahead of its work):
+            record it aborted before it started, so a scope entering that id later stops at
+            once with :class:`TaskAborted` (a web request with that id answers 499).
         :returns: whether this call recorded a new abort request. False for an id with no
-            record, a task already aborting, or a finished task; nothing is written then.
+            record (unless ``create``), a task already aborting, or a finished task; nothing
+            is written then.
         :raises InvalidReason: for a bad reason (nothing is written).
         """
         abort_reason = coerce_reason(reason, by)
-        outcome = await record_and_deliver(self._runtime(), self.id, abort_reason)
+        runtime = self._runtime()
+        outcome = await record_and_deliver(runtime, self.id, abort_reason)
+        if outcome.record is None and create:
+            with contextlib.suppress(TaskAlreadyExists):  # created meanwhile: abort that one
+                await runtime.store.create(self.id, name=None)
+            outcome = await record_and_deliver(runtime, self.id, abort_reason)
         return outcome.recorded
 
     async def record(self) -> TaskRecord:
@@ -90,10 +103,9 @@ class AbortHandle:
 
     async def is_aborted(self) -> bool:
         """True once an abort was requested (Celery's meaning), whatever the task did next.
-
-        :raises TaskNotFound: if there is no record.
-        """
-        return (await self.record()).reason is not None
+        False for an id with no record (as :meth:`abort` answers there)."""
+        record = await self._runtime().store.get(self.id)
+        return record is not None and record.reason is not None
 
     async def watch(
         self, *, every: float | None = None, reread: float | None = None

@@ -25,6 +25,7 @@ from ._errors import (
     AioabortError,
     NoCurrentScope,
     TaskAborted,
+    TaskAlreadyExists,
     TaskAlreadyFinished,
     TaskAlreadyStarted,
     UsageError,
@@ -112,6 +113,7 @@ class AbortScope:
     """
 
     __slots__ = (
+        "_adopt",
         "_app",
         "_body_running",
         "_callbacks",
@@ -148,6 +150,7 @@ class AbortScope:
         name: str | None = None,
         detached: bool = False,
         time_limit: float | None = None,
+        adopt: bool = True,
         _claimed: TaskRecord | None = None,
         _retryable: bool = False,
     ) -> None:
@@ -165,6 +168,7 @@ class AbortScope:
         self.requeued = False
         self._app = app
         self._time_limit = time_limit
+        self._adopt = adopt
         self._timer: asyncio.TimerHandle | None = None
         self._claimed = _claimed
         self._result_json: str | None = None
@@ -318,6 +322,7 @@ class AbortScope:
                     owner=runtime.owner,
                     name=self._name,
                     parent_id=parent.id if parent is not None else None,
+                    adopt=self._adopt,
                 )
             )
             try:
@@ -347,6 +352,9 @@ class AbortScope:
                 self.id,
                 f"task {self.id!r} is already running (owner {started.record.owner})",
             )
+        if decision is StartDecision.TAKEN:
+            runtime.watcher.unregister(self)
+            raise TaskAlreadyExists(self.id)
         cancel_scope = anyio.CancelScope()
         self._cancel_scope = cancel_scope
         if decision is StartDecision.ABORTED_BEFORE_START:
@@ -505,6 +513,7 @@ def abortable(
     name: str | None = None,
     detached: bool = False,
     time_limit: float | None = None,
+    adopt: bool = True,
 ) -> AbortScope:
     """Run a block as the task ``task_id``, stoppable by ``await handle.abort()`` from anywhere.
 
@@ -521,12 +530,23 @@ def abortable(
     :param detached: do not link this task to the enclosing scope as its child (by default a
         scope entered inside another is its child: aborting the parent aborts it too).
     :param time_limit: abort the task (reason code ``timeout``) after this many seconds.
+    :param adopt: start a PENDING record of this id (a queued job, as a worker does). With
+        ``adopt=False`` the scope runs only a record of its own making (or stops at once if its
+        id was aborted before it started) and refuses a PENDING one with
+        :class:`TaskAlreadyExists`: the web middleware's mode (DESIGN rule 11).
     :raises InvalidTaskId: for a bad id (before anything is written).
     :raises NoAppOpen: when no App is open.
     :raises TaskAlreadyFinished: when the record is already terminal.
     :raises TaskAlreadyStarted: when the task already runs in another scope.
     :raises ScopeAlreadyEntered: when a scope with this id is open in this process.
+    :raises TaskAlreadyExists: with ``adopt=False``, when a PENDING record has this id.
     """
     return AbortScope(
-        task_id, app=app, suppress=suppress, name=name, detached=detached, time_limit=time_limit
+        task_id,
+        app=app,
+        suppress=suppress,
+        name=name,
+        detached=detached,
+        time_limit=time_limit,
+        adopt=adopt,
     )

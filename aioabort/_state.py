@@ -110,18 +110,25 @@ class StartDecision(enum.Enum):
     """SUCCESS/FAILURE (or ABORTED after running): refuse."""
     ALREADY_STARTED = "already_started"
     """STARTED/ABORTING: refuse; another scope owns it."""
+    TAKEN = "taken"
+    """A PENDING record the caller may not adopt (DESIGN rule 11: a web request's id naming a
+    queued job): refuse, write nothing."""
 
 
-def decide_start(state: TaskState | None, *, ever_started: bool) -> StartDecision:
+def decide_start(
+    state: TaskState | None, *, ever_started: bool, adopt: bool = True
+) -> StartDecision:
     """Decide what entering a scope does, from the record's state (``None``: no record).
 
     :param ever_started: whether the record was ever started (``started_at`` is set); tells
         "aborted before it started" from "stopped by an abort while running".
+    :param adopt: whether a PENDING record (queued by someone else) may be started; without
+        it only a new record, or one aborted before it started, is the caller's.
     """
     if state is None:
         return StartDecision.CREATE
     if state is TaskState.PENDING:
-        return StartDecision.START
+        return StartDecision.START if adopt else StartDecision.TAKEN
     if state in RUNNING_STATES:
         return StartDecision.ALREADY_STARTED
     if state is TaskState.ABORTED and not ever_started:

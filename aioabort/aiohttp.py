@@ -17,7 +17,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ._app import App
-from ._errors import MissingDriver, ScopeAlreadyEntered, TaskAlreadyFinished, TaskAlreadyStarted
+from ._errors import (
+    MissingDriver,
+    ScopeAlreadyEntered,
+    TaskAlreadyExists,
+    TaskAlreadyFinished,
+    TaskAlreadyStarted,
+)
 from ._scope import AbortScope, abortable
 from ._types import MAX_TASK_ID_LENGTH
 from .web._middleware import REQUEST_ID_RE
@@ -68,12 +74,13 @@ def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int =
             suppress=True,
             name=f"{request.method} {request.path}"[:200],
             detached=True,
+            adopt=False,  # DESIGN rule 11: a client's id never starts a queued job
         )
         try:
             async with scope:
                 request[SCOPE] = scope
                 response = await handler(request)
-        except (TaskAlreadyFinished, TaskAlreadyStarted, ScopeAlreadyEntered):
+        except (TaskAlreadyExists, TaskAlreadyFinished, TaskAlreadyStarted, ScopeAlreadyEntered):
             return web.json_response(
                 {"error": "request_id_in_use", "detail": f"{request_id!r} was already used"},
                 status=409,

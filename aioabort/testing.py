@@ -195,13 +195,20 @@ class MemoryStore(Store):
         return record
 
     async def start(
-        self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        name: str | None,
+        parent_id: str | None = None,
+        adopt: bool = True,
     ) -> StartResult:
         tasks = self._step()
         current = tasks.get(task_id)
         decision = decide_start(
             None if current is None else current.state,
             ever_started=current is not None and current.started_at is not None,
+            adopt=adopt,
         )
         now = _now()
         if decision is StartDecision.CREATE:

@@ -47,6 +47,7 @@ MODES: dict[str, dict[str, Any]] = {
     "smoke": {
         "fleet": [2],
         "window": 3.0,
+        "settle": 1.0,
         "scopes": [100, 1000],
         "aborts": 20,
         "listeners": 4,
@@ -56,6 +57,7 @@ MODES: dict[str, dict[str, Any]] = {
     "quick": {
         "fleet": [8, 40],
         "window": 20.0,
+        "settle": 20.0,
         "scopes": [1000, 20000],
         "aborts": 100,
         "listeners": 40,
@@ -65,6 +67,7 @@ MODES: dict[str, dict[str, Any]] = {
     "full": {
         "fleet": [8, 40],  # 80 of each would pass the server's default max_connections (100)
         "window": 40.0,
+        "settle": 20.0,
         "scopes": [1000, 20000, 100000],
         "aborts": 200,
         "listeners": 40,
@@ -167,8 +170,12 @@ async def _server_counters(dsn: str) -> tuple[int, int]:
     return int(xacts or 0), int(connections)
 
 
-async def _measure_idle(dsn: str, procs: list[asyncio.subprocess.Process], window: float) -> Any:
-    await asyncio.sleep(min(12.0, window / 2))  # startup settles; idle stats are flushed
+async def _measure_idle(
+    dsn: str, procs: list[asyncio.subprocess.Process], window: float, settle: float
+) -> Any:
+    # The fleet's startup must be over and counted before the window opens: an idle backend
+    # reports its counters up to 10 s late (PostgreSQL's PGSTAT_IDLE_INTERVAL).
+    await asyncio.sleep(settle)
     before, connections = await _server_counters(dsn)
     await asyncio.sleep(window)
     after, _ = await _server_counters(dsn)
@@ -182,14 +189,14 @@ def _spread(count: int) -> list[int]:
     return [count // groups + (1 if i < count % groups else 0) for i in range(groups)]
 
 
-async def idle_fleet(size: int, window: float, with_peer: bool) -> dict[str, Any]:
+async def idle_fleet(size: int, window: float, settle: float, with_peer: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"processes": len(_spread(size)), "members": size}
     async with database("bench_fleet") as dsn:
         url = f"{dsn}?aioabort_schema=fleet"
         async with aioabort.App(url):  # the schema, created once before the fleet opens
             pass
         procs = [await member("apps", url, str(n)) for n in _spread(size)]
-        rate, connections = await _measure_idle(dsn, procs, window)
+        rate, connections = await _measure_idle(dsn, procs, window, settle)
         row["aioabort_xacts_per_s"] = round(rate, 2)
         row["aioabort_xacts_per_app_s"] = round(rate / size, 3)
         row["aioabort_connections_per_app"] = round(connections / size, 2)
@@ -198,7 +205,7 @@ async def idle_fleet(size: int, window: float, with_peer: bool) -> dict[str, Any
 
         async with _ProcrastinateDatabase() as peer:
             procs = [await member("procrastinate", peer.dsn, str(n)) for n in _spread(size)]
-            rate, connections = await _measure_idle(peer.dsn, procs, window)
+            rate, connections = await _measure_idle(peer.dsn, procs, window, settle)
             row["procrastinate_xacts_per_s"] = round(rate, 2)
             row["procrastinate_xacts_per_worker_s"] = round(rate / size, 3)
             row["procrastinate_connections_per_worker"] = round((connections - 1) / size, 2)
@@ -468,7 +475,9 @@ async def run(mode: str, with_peer: bool) -> dict[str, Any]:
     results["idle_fleet"] = []
     for size in settings["fleet"]:
         log(f"idle fleet of {size}")
-        results["idle_fleet"].append(await idle_fleet(size, settings["window"], with_peer))
+        results["idle_fleet"].append(
+            await idle_fleet(size, settings["window"], settings["settle"], with_peer)
+        )
     results["open_scopes"] = []
     async with database("bench_scopes") as dsn:
         for count in settings["scopes"]:

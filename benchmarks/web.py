@@ -46,7 +46,7 @@ async def router_latency(url: str, count: int) -> dict[str, Any]:
                 await asyncio.sleep(0.005)
             await asyncio.sleep(0.003 + (i % 7) * 0.001)
             start = time.perf_counter()
-            aborted = await on_b.post(f"/aioabort/tasks/{request_id}/abort")
+            aborted = await on_b.post(f"/aioabort/tasks/{request_id}/abort", json={})
             assert aborted.status_code == 202, aborted.text
             line = (await asyncio.wait_for(proc_a.stdout.readline(), 30)).decode().split()
             assert line[:2] == ["CANCELLED", request_id], line

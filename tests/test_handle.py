@@ -90,8 +90,29 @@ async def test_is_aborted_is_celerys_meaning(app: aioabort.App) -> None:
     assert await app.handle("c").is_aborted() is False
     await app.handle("c").abort()
     assert await app.handle("c").is_aborted() is True
+    # An id with no record: False, as abort() answers there (Celery's is_aborted() too).
+    assert await app.handle("unknown").is_aborted() is False
+    assert await app.handle("unknown").abort() is False
     with pytest.raises(aioabort.TaskNotFound):
-        await app.handle("unknown").is_aborted()
+        await app.handle("unknown").record()  # nothing was written
+
+
+async def test_a_cancel_that_races_ahead_of_its_work(
+    app: aioabort.App, other_app: aioabort.App
+) -> None:
+    """abort(create=True) of an id with no record records it aborted before it started: the
+    scope that enters it later, in any process, stops at its first await."""
+    assert await other_app.handle("early").abort("too late to start", create=True) is True
+    assert await other_app.handle("early").abort("again", create=True) is False  # first wins
+    ran = False
+    with pytest.raises(TaskAborted) as info:
+        async with aioabort.abortable("early", app=app):
+            await asyncio.sleep(30)
+            ran = True
+    assert not ran
+    assert info.value.reason is not None and info.value.reason.message == "too late to start"
+    record = await app.handle("early").record()
+    assert record.state is TaskState.ABORTED and record.started_at is None
 
 
 async def test_create_rejects_taken_id_and_writes_nothing(app: aioabort.App) -> None:

@@ -152,14 +152,18 @@ async def test_router_list_show_abort_codes(site: Site) -> None:
         assert (await client.get("/aioabort/tasks", params={"state": "NOPE"})).status_code == 400
         assert (await client.get("/aioabort/tasks/queued-1")).json()["state"] == "PENDING"
         assert (await client.get("/aioabort/tasks/missing")).status_code == 404
-        aborted = await client.post("/aioabort/tasks/queued-1/abort")
+        aborted = await client.post("/aioabort/tasks/queued-1/abort", json={})
         assert aborted.status_code == 202 and aborted.json()["task"]["state"] == "ABORTED"
         assert aborted.json()["task"]["reason"]["by"].startswith("web:")
-        again = await client.post("/aioabort/tasks/queued-1/abort")
+        again = await client.post("/aioabort/tasks/queued-1/abort", json={})
         assert again.status_code == 409  # ABORTED is finished
-        assert (await client.post("/aioabort/tasks/done-1/abort")).status_code == 409
-        assert (await client.post("/aioabort/tasks/missing/abort")).status_code == 404
-        bad = await client.post("/aioabort/tasks/queued-2/abort", content=b"{not json")
+        assert (await client.post("/aioabort/tasks/done-1/abort", json={})).status_code == 409
+        assert (await client.post("/aioabort/tasks/missing/abort", json={})).status_code == 404
+        bad = await client.post(
+            "/aioabort/tasks/queued-2/abort",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
         assert bad.status_code == 400
         assert (await client.get("/aioabort/tasks/queued-2")).json()["state"] == "PENDING"
         page = await client.get("/aioabort/")
@@ -406,7 +410,9 @@ async def test_router_bounds_what_it_reads(site: Site) -> None:
             answer = await client.get("/aioabort/tasks", params={"offset": offset})
             assert answer.status_code == 400 and answer.json()["error"] == "bad_request"
         big = await client.post(
-            "/aioabort/tasks/bounded/abort", content=b'{"reason": "' + b"x" * 200_000 + b'"}'
+            "/aioabort/tasks/bounded/abort",
+            content=b'{"reason": "' + b"x" * 200_000 + b'"}',
+            headers={"content-type": "application/json"},
         )
         assert big.status_code == 413
         assert (await client.get("/aioabort/tasks/bounded")).json()["state"] == "PENDING"
@@ -451,3 +457,91 @@ async def test_an_oversized_abort_body_is_not_read_whole(site: Site) -> None:
     assert answer[0]["status"] == 413
     assert sent <= 3
     assert await site.aborts.handle("streamed-body").state() is TaskState.PENDING
+
+
+async def test_the_abort_route_refuses_cross_site_requests(store_url: str) -> None:
+    """CSRF: with a cookie-based authorize, a page of another site cannot abort anything — not
+    by a form or text/plain POST (no JSON), not by a JSON POST from its origin; the app's own
+    pages, allowed origins and non-browser clients still can."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    aborts = aioabort.App(store_url)
+    api = Starlette(
+        lifespan=aborts.lifespan,
+        routes=[
+            Mount(
+                "/aioabort",
+                router(
+                    aborts,
+                    authorize=lambda request: request.cookies.get("session") == "ok",
+                    allowed_origins=["https://admin.example.com"],
+                ),
+            )
+        ],
+    )
+    async with aborts.lifespan(api):
+        for i in range(6):
+            await aborts.create(f"victim-{i}")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api),
+            base_url="http://testserver",
+            cookies={"session": "ok"},
+        ) as client:
+            evil = {"origin": "https://evil.example"}
+            form = await client.post(
+                "/aioabort/tasks/victim-0/abort", data={"reason": "x"}, headers=evil
+            )
+            plain = await client.post(
+                "/aioabort/tasks/victim-0/abort",
+                content=b'{"reason": "x"}',
+                headers={"content-type": "text/plain"},
+            )
+            cross = await client.post("/aioabort/tasks/victim-0/abort", json={}, headers=evil)
+            fetched = await client.post(
+                "/aioabort/tasks/victim-0/abort",
+                json={},
+                headers={"sec-fetch-site": "cross-site"},
+            )
+            assert [r.status_code for r in (form, plain, cross, fetched)] == [403, 415, 403, 403]
+            assert form.json()["error"] == "cross_site" and "evil.example" in form.text
+            assert await aborts.handle("victim-0").state() is TaskState.PENDING
+            allowed = [
+                {"origin": "http://testserver"},
+                {"origin": "https://admin.example.com"},
+                {"sec-fetch-site": "same-origin"},
+                {},  # curl: no Origin, no Sec-Fetch-Site
+            ]
+            for i, headers in enumerate(allowed, start=1):
+                answer = await client.post(
+                    f"/aioabort/tasks/victim-{i}/abort", json={}, headers=headers
+                )
+                assert answer.status_code == 202, (headers, answer.text)
+
+
+async def test_the_abort_route_creates_an_early_cancel_when_asked(site: Site) -> None:
+    """A cancel that arrives before its request: with {"create": true} the id is recorded
+    aborted before it started, and the request with that id then answers 499 at once."""
+    async with site.client as client:
+        unknown = await client.post("/aioabort/tasks/early-1/abort", json={"reason": "go"})
+        assert unknown.status_code == 404
+        early = await client.post(
+            "/aioabort/tasks/early-1/abort", json={"reason": "stop it", "create": True}
+        )
+        assert early.status_code == 202 and early.json()["aborted"] is True
+        bad = await client.post("/aioabort/tasks/early-2/abort", json={"create": "yes"})
+        assert bad.status_code == 400
+        response = await client.get("/slow", headers={"x-request-id": "early-1"})
+    assert response.status_code == 499
+    assert response.json()["reason"]["message"] == "stop it"
+    assert "early-1" not in site.entered  # the endpoint never ran
+
+
+async def test_a_request_id_naming_a_queued_job_is_refused(site: Site) -> None:
+    """DESIGN rule 11: the middleware only creates records."""
+    await site.aborts.create("queued-job", name="export")
+    async with site.client as client:
+        response = await client.get("/fast", headers={"x-request-id": "queued-job"})
+    assert response.status_code == 409 and response.json()["error"] == "request_id_in_use"
+    record = await site.aborts.handle("queued-job").record()
+    assert record.state is TaskState.PENDING and record.name == "export"

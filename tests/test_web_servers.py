@@ -89,10 +89,41 @@ async def test_job_started_on_a_watched_and_aborted_on_b(store_url: str) -> None
             timeout=30,
             what="progress events",
         )
-        assert (await on_b.post(f"/aioabort/tasks/{job}/abort")).status_code == 202
+        assert (await on_b.post(f"/aioabort/tasks/{job}/abort", json={})).status_code == 202
         await asyncio.wait_for(listener, 30)
         status = (await on_a.get(f"/reports/{job}")).json()
     progress = [d["progress"] for e, d in events if e == "state" and d["progress"] is not None]
     assert progress == sorted(progress) and 0 < progress[-1] < 1
     assert events[-1] == ("end", {"state": "ABORTED"})
     assert status["state"] == "ABORTED" and status["reason"]["by"].startswith("web:")
+
+
+async def test_a_request_cannot_take_over_a_queued_job(store_url: str) -> None:
+    """DESIGN rule 11: a job queued under an id the application chose; a client sends a
+    request with that id. It is refused (409, JSON) and writes nothing: the job still runs on
+    a real worker and ends SUCCESS with its result. An id aborted before its request came
+    answers 499 at once."""
+    import os
+
+    from . import worker_app
+    from .test_worker_process import worker_process
+
+    os.environ["AIOABORT_URL"] = store_url
+    try:
+        async with worker_app.app as producer, uvicorn(store_url) as base:
+            handle = await worker_app.add.apply([20, 22], task_id="export-bob-2")
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                hijack = await client.get("/render", headers={"x-request-id": "export-bob-2"})
+                assert hijack.status_code == 409
+                assert hijack.json()["error"] == "request_id_in_use"
+                assert (await handle.record()).state is TaskState.PENDING  # nothing written
+                await producer.handle("early-1").abort("before it came", create=True)
+                early = await client.get("/render", headers={"x-request-id": "early-1"})
+                assert early.status_code == 499
+                assert early.json()["reason"]["message"] == "before it came"
+            async with worker_process(store_url):
+                assert await handle.result(timeout=30) == 42
+            record = await handle.record()
+    finally:
+        del os.environ["AIOABORT_URL"]
+    assert record.state is TaskState.SUCCESS and record.result == 42

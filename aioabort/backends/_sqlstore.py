@@ -295,7 +295,13 @@ class SQLStore(Store, abc.ABC):
         return self._record(row)
 
     async def start(
-        self, task_id: str, *, owner: str, name: str | None, parent_id: str | None = None
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        name: str | None,
+        parent_id: str | None = None,
+        adopt: bool = True,
     ) -> StartResult:
         attempts: list[None] = []  # more than one: a retry after a lost connection
 
@@ -303,7 +309,7 @@ class SQLStore(Store, abc.ABC):
             attempts.append(None)
             row = await self._row(conn, "get_task_for_update", task_id)
             current = None if row is None else self._record(row)
-            decision = _decide(current)
+            decision = _decide(current, adopt=adopt)
             if (
                 current is not None
                 and decision is StartDecision.ALREADY_STARTED
@@ -319,7 +325,7 @@ class SQLStore(Store, abc.ABC):
                     row = await self._row(conn, "get_task", task_id)
                     assert row is not None
                     other = self._record(row)
-                    return StartResult(_decide(other), other)
+                    return StartResult(_decide(other, adopt=adopt), other)
                 record = self._record(row)
                 if inherited is not None:  # started under an aborting parent: aborting
                     record = await self._abort_one(conn, task_id, inherited) or record
@@ -489,8 +495,9 @@ def _abort_ids(outcome: AbortOutcome) -> list[str]:
     return [outcome.record.id, *(child.task_id for child in outcome.children)]
 
 
-def _decide(record: TaskRecord | None) -> StartDecision:
+def _decide(record: TaskRecord | None, *, adopt: bool = True) -> StartDecision:
     return decide_start(
         None if record is None else record.state,
         ever_started=record is not None and record.started_at is not None,
+        adopt=adopt,
     )

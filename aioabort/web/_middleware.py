@@ -17,6 +17,7 @@ from typing import Any
 from .._app import App
 from .._errors import (
     ScopeAlreadyEntered,
+    TaskAlreadyExists,
     TaskAlreadyFinished,
     TaskAlreadyStarted,
     UsageError,
@@ -147,8 +148,9 @@ class AbortMiddleware:
             await send(message)
 
         name = f"{scope.get('method', 'HTTP')} {scope.get('path', '')}"[:200]
+        # adopt=False (DESIGN rule 11): a client's id never starts a record it did not create.
         abort_scope = abortable(
-            request_id, app=self.aborts, suppress=True, name=name, detached=True
+            request_id, app=self.aborts, suppress=True, name=name, detached=True, adopt=False
         )
         try:
             async with abort_scope:
@@ -159,7 +161,7 @@ class AbortMiddleware:
                     )
                 else:
                     await self.app(scope, receive, send_wrapper)
-        except (TaskAlreadyFinished, TaskAlreadyStarted, ScopeAlreadyEntered):
+        except (TaskAlreadyExists, TaskAlreadyFinished, TaskAlreadyStarted, ScopeAlreadyEntered):
             await _send_json(
                 send,
                 409,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from importlib import resources
 
 from .._app import App
@@ -52,11 +52,36 @@ async def _bounded_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
+def cross_site(request: Request, allowed_origins: Collection[str] = ()) -> str | None:
+    """Why a state-changing request must be refused as a cross-site forgery (CSRF), or
+    ``None``: a browser's ``Origin`` must be this app's own (scheme, host and port of the
+    request) or one of ``allowed_origins``; without an ``Origin``, a ``Sec-Fetch-Site`` must
+    say ``same-origin`` (or ``none``: typed by the user). A request with neither is not a
+    browser's (curl, another server) and passes; :func:`router` also asks for a JSON body,
+    which no form or cross-site ``text/plain`` POST can send without a CORS preflight."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        own = f"{request.url.scheme}://{request.url.netloc}"
+        if origin == own or origin in allowed_origins:
+            return None
+        return f"the Origin {origin!r} is not this site ({own}) nor an allowed origin"
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {fetch_site!r}"
+    return None
+
+
+def _json_content_type(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media == "application/json"
+
+
 def router(
     aborts: App,
     *,
     authorize: Authorize | None = None,
     who: Callable[[Request], str] | None = None,
+    allowed_origins: Collection[str] = (),
 ) -> Router:
     """A Starlette router to mount (``api.mount("/aioabort", router(aborts, authorize=...))``).
 
@@ -66,7 +91,8 @@ def router(
                                      ``offset``
     GET     ``/tasks/{id}``          one record; 404 if unknown
     POST    ``/tasks/{id}/abort``    202 (also when already aborting); 404; 409 finished.
-                                     Optional JSON body: ``{"reason": "..."}``
+                                     ``content-type: application/json``; optional body
+                                     ``{"reason": "...", "create": true}``
     GET     ``/tasks/{id}/events``   Server-Sent Events: ``state`` on each change, then
                                      ``end`` once the task is finished
     ======  =======================  =================================================
@@ -74,7 +100,11 @@ def router(
     :param authorize: ``check(request) -> bool`` (or awaitable). With none, every route
         answers 403, so nothing is open by accident.
     :param who: names the person asking, for the abort's ``by`` (default ``web:<client ip>``).
+    :param allowed_origins: other origins (``https://admin.example.com``) whose pages may
+        abort tasks. Every state-changing route refuses a cross-site request (403,
+        ``cross_site``) and a body that is not declared JSON (415): see :func:`cross_site`.
     """
+    origins = frozenset(allowed_origins)
 
     async def allowed(request: Request) -> Response | None:
         if authorize is None:
@@ -104,6 +134,18 @@ def router(
             refused = await allowed(request)
             if refused is not None:
                 return refused
+            if request.method not in ("GET", "HEAD"):  # state-changing: no forgery
+                forged = cross_site(request, origins)
+                if forged is not None:
+                    return JSONResponse({"error": "cross_site", "detail": forged}, status_code=403)
+                if not _json_content_type(request):
+                    return JSONResponse(
+                        {
+                            "error": "unsupported_media_type",
+                            "detail": "send content-type: application/json",
+                        },
+                        status_code=415,
+                    )
             try:
                 return await endpoint(request)
             except AioabortError as exc:
@@ -162,6 +204,7 @@ def router(
         task_id = request.path_params["task_id"]
         handle = aborts.handle(task_id)
         message = "aborted from the web"
+        create = False
         raw = await _bounded_body(request, MAX_ABORT_BODY)
         if raw is None:
             return JSONResponse(
@@ -175,14 +218,25 @@ def router(
                 return JSONResponse(
                     {"error": "bad_request", "detail": "the body must be JSON"}, status_code=400
                 )
-            if isinstance(body, dict) and isinstance(body.get("reason"), str):
+            if not isinstance(body, dict):
+                return JSONResponse(
+                    {"error": "bad_request", "detail": "the body must be a JSON object"},
+                    status_code=400,
+                )
+            if isinstance(body.get("reason"), str):
                 message = body["reason"]
+            create = body.get("create", False)
+            if not isinstance(create, bool):
+                return JSONResponse(
+                    {"error": "bad_request", "detail": "create must be true or false"},
+                    status_code=400,
+                )
         by = (
             who(request)
             if who is not None
             else (f"web:{request.client.host}" if request.client else "web")
         )
-        recorded = await handle.abort(message, by=by)
+        recorded = await handle.abort(message, by=by, create=create)
         try:
             record = await handle.record()
         except TaskNotFound:
