@@ -142,6 +142,17 @@ REQUEUE_CODES: frozenset[str] = frozenset({AbortReason.SHUTDOWN})
 #: States of a parent whose new children are born aborted (and started ones abort at once).
 PARENT_ABORTED_STATES: frozenset[TaskState] = frozenset({TaskState.ABORTING, TaskState.ABORTED})
 
+#: Abort codes that stop only the task they are sent to (DESIGN rule 15): a process's shutdown
+#: does not travel to children queued for, or running in, other processes (the ones running
+#: in the process that shuts down are stopped by its own shutdown).
+NON_CASCADING_CODES: frozenset[str] = frozenset({AbortReason.SHUTDOWN})
+
+
+def cascades(reason: AbortReason | None) -> bool:
+    """Whether an abort with ``reason`` reaches the task's unfinished descendants, and makes
+    children created under it be born aborted."""
+    return reason is not None and reason.code not in NON_CASCADING_CODES
+
 
 def should_requeue(*, retryable: bool, stopped_by_abort: bool, reason_code: str | None) -> bool:
     """Whether a task that just ended goes back to PENDING instead of its end state.

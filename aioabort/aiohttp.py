@@ -42,6 +42,13 @@ __all__ = ["AIOABORT", "SCOPE", "abort_middleware", "setup"]
 AIOABORT = web.AppKey("aioabort", App)
 #: Where the middleware keeps the request's scope: ``request[SCOPE]``.
 SCOPE = web.RequestKey("aioabort_scope", AbortScope)
+#: The response a handler began to send (set by the ``on_response_prepare`` hook of setup()).
+_STARTED = web.RequestKey("aioabort_started", web.StreamResponse)
+
+
+async def _note_started(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: remember which response is under way."""
+    request[_STARTED] = response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,7 +58,9 @@ def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int =
     """Run each request inside ``abortable(request_id)`` (id from ``header``, or generated).
 
     An aborted request is answered ``status`` (499) with
-    ``{"error": "aborted", "task_id": ..., "reason": {...}}``.
+    ``{"error": "aborted", "task_id": ..., "reason": {...}}``; one whose handler had begun a
+    streaming response is cut instead (DESIGN rule 12: the connection closes without the final
+    chunk) — which needs the response hook that :func:`setup` adds.
     """
 
     @web.middleware
@@ -86,6 +95,12 @@ def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int =
                 status=409,
                 headers={header: request_id},
             )
+        if scope.aborted and _STARTED in request:
+            # A response under way is cut (DESIGN rule 12): the connection closes now, without
+            # the final chunk, so the client can tell (as under the ASGI middleware).
+            if request.transport is not None:
+                request.transport.close()
+            return request[_STARTED]
         if scope.aborted:
             reason = scope.reason
             return web.json_response(
@@ -120,5 +135,6 @@ def setup(
             await aborts.aclose()
 
     app.cleanup_ctx.append(lifetime)
+    app.on_response_prepare.append(_note_started)
     if middleware:
         app.middlewares.append(abort_middleware(aborts, header=header))

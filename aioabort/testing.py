@@ -42,12 +42,14 @@ from ._errors import AppClosed, InvalidURL, TaskAlreadyExists
 from ._state import (
     ABORTABLE_STATES,
     FINISHABLE_STATES,
+    PARENT_ABORTED_STATES,
     REAPABLE_STATES,
     REQUEUE_CLEARS,
     StartDecision,
     TaskRecord,
     TaskState,
     after_abort_request,
+    cascades,
     decide_start,
     parent_reason,
     reaped_error,
@@ -278,9 +280,10 @@ class MemoryStore(Store):
             return AbortOutcome(False, current)
         record = self._abort(task_id, reason)
         child = parent_reason(task_id, reason)
+        family = self._descendants(task_id) if cascades(reason) else []
         children = tuple(
             AbortNotice(kid.id, child, kid.attempts)
-            for kid in (self._abort(d, child) for d in self._descendants(task_id))
+            for kid in (self._abort(d, child) for d in family)
         )
         self.db.announce((), (AbortNotice(task_id, reason, record.attempts), *children))
         return AbortOutcome(True, record, children)
@@ -432,9 +435,9 @@ class MemoryStore(Store):
 
     def _aborted_parent(self, parent_id: str | None) -> AbortReason | None:
         parent = None if parent_id is None else self.db.tasks.get(parent_id)
-        if parent is None or parent.reason is None:
+        if parent is None or not cascades(parent.reason):
             return None
-        if parent.state not in (TaskState.ABORTING, TaskState.ABORTED):
+        if parent.reason is None or parent.state not in PARENT_ABORTED_STATES:
             return None
         return parent_reason(parent.id, parent.reason)
 

@@ -373,3 +373,34 @@ def cluster() -> Iterator[Cluster]:
             timeout=60,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def raw_http(
+    base: str, target: str, headers: dict[str, str], *, until: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A GET on a raw socket (a client library would hide the framing): sends it, reads until
+    ``until`` has arrived, and returns the connection and what was read."""
+    parts = urlsplit(base)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    data = b""
+    while until not in data or b"\r\n\r\n" not in data:
+        chunk = await asyncio.wait_for(reader.read(65536), 20)
+        if not chunk:
+            break
+        data += chunk
+    return reader, writer, data
+
+
+async def read_to_eof(reader: asyncio.StreamReader, timeout: float = 20) -> bytes:
+    """The rest of a response, until the server closes the connection."""
+    data = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), timeout):
+        data += chunk
+    return data

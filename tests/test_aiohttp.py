@@ -35,8 +35,20 @@ async def served(
     async def fast(request: web.Request) -> web.Response:
         return web.json_response({"open": request.app[AIOABORT].is_open})
 
+    async def export(request: web.Request) -> web.StreamResponse:
+        rows, seconds = int(request.query["rows"]), float(request.query["seconds"])
+        response = web.StreamResponse(headers={"content-type": "text/csv"})
+        await response.prepare(request)
+        await response.write(b"row,square\n")
+        for row in range(rows):
+            await asyncio.sleep(seconds)
+            await response.write(f"{row},{row * row}\n".encode())
+        await response.write_eof()
+        return response
+
     app.router.add_get("/slow", slow)
     app.router.add_get("/fast", fast)
+    app.router.add_get("/export", export)
     async with TestClient(TestServer(app)) as client:
         yield client, aborts, entered
     assert not aborts.is_open  # closed with the server (cleanup_ctx)
@@ -77,3 +89,30 @@ async def test_bad_request_ids(
     response = await client.get("/fast", headers={"X-Request-Id": value})
     assert response.status == 400
     assert await aborts.tasks() == []
+
+
+async def test_an_aborted_stream_looks_cut(
+    served: tuple[TestClient[web.Request, web.Application], aioabort.App, dict[str, asyncio.Event]],
+) -> None:
+    """DESIGN rule 12, on the wire of a real aiohttp server, as under uvicorn: a complete
+    export ends with the final chunk; an aborted one never does, and the connection closes."""
+    from .conftest import raw_http, read_to_eof
+
+    client, aborts, _ = served
+    base = str(client.make_url("/")).rstrip("/")
+    reader, writer, data = await raw_http(
+        base, "/export?rows=3&seconds=0", {"X-Request-Id": "whole-1", "Connection": "close"}
+    )
+    whole = data + await read_to_eof(reader)
+    writer.close()
+    assert b"transfer-encoding: chunked" in whole.lower() and whole.endswith(b"0\r\n\r\n")
+
+    reader, writer, data = await raw_http(
+        base, "/export?rows=100000&seconds=0.01", {"X-Request-Id": "cut-1"}, until=b"\n5,25\n"
+    )
+    assert await aborts.handle("cut-1").abort("stop the export") is True
+    cut = data + await read_to_eof(reader)
+    writer.close()
+    assert b" 200 " in cut.split(b"\r\n", 1)[0] and b"row,square" in cut
+    assert not cut.endswith(b"0\r\n\r\n")
+    assert (await aborts.handle("cut-1").wait(timeout=20)).state is TaskState.ABORTED

@@ -394,3 +394,27 @@ async def test_second_stop_aborts_at_once(lab: Lab) -> None:
     worker.stop()  # a second signal
     with pytest.raises(TaskAborted):
         await handle.result(timeout=10)
+
+
+async def test_a_shutdown_does_not_travel_to_queued_children(lab: Lab) -> None:
+    """DESIGN rule 15: a web server that restarts aborts its requests with code ``shutdown``;
+    the jobs those requests queued keep their place (and jobs queued after it are not born
+    aborted). An abort by a user still reaches them."""
+    shutdown = aioabort.AbortReason(aioabort.AbortReason.SHUTDOWN, "the server restarts")
+    async with aioabort.abortable("request-a", suppress=True):
+        queued = await lab.wait_forever.apply(["a"], queue="elsewhere")
+        await lab.app.handle("request-a").abort(shutdown)
+        with anyio_shield():
+            later = await lab.wait_forever.apply(["later"], queue="elsewhere")
+        await asyncio.sleep(1)  # level-triggered: cancelled here
+    for handle in (queued, later):
+        record = await handle.record()
+        assert record.parent_id == "request-a"
+        assert record.state is TaskState.PENDING and record.reason is None
+    async with aioabort.abortable("request-b", suppress=True):
+        child = await lab.wait_forever.apply(["b"], queue="elsewhere")
+        await lab.app.handle("request-b").abort("the user cancelled")
+        await asyncio.sleep(1)
+    record = await child.record()
+    assert record.state is TaskState.ABORTED
+    assert record.reason is not None and record.reason.code == "parent"

@@ -91,16 +91,28 @@ async def test_request_aborted_through_the_router(site: Site) -> None:
     assert record.state is TaskState.ABORTED and record.name == "GET /slow"
 
 
-async def test_streaming_response_is_covered(site: Site) -> None:
-    async with site.client as client:
-        request = asyncio.create_task(client.get("/stream", headers={"x-request-id": "stream-1"}))
-        await asyncio.wait_for(site.event("stream-1").wait(), 10)
-        assert await site.aborts.handle("stream-1").abort("enough chunks") is True
-        response = await asyncio.wait_for(request, 10)
-    assert response.status_code == 200  # the headers were already sent...
-    lines = response.text.splitlines()
-    assert 4 <= len(lines) < 1000  # ...but the body stopped
-    assert len(site.streamed) < 1000
+async def test_an_aborted_stream_is_never_completed(site: Site) -> None:
+    """Raw ASGI (a client library would hide it): the stream's body iterator runs inside the
+    scope and stops at the abort, and the middleware never sends the final body message, so
+    the server cuts the connection (DESIGN rule 12; the wire is tested against real servers
+    in test_web_servers.py and test_aiohttp.py)."""
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # no disconnect: the server would be waiting
+        return {}  # pragma: no cover
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    running = asyncio.create_task(site.api(_http_scope("/stream", "stream-1"), receive, send))
+    await asyncio.wait_for(site.event("stream-1").wait(), 10)
+    assert await site.aborts.handle("stream-1").abort("enough chunks") is True
+    await asyncio.wait_for(running, 10)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert 4 <= len(bodies) < 1000 and len(site.streamed) < 1000
+    assert all(m.get("more_body") for m in bodies)  # never the final one
     record = await site.aborts.handle("stream-1").record()
     assert record.state is TaskState.ABORTED
 

@@ -127,3 +127,29 @@ async def test_a_request_cannot_take_over_a_queued_job(store_url: str) -> None:
     finally:
         del os.environ["AIOABORT_URL"]
     assert record.state is TaskState.SUCCESS and record.result == 42
+
+
+async def test_an_aborted_stream_looks_cut(store_url: str) -> None:
+    """DESIGN rule 12, on the wire of a real uvicorn: a complete export ends with the final
+    chunk; an aborted one never does, and the connection closes."""
+    from .conftest import raw_http, read_to_eof
+
+    async with uvicorn(store_url) as base, aioabort.App(store_url) as app:
+        reader, writer, data = await raw_http(
+            base, "/export?rows=3&seconds=0", {"x-request-id": "whole-1", "connection": "close"}
+        )
+        whole = data + await read_to_eof(reader)
+        writer.close()
+        assert b"transfer-encoding: chunked" in whole.lower()
+        assert whole.endswith(b"0\r\n\r\n")  # the complete one: its final chunk
+
+        reader, writer, data = await raw_http(
+            base, "/export?rows=100000&seconds=0.01", {"x-request-id": "cut-1"}, until=b"\n5,25\n"
+        )
+        assert await app.handle("cut-1").abort("stop the export") is True
+        cut = data + await read_to_eof(reader)  # the server closes the connection
+        writer.close()
+        assert b" 200 " in cut.split(b"\r\n", 1)[0] and b"row,square" in cut
+        assert not cut.endswith(b"0\r\n\r\n")
+        record = await app.handle("cut-1").wait(timeout=20)
+    assert record.state is TaskState.ABORTED

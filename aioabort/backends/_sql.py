@@ -10,6 +10,7 @@ from typing import Any
 from .._state import (
     ABORTABLE_STATES,
     FINISHABLE_STATES,
+    NON_CASCADING_CODES,
     PARENT_ABORTED_STATES,
     REAPED_MESSAGE,
     RELEASED_MESSAGE,
@@ -85,6 +86,8 @@ def columns(alias: str) -> str:
 
 #: The states of a parent whose children are born aborted.
 PARENT_ABORTED = in_list(PARENT_ABORTED_STATES)
+#: The abort codes that do not cascade to children (DESIGN rule 15), for ``code NOT IN ...``.
+NON_CASCADING = "(" + ", ".join(f"'{code}'" for code in sorted(NON_CASCADING_CODES)) + ")"
 
 
 def reason_from(

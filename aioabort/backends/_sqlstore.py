@@ -35,7 +35,14 @@ from .._backend import (
     StoreStatistics,
 )
 from .._errors import StoreUnavailable, TaskAlreadyExists
-from .._state import StartDecision, TaskRecord, TaskState, decide_start, parent_reason
+from .._state import (
+    StartDecision,
+    TaskRecord,
+    TaskState,
+    cascades,
+    decide_start,
+    parent_reason,
+)
 from .._types import AbortReason, ErrorInfo
 from . import _sql
 from ._batch import GroupCommit
@@ -94,6 +101,7 @@ def rule_values(json_object: str) -> dict[str, str]:
         "running": _sql.RUNNING,
         "abortable": _sql.ABORTABLE,
         "parent_aborted": _sql.PARENT_ABORTED,
+        "non_cascading": _sql.NON_CASCADING,
         "abort_case": _sql.abort_case(),
         "columns": _sql.COLUMNS,
         "requeue_reset": _sql.requeue_reset(),
@@ -352,8 +360,18 @@ class SQLStore(Store, abc.ABC):
                 # Our own request, committed on a connection that died before replying:
                 recorded = current is not None and current.reason == reason
                 return AbortOutcome(recorded, current)
-            kids = await self._rows(
-                conn, "abort_descendants", task_id, child.code, child.message, child.by, child.at
+            kids = (
+                await self._rows(
+                    conn,
+                    "abort_descendants",
+                    task_id,
+                    child.code,
+                    child.message,
+                    child.by,
+                    child.at,
+                )
+                if cascades(reason)
+                else []
             )
             await self._rows(conn, "log_aborts", [task_id, *(kid[0] for kid in kids)])
             notices = tuple(AbortNotice(kid[0], child, kid[1]) for kid in kids)

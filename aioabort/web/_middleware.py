@@ -62,7 +62,10 @@ class AbortMiddleware:
     ``await aborts.handle(request_id).abort(reason=...)``. An aborted request whose response
     had not started gets ``status_code`` (default 499) and the JSON body
     ``{"error": "aborted", "task_id": ..., "reason": {...}}``; a streaming response that was
-    under way simply ends. The body iterator of a streaming response runs inside the scope too.
+    under way is cut (DESIGN rule 12): it is never completed, so the server closes the
+    connection without the final chunk (uvicorn logs "ASGI callable returned without
+    completing response") and the client sees an incomplete body, never a complete one. The
+    body iterator of a streaming response runs inside the scope too.
 
     :param aborts: the :class:`aioabort.App` (opened by ``lifespan=aborts.lifespan``).
     :param header: the request-id header.
@@ -187,8 +190,8 @@ class AbortMiddleware:
                         },
                         [echo],
                     )
-                elif not progress["complete"]:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                # A response under way is left incomplete (DESIGN rule 12): the server closes
+                # the connection without the final chunk, so the client can tell it was cut.
 
     async def _with_disconnect_watch(
         self,

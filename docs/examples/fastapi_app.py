@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
 
 import aioabort
 from aioabort.web import AbortMiddleware, Aborts, router
@@ -84,3 +85,20 @@ async def render_inline(seconds: float = 30) -> dict[str, str]:
     """A long request: abort it from any instance with the request's X-Request-Id."""
     await asyncio.sleep(seconds)
     return {"rendered": "yes"}
+
+
+@api.get("/export")
+async def export(rows: int = 1000, seconds: float = 0.05) -> StreamingResponse:
+    """A streaming CSV export, abortable by its X-Request-Id like any request. An aborted
+    export is cut: the connection closes without the last chunk, so a client never takes a
+    truncated file for a whole one (curl exits 18)."""
+    if not 1 <= rows <= 1_000_000 or not 0 <= seconds <= 10:
+        raise HTTPException(400, "rows must be 1..1000000 and seconds 0..10")
+
+    async def lines() -> Any:
+        yield "row,square\n"
+        for row in range(rows):
+            await asyncio.sleep(seconds)
+            yield f"{row},{row * row}\n"
+
+    return StreamingResponse(lines(), media_type="text/csv")

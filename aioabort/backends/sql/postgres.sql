@@ -126,7 +126,7 @@ RETURNING {columns};
 
 -- name: parent_abort
 SELECT abort_code, abort_message, abort_by, abort_at FROM {schema}.tasks
-WHERE id = $1 AND state IN {parent_aborted};
+WHERE id = $1 AND state IN {parent_aborted} AND abort_code NOT IN {non_cascading};
 
 -- name: abort_task
 UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
@@ -173,7 +173,7 @@ WITH RECURSIVE family(id) AS (
         abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
         finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
     WHERE id IN (SELECT id FROM family) AND state IN {abortable}
-        AND EXISTS (SELECT 1 FROM root)
+        AND EXISTS (SELECT 1 FROM root) AND $2 NOT IN {non_cascading}
     RETURNING id, attempts
 ), logged AS (
     INSERT INTO {schema}.abort_log (task_id)

@@ -111,7 +111,7 @@ RETURNING {columns};
 
 -- name: parent_abort
 SELECT abort_code, abort_message, abort_by, abort_at FROM aioabort_tasks
-WHERE id = ?1 AND state IN {parent_aborted};
+WHERE id = ?1 AND state IN {parent_aborted} AND abort_code NOT IN {non_cascading};
 
 -- name: abort_task
 UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message = ?3,
