@@ -14,6 +14,8 @@ processes on one SQLite file cost, next to procrastinate measured the same way i
   with no other App listening, then with 40 idle Apps in four other processes listening.
 * **SQLite, 20 processes** on one file, each with one open scope: their idle CPU, and the
   latency of aborting each from this process (read on the machine's monotonic clock).
+* **idle waiters** (both stores): the producer's CPU and statements per finished task with
+  W = 0 / 100 / 1,000 idle ``handle.wait()`` calls (:mod:`benchmarks.waiters`).
 
 Results go to ``benchmarks/results/fleet.json``, ``fleet.md`` and ``fleet.png`` (skipped in
 ``--smoke``).
@@ -53,6 +55,8 @@ MODES: dict[str, dict[str, Any]] = {
         "listeners": 4,
         "latency_n": 10,
         "sqlite_procs": 3,
+        "waiters": [0, 100],
+        "waiter_tasks": 50,
     },
     "quick": {
         "fleet": [8, 40],
@@ -63,6 +67,8 @@ MODES: dict[str, dict[str, Any]] = {
         "listeners": 40,
         "latency_n": 60,
         "sqlite_procs": 20,
+        "waiters": [0, 100, 1000],
+        "waiter_tasks": 500,
     },
     "full": {
         "fleet": [8, 40],  # 80 of each would pass the server's default max_connections (100)
@@ -73,6 +79,8 @@ MODES: dict[str, dict[str, Any]] = {
         "listeners": 40,
         "latency_n": 200,
         "sqlite_procs": 20,
+        "waiters": [0, 100, 1000],
+        "waiter_tasks": 1500,
     },
 }
 
@@ -80,6 +88,12 @@ MODES: dict[str, dict[str, Any]] = {
 FIRST_ROUND = {
     "transactions_per_app_s": 2.4,  # 40 idle Apps ran 96 statements/s
     "cpu_ms_per_abort": {1000: 0.07, 20000: 0.86},
+    # 2,000 tasks with W idle waiters cost the producer 0.84 / 22 / 70 s of CPU (PostgreSQL)
+    # and 0.96 / 30 / 152 s (SQLite) at W = 0 / 200 / 1,000.
+    "waiter_cpu_ms_per_task": {
+        "postgres": {0: 0.42, 200: 11.0, 1000: 35.0},
+        "sqlite": {0: 0.48, 200: 15.0, 1000: 76.0},
+    },
 }
 
 #: Targets (DESIGN.md §5).
@@ -404,6 +418,20 @@ def _markdown(results: dict[str, Any]) -> str:
         f"Target: p50 ≤ {TARGETS['listeners_p50_ms']} ms, p99 ≤ {TARGETS['listeners_p99_ms']} ms.",
         "",
     ]
+    lines += [
+        "## Idle waiters beside finishing tasks (the producer's CPU per task)",
+        "",
+        "| store | W | CPU ms per task | statements per task | vs W = 0 |",
+        "|---|---|---|---|---|",
+    ]
+    for store, rows_of in results["waiters"].items():
+        base = rows_of[0]["cpu_ms_per_task"] or 1e-9
+        lines.extend(
+            f"| {store} | {row['idle_waiters']:,} | {row['cpu_ms_per_task']} "
+            f"| {row['statements_per_task']} | {row['cpu_ms_per_task'] / base:.2f}x |"
+            for row in rows_of
+        )
+    lines += ["", "Target: ≤ 2x at W = 1,000 (first round: 46x PostgreSQL, 75x SQLite).", ""]
     sq = results["sqlite"]
     lines += [
         f"## SQLite: {sq['processes']} processes on one file, one scope each",
@@ -427,7 +455,7 @@ def _plot(results: dict[str, Any]) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(16, 4))
     fleet = results["idle_fleet"]
     sizes = [row["members"] for row in fleet]
     left.plot(sizes, [r["aioabort_xacts_per_s"] for r in fleet], "o-", label="aioabort")
@@ -458,6 +486,27 @@ def _plot(results: dict[str, Any]) -> Path | None:
         title="aborts with N scopes open",
     )
     right.legend()
+    first_waiters = FIRST_ROUND["waiter_cpu_ms_per_task"]
+    assert isinstance(first_waiters, dict)
+    for store, rows_of in results["waiters"].items():
+        third.plot(
+            [max(r["idle_waiters"], 1) for r in rows_of],
+            [r["cpu_ms_per_task"] for r in rows_of],
+            "o-",
+            label=f"{store}, this run",
+        )
+        then = first_waiters[store]
+        third.plot(
+            [max(w, 1) for w in then], list(then.values()), "--", label=f"{store}, first round"
+        )
+    third.set(
+        xscale="log",
+        yscale="log",
+        xlabel="idle waiters (W; 0 drawn at 1)",
+        ylabel="producer CPU ms per finished task",
+        title="waiters beside finishing tasks",
+    )
+    third.legend()
     fig.tight_layout()
     path = RESULTS / "fleet.png"
     fig.savefig(path, dpi=110)
@@ -488,7 +537,25 @@ async def run(mode: str, with_peer: bool) -> dict[str, Any]:
     results["listeners"] = await listeners(settings["listeners"], settings["latency_n"])
     log(f"SQLite: {settings['sqlite_procs']} processes")
     results["sqlite"] = await sqlite_processes(settings["sqlite_procs"], settings["window"])
+    results["waiters"] = await idle_waiters(settings["waiters"], settings["waiter_tasks"])
     return results
+
+
+async def idle_waiters(counts: list[int], tasks: int) -> dict[str, list[dict[str, Any]]]:
+    from . import waiters
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="aioabort-fleet-") as tmp:
+        for store in ("sqlite", "postgres"):
+            print(f"[fleet] idle waiters, {store}", file=sys.stderr, flush=True)
+
+            def url_for(store: str = store) -> str:
+                if store == "sqlite":
+                    return f"sqlite:///{tmp}/w-{uuid.uuid4().hex[:8]}.db"
+                return f"{_admin()}?aioabort_schema=w_{uuid.uuid4().hex[:8]}"
+
+            rows[store] = await waiters.compare(url_for, tasks, counts)
+    return rows
 
 
 def main() -> int:

@@ -17,6 +17,8 @@ import aioabort
 from aioabort import TaskState
 from aioabort.web import AbortMiddleware, Aborts, combine_lifespans, request_scope, router
 
+from .conftest import has_state, wait_until
+
 
 class Site:
     """A FastAPI app with the middleware and the router, and a client for it."""
@@ -377,42 +379,32 @@ async def test_non_http_scopes_pass_through(site: Site) -> None:
         AbortMiddleware(inner, aborts="not an app")  # type: ignore[arg-type]
 
 
-async def job_scope(job_id: str) -> AsyncIterator[aioabort.AbortScope]:
-    """The dependency docs/web.md shows (module level: FastAPI resolves annotations here)."""
-    async with aioabort.abortable(job_id, suppress=True) as scope:
-        yield scope
+async def test_the_documented_dependency_pattern_answers_499(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/examples/fastapi_depends.py, the file docs/web.md shows, run as it is: an aborted
+    job answers 499 with its reason (the earlier snippet, with suppress=True, answered 500);
+    one left alone answers 200."""
+    import importlib
 
+    monkeypatch.setenv("AIOABORT_URL", store_url)
+    import docs.examples.fastapi_depends as example
 
-async def test_scope_opened_by_a_function_scoped_dependency(store_url: str) -> None:
-    """The pattern docs/web.md shows: a generator dependency opens the scope, with
-    ``Depends(..., scope="function")`` so it closes before the response is sent."""
-    aborts = aioabort.App(store_url)
-    api = FastAPI(lifespan=aborts.lifespan)
-    entered = asyncio.Event()
-
-    @api.post("/jobs/{job_id}/run")
-    async def run(
-        scope: Annotated[aioabort.AbortScope, Depends(job_scope, scope="function")],
-    ) -> dict[str, Any]:
-        entered.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            return {"stopped": True, "reason": scope.reason.message if scope.reason else None}
-        return {"stopped": False}
-
-    async with aborts.lifespan(api):
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t")
-        async with client:
+    example = importlib.reload(example)  # its App on this test's store
+    async with example.aborts.lifespan(example.api):
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=example.api), base_url="http://t"
+        )
+        async with client, aioabort.App(store_url) as elsewhere:
             request = asyncio.create_task(client.post("/jobs/dep-1/run"))
-            await asyncio.wait_for(entered.wait(), 10)
-            assert await aborts.handle("dep-1").abort("from the dependency test") is True
+            await wait_until(lambda: has_state(elsewhere, "dep-1", TaskState.STARTED))
+            assert await elsewhere.handle("dep-1").abort("from the dependency test") is True
             response = await asyncio.wait_for(request, 10)
-        assert response.status_code == 200
-        assert response.json() == {"stopped": True, "reason": "from the dependency test"}
-        record = await aborts.handle("dep-1").record()
-    assert record.state is TaskState.SUCCESS  # the handler caught the abort and answered
-    assert record.reason is not None and record.reason.message == "from the dependency test"
+            done = await client.post("/jobs/dep-2/run", params={"seconds": 0})
+        assert response.status_code == 499
+        assert response.json()["reason"]["message"] == "from the dependency test"
+        assert done.status_code == 200 and done.json() == {"job": "dep-2", "done": "yes"}
+        assert (await example.aborts.handle("dep-1").state()) is TaskState.ABORTED
 
 
 async def test_router_bounds_what_it_reads(site: Site) -> None:
