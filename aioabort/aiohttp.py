@@ -1,8 +1,10 @@
-"""aioabort for aiohttp servers (extra ``aiohttp``).
+"""aioabort for aiohttp servers (extra ``aiohttp``), on par with the ASGI integration.
 
 ``setup(app, aborts)`` opens the App with the server (``cleanup_ctx``), stores it under the
 typed key :data:`AIOABORT`, and adds :func:`abort_middleware`: each request runs inside
-``abortable(request_id)`` and can be aborted from any process.
+``abortable(request_id)`` and can be aborted from any process. :func:`router` is the same
+JSON API, event streams and dashboard as :func:`aioabort.web.router`, as a sub-application:
+``app.add_subapp("/aioabort", router(aborts, authorize=...))``.
 
 On ``handler_cancellation``: since aiohttp 3.7 a handler keeps running when its client
 disconnects (``run_app(..., handler_cancellation=True)`` brings the old cancellation back).
@@ -13,8 +15,10 @@ from outside, which the record shows as FAILURE with cause ``cancelled``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 
 from ._app import App
 from ._errors import (
@@ -25,7 +29,8 @@ from ._errors import (
     TaskAlreadyStarted,
 )
 from ._scope import AbortScope, abortable
-from ._types import MAX_TASK_ID_LENGTH
+from ._types import MAX_TASK_ID_LENGTH, AbortReason
+from .web import _api
 from .web._middleware import REQUEST_ID_RE
 
 try:
@@ -36,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         'aioabort.aiohttp needs aiohttp, which is not installed: pip install "aioabort[aiohttp]"'
     ) from exc
 
-__all__ = ["AIOABORT", "SCOPE", "abort_middleware", "setup"]
+__all__ = ["AIOABORT", "SCOPE", "abort_middleware", "router", "setup"]
 
 #: Where :func:`setup` keeps the App: ``request.app[AIOABORT]``.
 AIOABORT = web.AppKey("aioabort", App)
@@ -54,8 +59,65 @@ async def _note_started(request: web.Request, response: web.StreamResponse) -> N
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int = 499) -> Middleware:
+#: How often a request's connection is looked at for a disconnect (``abort_on_disconnect``).
+DISCONNECT_CHECK = 0.25
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _disconnected() -> AbortReason:
+    return AbortReason(AbortReason.DISCONNECT, "the client disconnected", by="aioabort.aiohttp")
+
+
+async def _watch_disconnect(request: web.Request, aborts: App, request_id: str) -> None:
+    """Abort the request (code ``disconnect``) once its client is gone. aiohttp tells a
+    handler nothing of it (unless ``handler_cancellation``), so the connection is looked at."""
+    # aiohttp has no event for it: the connection is looked at.
+    while not _client_gone(request):  # noqa: ASYNC110
+        await asyncio.sleep(DISCONNECT_CHECK)
+    await aborts.handle(request_id).abort(_disconnected())
+
+
+async def _run_handler(
+    handler: Handler, request: web.Request, aborts: App, request_id: str
+) -> web.StreamResponse:
+    """The handler, for ``abort_on_disconnect``: with ``handler_cancellation`` on, aiohttp
+    tells of a disconnect by cancelling the handler; that cancellation becomes the abort it
+    stands for, so the record says ABORTED (``disconnect``), not a cancelled FAILURE."""
+    watch = asyncio.ensure_future(_watch_disconnect(request, aborts, request_id))
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not _client_gone(request) or task is None or task.cancelling() != 1:
+            raise
+        task.uncancel()
+        await aborts.handle(request_id).abort(_disconnected())
+        await asyncio.sleep(0)  # the scope's own cancellation, the abort's, arrives here
+        raise  # pragma: no cover - the line above raises
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+
+def abort_middleware(
+    aborts: App,
+    *,
+    header: str = "X-Request-Id",
+    status: int = 499,
+    exclude: Sequence[str] = (),
+    abort_on_disconnect: bool = False,
+) -> Middleware:
     """Run each request inside ``abortable(request_id)`` (id from ``header``, or generated).
+
+    :param exclude: path prefixes to pass through without a scope (health checks, the
+        router's sub-application).
+    :param abort_on_disconnect: abort the request (reason code ``disconnect``) when its client
+        disconnects before the handler is done.
 
     An aborted request is answered ``status`` (499) with
     ``{"error": "aborted", "task_id": ..., "reason": {...}}``; one whose handler had begun a
@@ -63,8 +125,12 @@ def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int =
     chunk) — which needs the response hook that :func:`setup` adds.
     """
 
+    prefixes = tuple(exclude)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if prefixes and request.path.startswith(prefixes):
+            return await handler(request)
         request_id = request.headers.get(header)
         if request_id is None:
             request_id = uuid.uuid4().hex
@@ -88,7 +154,10 @@ def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int =
         try:
             async with scope:
                 request[SCOPE] = scope
-                response = await handler(request)
+                if abort_on_disconnect:
+                    response = await _run_handler(handler, request, aborts, request_id)
+                else:
+                    response = await handler(request)
         except (TaskAlreadyExists, TaskAlreadyFinished, TaskAlreadyStarted, ScopeAlreadyEntered):
             return web.json_response(
                 {"error": "request_id_in_use", "detail": f"{request_id!r} was already used"},
@@ -120,10 +189,16 @@ def abort_middleware(aborts: App, *, header: str = "X-Request-Id", status: int =
 
 
 def setup(
-    app: web.Application, aborts: App, *, middleware: bool = True, header: str = "X-Request-Id"
+    app: web.Application,
+    aborts: App,
+    *,
+    middleware: bool = True,
+    header: str = "X-Request-Id",
+    exclude: Sequence[str] = (),
+    abort_on_disconnect: bool = False,
 ) -> None:
     """Open ``aborts`` with the aiohttp app, keep it under :data:`AIOABORT`, and (by default)
-    add :func:`abort_middleware`."""
+    add :func:`abort_middleware` (with ``header``, ``exclude`` and ``abort_on_disconnect``)."""
     app[AIOABORT] = aborts
 
     async def lifetime(_: web.Application) -> AsyncIterator[None]:
@@ -137,4 +212,103 @@ def setup(
     app.cleanup_ctx.append(lifetime)
     app.on_response_prepare.append(_note_started)
     if middleware:
-        app.middlewares.append(abort_middleware(aborts, header=header))
+        app.middlewares.append(
+            abort_middleware(
+                aborts, header=header, exclude=exclude, abort_on_disconnect=abort_on_disconnect
+            )
+        )
+
+
+# -- the router ------------------------------------------------------------------------------
+
+
+def _response(answer: _api.Answer) -> web.Response:
+    if answer.html is not None:
+        return web.Response(text=answer.html, content_type="text/html", status=answer.status)
+    return web.json_response(answer.body, status=answer.status)
+
+
+async def _bounded_body(request: web.Request, limit: int) -> bytes | None:
+    """The request's body, or ``None`` once it is over ``limit`` bytes (read no further)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = await request.content.read(limit + 1)
+    return None if len(body) > limit else body
+
+
+def router(
+    aborts: App,
+    *,
+    authorize: Callable[[web.Request], bool | Awaitable[bool]] | None = None,
+    who: Callable[[web.Request], str] | None = None,
+    allowed_origins: Collection[str] = (),
+) -> web.Application:
+    """The JSON API, the event streams and the dashboard of :func:`aioabort.web.router`, with
+    the same routes, answers and checks (every route 403 until ``authorize`` allows it;
+    cross-site and non-JSON state changes refused), as a sub-application to mount::
+
+        setup(app, aborts, exclude=("/aioabort",))
+        app.add_subapp("/aioabort", router(aborts, authorize=is_admin))
+    """
+    gate = _api.Gate(aborts, authorize, frozenset(allowed_origins))
+
+    def guarded(
+        endpoint: Callable[[web.Request], Awaitable[web.StreamResponse | _api.Answer]],
+    ) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            refused = await gate.check(
+                request,
+                method=request.method,
+                origin=request.headers.get("Origin"),
+                fetch_site=request.headers.get("Sec-Fetch-Site"),
+                own_origin=f"{request.scheme}://{request.host}",
+                content_type=request.headers.get("Content-Type"),
+            )
+            if refused is not None:
+                return _response(refused)
+            answer = await _api.guarded(lambda: endpoint(request))
+            return _response(answer) if isinstance(answer, _api.Answer) else answer
+
+        return handler
+
+    async def dashboard(request: web.Request) -> _api.Answer:
+        return _api.dashboard()
+
+    async def list_tasks(request: web.Request) -> _api.Answer:
+        query = request.query
+        return await _api.list_tasks(
+            aborts,
+            states=query.getall("state", []),
+            name=query.get("name"),
+            limit=query.get("limit", "50"),
+            offset=query.get("offset", "0"),
+        )
+
+    async def abort(request: web.Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        by = who(request) if who is not None else _api.default_who(request.remote)
+        return await _api.abort(aborts, request.match_info["task_id"], raw, by)
+
+    async def events(request: web.Request) -> web.StreamResponse | _api.Answer:
+        stream = await _api.events(aborts, request.match_info["task_id"])
+        if isinstance(stream, _api.Answer):
+            return stream
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", **_api.EVENT_STREAM_HEADERS}
+        )
+        await response.prepare(request)
+        async for text in stream:
+            await response.write(text.encode())
+        await response.write_eof()
+        return response
+
+    async def show(request: web.Request) -> _api.Answer:
+        return await _api.show(aborts, request.match_info["task_id"])
+
+    sub = web.Application()
+    sub.router.add_get("/", guarded(dashboard))
+    sub.router.add_get("/tasks", guarded(list_tasks))
+    sub.router.add_post("/tasks/{task_id:.+}/abort", guarded(abort))
+    sub.router.add_get("/tasks/{task_id:.+}/events", guarded(events))
+    sub.router.add_get("/tasks/{task_id:.+}", guarded(show))
+    return sub

@@ -4,6 +4,7 @@ A real aiohttp server on loopback (aiohttp's TestServer)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -116,3 +117,164 @@ async def test_an_aborted_stream_looks_cut(
     assert b" 200 " in cut.split(b"\r\n", 1)[0] and b"row,square" in cut
     assert not cut.endswith(b"0\r\n\r\n")
     assert (await aborts.handle("cut-1").wait(timeout=20)).state is TaskState.ABORTED
+
+
+# -- the router and the middleware's options, as under ASGI ---------------------------------
+
+
+@contextlib.asynccontextmanager
+async def routed(
+    store_url: str, *, abort_on_disconnect: bool = False
+) -> AsyncIterator[
+    tuple[TestClient[web.Request, web.Application], aioabort.App, dict[str, asyncio.Event]]
+]:
+    """A real aiohttp server: setup() (excluding the router), the router at /aioabort for
+    requests with ``x-role: admin``, and a slow handler."""
+    from aioabort.aiohttp import router
+
+    aborts = aioabort.App(store_url)
+    entered: dict[str, asyncio.Event] = {}
+    app = web.Application()
+    setup(app, aborts, exclude=("/aioabort", "/health"), abort_on_disconnect=abort_on_disconnect)
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.setdefault(request[SCOPE].id, asyncio.Event()).set()
+        await asyncio.sleep(60)
+        return web.json_response({"done": True})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"scoped": SCOPE in request})
+
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/health", health)
+    app.add_subapp(
+        "/aioabort", router(aborts, authorize=lambda r: r.headers.get("x-role") == "admin")
+    )
+    async with TestClient(TestServer(app)) as client:
+        yield client, aborts, entered
+
+
+ADMIN = {"x-role": "admin"}
+
+
+async def test_the_router_answers_as_the_starlette_one(store_url: str) -> None:
+    async with routed(store_url) as (client, aborts, _):
+        await aborts.create("queued-1", name="job")
+        await aborts.create("done-1")
+        await aborts.handle("done-1").abort("x")
+        for method, path in [
+            ("GET", "/aioabort/"),
+            ("GET", "/aioabort/tasks"),
+            ("GET", "/aioabort/tasks/queued-1"),
+            ("POST", "/aioabort/tasks/queued-1/abort"),
+            ("GET", "/aioabort/tasks/queued-1/events"),
+        ]:
+            refused = await client.request(method, path)
+            assert refused.status == 403, (method, path)
+            assert "queued-1" not in await refused.text()
+        listing = await client.get("/aioabort/tasks", headers=ADMIN, params={"state": "PENDING"})
+        body = await listing.json()
+        assert listing.status == 200 and [t["id"] for t in body["tasks"]] == ["queued-1"]
+        assert body["counts"]["PENDING"] == 1
+        assert (
+            await client.get("/aioabort/tasks", headers=ADMIN, params={"limit": 0})
+        ).status == 400
+        assert (await client.get("/aioabort/tasks/missing", headers=ADMIN)).status == 404
+        page = await client.get("/aioabort/", headers=ADMIN)
+        assert page.status == 200 and "<title>aioabort</title>" in await page.text()
+        not_json = await client.post("/aioabort/tasks/queued-1/abort", headers=ADMIN, data=b"{}")
+        assert not_json.status == 415
+        cross = await client.post(
+            "/aioabort/tasks/queued-1/abort",
+            headers={**ADMIN, "Origin": "https://evil.example"},
+            json={},
+        )
+        assert cross.status == 403 and (await cross.json())["error"] == "cross_site"
+        too_big = await client.post(
+            "/aioabort/tasks/queued-1/abort",
+            headers={**ADMIN, "Content-Type": "application/json"},
+            data=b'{"reason": "' + b"x" * 100_000 + b'"}',
+        )
+        assert too_big.status == 413
+        assert await aborts.handle("queued-1").state() is TaskState.PENDING
+        aborted = await client.post(
+            "/aioabort/tasks/queued-1/abort", headers=ADMIN, json={"reason": "from aiohttp"}
+        )
+        assert aborted.status == 202 and (await aborted.json())["aborted"] is True
+        finished = await client.post("/aioabort/tasks/done-1/abort", headers=ADMIN, json={})
+        assert finished.status == 409
+        early = await client.post(
+            "/aioabort/tasks/early-1/abort", headers=ADMIN, json={"create": True}
+        )
+        assert early.status == 202
+        record = await aborts.handle("queued-1").record()
+    assert record.state is TaskState.ABORTED and record.reason is not None
+    assert record.reason.message == "from aiohttp"
+    assert record.reason.by is not None and record.reason.by.startswith("web:")
+
+
+async def test_the_router_streams_a_task_to_its_end(store_url: str) -> None:
+    async with routed(store_url) as (client, aborts, _):
+        await aborts.create("streamed")
+        events: list[str] = []
+        async with client.get("/aioabort/tasks/streamed/events", headers=ADMIN) as stream:
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            async for line in stream.content:
+                text = line.decode().strip()
+                if text.startswith("event: "):
+                    events.append(text[7:])
+                    if len(events) == 1:
+                        await aborts.handle("streamed").abort("the end")
+    assert events == ["state", "state", "end"]
+
+
+async def test_excluded_paths_run_without_a_scope(store_url: str) -> None:
+    async with routed(store_url) as (client, aborts, _):
+        response = await client.get("/health")
+        assert response.status == 200 and await response.json() == {"scoped": False}
+        assert await aborts.tasks() == []
+
+
+async def test_a_disconnect_aborts_the_request_when_opted_in(store_url: str) -> None:
+    async with routed(store_url, abort_on_disconnect=True) as (client, aborts, entered):
+        url = client.make_url("/")
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Request-Id: gone-1\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(entered.setdefault("gone-1", asyncio.Event()).wait(), 10)
+        writer.close()  # the client goes away
+        record = await aborts.handle("gone-1").wait(timeout=20)
+    assert record.state is TaskState.ABORTED
+    assert record.reason is not None and record.reason.code == "disconnect"
+
+
+async def test_a_disconnect_is_seen_without_handler_cancellation(store_url: str) -> None:
+    """run_app()'s default: aiohttp lets the handler run on after its client left; with
+    abort_on_disconnect the middleware notices the closed connection and aborts."""
+    aborts = aioabort.App(store_url)
+    entered = asyncio.Event()
+    app = web.Application()
+    setup(app, aborts, abort_on_disconnect=True)
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await asyncio.sleep(60)
+        return web.json_response({"done": True})
+
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app)  # handler_cancellation=False, as web.run_app()
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Request-Id: gone-2\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(entered.wait(), 10)
+        writer.close()
+        record = await aborts.handle("gone-2").wait(timeout=20)
+    finally:
+        await runner.cleanup()
+    assert record.state is TaskState.ABORTED
+    assert record.reason is not None and record.reason.code == "disconnect"

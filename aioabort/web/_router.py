@@ -6,16 +6,11 @@ and :class:`~aioabort.AbortHandle`'s methods, never around them.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from importlib import resources
+from collections.abc import Awaitable, Callable, Collection
 
 from .._app import App
-from .._errors import AioabortError, MissingDriver, TaskNotFound, UsageError
-from .._state import TaskRecord
-from .._types import MAX_OFFSET
+from .._errors import MissingDriver
+from . import _api
 
 try:
     from starlette.requests import Request
@@ -32,13 +27,6 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 Authorize = Callable[[Request], bool | Awaitable[bool]]
 
 
-#: Seconds between keep-alive comments on an idle event stream (they read nothing).
-_KEEPALIVE = 1.0
-
-#: The largest body the abort route reads (a reason is at most 2,000 characters).
-MAX_ABORT_BODY = 64 * 1024
-
-
 async def _bounded_body(request: Request, limit: int) -> bytes | None:
     """The request's body, or ``None`` once it is over ``limit`` bytes (read no further)."""
     declared = request.headers.get("content-length", "")
@@ -52,28 +40,10 @@ async def _bounded_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def cross_site(request: Request, allowed_origins: Collection[str] = ()) -> str | None:
-    """Why a state-changing request must be refused as a cross-site forgery (CSRF), or
-    ``None``: a browser's ``Origin`` must be this app's own (scheme, host and port of the
-    request) or one of ``allowed_origins``; without an ``Origin``, a ``Sec-Fetch-Site`` must
-    say ``same-origin`` (or ``none``: typed by the user). A request with neither is not a
-    browser's (curl, another server) and passes; :func:`router` also asks for a JSON body,
-    which no form or cross-site ``text/plain`` POST can send without a CORS preflight."""
-    origin = request.headers.get("origin")
-    if origin is not None:
-        own = f"{request.url.scheme}://{request.url.netloc}"
-        if origin == own or origin in allowed_origins:
-            return None
-        return f"the Origin {origin!r} is not this site ({own}) nor an allowed origin"
-    fetch_site = request.headers.get("sec-fetch-site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return f"Sec-Fetch-Site is {fetch_site!r}"
-    return None
-
-
-def _json_content_type(request: Request) -> bool:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media == "application/json"
+def _response(answer: _api.Answer) -> Response:
+    if answer.html is not None:
+        return HTMLResponse(answer.html, status_code=answer.status)
+    return JSONResponse(answer.body, status_code=answer.status)
 
 
 def router(
@@ -102,184 +72,59 @@ def router(
     :param who: names the person asking, for the abort's ``by`` (default ``web:<client ip>``).
     :param allowed_origins: other origins (``https://admin.example.com``) whose pages may
         abort tasks. Every state-changing route refuses a cross-site request (403,
-        ``cross_site``) and a body that is not declared JSON (415): see :func:`cross_site`.
+        ``cross_site``) and a body that is not declared JSON (415): see
+        :func:`aioabort.web._api.cross_site`.
     """
-    origins = frozenset(allowed_origins)
-
-    async def allowed(request: Request) -> Response | None:
-        if authorize is None:
-            return JSONResponse(
-                {
-                    "error": "forbidden",
-                    "detail": "no authorize hook: router(aborts, authorize=...)",
-                },
-                status_code=403,
-            )
-        verdict = authorize(request)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
-        if not verdict:
-            return JSONResponse({"error": "forbidden"}, status_code=403)
-        if not aborts.is_open:
-            return JSONResponse(
-                {"error": "aioabort_not_open", "detail": "use lifespan=aborts.lifespan"},
-                status_code=503,
-            )
-        return None
+    gate = _api.Gate(aborts, authorize, frozenset(allowed_origins))
 
     def guarded(
-        endpoint: Callable[[Request], Awaitable[Response]],
+        endpoint: Callable[[Request], Awaitable[Response | _api.Answer]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def wrapper(request: Request) -> Response:
-            refused = await allowed(request)
+            refused = await gate.check(
+                request,
+                method=request.method,
+                origin=request.headers.get("origin"),
+                fetch_site=request.headers.get("sec-fetch-site"),
+                own_origin=f"{request.url.scheme}://{request.url.netloc}",
+                content_type=request.headers.get("content-type"),
+            )
             if refused is not None:
-                return refused
-            if request.method not in ("GET", "HEAD"):  # state-changing: no forgery
-                forged = cross_site(request, origins)
-                if forged is not None:
-                    return JSONResponse({"error": "cross_site", "detail": forged}, status_code=403)
-                if not _json_content_type(request):
-                    return JSONResponse(
-                        {
-                            "error": "unsupported_media_type",
-                            "detail": "send content-type: application/json",
-                        },
-                        status_code=415,
-                    )
-            try:
-                return await endpoint(request)
-            except AioabortError as exc:
-                return JSONResponse(
-                    {"error": type(exc).__name__, "detail": str(exc)},
-                    status_code=400 if isinstance(exc, UsageError) else 503,
-                )
+                return _response(refused)
+            answer = await _api.guarded(lambda: endpoint(request))
+            return answer if isinstance(answer, Response) else _response(answer)
 
         return wrapper
 
-    async def list_tasks(request: Request) -> Response:
+    async def list_tasks(request: Request) -> _api.Answer:
         params = request.query_params
-        states = [
-            s.strip().upper()
-            for value in params.getlist("state")
-            for s in value.split(",")
-            if s.strip()
-        ]
-        try:
-            limit = int(params.get("limit", 50))
-            offset = int(params.get("offset", 0))
-        except ValueError:
-            return JSONResponse(
-                {"error": "bad_request", "detail": "limit and offset are integers"}, status_code=400
-            )
-        if not 1 <= limit <= 500 or not 0 <= offset <= MAX_OFFSET:
-            return JSONResponse(
-                {
-                    "error": "bad_request",
-                    "detail": f"limit must be within 1..500 and offset within 0..{MAX_OFFSET}",
-                },
-                status_code=400,
-            )
-        records = await aborts.tasks(
-            states=states or None, name=params.get("name"), limit=limit, offset=offset
-        )
-        counts = await aborts.counts()
-        return JSONResponse(
-            {
-                "tasks": [r.to_dict() for r in records],
-                "limit": limit,
-                "offset": offset,
-                "counts": {state.value: n for state, n in counts.items()},
-            }
+        return await _api.list_tasks(
+            aborts,
+            states=params.getlist("state"),
+            name=params.get("name"),
+            limit=params.get("limit", "50"),
+            offset=params.get("offset", "0"),
         )
 
-    async def show(request: Request) -> Response:
-        task_id = request.path_params["task_id"]
-        try:
-            record = await aborts.handle(task_id).record()
-        except TaskNotFound:
-            return JSONResponse({"error": "not_found", "task_id": task_id}, status_code=404)
-        return JSONResponse(record.to_dict())
+    async def show(request: Request) -> _api.Answer:
+        return await _api.show(aborts, request.path_params["task_id"])
 
-    async def abort(request: Request) -> Response:
-        task_id = request.path_params["task_id"]
-        handle = aborts.handle(task_id)
-        message = "aborted from the web"
-        create = False
-        raw = await _bounded_body(request, MAX_ABORT_BODY)
-        if raw is None:
-            return JSONResponse(
-                {"error": "too_large", "detail": f"the body is over {MAX_ABORT_BODY} bytes"},
-                status_code=413,
-            )
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                return JSONResponse(
-                    {"error": "bad_request", "detail": "the body must be JSON"}, status_code=400
-                )
-            if not isinstance(body, dict):
-                return JSONResponse(
-                    {"error": "bad_request", "detail": "the body must be a JSON object"},
-                    status_code=400,
-                )
-            if isinstance(body.get("reason"), str):
-                message = body["reason"]
-            create = body.get("create", False)
-            if not isinstance(create, bool):
-                return JSONResponse(
-                    {"error": "bad_request", "detail": "create must be true or false"},
-                    status_code=400,
-                )
-        by = (
-            who(request)
-            if who is not None
-            else (f"web:{request.client.host}" if request.client else "web")
-        )
-        recorded = await handle.abort(message, by=by, create=create)
-        try:
-            record = await handle.record()
-        except TaskNotFound:
-            return JSONResponse({"error": "not_found", "task_id": task_id}, status_code=404)
-        if not recorded and record.state.is_terminal:
-            return JSONResponse(
-                {"error": "already_finished", "task": record.to_dict()}, status_code=409
-            )
-        return JSONResponse({"aborted": recorded, "task": record.to_dict()}, status_code=202)
+    async def abort(request: Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        host = request.client.host if request.client else None
+        by = who(request) if who is not None else _api.default_who(host)
+        return await _api.abort(aborts, request.path_params["task_id"], raw, by)
 
-    async def events(request: Request) -> Response:
-        task_id = request.path_params["task_id"]
-        handle = aborts.handle(task_id)
-        try:
-            await handle.record()
-        except TaskNotFound:
-            return JSONResponse({"error": "not_found", "task_id": task_id}, status_code=404)
-
-        async def stream() -> AsyncIterator[str]:
-            last: TaskRecord | None = None
-            try:
-                async with contextlib.aclosing(handle.watch(every=_KEEPALIVE)) as records:
-                    async for record in records:
-                        if record == last:
-                            yield ": keep-alive\n\n"
-                            continue
-                        last = record
-                        yield f"event: state\ndata: {json.dumps(record.to_dict())}\n\n"
-                        if record.state.is_terminal:
-                            end = json.dumps({"state": record.state.value})
-                            yield f"event: end\ndata: {end}\n\n"
-            except AioabortError:
-                return  # the record is gone, or the App closed with the server
-
+    async def events(request: Request) -> Response | _api.Answer:
+        stream = await _api.events(aborts, request.path_params["task_id"])
+        if isinstance(stream, _api.Answer):
+            return stream
         return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            stream, media_type="text/event-stream", headers=_api.EVENT_STREAM_HEADERS
         )
 
-    async def dashboard(request: Request) -> Response:
-        html = resources.files("aioabort").joinpath("dashboard.html").read_text("utf-8")
-        return HTMLResponse(html)
+    async def dashboard(request: Request) -> _api.Answer:
+        return _api.dashboard()
 
     return Router(
         routes=[

@@ -1,0 +1,234 @@
+"""The router's rules, written once for every framework (Starlette in ``_router``, aiohttp in
+``aioabort.aiohttp``): who may call it, what each route answers, the event stream. A framework
+adapter reads the request into these functions' arguments and turns an :class:`Answer` into
+its own response; it imports no framework here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, TypeVar
+
+from .._app import App
+from .._errors import AioabortError, TaskNotFound, UsageError
+from .._state import TaskRecord
+from .._types import MAX_OFFSET
+
+R = TypeVar("R")
+
+#: Seconds between keep-alive comments on an idle event stream (they read nothing).
+KEEPALIVE = 1.0
+
+#: The largest body the abort route reads (a reason is at most 2,000 characters).
+MAX_ABORT_BODY = 64 * 1024
+
+#: Headers of an event stream.
+EVENT_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response: a status and a JSON body (or the dashboard's HTML)."""
+
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+    html: str | None = None
+
+
+def _bad(detail: str) -> Answer:
+    return Answer(400, {"error": "bad_request", "detail": detail})
+
+
+def cross_site(
+    origin: str | None,
+    fetch_site: str | None,
+    own_origin: str,
+    allowed_origins: Collection[str] = (),
+) -> str | None:
+    """Why a state-changing request must be refused as a cross-site forgery (CSRF), or
+    ``None``: a browser's ``Origin`` must be this app's own (``own_origin``: the scheme, host
+    and port the request came to) or one of ``allowed_origins``; without an ``Origin``, a
+    ``Sec-Fetch-Site`` must say ``same-origin`` (or ``none``: typed by the user). A request
+    with neither is not a browser's (curl, another server) and passes; the router also asks
+    for a JSON body, which no form or cross-site ``text/plain`` POST can send without a CORS
+    preflight."""
+    if origin is not None:
+        if origin == own_origin or origin in allowed_origins:
+            return None
+        return f"the Origin {origin!r} is not this site ({own_origin}) nor an allowed origin"
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {fetch_site!r}"
+    return None
+
+
+def is_json(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+Authorize = Callable[[Any], bool | Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What every route checks first, in this order: ``authorize`` (403 until it allows the
+    request; with no hook, always), the App being open (503), and for state-changing
+    methods no forgery (403 ``cross_site``) and a JSON body (415)."""
+
+    aborts: App
+    authorize: Authorize | None
+    allowed_origins: frozenset[str]
+
+    async def check(
+        self,
+        request: Any,
+        *,
+        method: str,
+        origin: str | None,
+        fetch_site: str | None,
+        own_origin: str,
+        content_type: str | None,
+    ) -> Answer | None:
+        if self.authorize is None:
+            return Answer(
+                403,
+                {
+                    "error": "forbidden",
+                    "detail": "no authorize hook: router(aborts, authorize=...)",
+                },
+            )
+        verdict = self.authorize(request)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if not verdict:
+            return Answer(403, {"error": "forbidden"})
+        if not self.aborts.is_open:
+            return Answer(
+                503, {"error": "aioabort_not_open", "detail": "use lifespan=aborts.lifespan"}
+            )
+        if method not in ("GET", "HEAD"):
+            forged = cross_site(origin, fetch_site, own_origin, self.allowed_origins)
+            if forged is not None:
+                return Answer(403, {"error": "cross_site", "detail": forged})
+            if not is_json(content_type):
+                return Answer(
+                    415,
+                    {
+                        "error": "unsupported_media_type",
+                        "detail": "send content-type: application/json",
+                    },
+                )
+        return None
+
+
+async def guarded(run: Callable[[], Awaitable[R]]) -> R | Answer:
+    """Run a route; an aioabort error becomes 400 (bad input) or 503 (the store)."""
+    try:
+        return await run()
+    except AioabortError as exc:
+        return Answer(
+            400 if isinstance(exc, UsageError) else 503,
+            {"error": type(exc).__name__, "detail": str(exc)},
+        )
+
+
+async def list_tasks(
+    aborts: App, *, states: list[str], name: str | None, limit: str, offset: str
+) -> Answer:
+    wanted = [s.strip().upper() for value in states for s in value.split(",") if s.strip()]
+    try:
+        count, skip = int(limit), int(offset)
+    except ValueError:
+        return _bad("limit and offset are integers")
+    if not 1 <= count <= 500 or not 0 <= skip <= MAX_OFFSET:
+        return _bad(f"limit must be within 1..500 and offset within 0..{MAX_OFFSET}")
+    records = await aborts.tasks(states=wanted or None, name=name, limit=count, offset=skip)
+    counts = await aborts.counts()
+    return Answer(
+        200,
+        {
+            "tasks": [r.to_dict() for r in records],
+            "limit": count,
+            "offset": skip,
+            "counts": {state.value: n for state, n in counts.items()},
+        },
+    )
+
+
+async def show(aborts: App, task_id: str) -> Answer:
+    try:
+        record = await aborts.handle(task_id).record()
+    except TaskNotFound:
+        return Answer(404, {"error": "not_found", "task_id": task_id})
+    return Answer(200, record.to_dict())
+
+
+async def abort(aborts: App, task_id: str, raw: bytes | None, by: str) -> Answer:
+    """``raw``: the body, or ``None`` when it was over :data:`MAX_ABORT_BODY` bytes."""
+    if raw is None:
+        return Answer(
+            413, {"error": "too_large", "detail": f"the body is over {MAX_ABORT_BODY} bytes"}
+        )
+    message, create = "aborted from the web", False
+    if raw:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _bad("the body must be JSON")
+        if not isinstance(body, dict):
+            return _bad("the body must be a JSON object")
+        if isinstance(body.get("reason"), str):
+            message = body["reason"]
+        create = body.get("create", False)
+        if not isinstance(create, bool):
+            return _bad("create must be true or false")
+    handle = aborts.handle(task_id)
+    recorded = await handle.abort(message, by=by, create=create)
+    try:
+        record = await handle.record()
+    except TaskNotFound:
+        return Answer(404, {"error": "not_found", "task_id": task_id})
+    if not recorded and record.state.is_terminal:
+        return Answer(409, {"error": "already_finished", "task": record.to_dict()})
+    return Answer(202, {"aborted": recorded, "task": record.to_dict()})
+
+
+async def events(aborts: App, task_id: str) -> Answer | AsyncIterator[str]:
+    """404, or the Server-Sent Events of the task: ``state`` on each change, ``end`` once it
+    is finished, a keep-alive comment each :data:`KEEPALIVE` seconds (reading nothing)."""
+    handle = aborts.handle(task_id)
+    try:
+        await handle.record()
+    except TaskNotFound:
+        return Answer(404, {"error": "not_found", "task_id": task_id})
+
+    async def stream() -> AsyncIterator[str]:
+        last: TaskRecord | None = None
+        try:
+            async with contextlib.aclosing(handle.watch(every=KEEPALIVE)) as records:
+                async for record in records:
+                    if record == last:
+                        yield ": keep-alive\n\n"
+                        continue
+                    last = record
+                    yield f"event: state\ndata: {json.dumps(record.to_dict())}\n\n"
+                    if record.state.is_terminal:
+                        end = json.dumps({"state": record.state.value})
+                        yield f"event: end\ndata: {end}\n\n"
+        except AioabortError:
+            return  # the record is gone, or the App closed with the server
+
+    return stream()
+
+
+def dashboard() -> Answer:
+    html = resources.files("aioabort").joinpath("dashboard.html").read_text("utf-8")
+    return Answer(200, html=html)
+
+
+def default_who(client_host: str | None) -> str:
+    return f"web:{client_host}" if client_host else "web"
