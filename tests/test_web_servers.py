@@ -17,7 +17,7 @@ import aioabort
 from aioabort import TaskState
 from benchmarks import servers
 
-from .conftest import wait_until
+from .conftest import has_state, wait_until
 
 pytestmark = pytest.mark.real_stores  # they start other processes
 
@@ -153,3 +153,33 @@ async def test_an_aborted_stream_looks_cut(store_url: str) -> None:
         assert not cut.endswith(b"0\r\n\r\n")
         record = await app.handle("cut-1").wait(timeout=20)
     assert record.state is TaskState.ABORTED
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["docs.examples.litestar_app:app", "docs.examples.django_asgi:application"],
+    ids=["litestar", "django"],
+)
+async def test_the_middleware_under_other_frameworks(store_url: str, target: str) -> None:
+    """The pure ASGI middleware, as docs/web.md shows it, under Litestar and under Django's
+    ASGI handler on a real uvicorn: a request aborted from another App answers 499 with the
+    reason and stops its view; an id naming a queued job is refused (409)."""
+    async with (
+        servers.uvicorn(target, store_url, ready="/health", ready_status=200) as server,
+        httpx.AsyncClient(base_url=server.base, timeout=60) as client,
+        aioabort.App(store_url) as elsewhere,
+    ):
+        request = asyncio.create_task(
+            client.get("/render", params={"seconds": 60}, headers={"x-request-id": "fw-1"})
+        )
+        await wait_until(lambda: has_state(elsewhere, "fw-1", TaskState.STARTED), timeout=30)
+        assert await elsewhere.handle("fw-1").abort("stopped from elsewhere") is True
+        response = await asyncio.wait_for(request, 30)
+        assert response.status_code == 499
+        assert response.json()["reason"]["message"] == "stopped from elsewhere"
+        record = await elsewhere.handle("fw-1").wait(timeout=20)
+        assert record.state is TaskState.ABORTED
+        await elsewhere.create("queued-job", name="export")
+        taken = await client.get("/render", headers={"x-request-id": "queued-job"})
+        assert taken.status_code == 409
+        assert (await elsewhere.handle("queued-job").state()) is TaskState.PENDING

@@ -14,6 +14,9 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+
 from .._app import App
 from .._errors import (
     ScopeAlreadyEntered,
@@ -22,14 +25,15 @@ from .._errors import (
     TaskAlreadyStarted,
     UsageError,
 )
-from .._scope import abortable
+from .._scope import AbortScope, abortable
 from .._types import MAX_TASK_ID_LENGTH, AbortReason
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: Any ASGI application: frameworks type the three arguments each their own way.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 #: Request ids the web integrations accept from a header.
 REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{MAX_TASK_ID_LENGTH}}}")
@@ -75,6 +79,10 @@ class AbortMiddleware:
     :param exclude: path prefixes to pass through without a scope (health checks...).
     :param lazy_open: open the App on the first request, for servers without lifespan
         support.
+    :param abort_as_disconnect: deliver an abort to the application as the client's
+        disconnect (its ``receive()`` answers ``http.disconnect``) instead of cancelling it
+        from outside: for frameworks that run the view in a task of their own and cancel it
+        on a disconnect — Django's ASGI handler. The scope records ABORTED all the same.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class AbortMiddleware:
         status_code: int = 499,
         exclude: Sequence[str] = (),
         lazy_open: bool = False,
+        abort_as_disconnect: bool = False,
     ) -> None:
         if not isinstance(aborts, App):
             raise UsageError("AbortMiddleware needs aborts=aioabort.App(...)")
@@ -98,6 +107,7 @@ class AbortMiddleware:
         self.status_code = status_code
         self.exclude = tuple(exclude)
         self.lazy_open = lazy_open
+        self.abort_as_disconnect = abort_as_disconnect
         self._opening = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -158,7 +168,9 @@ class AbortMiddleware:
         try:
             async with abort_scope:
                 scope.setdefault("state", {})["aioabort_scope"] = abort_scope
-                if self.abort_on_disconnect:
+                if self.abort_as_disconnect:
+                    await self._as_disconnect(abort_scope, scope, receive, send_wrapper)
+                elif self.abort_on_disconnect:
                     await self._with_disconnect_watch(
                         scope, receive, send_wrapper, request_id, progress
                     )
@@ -192,6 +204,33 @@ class AbortMiddleware:
                     )
                 # A response under way is left incomplete (DESIGN rule 12): the server closes
                 # the connection without the final chunk, so the client can tell it was cut.
+
+    async def _as_disconnect(
+        self, abort_scope: AbortScope, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Run the application shielded from the abort; an abort makes its ``receive()``
+        answer ``http.disconnect``, so it stops its own view. Then the abort stops the scope."""
+        aborted = asyncio.Event()
+        abort_scope.on_abort(lambda reason: aborted.set())
+
+        async def receive_or_abort() -> Message:
+            if aborted.is_set():
+                return {"type": "http.disconnect"}
+            message = asyncio.ensure_future(receive())
+            stop = asyncio.ensure_future(aborted.wait())
+            try:
+                await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                if not message.done():
+                    message.cancel()
+            if message.done() and not message.cancelled():
+                return message.result()
+            return {"type": "http.disconnect"}
+
+        with anyio.CancelScope(shield=True):
+            await self.app(scope, receive_or_abort, send)
+        await anyio.lowlevel.checkpoint()  # an abort that came stops the scope here
 
     async def _with_disconnect_watch(
         self,
