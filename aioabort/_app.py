@@ -167,6 +167,7 @@ class App:
 
         :raises StoreUnavailable: when the store cannot be opened.
         """
+        _runtime.require_asyncio("App.open()")
         if self._state == "open":
             raise UsageError(f"{self!r} is already open")
         if self._state == "opening":

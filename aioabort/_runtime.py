@@ -7,11 +7,12 @@ is also its default.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from typing import Protocol
 
 from ._backend import Store
-from ._errors import AppClosed, NoAppOpen
+from ._errors import AppClosed, NoAppOpen, UsageError
 from ._redo import Redo
 from ._watcher import Watcher
 
@@ -79,3 +80,24 @@ def resolve(app: Runtime | None) -> Runtime:
             "this aioabort App is not open: use `async with app:` or `await app.open()`"
         )
     return app
+
+
+def require_asyncio(what: str) -> None:
+    """aioabort runs on asyncio only (its drivers do): under trio, or outside any event loop,
+    say so at the call instead of failing deep inside a driver.
+
+    :raises UsageError: when the running event loop is not asyncio's.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            import sniffio
+
+            running = sniffio.current_async_library()
+        except Exception:  # noqa: BLE001 - any failure here means "not in an event loop"
+            running = "no event loop"
+        raise UsageError(
+            f"aioabort runs on asyncio, but {what} was called under {running}: run it with "
+            "asyncio.run(), or anyio.run(..., backend='asyncio')"
+        ) from None

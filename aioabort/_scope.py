@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, final
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 from . import _runtime
 from ._aborting import stop_here
@@ -36,6 +38,8 @@ from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState, end_state, should_requeue
 from ._types import AbortReason, ErrorInfo, check_task_id
 from ._watcher import Watcher
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -201,6 +205,25 @@ class AbortScope:
         """An await point for loops that have none: raises ``CancelledError`` once aborted."""
         await anyio.lowlevel.checkpoint()
 
+    def raise_if_aborted(self) -> None:
+        """Raise :class:`TaskAborted` once an abort was requested: for code that cannot await
+        (a thread, a blocking loop). Sync and thread-safe. Raised out of the body, it ends the
+        task ABORTED, as a cancellation would."""
+        if self._requested:
+            raise TaskAborted(self.id, self.reason)
+
+    async def to_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in a worker thread and return its result.
+
+        The thread sees this scope (:func:`current_scope` works there, so ``fn`` can call
+        :meth:`raise_if_aborted` or :meth:`is_aborted`). No abort can stop a thread, so this
+        call waits for ``fn`` to return, whatever happens meanwhile, and the abort's
+        cancellation arrives at the body's next await after it: the record never says
+        ABORTED while the thread still runs. (``asyncio.to_thread`` returns at once when
+        cancelled, leaving the thread running behind an ABORTED record.)
+        """
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
     def on_abort(self, callback: Callable[[AbortReason], object]) -> Callable[[], bool]:
         """Run ``callback(reason)`` on the event loop when an abort arrives.
 
@@ -306,6 +329,7 @@ class AbortScope:
     # -- the block ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> AbortScope:
+        _runtime.require_asyncio("abortable()")
         runtime = _runtime.resolve(self._app)
         # Keep the parts, not the App: the exit must still record the end while the App closes.
         bound = self._runtime = _Bound(runtime.store, runtime.watcher, runtime.owner, runtime.redo)
@@ -392,7 +416,11 @@ class AbortScope:
         # if an abort came too: it propagates (rule 1), so the record must say the same.
         cancelled = isinstance(exc, asyncio.CancelledError) and not swallowed
         outer = cancelled and not _enclosing_aborted(self._enclosing)
-        stopped = not outer and (cancel_scope.cancelled_caught or (self._requested and cancelled))
+        # raise_if_aborted() raised out of the body: stopped by the abort too.
+        own = isinstance(exc, TaskAborted) and exc.task_id == self.id and self._requested
+        stopped = not outer and (
+            cancel_scope.cancelled_caught or (self._requested and cancelled) or own
+        )
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -403,7 +431,7 @@ class AbortScope:
                 # Aborted while PENDING: the record is already ABORTED; nothing to write.
                 self.aborted = True
             else:
-                body_failed = exc is not None and not swallowed
+                body_failed = exc is not None and not swallowed and not own
                 state = end_state(stopped_by_abort=stopped, failed=body_failed)
                 reason_code = self.reason.code if self.reason is not None else None
                 if should_requeue(
@@ -425,6 +453,8 @@ class AbortScope:
                 await self._finish(runtime, state, error)
         finally:
             runtime.watcher.unregister(self)
+        if own:
+            return self._suppress  # its own TaskAborted goes on, unless suppressed
         if self.aborted and (exc is None or swallowed):
             if self._suppress:
                 return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -618,3 +620,88 @@ async def test_abort_then_outer_timeout_in_the_cleanup_record_and_raise_agree(
     assert record.state is TaskState.FAILURE
     assert record.error is not None and record.error.cause == "cancelled"
     assert record.reason is not None and record.reason.message == "first"
+
+
+async def test_a_thread_is_waited_for_and_the_record_tells_the_truth(app: aioabort.App) -> None:
+    """scope.to_thread(): an abort cannot stop a thread, so the scope waits for it; a thread
+    that ran to the end despite the abort ends SUCCESS with the request kept, and the record
+    never said ABORTED while it still wrote."""
+    rows: list[int] = []
+    started = threading.Event()
+    states_while_writing: list[TaskState] = []
+
+    def write_rows() -> int:
+        started.set()
+        for i in range(30):
+            time.sleep(0.01)  # a blocking library that never looks at the abort
+            rows.append(i)
+        return len(rows)
+
+    async def body() -> int:
+        async with aioabort.abortable("threaded", app=app) as scope:
+            return await scope.to_thread(write_rows)
+        raise AssertionError("not reached: the scope suppresses nothing")  # pragma: no cover
+
+    task = asyncio.create_task(body())
+    await asyncio.to_thread(started.wait, 10)
+    assert await app.handle("threaded").abort("stop writing") is True
+    states_while_writing.append(await app.handle("threaded").state())
+    assert await task == 30 and rows == list(range(30))
+    record = await app.handle("threaded").record()
+    assert states_while_writing == [TaskState.ABORTING]
+    assert record.state is TaskState.SUCCESS  # it ran to the end: the truth
+    assert record.reason is not None and record.reason.message == "stop writing"
+
+
+async def test_a_thread_that_looks_at_the_abort_stops_and_ends_aborted(app: aioabort.App) -> None:
+    """raise_if_aborted() in the thread (current_scope() works there): TaskAborted out of
+    the body ends the task ABORTED, and the thread stopped writing at once."""
+    rows: list[int] = []
+    started = threading.Event()
+
+    def write_rows() -> None:
+        scope = aioabort.current_scope()  # the scope is visible in the thread
+        started.set()
+        for i in range(10_000):
+            scope.raise_if_aborted()
+            time.sleep(0.005)
+            rows.append(i)
+
+    async def body() -> None:
+        async with aioabort.abortable("threaded-2", app=app) as scope:
+            await scope.to_thread(write_rows)
+
+    task = asyncio.create_task(body())
+    await asyncio.to_thread(started.wait, 10)
+    assert await app.handle("threaded-2").abort("stop writing") is True
+    with pytest.raises(aioabort.TaskAborted) as info:
+        await asyncio.wait_for(task, 10)
+    assert info.value.reason is not None and info.value.reason.message == "stop writing"
+    written = len(rows)
+    assert written < 10_000
+    record = await app.handle("threaded-2").record()
+    assert record.state is TaskState.ABORTED
+    assert len(rows) == written  # nothing written after the end was recorded
+
+
+async def test_raise_if_aborted_in_the_body_ends_aborted_or_is_suppressed(
+    app: aioabort.App,
+) -> None:
+    async with aioabort.abortable("sync-check", app=app, suppress=True) as scope:
+        scope.raise_if_aborted()  # no abort yet: nothing happens
+        await app.handle("sync-check").abort("now")
+        scope.raise_if_aborted()
+        raise AssertionError("not reached")  # pragma: no cover
+    assert scope.aborted and (await app.handle("sync-check").state()) is TaskState.ABORTED
+
+
+def test_under_trio_aioabort_says_what_it_runs_on(tmp_path: Path) -> None:
+    """Not a TypeError deep inside a driver: a UsageError naming asyncio and what runs."""
+    import anyio
+
+    async def main() -> None:
+        async with aioabort.App(f"sqlite:///{tmp_path / 'x.db'}"):
+            pass  # pragma: no cover
+
+    with pytest.raises(aioabort.UsageError, match=r"runs on asyncio.*under trio"):
+        anyio.run(main, backend="trio")
