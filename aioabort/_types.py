@@ -162,7 +162,8 @@ class ErrorInfo:
     :class:`TaskFailed`, the exception ``handle.result()`` raises). Formerly ``TaskError``.
 
     :param cause: ``exception`` (the body raised), ``cancelled`` (an outer cancellation such as a
-        caller's timeout stopped it), or ``lost`` (its owner process stopped heartbeating).
+        caller's timeout stopped it), ``lost`` (its owner process stopped heartbeating), or
+        ``killed`` (its worker exited while it still ran, after it ignored its abort).
     :param type: the exception's class name, where there was one.
     :param message: a human-readable description.
     """
@@ -174,6 +175,7 @@ class ErrorInfo:
     EXCEPTION = "exception"
     CANCELLED = "cancelled"
     LOST = "lost"
+    KILLED = "killed"
 
     def __str__(self) -> str:
         return (

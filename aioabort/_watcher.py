@@ -172,6 +172,13 @@ class Watcher:
             self._deliveries += 1
             target._deliver_abort(recent[0], recent[1])  # the scope judges whose run it was
 
+    def forget(self, task_id: str) -> None:
+        """Stop delivering aborts to the scope open here for ``task_id`` (a task its worker
+        gave up on): the App's own shutdown leaves it alone then."""
+        target = self._scopes.get(task_id)
+        if target is not None:
+            self.unregister(target)
+
     def unregister(self, target: AbortTarget) -> None:
         if self._scopes.get(target.id) is target:
             del self._scopes[target.id]

@@ -10,7 +10,6 @@ detector on SQLite), with a slow poll only as a safety net.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Coroutine, Sequence
@@ -24,7 +23,10 @@ from ._errors import AioabortError, UsageError
 from ._runner import DEFAULT_QUEUE, _check_queue, execute, fail_unknown
 from ._shield import shielded
 from ._state import TaskState
-from ._types import AbortReason
+from ._types import AbortReason, ErrorInfo
+
+#: Seconds a worker told to give up (:meth:`Worker.kill`) still waits for its tasks to stop.
+KILL_WAIT = 2.0
 
 if TYPE_CHECKING:
     from ._app import App
@@ -78,6 +80,7 @@ class Worker:
         queues: Sequence[str] = (DEFAULT_QUEUE,),
         grace: float = 10.0,
         poll_interval: float = 1.0,
+        kill_after: float = 30.0,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise UsageError(f"concurrency must be a positive int, got {concurrency!r}")
@@ -87,12 +90,23 @@ class Worker:
             raise UsageError("a worker needs at least one queue")
         if not grace >= 0:
             raise UsageError(f"grace must be a non-negative number of seconds, got {grace!r}")
+        if not kill_after >= 0:
+            raise UsageError(
+                f"kill_after must be a non-negative number of seconds, got {kill_after!r}"
+            )
         self.app = app
         self.concurrency = concurrency
         self.queues = [_check_queue(q) for q in queues]
         self.grace = grace
         self.poll_interval = poll_interval
+        self.kill_after = kill_after
+        #: Ids of the tasks that were still running when the worker gave up on them (they
+        #: ignored their abort): recorded FAILURE (cause ``killed``) or requeued, and left
+        #: behind. When there are any, the process should exit: they may never end.
+        self.abandoned: list[str] = []
         self._running: dict[str, asyncio.Task[Any]] = {}
+        self._records: dict[str, Any] = {}
+        self._killed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._slot = asyncio.Event()
@@ -119,6 +133,14 @@ class Worker:
         if self._stopping.is_set():
             self._hurry.set()
         self._stopping.set()
+
+    def kill(self) -> None:
+        """Give up on running tasks (a second SIGTERM/SIGINT): abort them at once (reason code
+        ``shutdown``); those still running :data:`KILL_WAIT` seconds later are recorded as
+        ended — FAILURE with cause ``killed``, or back to PENDING if retryable — and left
+        behind in :attr:`abandoned`, so :meth:`run` returns within seconds."""
+        self._killed.set()
+        self.stop_now()
 
     def stop_now(self) -> None:
         """Stop claiming and abort running tasks at once (reason code ``shutdown``)."""
@@ -185,10 +207,12 @@ class Worker:
             coro = execute(self.app, task, record, claimed=True)
         running = asyncio.get_running_loop().create_task(coro, name=f"aioabort-task-{record.id}")
         self._running[record.id] = running
+        self._records[record.id] = record
         running.add_done_callback(functools.partial(self._done, record.id))
 
     def _done(self, task_id: str, task: asyncio.Task[Any]) -> None:
         self._running.pop(task_id, None)
+        self._records.pop(task_id, None)
         self._slot.set()
         if task.cancelled() or task.exception() is not None:
             return
@@ -245,11 +269,51 @@ class Worker:
         reason = AbortReason(AbortReason.SHUTDOWN, "the worker is shutting down")
         for task_id in list(self._running):
             await stop_here(runtime, task_id, reason)
-        # Aborted tasks record their end (bounded by the store's own timeouts).
-        running = list(self._running.values())
-        if running:
-            _, pending = await asyncio.wait(running, timeout=30)
-            for task in pending:
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(*pending, return_exceptions=True)
+        # Aborted tasks record their end; kill_after seconds (a second signal: KILL_WAIT)
+        # for those that take time to stop, then the worker gives up on the rest.
+        running = set(self._running.values())
+        if running and not self._killed.is_set():
+            drained = asyncio.ensure_future(asyncio.wait(running))
+            killed = asyncio.ensure_future(self._killed.wait())
+            await asyncio.wait(
+                {drained, killed}, timeout=self.kill_after, return_when=asyncio.FIRST_COMPLETED
+            )
+            for fut in (drained, killed):
+                fut.cancel()
+            await asyncio.gather(drained, killed, return_exceptions=True)
+        still = set(self._running.values())
+        if still and self._killed.is_set():
+            await asyncio.wait(still, timeout=KILL_WAIT)
+        if self._running:
+            await self._give_up(runtime)
+
+    async def _give_up(self, runtime: Any) -> None:
+        """Record the end of the tasks that ignored their abort, and leave them behind."""
+        error = ErrorInfo(
+            ErrorInfo.KILLED,
+            "",
+            "the worker exited while the task still ran: it did not stop after its abort",
+        )
+        for task_id, task in list(self._running.items()):
+            record = self._records.get(task_id)
+            try:
+                if record is not None and record.retryable:
+                    await shielded(runtime.store.requeue(task_id, owner=runtime.owner))
+                else:
+                    await shielded(
+                        runtime.store.finish(
+                            task_id, owner=runtime.owner, state=TaskState.FAILURE, error=error
+                        )
+                    )
+            except AioabortError:
+                logger.exception(
+                    "could not record a task the worker gave up on; the reaper will",
+                    extra={"action": "kill_record_failed", "task_id": task_id},
+                )
+            runtime.watcher.forget(task_id)  # the App's shutdown must not abort it again
+            task.cancel()  # one more chance; nobody waits for it
+            self.abandoned.append(task_id)
+        logger.error(
+            "worker gave up on tasks that ignored their abort",
+            extra={"action": "tasks_killed", "task_ids": list(self.abandoned)},
+        )

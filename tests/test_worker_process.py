@@ -4,9 +4,11 @@ here; real signals for shutdown, kill -9 for a dead worker."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -265,3 +267,46 @@ def test_worker_cli_errors() -> None:
     assert out.returncode == 2 and "not an aioabort.App" in out.stderr
     out = run("tests.worker_app")
     assert out.returncode == 2 and "MODULE:APP" in out.stderr
+
+
+async def test_a_second_signal_frees_a_worker_held_hostage(
+    producer: aioabort.App, store_url: str
+) -> None:
+    """DESIGN rule 16, with real signals: tasks that swallow every cancellation. After the
+    first SIGTERM they are aborted (``shutdown``) and ignore it; the second SIGTERM makes the
+    worker give up on them and exit within seconds, recording them (FAILURE, cause
+    ``killed``; the retryable one back on the queue): nothing is left STARTED or ABORTING."""
+    async with worker_process(store_url, "--grace", "0.5", "--kill-after", "600") as worker:
+        held = await worker_app.hostage.delay()
+        retried = await worker_app.retryable_hostage.delay()
+        for task_id in (held.id, retried.id):
+            await wait_until(functools.partial(has_state, producer, task_id, TaskState.STARTED))
+        worker.send_signal(signal.SIGTERM)
+        for task_id in (held.id, retried.id):  # aborted after the grace, and ignoring it
+            await wait_until(functools.partial(has_state, producer, task_id, TaskState.ABORTING))
+        worker.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await worker.exit_code(timeout=30)
+        took = time.monotonic() - started
+    assert code == 130, worker.stderr
+    assert took < 10, took
+    record = await held.record()
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "killed"
+    assert record.reason is not None and record.reason.code == "shutdown"
+    assert (await retried.state()) is TaskState.PENDING
+    assert "gave up on 2 task(s)" in worker.stderr
+
+
+async def test_kill_after_frees_the_worker_without_a_second_signal(
+    producer: aioabort.App, store_url: str
+) -> None:
+    async with worker_process(store_url, "--grace", "0", "--kill-after", "1") as worker:
+        held = await worker_app.hostage.delay()
+        await wait_until(lambda: has_state(producer, held.id, TaskState.STARTED))
+        worker.send_signal(signal.SIGTERM)
+        code = await worker.exit_code(timeout=30)
+    assert code == 1, worker.stderr
+    record = await held.record()
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "killed"

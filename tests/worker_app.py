@@ -45,3 +45,23 @@ async def parent(children: int) -> list[str]:
     handles = [await count.delay(1000) for _ in range(children)]
     await asyncio.sleep(3600)
     return [h.id for h in handles]
+
+
+@app.task
+async def hostage() -> None:
+    """Swallows every cancellation: only a worker that gives up on it can exit."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+
+@app.task(retryable=True)
+async def retryable_hostage() -> None:
+    """The same, declared retryable: given up on, it goes back to the queue."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass

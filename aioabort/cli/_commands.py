@@ -425,6 +425,15 @@ def _load_app(target: str) -> App:
     help="On SIGTERM/SIGINT, seconds running tasks get before they are aborted.",
 )
 @click.option(
+    "--kill-after",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    metavar="SECONDS",
+    help="After the abort, seconds tasks get to stop before the worker gives up on them "
+    "(records them FAILURE, cause 'killed', or requeues the retryable ones) and exits.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -445,6 +454,7 @@ def worker(
     concurrency: int,
     queues: tuple[str, ...],
     grace: float,
+    kill_after: float,
     log_level: str,
     wait_for_store: float,
 ) -> None:
@@ -452,7 +462,10 @@ def worker(
 
     --db (or AIOABORT_URL) is set before MODULE is imported, for an App built with App().
     The first SIGTERM or SIGINT stops claiming and gives running tasks --grace seconds, then
-    aborts them with reason code 'shutdown'; a second signal aborts them at once.
+    aborts them with reason code 'shutdown' and gives them --kill-after seconds to stop. A
+    second signal aborts them at once and exits within seconds. Tasks that ignored their abort
+    are recorded FAILURE (cause 'killed'), or back on the queue if retryable, and the process
+    exits without waiting for them (exit code 130 after a second signal, 1 otherwise).
     """
     import os
     import signal
@@ -471,10 +484,21 @@ def worker(
     async def go() -> None:
         await _open_when_reachable(app, wait_for_store)
         async with _closing(app):
-            runner = Worker(app, concurrency=concurrency, queues=queues, grace=grace)
+            runner = Worker(
+                app, concurrency=concurrency, queues=queues, grace=grace, kill_after=kill_after
+            )
             loop = asyncio.get_running_loop()
+            signals: list[int] = []
+
+            def on_signal(signum: int) -> None:
+                signals.append(signum)
+                if len(signals) == 1:
+                    runner.stop()
+                else:
+                    runner.kill()
+
             for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, runner.stop)
+                loop.add_signal_handler(signum, on_signal, signum)
             click.echo(
                 f"aioabort worker: {app.url}, queues {', '.join(queues)}, concurrency "
                 f"{concurrency}, tasks: {', '.join(sorted(app.registry)) or 'none'}",
@@ -487,6 +511,19 @@ def worker(
                 f"{stats.aborted} aborted, {stats.requeued} requeued",
                 err=True,
             )
+            if runner.abandoned:
+                # Tasks that ignore their abort may never end, and asyncio.run() would wait
+                # for them: close the App (bounded), then leave without them.
+                click.echo(
+                    f"aioabort worker: gave up on {len(runner.abandoned)} task(s) that ignored "
+                    f"their abort: {', '.join(runner.abandoned)}",
+                    err=True,
+                )
+                with contextlib.suppress(Exception, TimeoutError):
+                    await asyncio.wait_for(app.aclose(), 10)
+                sys.stderr.flush()
+                sys.stdout.flush()
+                os._exit(EXIT_INTERRUPTED if len(signals) > 1 else 1)
 
     _run(go)
 
