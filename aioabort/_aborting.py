@@ -15,6 +15,7 @@ from typing import NamedTuple, Protocol
 from ._backend import AbortOutcome, Store
 from ._errors import AioabortError
 from ._shield import shielded
+from ._telemetry import abort_requested
 from ._types import AbortReason
 from ._watcher import Watcher
 
@@ -43,6 +44,7 @@ async def record_and_deliver(runtime: _Parts, task_id: str, reason: AbortReason)
     """
     outcome = await shielded(runtime.store.request_abort(task_id, reason))
     if outcome.recorded:
+        abort_requested(reason.code)
         _deliver(runtime.watcher, task_id, reason, outcome)
     return outcome
 
@@ -60,6 +62,8 @@ async def stop_here(runtime: _Parts, task_id: str, reason: AbortReason) -> None:
         )
         runtime.watcher.deliver(task_id, reason)
         return
+    if outcome.recorded:
+        abort_requested(reason.code)
     _deliver(runtime.watcher, task_id, reason, outcome)
 
 

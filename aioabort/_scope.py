@@ -36,6 +36,7 @@ from ._progress import Progress, check_report
 from ._redo import Redo
 from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState, end_state, should_requeue
+from ._telemetry import TaskSpan
 from ._types import AbortReason, ErrorInfo, check_task_id
 from ._watcher import Watcher
 
@@ -135,6 +136,7 @@ class AbortScope:
         "_retryable",
         "_runtime",
         "_suppress",
+        "_telemetry",
         "_time_limit",
         "_timer",
         "_token",
@@ -173,6 +175,7 @@ class AbortScope:
         self._app = app
         self._time_limit = time_limit
         self._adopt = adopt
+        self._telemetry = TaskSpan()
         self._timer: asyncio.TimerHandle | None = None
         self._claimed = _claimed
         self._result_json: str | None = None
@@ -320,6 +323,7 @@ class AbortScope:
         if self._requested:
             return
         self._requested = True
+        self._telemetry.aborted(self.reason.code, self.reason.message)
         if self._body_running and self._cancel_scope is not None:
             self._cancel_scope.cancel(f"aioabort: task {self.id!r} aborted: {self.reason}")
         for registration in self._callbacks:
@@ -388,6 +392,8 @@ class AbortScope:
             self._deliver_abort(started.record.reason)
         if self._time_limit is not None and not self._preaborted:
             self._timer = self._loop.call_later(self._time_limit, self._time_up)
+        if not self._preaborted:
+            self._telemetry.start(self.id, started.record.name)
         cancel_scope.__enter__()
         self._body_running = True
         if self._requested:
@@ -409,6 +415,7 @@ class AbortScope:
         if self._token is not None:
             _current_scope.reset(self._token)
             self._token = None
+        self._telemetry.leave()
         swallowed = bool(cancel_scope.__exit__(exc_type, exc, tb))
         # Stopped by the abort: our scope caught its own cancellation, or an abort was asked
         # and the body ended by a cancellation that an enclosing aborted scope must see. A
@@ -438,6 +445,7 @@ class AbortScope:
                     retryable=self._retryable, stopped_by_abort=stopped, reason_code=reason_code
                 ):
                     await self._requeue(runtime)
+                    self._telemetry.end(TaskState.PENDING.value, stopped_at_request=None, code=None)
                     return swallowed
                 error = None
                 if state is TaskState.FAILURE and exc is not None:
@@ -451,6 +459,11 @@ class AbortScope:
                         else ErrorInfo.from_exception(exc)
                     )
                 await self._finish(runtime, state, error)
+                self._telemetry.end(
+                    state.value,
+                    stopped_at_request=self.reason.at if stopped and self.reason else None,
+                    code=self.reason.code if stopped and self.reason else None,
+                )
         finally:
             runtime.watcher.unregister(self)
         if own:
