@@ -25,7 +25,7 @@ from ._liveness import Liveness
 from ._redo import Redo
 from ._runner import DEFAULT_QUEUE, Task, _check_queue, task_name
 from ._shield import shielded
-from ._state import TaskRecord, TaskState
+from ._state import IGNORED_ABORT_AFTER, TaskRecord, TaskState
 from ._types import MAX_OFFSET, MAX_TASK_NAME_LENGTH, AbortReason, check_task_id
 from ._watcher import Watcher
 from .backends import redact, store_factory
@@ -65,6 +65,9 @@ class App:
         with code ``shutdown``.
     :param poll_interval: seconds between the watcher's polls; by default 0.005 on SQLite
         (``PRAGMA data_version``) and 5.0 on PostgreSQL (the safety net behind NOTIFY).
+    :param ignored_abort_after: seconds after an abort reached a running scope after which a
+        task still running is shown as ignoring its abort (a warning in the log; the CLI, the
+        router and the dashboard say so; DESIGN rule 16).
     :raises InvalidURL: for a missing or unknown URL.
     :raises MissingDriver: when the URL's driver is not installed.
     :raises UsageError: for both a URL and a store, or bad settings.
@@ -81,6 +84,7 @@ class App:
         stale_after: float = 30.0,
         shutdown_grace: float = 5.0,
         poll_interval: float | None = None,
+        ignored_abort_after: float = IGNORED_ABORT_AFTER,
     ) -> None:
         # Without a URL the App reads AIOABORT_URL each time it opens, so a module-level
         # ``app = aioabort.App()`` follows the environment (``aioabort --db URL worker ...``).
@@ -91,6 +95,10 @@ class App:
             raise UsageError(
                 f"stale_after ({stale_after!r}) must be longer than heartbeat_interval "
                 f"({heartbeat_interval!r})"
+            )
+        if not ignored_abort_after > 0:
+            raise UsageError(
+                f"ignored_abort_after must be positive seconds, got {ignored_abort_after!r}"
             )
         if poll_interval is not None and not 0 < poll_interval <= 60:
             raise UsageError(f"poll_interval must be within (0, 60] seconds, got {poll_interval!r}")
@@ -115,6 +123,7 @@ class App:
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.shutdown_grace = shutdown_grace
+        self.ignored_abort_after = ignored_abort_after
         self._store: Store | None = None
         self._watcher: Watcher | None = None
         self._owner: OwnerInfo | None = None

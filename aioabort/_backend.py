@@ -272,6 +272,11 @@ class Store(abc.ABC):
     async def count_tasks(self) -> dict[TaskState, int]:
         """How many records are in each state (states with none are left out)."""
 
+    async def mark_delivered(self, task_id: str, *, owner: str) -> None:  # noqa: B027 - optional
+        """Record, once, when an abort reached the scope running ``task_id`` for ``owner``
+        (``abort_delivered_at``: DESIGN rule 16 shows a task that ignores its abort). A store
+        that does not keep it leaves the field ``None``: the default."""
+
     @abc.abstractmethod
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None

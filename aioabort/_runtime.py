@@ -35,6 +35,9 @@ class Runtime(Protocol):
     @property
     def is_open(self) -> bool: ...
 
+    @property
+    def ignored_abort_after(self) -> float: ...
+
 
 _current_app: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "aioabort_current_app", default=None

@@ -98,6 +98,7 @@ class _Bound(NamedTuple):
     watcher: Watcher
     owner: str
     redo: Redo
+    ignored_abort_after: float
 
 
 @final
@@ -127,6 +128,7 @@ class AbortScope:
         "_detached",
         "_early",
         "_enclosing",
+        "_ignored",
         "_loop",
         "_name",
         "_preaborted",
@@ -177,6 +179,7 @@ class AbortScope:
         self._adopt = adopt
         self._telemetry = TaskSpan()
         self._timer: asyncio.TimerHandle | None = None
+        self._ignored: asyncio.TimerHandle | None = None
         self._claimed = _claimed
         self._result_json: str | None = None
         self._retryable = _retryable or (_claimed is not None and _claimed.retryable)
@@ -324,11 +327,46 @@ class AbortScope:
             return
         self._requested = True
         self._telemetry.aborted(self.reason.code, self.reason.message)
+        if not self._preaborted and self._runtime is not None and self._loop is not None:
+            self._watch_obedience()
         if self._body_running and self._cancel_scope is not None:
             self._cancel_scope.cancel(f"aioabort: task {self.id!r} aborted: {self.reason}")
         for registration in self._callbacks:
             if registration.handle is None:
                 self._schedule(registration)
+
+    def _watch_obedience(self) -> None:
+        """The abort reached this scope: record when (``abort_delivered_at``), and warn if the
+        body is still running ``ignored_abort_after`` seconds later (DESIGN rule 16)."""
+        runtime, loop = self._runtime, self._loop
+        assert runtime is not None and loop is not None
+        task = loop.create_task(self._note_delivered(runtime))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        self._ignored = loop.call_later(runtime.ignored_abort_after, self._warn_ignored)
+
+    async def _note_delivered(self, runtime: _Bound) -> None:
+        try:
+            await shielded(runtime.store.mark_delivered(self.id, owner=runtime.owner))
+        except AioabortError:
+            logger.debug("could not record the abort's delivery", exc_info=True)
+
+    def _warn_ignored(self) -> None:
+        self._ignored = None
+        runtime = self._runtime
+        if runtime is None or not self._body_running:
+            return
+        logger.warning(
+            "task %s ignores its abort: still running %gs after it was delivered",
+            self.id,
+            runtime.ignored_abort_after,
+            extra={
+                "action": "abort_ignored",
+                "task_id": self.id,
+                "seconds": runtime.ignored_abort_after,
+                "code": self.reason.code if self.reason else None,
+            },
+        )
 
     # -- the block ---------------------------------------------------------------------------
 
@@ -336,7 +374,9 @@ class AbortScope:
         _runtime.require_asyncio("abortable()")
         runtime = _runtime.resolve(self._app)
         # Keep the parts, not the App: the exit must still record the end while the App closes.
-        bound = self._runtime = _Bound(runtime.store, runtime.watcher, runtime.owner, runtime.redo)
+        bound = self._runtime = _Bound(
+            runtime.store, runtime.watcher, runtime.owner, runtime.redo, runtime.ignored_abort_after
+        )
         self._loop = asyncio.get_running_loop()
         parent = None if self._detached else _parent_scope()
         self.record = self._claimed
@@ -431,6 +471,9 @@ class AbortScope:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._ignored is not None:
+            self._ignored.cancel()
+            self._ignored = None
         try:
             if self._progress is not None:
                 await self._progress.flush()

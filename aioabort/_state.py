@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ._types import AbortReason, ErrorInfo, JSONValue
@@ -179,7 +179,14 @@ def parent_reason(parent_id: str, reason: AbortReason) -> AbortReason:
 
 
 #: What a requeue clears on the record, besides moving it to PENDING (a fresh run).
-REQUEUE_CLEARS: tuple[str, ...] = ("owner", "started_at", "reason", "progress", "message")
+REQUEUE_CLEARS: tuple[str, ...] = (
+    "owner",
+    "started_at",
+    "reason",
+    "abort_delivered_at",
+    "progress",
+    "message",
+)
 
 #: The messages of a lost task's error; ``{owner}`` is the owner's id (``?`` if none).
 REAPED_MESSAGE = "owner {owner} stopped heartbeating"
@@ -207,6 +214,11 @@ def end_state(*, stopped_by_abort: bool, failed: bool) -> TaskState:
     return TaskState.FAILURE if failed else TaskState.SUCCESS
 
 
+#: Seconds after which a task still running after its abort reached it is shown as ignoring
+#: its abort (the default of ``App(ignored_abort_after=)``).
+IGNORED_ABORT_AFTER = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
     """A task's record as the store holds it.
@@ -228,6 +240,8 @@ class TaskRecord:
     :ivar args: its JSON arguments (runner tasks), else ``None``.
     :ivar retryable: whether it goes back to PENDING when cut off by shutdown or a lost owner.
     :ivar attempts: how many times it was started.
+    :ivar abort_delivered_at: when the abort reached the scope running it (DESIGN rule 16: a
+        task still ABORTING long after this ignores its abort), or ``None``.
     """
 
     id: str
@@ -247,11 +261,23 @@ class TaskRecord:
     args: JSONValue = None
     retryable: bool = False
     attempts: int = 0
+    abort_delivered_at: datetime | None = None
 
     @property
     def is_finished(self) -> bool:
         """Whether the record is terminal."""
         return self.state.is_terminal
+
+    def ignoring_abort(
+        self, after: float = IGNORED_ABORT_AFTER, *, now: datetime | None = None
+    ) -> float | None:
+        """For how many seconds the task has ignored its abort: still ABORTING ``after``
+        seconds or more after the abort reached its scope (DESIGN rule 16); else ``None``."""
+        delivered = self.abort_delivered_at
+        if self.state is not TaskState.ABORTING or delivered is None:
+            return None
+        waited = ((now or datetime.now(UTC)) - delivered).total_seconds()
+        return waited if waited >= after else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the form the CLI's ``--json`` and the web router use."""
@@ -278,6 +304,7 @@ class TaskRecord:
             "parent_id": self.parent_id,
             "queue": self.queue,
             "args": self.args,
+            "abort_delivered_at": iso(self.abort_delivered_at),
             "retryable": self.retryable,
             "attempts": self.attempts,
         }

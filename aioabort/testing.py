@@ -352,6 +352,19 @@ class MemoryStore(Store):
         )
         return True
 
+    async def mark_delivered(self, task_id: str, *, owner: str) -> None:
+        tasks = self._step()
+        current = tasks.get(task_id)
+        if (
+            current is None
+            or current.owner != owner
+            or current.state is not TaskState.ABORTING
+            or current.abort_delivered_at is not None
+        ):
+            return
+        self._put(current, abort_delivered_at=_now())
+        self._changed(task_id)
+
     # -- liveness ----------------------------------------------------------------------------
 
     async def heartbeat(

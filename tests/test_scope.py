@@ -14,7 +14,7 @@ import pytest
 import aioabort
 from aioabort import AbortReason, TaskAborted, TaskState
 
-from .conftest import wait_until
+from .conftest import has_state, wait_until
 
 
 async def run_until_aborted(
@@ -705,3 +705,44 @@ def test_under_trio_aioabort_says_what_it_runs_on(tmp_path: Path) -> None:
 
     with pytest.raises(aioabort.UsageError, match=r"runs on asyncio.*under trio"):
         anyio.run(main, backend="trio")
+
+
+async def test_a_task_that_ignores_its_abort_is_visible(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DESIGN rule 16: the record shows when the abort reached the running scope; a task still
+    running ``ignored_abort_after`` seconds later is shown as ignoring it — in the log, in
+    the CLI's and the router's JSON — until it ends."""
+    from aioabort.cli._output import record_to_json
+    from aioabort.web._api import record_json
+
+    release = threading.Event()
+    async with aioabort.App(store_url, ignored_abort_after=0.2) as app:
+
+        async def body() -> None:
+            async with aioabort.abortable("stubborn", app=app, suppress=True) as scope:
+                await scope.to_thread(release.wait, 30)  # a thread that does not look
+
+        task = asyncio.create_task(body())
+        handle = app.handle("stubborn")
+        await wait_until(lambda: has_state(app, "stubborn", TaskState.STARTED))
+        assert (await handle.record()).abort_delivered_at is None
+        assert await handle.abort("stop now") is True
+
+        async def ignored() -> bool:
+            return (await handle.record()).ignoring_abort(0.2) is not None
+
+        await wait_until(ignored, what="the task to be shown as ignoring its abort")
+        record = await handle.record()
+        assert record.state is TaskState.ABORTING and record.abort_delivered_at is not None
+        assert record_json(app, record)["ignoring_abort_for"] >= 0.2
+        await wait_until(
+            lambda: any(getattr(r, "action", "") == "abort_ignored" for r in caplog.records),
+            what="the warning",
+        )
+        assert record_to_json(record)["ignoring_abort_for"] is None  # the CLI's 30 s: not yet
+        release.set()
+        await asyncio.wait_for(task, 10)
+        final = await handle.record()
+    assert final.state is TaskState.SUCCESS  # the thread ran to its end: the truth
+    assert final.ignoring_abort(0.2) is None and final.abort_delivered_at is not None

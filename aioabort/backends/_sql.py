@@ -45,7 +45,7 @@ RUNNING = in_list(FINISHABLE_STATES)
 COLUMNS = (
     "id, name, queue, parent_id, state, args, result, error, abort_code, abort_message, "
     "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at, "
-    "retryable, attempts"
+    "retryable, attempts, abort_delivered_at"
 )
 
 
@@ -122,6 +122,7 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         finished_at,
         retryable,
         attempts,
+        delivered_at,
     ) = row
     created = ts(created_at)
     assert created is not None
@@ -143,4 +144,5 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         args=None if args is None else json.loads(args),
         retryable=bool(retryable),
         attempts=int(attempts or 0),
+        abort_delivered_at=ts(delivered_at),
     )

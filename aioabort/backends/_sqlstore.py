@@ -51,8 +51,9 @@ T = TypeVar("T")
 
 #: The schema version both dialects create; a newer one in the database is refused, an older
 #: one migrated (every statement of the schema is "IF NOT EXISTS"). 2: an index on updated_at.
-#: 3: the reaper lease, and an index on the owners' last beat.
-SCHEMA_VERSION = 3
+#: 3: the reaper lease, and an index on the owners' last beat. 4: ``abort_delivered_at`` (a
+#: column: added by the dialect's ``migrate_4``, which only a store made before it runs).
+SCHEMA_VERSION = 4
 #: How many abort-log entries are kept (watchers read only entries newer than their start);
 #: pruned by sequence number, so no clock is involved.
 ABORT_LOG_KEEP = 100_000
@@ -232,6 +233,9 @@ class SQLStore(Store, abc.ABC):
                     )
                 if version == SCHEMA_VERSION:
                     return
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    if f"migrate_{step}" in self.queries:
+                        await self._rows(conn, f"migrate_{step}")
             for statement in self.queries["schema"].split(";"):
                 if statement.strip():
                     self._statements += 1
@@ -438,6 +442,9 @@ class SQLStore(Store, abc.ABC):
 
     async def count_tasks(self) -> dict[TaskState, int]:
         return {TaskState(state): int(n) for state, n in await self._one("count_tasks")}
+
+    async def mark_delivered(self, task_id: str, *, owner: str) -> None:
+        await self._one("mark_delivered", task_id, owner, write=True, retry=True)
 
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None

@@ -59,8 +59,14 @@ def _json_escape(ch: str) -> str:
 
 
 def record_to_json(record: TaskRecord) -> dict[str, Any]:
-    """A stable JSON form of a record (the ``--json`` output of ``tasks`` and ``show``)."""
-    return record.to_dict()
+    """A stable JSON form of a record (the ``--json`` output of ``tasks`` and ``show``), with
+    ``ignoring_abort_for``: seconds the task has ignored its abort (DESIGN rule 16), or null."""
+    return {**record.to_dict(), "ignoring_abort_for": _ignored(record)}
+
+
+def _ignored(record: TaskRecord) -> float | None:
+    seconds = record.ignoring_abort()
+    return None if seconds is None else round(seconds, 1)
 
 
 def age(record: TaskRecord, now: datetime | None = None) -> str:
@@ -77,6 +83,15 @@ def age(record: TaskRecord, now: datetime | None = None) -> str:
 
 def state_text(state: TaskState) -> Text:
     return Text(state.value, style=STATE_STYLES[state])
+
+
+def state_label(record: TaskRecord) -> Text:
+    """The state, and for a task that ignores its abort, for how long."""
+    text = state_text(record.state)
+    seconds = record.ignoring_abort()
+    if seconds is not None:
+        text.append(f" ignoring its abort {seconds:.0f}s", style="bold red")
+    return text
 
 
 def outcome_text(record: TaskRecord) -> str:
@@ -106,7 +121,7 @@ def tasks_table(records: list[TaskRecord], *, title: str | None = None) -> Table
         table.add_row(
             Text(printable(record.id)),
             Text(printable(record.name or "")),
-            state_text(record.state),
+            state_label(record),
             progress,
             Text(printable(record.message or "")),
             age(record),
@@ -118,6 +133,9 @@ def tasks_table(records: list[TaskRecord], *, title: str | None = None) -> Table
 def record_line(record: TaskRecord) -> str:
     """One plain line per record, for pipes."""
     parts = [record.id, record.state.value]
+    seconds = record.ignoring_abort()
+    if seconds is not None:
+        parts.append(f"ignoring-abort={seconds:.0f}s")
     if record.name:
         parts.append(f"name={record.name}")
     if record.progress is not None:

@@ -40,6 +40,16 @@ class Answer:
     html: str | None = None
 
 
+def record_json(aborts: App, record: TaskRecord) -> dict[str, Any]:
+    """A record as the router answers it: :meth:`TaskRecord.to_dict` and
+    ``ignoring_abort_for``, the seconds it has ignored its abort (DESIGN rule 16), or null."""
+    seconds = record.ignoring_abort(aborts.ignored_abort_after)
+    return {
+        **record.to_dict(),
+        "ignoring_abort_for": None if seconds is None else round(seconds, 1),
+    }
+
+
 def _bad(detail: str) -> Answer:
     return Answer(400, {"error": "bad_request", "detail": detail})
 
@@ -151,7 +161,7 @@ async def list_tasks(
     return Answer(
         200,
         {
-            "tasks": [r.to_dict() for r in records],
+            "tasks": [record_json(aborts, r) for r in records],
             "limit": count,
             "offset": skip,
             "counts": {state.value: n for state, n in counts.items()},
@@ -164,7 +174,7 @@ async def show(aborts: App, task_id: str) -> Answer:
         record = await aborts.handle(task_id).record()
     except TaskNotFound:
         return Answer(404, {"error": "not_found", "task_id": task_id})
-    return Answer(200, record.to_dict())
+    return Answer(200, record_json(aborts, record))
 
 
 async def abort(aborts: App, task_id: str, raw: bytes | None, by: str) -> Answer:
@@ -193,8 +203,8 @@ async def abort(aborts: App, task_id: str, raw: bytes | None, by: str) -> Answer
     except TaskNotFound:
         return Answer(404, {"error": "not_found", "task_id": task_id})
     if not recorded and record.state.is_terminal:
-        return Answer(409, {"error": "already_finished", "task": record.to_dict()})
-    return Answer(202, {"aborted": recorded, "task": record.to_dict()})
+        return Answer(409, {"error": "already_finished", "task": record_json(aborts, record)})
+    return Answer(202, {"aborted": recorded, "task": record_json(aborts, record)})
 
 
 async def events(aborts: App, task_id: str) -> Answer | AsyncIterator[str]:
@@ -215,7 +225,8 @@ async def events(aborts: App, task_id: str) -> Answer | AsyncIterator[str]:
                         yield ": keep-alive\n\n"
                         continue
                     last = record
-                    yield f"event: state\ndata: {json.dumps(record.to_dict())}\n\n"
+                    data = json.dumps(record_json(aborts, record))
+                    yield f"event: state\ndata: {data}\n\n"
                     if record.state.is_terminal:
                         end = json.dumps({"state": record.state.value})
                         yield f"event: end\ndata: {end}\n\n"

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
     finished_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     retryable boolean NOT NULL DEFAULT false,
-    attempts integer NOT NULL DEFAULT 0
+    attempts integer NOT NULL DEFAULT 0,
+    abort_delivered_at timestamptz
 );
 CREATE INDEX IF NOT EXISTS tasks_pending ON {schema}.tasks (queue, created_at)
     WHERE state = 'PENDING';
@@ -61,6 +62,10 @@ CREATE TABLE IF NOT EXISTS {schema}.leases (
     holder text NOT NULL,
     expires timestamptz NOT NULL
 );
+
+-- name: migrate_4
+-- Version 4: when an abort reached the running scope (a table made before it lacks it).
+ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS abort_delivered_at timestamptz;
 
 -- name: lock_schema
 -- One process creates the schema; the others wait here, then find it.
@@ -246,6 +251,13 @@ LIMIT $3 OFFSET $4;
 
 -- name: count_tasks
 SELECT state, COUNT(*) FROM {schema}.tasks GROUP BY state;
+
+-- name: mark_delivered
+-- The abort reached the scope running $1 for owner $2 (once): a task still ABORTING long after
+-- this ignores its abort.
+UPDATE {schema}.tasks SET abort_delivered_at = clock_timestamp(), updated_at = clock_timestamp()
+WHERE id = $1 AND owner = $2 AND state = 'ABORTING' AND abort_delivered_at IS NULL
+RETURNING id;
 
 -- name: report
 -- Progress is notified on the channel of task ends, which only processes with waiters

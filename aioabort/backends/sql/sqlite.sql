@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS aioabort_tasks (
     finished_at REAL,
     updated_at REAL NOT NULL,
     retryable INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    abort_delivered_at REAL
 );
 CREATE INDEX IF NOT EXISTS aioabort_tasks_pending ON aioabort_tasks (queue, created_at)
     WHERE state = 'PENDING';
@@ -59,6 +60,10 @@ CREATE TABLE IF NOT EXISTS aioabort_leases (
     holder TEXT NOT NULL,
     expires REAL NOT NULL
 );
+
+-- name: migrate_4
+-- Version 4: when an abort reached the running scope (a table made before it lacks it).
+ALTER TABLE aioabort_tasks ADD COLUMN abort_delivered_at REAL;
 
 -- name: lock_schema
 -- BEGIN IMMEDIATE already holds the database's write lock.
@@ -178,6 +183,13 @@ LIMIT ?3 OFFSET ?4;
 
 -- name: count_tasks
 SELECT state, COUNT(*) FROM aioabort_tasks GROUP BY state;
+
+-- name: mark_delivered
+-- The abort reached the scope running ?1 for owner ?2 (once): a task still ABORTING long after
+-- this ignores its abort.
+UPDATE aioabort_tasks SET abort_delivered_at = {now}, updated_at = {now}
+WHERE id = ?1 AND owner = ?2 AND state = 'ABORTING' AND abort_delivered_at IS NULL
+RETURNING id;
 
 -- name: report
 UPDATE aioabort_tasks SET progress = COALESCE(?3, progress), message = COALESCE(?4, message),
