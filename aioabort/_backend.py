@@ -215,13 +215,24 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
+    async def claim(
+        self,
+        *,
+        owner: str,
+        queues: Collection[str],
+        limit: int,
+        names: Collection[str] | None = None,
+    ) -> list[TaskRecord]:
         """Atomically move up to ``limit`` PENDING tasks of ``queues`` (oldest first) to
-        STARTED for ``owner``; no two callers ever claim the same task."""
+        STARTED for ``owner``; no two callers ever claim the same task. With ``names``, only
+        tasks of those names (DESIGN rule 14: a worker claims only what it can run)."""
 
     @abc.abstractmethod
-    async def has_pending(self, queues: Collection[str]) -> bool:
-        """Whether any PENDING task waits in ``queues`` (a read; no lock taken)."""
+    async def has_pending(
+        self, queues: Collection[str], names: Collection[str] | None = None
+    ) -> bool:
+        """Whether any PENDING task (of ``names``, if given) waits in ``queues`` (a read; no
+        lock taken)."""
 
     @abc.abstractmethod
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:

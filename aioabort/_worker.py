@@ -172,9 +172,13 @@ class Worker:
                 changed = watcher.change_event()  # taken before we look, so no wake-up is lost
                 records = []
                 try:
-                    if await store.has_pending(self.queues):
+                    # DESIGN rule 14: only tasks this worker can run (another version's stay queued).
+                    names = list(self.app.registry)
+                    if await store.has_pending(self.queues, names):
                         records = await shielded(
-                            store.claim(owner=runtime.owner, queues=self.queues, limit=free)
+                            store.claim(
+                                owner=runtime.owner, queues=self.queues, limit=free, names=names
+                            )
                         )
                 except AioabortError as exc:
                     logger.warning(

@@ -243,10 +243,17 @@ class MemoryStore(Store):
         self._changed(task_id)
         return StartResult(decision, record)
 
-    async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
+    async def claim(
+        self,
+        *,
+        owner: str,
+        queues: Collection[str],
+        limit: int,
+        names: Collection[str] | None = None,
+    ) -> list[TaskRecord]:
         tasks = self._step()
         waiting = sorted(
-            (r for r in tasks.values() if r.state is TaskState.PENDING and r.queue in queues),
+            (r for r in tasks.values() if _claimable(r, queues, names)),
             key=lambda r: (r.created_at, self.db.order[r.id]),
         )
         now = _now()
@@ -260,9 +267,11 @@ class MemoryStore(Store):
             self._changed(*(r.id for r in claimed))
         return claimed
 
-    async def has_pending(self, queues: Collection[str]) -> bool:
+    async def has_pending(
+        self, queues: Collection[str], names: Collection[str] | None = None
+    ) -> bool:
         tasks = self._step()
-        return any(r.state is TaskState.PENDING and r.queue in queues for r in tasks.values())
+        return any(_claimable(r, queues, names) for r in tasks.values())
 
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
         tasks = self._step()
@@ -466,3 +475,11 @@ class MemoryStore(Store):
                     if record.state in ABORTABLE_STATES:
                         found.append(record.id)
         return found
+
+
+def _claimable(record: TaskRecord, queues: Collection[str], names: Collection[str] | None) -> bool:
+    return (
+        record.state is TaskState.PENDING
+        and record.queue in queues
+        and (names is None or record.name in names)
+    )

@@ -409,13 +409,23 @@ class SQLStore(Store, abc.ABC):
             results.append(record if record is not None else await self.get(item.task_id))
         return results
 
-    async def claim(self, *, owner: str, queues: Collection[str], limit: int) -> list[TaskRecord]:
+    async def claim(
+        self,
+        *,
+        owner: str,
+        queues: Collection[str],
+        limit: int,
+        names: Collection[str] | None = None,
+    ) -> list[TaskRecord]:
         # Not retried: a lost reply could hide a claim; the worker claims again later.
-        rows = await self._one("claim", owner, list(queues), limit, write=True)
+        wanted = None if names is None else list(names)
+        rows = await self._one("claim", owner, list(queues), limit, wanted, write=True)
         return sorted((self._record(row) for row in rows), key=lambda r: r.created_at)
 
-    async def has_pending(self, queues: Collection[str]) -> bool:
-        rows = await self._one("has_pending", list(queues))
+    async def has_pending(
+        self, queues: Collection[str], names: Collection[str] | None = None
+    ) -> bool:
+        rows = await self._one("has_pending", list(queues), None if names is None else list(names))
         return bool(rows[0][0])
 
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:

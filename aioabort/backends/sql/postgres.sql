@@ -222,15 +222,18 @@ UPDATE {schema}.tasks SET state = 'STARTED', owner = $1, started_at = clock_time
 WHERE id IN (
     SELECT id FROM {schema}.tasks
     WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($2::json))
+        AND ($4::json IS NULL OR name IN (SELECT json_array_elements_text($4::json)))
     ORDER BY created_at LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 RETURNING {columns};
 
 -- name: has_pending
+-- $2: a JSON array of the names the worker runs, or NULL for any name.
 SELECT EXISTS (
     SELECT 1 FROM {schema}.tasks
     WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($1::json))
+        AND ($2::json IS NULL OR name IN (SELECT json_array_elements_text($2::json)))
 );
 
 -- name: requeue

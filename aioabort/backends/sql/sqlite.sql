@@ -158,14 +158,17 @@ UPDATE aioabort_tasks SET state = 'STARTED', owner = ?1, started_at = {now}, upd
 WHERE id IN (
     SELECT id FROM aioabort_tasks
     WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?2))
+        AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
     ORDER BY created_at, rowid LIMIT ?3
 ) AND state = 'PENDING'
 RETURNING {columns};
 
 -- name: has_pending
+-- ?2: a JSON array of the names the worker runs, or NULL for any name.
 SELECT EXISTS (
     SELECT 1 FROM aioabort_tasks
     WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?1))
+        AND (?2 IS NULL OR name IN (SELECT value FROM json_each(?2)))
 );
 
 -- name: requeue
