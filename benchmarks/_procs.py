@@ -11,7 +11,12 @@ REPO = str(Path(__file__).resolve().parent.parent)
 
 
 async def start_worker(
-    url: str, target: str, concurrency: int, *, capture_stdout: bool = False
+    url: str,
+    target: str,
+    concurrency: int,
+    *,
+    capture_stdout: bool = False,
+    log_level: str = "warning",
 ) -> asyncio.subprocess.Process:
     """``aioabort worker TARGET`` on ``url``; returns once it prints its banner (claiming)."""
     proc = await asyncio.create_subprocess_exec(
@@ -23,7 +28,7 @@ async def start_worker(
         "--concurrency",
         str(concurrency),
         "--log-level",
-        "warning",
+        log_level,
         stdout=asyncio.subprocess.PIPE if capture_stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": REPO, "AIOABORT_URL": url},

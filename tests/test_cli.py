@@ -235,3 +235,20 @@ def test_record_text_is_escaped_in_pipes_too(hostile: str) -> None:
         done = run_cli("--db", hostile, *args)
         assert done.returncode in (0, 2), done.stderr
         assert_inert(done.stdout + done.stderr)
+
+
+def test_db_is_taken_before_or_after_the_command(populated: str, tmp_path: Path) -> None:
+    before = run_cli("--db", populated, "show", "done-1", "--json")
+    after = run_cli("show", "done-1", "--json", "--db", populated)
+    assert before.returncode == after.returncode == 0
+    assert json.loads(before.stdout) == json.loads(after.stdout)
+    # After the command it wins over the environment's (and the one before it).
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert run_cli("--db", other, "show", "done-1", "--db", populated).returncode == 0
+
+
+def test_show_prints_json_values_not_python_reprs(populated: str) -> None:
+    out = run_cli("--db", populated, "show", "done-1")
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
+    assert lines["retryable"].strip() == "false"
+    assert "False" not in out.stdout and "None" not in out.stdout

@@ -310,3 +310,14 @@ async def test_kill_after_frees_the_worker_without_a_second_signal(
     record = await held.record()
     assert record.state is TaskState.FAILURE
     assert record.error is not None and record.error.cause == "killed"
+
+
+async def test_the_worker_logs_each_task_with_its_id_and_name(
+    producer: aioabort.App, store_url: str
+) -> None:
+    async with worker_process(store_url, "--log-level", "info") as worker:
+        handle = await worker_app.add.delay(1, 2)
+        assert await handle.result(timeout=30) == 3
+        await worker.said(f"task {handle.id} ({worker_app.add.name}) ended SUCCESS")
+        worker.send_signal(signal.SIGTERM)
+        assert await worker.exit_code() == 0

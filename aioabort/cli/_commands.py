@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +34,8 @@ EXIT_NOT_ABORTED = 5
 EXIT_TIMEOUT = 7
 #: Ctrl-C.
 EXIT_INTERRUPTED = 130
+#: Seconds between flushes of the worker's batched log lines (warnings go out at once).
+LOG_FLUSH = 0.5
 #: Any aioabort error (bad URL, store unavailable...).
 EXIT_ERROR = 3
 
@@ -68,7 +71,32 @@ def _dump(data: Any) -> None:
     click.echo(_output.safe_json(data, indent=2))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _db_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--db`` given after the subcommand: it wins over one given before it."""
+    if value is not None:
+        ctx.ensure_object(dict)
+        ctx.obj["db"] = value
+
+
+class _Commands(click.Group):
+    """A group whose every command also takes ``--db`` after its name
+    (``aioabort tasks --db URL`` as well as ``aioabort --db URL tasks``)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.append(
+                click.Option(
+                    ["--db"],
+                    metavar="URL",
+                    expose_value=False,
+                    callback=_db_option,
+                    help="The store, as before the command (sqlite:///path.db, postgresql://...).",
+                )
+            )
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--db",
     envvar="AIOABORT_URL",
@@ -475,11 +503,14 @@ def worker(
     if ctx.obj.get("db"):
         os.environ["AIOABORT_URL"] = ctx.obj["db"]
     app = _load_app(target)
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # Lines are written in batches (at once for warnings and errors, else at least every
+    # LOG_FLUSH seconds): a write per task line would cost the worker's throughput.
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    batched = logging.handlers.MemoryHandler(
+        capacity=500, flushLevel=logging.WARNING, target=to_stderr
     )
+    logging.basicConfig(level=log_level.upper(), handlers=[batched])
 
     async def go() -> None:
         await _open_when_reachable(app, wait_for_store)
@@ -499,12 +530,23 @@ def worker(
 
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, on_signal, signum)
+
+            async def flush_logs() -> None:
+                while True:
+                    await asyncio.sleep(LOG_FLUSH)
+                    batched.flush()
+
+            flusher = asyncio.ensure_future(flush_logs())
             click.echo(
                 f"aioabort worker: {app.url}, queues {', '.join(queues)}, concurrency "
                 f"{concurrency}, tasks: {', '.join(sorted(app.registry)) or 'none'}",
                 err=True,
             )
-            await runner.run()
+            try:
+                await runner.run()
+            finally:
+                flusher.cancel()
+                batched.flush()
             stats = runner.statistics()
             click.echo(
                 f"aioabort worker stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
@@ -556,7 +598,7 @@ async def _closing(app: App) -> AsyncIterator[App]:
         await app.aclose()
 
 
-@cli.group()
+@cli.group(cls=_Commands)
 def db() -> None:
     """Manage the store's schema."""
 

@@ -158,5 +158,7 @@ def record_details(record: TaskRecord) -> list[tuple[str, str]]:
             value = str(record.error)
         elif key == "progress":
             value = f"{record.progress:.0%}"
+        elif not isinstance(value, str):  # JSON values, as --json shows them (false, not False)
+            value = json.dumps(value, ensure_ascii=False)
         rows.append((key, printable(value)))
     return rows
