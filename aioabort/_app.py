@@ -11,6 +11,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final, overload
 
@@ -65,6 +66,8 @@ class App:
         with code ``shutdown``.
     :param poll_interval: seconds between the watcher's polls; by default 0.005 on SQLite
         (``PRAGMA data_version``) and 5.0 on PostgreSQL (the safety net behind NOTIFY).
+    :param retention: finished records older than this are purged (by the fleet's reaper,
+        once a minute, in batches; never a running one); ``None`` (the default) keeps all.
     :param ignored_abort_after: seconds after an abort reached a running scope after which a
         task still running is shown as ignoring its abort (a warning in the log; the CLI, the
         router and the dashboard say so; DESIGN rule 16).
@@ -85,6 +88,7 @@ class App:
         shutdown_grace: float = 5.0,
         poll_interval: float | None = None,
         ignored_abort_after: float = IGNORED_ABORT_AFTER,
+        retention: timedelta | None = None,
     ) -> None:
         # Without a URL the App reads AIOABORT_URL each time it opens, so a module-level
         # ``app = aioabort.App()`` follows the environment (``aioabort --db URL worker ...``).
@@ -96,6 +100,10 @@ class App:
                 f"stale_after ({stale_after!r}) must be longer than heartbeat_interval "
                 f"({heartbeat_interval!r})"
             )
+        if retention is not None and (
+            not isinstance(retention, timedelta) or retention.total_seconds() <= 0
+        ):
+            raise UsageError(f"retention must be a positive timedelta or None, got {retention!r}")
         if not ignored_abort_after > 0:
             raise UsageError(
                 f"ignored_abort_after must be positive seconds, got {ignored_abort_after!r}"
@@ -124,6 +132,7 @@ class App:
         self.stale_after = stale_after
         self.shutdown_grace = shutdown_grace
         self.ignored_abort_after = ignored_abort_after
+        self.retention = retention
         self._store: Store | None = None
         self._watcher: Watcher | None = None
         self._owner: OwnerInfo | None = None
@@ -210,7 +219,11 @@ class App:
         with anyio.CancelScope() as warm:  # noqa: ASYNC100 - entering it is the point
             warm.cancel()
         self._liveness = Liveness(
-            store, owner, interval=self.heartbeat_interval, stale_after=self.stale_after
+            store,
+            owner,
+            interval=self.heartbeat_interval,
+            stale_after=self.stale_after,
+            retention=None if self.retention is None else self.retention.total_seconds(),
         )
         self._liveness.start()
         self._state = "open"
@@ -491,6 +504,19 @@ class App:
         """How many tasks are in each state (every state is present, zero or more)."""
         found = await self.store.count_tasks()
         return {state: found.get(state, 0) for state in TaskState}
+
+    async def purge(self, *, older_than: timedelta) -> int:
+        """Delete finished records (SUCCESS, FAILURE, ABORTED) that ended more than
+        ``older_than`` ago, with their abort-log rows, in batches; never a running or queued
+        one. Returns how many were deleted.
+
+        :raises UsageError: when ``older_than`` is not a non-negative timedelta.
+        """
+        if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
+            raise UsageError(f"older_than must be a non-negative timedelta, got {older_than!r}")
+        if self._liveness is None or not self.is_open:
+            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
+        return await self._liveness.purge(older_than.total_seconds())
 
     async def reap(self) -> list[str]:
         """End now, as FAILURE (cause ``lost``), running tasks whose owner stopped heartbeating.

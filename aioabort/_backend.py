@@ -324,6 +324,12 @@ class Store(abc.ABC):
         abort request other than ``shutdown`` go back to PENDING instead. Returns the ids."""
 
     @abc.abstractmethod
+    async def purge(self, older_than: float, *, limit: int) -> list[str]:
+        """Delete up to ``limit`` finished records (SUCCESS, FAILURE, ABORTED) that ended more
+        than ``older_than`` seconds ago by the store's clock, oldest first, with their
+        abort-log rows; never a running or queued one. Returns their ids."""
+
+    @abc.abstractmethod
     async def release_owner(self, owner: str) -> list[str]:
         """A clean shutdown of ``owner``: end its still-running tasks as lost, forget it, and
         free the reaper lease if it holds it."""

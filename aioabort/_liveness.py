@@ -29,6 +29,9 @@ SWEEP_EVERY = 12
 LEASE_BEATS = 2.0
 #: Owners quiet for this many intervals of the reaper's are the ones it looks at.
 QUIET_BEATS = 2.0
+#: Records a purge deletes per transaction, and batches per sweep (retention).
+PURGE_BATCH = 1000
+PURGE_BATCHES_PER_SWEEP = 20
 
 
 class OwnerClock:
@@ -51,12 +54,19 @@ class Liveness:
     """This process's heartbeat and reaper, for one open store. Created by the App."""
 
     def __init__(
-        self, store: Store, owner: OwnerInfo, *, interval: float, stale_after: float
+        self,
+        store: Store,
+        owner: OwnerInfo,
+        *,
+        interval: float,
+        stale_after: float,
+        retention: float | None = None,
     ) -> None:
         self._store = store
         self._owner = owner
         self._interval = interval
         self._stale_after = stale_after
+        self._retention = retention
         self._clock = OwnerClock()
         self._task: asyncio.Task[None] | None = None
         #: Heartbeat rounds so far (for tests and statistics).
@@ -97,6 +107,25 @@ class Liveness:
             return []
         return await shielded(self._store.reap(sorted(dead)))
 
+    async def purge(self, older_than: float, *, batches: int | None = None) -> int:
+        """Delete finished records older than ``older_than`` seconds, :data:`PURGE_BATCH` at a
+        time (never one giant transaction), for at most ``batches`` batches."""
+        total, done = 0, 0
+        while batches is None or done < batches:
+            gone = await shielded(self._store.purge(older_than, limit=PURGE_BATCH))
+            total, done = total + len(gone), done + 1
+            if len(gone) < PURGE_BATCH:
+                break
+        return total
+
+    async def _purge(self, older_than: float) -> None:
+        removed = await self.purge(older_than, batches=PURGE_BATCHES_PER_SWEEP)
+        if removed:
+            logger.info(
+                "finished records past the retention were purged",
+                extra={"action": "records_purged", "count": removed},
+            )
+
     async def _beat_forever(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
@@ -113,7 +142,10 @@ class Liveness:
                 if quiet is None:
                     continue
                 self.reaper_rounds += 1
-                lost = await self._reap(quiet, sweep=self.reaper_rounds % SWEEP_EVERY == 0)
+                sweep = self.reaper_rounds % SWEEP_EVERY == 0
+                lost = await self._reap(quiet, sweep=sweep)
+                if sweep and self._retention is not None:
+                    await self._purge(self._retention)
             except Exception:
                 logger.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
                 continue

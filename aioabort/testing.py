@@ -422,6 +422,26 @@ class MemoryStore(Store):
             self.db.announce(ids)
         return ids
 
+    async def purge(self, older_than: float, *, limit: int) -> list[str]:
+        tasks = self._step()
+        cutoff = _now().timestamp() - older_than
+        old = sorted(
+            (
+                r
+                for r in tasks.values()
+                if r.state.is_terminal
+                and r.finished_at is not None
+                and r.finished_at.timestamp() < cutoff
+            ),
+            key=lambda r: r.finished_at or _now(),
+        )[:limit]
+        for record in old:
+            del tasks[record.id]
+            self.db.order.pop(record.id, None)
+        if old:
+            self.db.announce(r.id for r in old)
+        return [r.id for r in old]
+
     async def release_owner(self, owner: str) -> list[str]:
         tasks = self._step()
         mine = [r for r in tasks.values() if r.owner == owner and r.state in FINISHABLE_STATES]

@@ -105,3 +105,57 @@ async def test_an_idle_app_costs_one_heartbeat_per_interval(store_url: str) -> N
         per_beat = (3 if holder else 2) if sqlite else 1
         sweeps = (done // SWEEP_EVERY + 1) if holder else 0
         assert per_beat * done - 2 <= spent <= per_beat * done + 2 + 6 * sweeps, (done, spent)
+
+
+async def test_purge_deletes_finished_records_only(app: aioabort.App) -> None:
+    """Never a running or queued record; finished ones of every end state, older than the
+    cutoff; the abort log with them."""
+    from datetime import timedelta
+
+    async with aioabort.abortable("done", app=app):
+        pass
+    await app.create("queued")
+    await app.create("aborted-early")
+    await app.handle("aborted-early").abort("never ran")
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def running() -> None:
+        async with aioabort.abortable("running", app=app):
+            entered.set()
+            await release.wait()
+
+    task = asyncio.create_task(running())
+    await entered.wait()
+    assert await app.purge(older_than=timedelta(days=1)) == 0  # none is that old
+    assert await app.purge(older_than=timedelta(0)) == 2
+    left = {r.id: r.state for r in await app.tasks()}
+    assert left == {"queued": TaskState.PENDING, "running": TaskState.STARTED}
+    release.set()
+    await task
+    with pytest.raises(aioabort.UsageError):
+        await app.purge(older_than=3600)  # type: ignore[arg-type]
+
+
+async def test_retention_purges_in_the_background(store_url: str) -> None:
+    from datetime import timedelta
+
+    from aioabort._liveness import SWEEP_EVERY
+
+    async with aioabort.App(
+        store_url, heartbeat_interval=0.01, stale_after=5, retention=timedelta(milliseconds=1)
+    ) as app:
+        async with aioabort.abortable("old", app=app):
+            pass
+        await app.create("kept")
+        liveness = app._liveness
+        assert liveness is not None
+        rounds = liveness.reaper_rounds
+
+        async def purged() -> bool:
+            return [r.id for r in await app.tasks()] == ["kept"]
+
+        await wait_until(purged, what="the retention's purge")
+        assert liveness.reaper_rounds >= rounds + 1 and SWEEP_EVERY > 1
+    with pytest.raises(aioabort.UsageError):
+        aioabort.App(store_url, retention=timedelta(0))

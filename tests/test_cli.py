@@ -252,3 +252,13 @@ def test_show_prints_json_values_not_python_reprs(populated: str) -> None:
     lines = dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
     assert lines["retryable"].strip() == "false"
     assert "False" not in out.stdout and "None" not in out.stdout
+
+
+def test_purge_command(populated: str) -> None:
+    out = run_cli("--db", populated, "purge", "--older-than", "0s", "--yes", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["purged"] >= 1
+    assert run_cli("--db", populated, "show", "done-1").returncode == 1  # gone
+    assert run_cli("--db", populated, "show", "pending-1").returncode == 0  # queued: kept
+    bad = run_cli("--db", populated, "purge", "--older-than", "soon", "--yes")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr

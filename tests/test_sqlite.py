@@ -303,5 +303,5 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
         row[1]
         for row in sqlite3.connect(path_of(sqlite_url)).execute("PRAGMA table_info(aioabort_tasks)")
     }
-    assert version == str(SCHEMA_VERSION) == "4" and "abort_delivered_at" in columns
+    assert version == str(SCHEMA_VERSION) == "5" and "abort_delivered_at" in columns
     assert made == {"aioabort_tasks_updated", "aioabort_owners_last_seen", "aioabort_leases"}

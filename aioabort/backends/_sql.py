@@ -16,6 +16,7 @@ from .._state import (
     RELEASED_MESSAGE,
     REQUEUE_CLEARS,
     REQUEUE_CODES,
+    TERMINAL_STATES,
     TaskRecord,
     TaskState,
     after_abort_request,
@@ -83,6 +84,9 @@ def columns(alias: str) -> str:
     """:data:`COLUMNS`, each qualified with ``alias`` (for statements that join)."""
     return ", ".join(f"{alias}.{name.strip()}" for name in COLUMNS.split(","))
 
+
+#: The terminal states, for ``state IN ...`` (a purge deletes only these).
+TERMINAL = in_list(TERMINAL_STATES)
 
 #: The states of a parent whose children are born aborted.
 PARENT_ABORTED = in_list(PARENT_ABORTED_STATES)

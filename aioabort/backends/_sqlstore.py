@@ -53,7 +53,8 @@ T = TypeVar("T")
 #: one migrated (every statement of the schema is "IF NOT EXISTS"). 2: an index on updated_at.
 #: 3: the reaper lease, and an index on the owners' last beat. 4: ``abort_delivered_at`` (a
 #: column: added by the dialect's ``migrate_4``, which only a store made before it runs).
-SCHEMA_VERSION = 4
+#: 5: an index on ``finished_at`` (retention).
+SCHEMA_VERSION = 5
 #: How many abort-log entries are kept (watchers read only entries newer than their start);
 #: pruned by sequence number, so no clock is involved.
 ABORT_LOG_KEEP = 100_000
@@ -103,6 +104,7 @@ def rule_values(json_object: str) -> dict[str, str]:
         "abortable": _sql.ABORTABLE,
         "parent_aborted": _sql.PARENT_ABORTED,
         "non_cascading": _sql.NON_CASCADING,
+        "terminal": _sql.TERMINAL,
         "abort_case": _sql.abort_case(),
         "columns": _sql.COLUMNS,
         "requeue_reset": _sql.requeue_reset(),
@@ -504,6 +506,15 @@ class SQLStore(Store, abc.ABC):
         ids = await self._transaction(body, retry=True)
         self._changed(ids)
         return ids
+
+    async def purge(self, older_than: float, *, limit: int) -> list[str]:
+        async def body(conn: Connection) -> list[str]:
+            ids = [row[0] for row in await self._rows(conn, "purge", older_than, limit)]
+            if ids and "purge_abort_log" in self.queries:  # (PostgreSQL: in the same statement)
+                await self._rows(conn, "purge_abort_log", ids)
+            return ids
+
+        return await self._write(body, retry=True, changed=lambda ids: ids)
 
     async def release_owner(self, owner: str) -> list[str]:
         async def body(conn: Connection) -> list[str]:

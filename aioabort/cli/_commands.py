@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import logging.handlers
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
@@ -588,6 +590,53 @@ async def _open_when_reachable(app: App, patience: float) -> None:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    """``30s``, ``15m``, ``12h``, ``7d`` as a timedelta."""
+    found = _DURATION.fullmatch(value.strip())
+    if found is None:
+        raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
+    return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    callback=_duration,
+    metavar="DURATION",
+    help="Delete finished records that ended longer ago than this: 30s, 15m, 12h, 7d.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"purged": N}.')
+@click.pass_context
+def purge(ctx: click.Context, older_than: timedelta, yes: bool, as_json: bool) -> None:
+    """Delete finished records (SUCCESS, FAILURE, ABORTED) older than --older-than, with their
+    abort-log rows, in batches. A running or queued task is never deleted.
+
+    Exit codes: 0 done, 3 a store error, 4 not confirmed.
+    """
+    app = _make_app(ctx)
+    if not yes and not click.confirm(
+        f"Delete the finished records of {app.url} that ended more than {older_than} ago?"
+    ):
+        raise SystemExit(EXIT_DECLINED)
+
+    async def go() -> int:
+        async with app:
+            return await app.purge(older_than=older_than)
+
+    removed = _run(go)
+    if as_json:
+        _dump({"purged": removed})
+    else:
+        click.echo(f"purged {removed} finished record(s)")
 
 
 @contextlib.asynccontextmanager

@@ -43,6 +43,8 @@ CREATE INDEX IF NOT EXISTS tasks_running_owner ON {schema}.tasks (owner)
 CREATE INDEX IF NOT EXISTS tasks_parent ON {schema}.tasks (parent_id)
     WHERE parent_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_updated ON {schema}.tasks (updated_at);
+CREATE INDEX IF NOT EXISTS tasks_finished ON {schema}.tasks (finished_at)
+    WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {schema}.abort_log (
     seq bigserial PRIMARY KEY,
     task_id text NOT NULL,
@@ -347,6 +349,23 @@ SELECT ended.id, (SELECT count(*) FROM notified) AS notified FROM ended;
 
 -- name: forget_owners
 DELETE FROM {schema}.owners WHERE id IN (SELECT json_array_elements_text($1::json));
+
+-- name: purge
+-- Up to $2 finished records that ended before $1 seconds ago, oldest first, and their
+-- abort-log rows, in one statement; never a running or queued one.
+WITH gone AS (
+    DELETE FROM {schema}.tasks WHERE id IN (
+        SELECT id FROM {schema}.tasks
+        WHERE finished_at IS NOT NULL AND state IN {terminal}
+            AND finished_at < clock_timestamp() - make_interval(secs => $1)
+        ORDER BY finished_at LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) AND state IN {terminal}
+    RETURNING id
+), logged AS (
+    DELETE FROM {schema}.abort_log WHERE task_id IN (SELECT id FROM gone)
+)
+SELECT id FROM gone;
 
 -- name: prune_abort_log
 DELETE FROM {schema}.abort_log WHERE seq <= (SELECT MAX(seq) FROM {schema}.abort_log) - $1;

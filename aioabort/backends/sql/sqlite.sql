@@ -41,6 +41,8 @@ CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner
 CREATE INDEX IF NOT EXISTS aioabort_tasks_parent ON aioabort_tasks (parent_id)
     WHERE parent_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS aioabort_tasks_updated ON aioabort_tasks (updated_at);
+CREATE INDEX IF NOT EXISTS aioabort_tasks_finished ON aioabort_tasks (finished_at)
+    WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS aioabort_abort_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL,
@@ -244,6 +246,19 @@ RETURNING id;
 
 -- name: forget_owners
 DELETE FROM aioabort_owners WHERE id IN (SELECT value FROM json_each(?1));
+
+-- name: purge
+-- Up to ?2 finished records that ended before ?1 seconds ago, oldest first, and their
+-- abort-log rows; never a running or queued one.
+DELETE FROM aioabort_tasks WHERE id IN (
+    SELECT id FROM aioabort_tasks
+    WHERE finished_at IS NOT NULL AND finished_at < {now} - ?1 AND state IN {terminal}
+    ORDER BY finished_at LIMIT ?2
+) AND state IN {terminal}
+RETURNING id;
+
+-- name: purge_abort_log
+DELETE FROM aioabort_abort_log WHERE task_id IN (SELECT value FROM json_each(?1));
 
 -- name: prune_abort_log
 DELETE FROM aioabort_abort_log WHERE seq <= (SELECT MAX(seq) FROM aioabort_abort_log) - ?1;
