@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, final, overload
 import anyio
 
 from . import _runtime
-from ._aborting import Parts, stop_here
+from ._aborting import Parts, record_and_deliver, stop_here
 from ._backend import OwnerInfo, Store
 from ._errors import AioabortError, AppClosed, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
@@ -27,7 +27,14 @@ from ._redo import Redo
 from ._runner import DEFAULT_QUEUE, Task, _check_queue, task_name
 from ._shield import shielded
 from ._state import IGNORED_ABORT_AFTER, TaskRecord, TaskState
-from ._types import MAX_OFFSET, MAX_TASK_NAME_LENGTH, AbortReason, check_task_id
+from ._types import (
+    MAX_OFFSET,
+    MAX_TASK_NAME_LENGTH,
+    AbortReason,
+    check_labels,
+    check_task_id,
+    coerce_reason,
+)
 from ._watcher import Watcher
 from .backends import redact, store_factory
 
@@ -35,6 +42,10 @@ logger = logging.getLogger("aioabort")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+#: Tasks a bulk abort reads, and aborts, at a time.
+ABORT_BATCH = 500
 
 
 @final
@@ -487,8 +498,11 @@ class App:
         name: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        labels: dict[str, str] | None = None,
     ) -> list[TaskRecord]:
-        """Task records, newest first, optionally filtered by state and name."""
+        """Task records, newest first, optionally filtered by state, name and labels (every
+        given label must match)."""
+        wanted_labels = check_labels(labels)
         try:
             wanted = None if states is None else [TaskState(s) for s in states]
         except ValueError as exc:
@@ -498,7 +512,62 @@ class App:
             ) from exc
         if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
             raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
-        return await self.store.list_tasks(states=wanted, name=name, limit=limit, offset=offset)
+        return await self.store.list_tasks(
+            states=wanted, name=name, limit=limit, offset=offset, labels=wanted_labels or None
+        )
+
+    async def abort_many(
+        self,
+        *,
+        reason: str | AbortReason | None = None,
+        labels: dict[str, str] | None = None,
+        name: str | None = None,
+        states: Collection[TaskState | str] | None = None,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Abort every task that matches the filter, each as :meth:`AbortHandle.abort` would
+        (the first reason wins, children are aborted too, a queued task never runs), in
+        batches of :data:`ABORT_BATCH`: no giant transaction, no timeout, however many match.
+
+        :param labels: every given label must match.
+        :param states: by default PENDING and STARTED (an ABORTING task has its request).
+        :param dry_run: change nothing: return the ids that would be aborted.
+        :returns: the ids this call aborted (with ``dry_run``: that it would abort).
+        :raises UsageError: for a filter with neither labels nor a name (it would match the
+            whole store: pass ``states=`` alone to mean it), or bad labels or states.
+        """
+        wanted_labels = check_labels(labels)
+        if not wanted_labels and name is None and states is None:
+            raise UsageError(
+                "abort_many() needs a filter: labels=, name= or (to mean every task) states="
+            )
+        abort_reason = coerce_reason(reason, None)
+        chosen = ["PENDING", "STARTED"] if states is None else list(states)
+        matching: list[str] = []
+        offset = 0
+        while True:  # the ids first: aborting changes states, and so the pages
+            page = await self.tasks(
+                states=chosen,
+                name=name,
+                labels=wanted_labels or None,
+                limit=ABORT_BATCH,
+                offset=offset,
+            )
+            matching += [r.id for r in page if not r.state.is_terminal]
+            if len(page) < ABORT_BATCH:
+                break
+            offset += ABORT_BATCH
+        if dry_run:
+            return matching
+        aborted: list[str] = []
+        runtime = self._runtime()
+        for start in range(0, len(matching), ABORT_BATCH):
+            batch = matching[start : start + ABORT_BATCH]
+            outcomes = await asyncio.gather(
+                *(record_and_deliver(runtime, task_id, abort_reason) for task_id in batch)
+            )
+            aborted += [t for t, o in zip(batch, outcomes, strict=True) if o.recorded]
+        return aborted
 
     async def counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state (every state is present, zero or more)."""

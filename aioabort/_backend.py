@@ -8,7 +8,7 @@ live in :mod:`aioabort.backends` and are imported only when their URL scheme is 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from ._errors import InvalidURL
@@ -119,6 +119,7 @@ class NewTask:
     queue: str | None
     args_json: str | None
     retryable: bool
+    labels: Mapping[str, str] | None = None
 
 
 #: Called on the event loop thread with each change the store sees.
@@ -190,8 +191,10 @@ class Store(abc.ABC):
         args_json: str | None = None,
         parent_id: str | None = None,
         retryable: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> TaskRecord:
-        """Record a new PENDING task. Raises :class:`TaskAlreadyExists` if the id is taken.
+        """Record a new PENDING task (with ``labels``, checked by the caller). Raises
+        :class:`TaskAlreadyExists` if the id is taken (and writes nothing to that record).
 
         A task whose parent is already aborting is born ABORTED (code ``parent``). A task with
         a ``queue`` wakes the workers of that queue (PostgreSQL: NOTIFY).
@@ -206,9 +209,11 @@ class Store(abc.ABC):
         name: str | None,
         parent_id: str | None = None,
         adopt: bool = True,
+        labels: Mapping[str, str] | None = None,
     ) -> StartResult:
-        """Start a task for ``owner``: create it STARTED, or move it PENDING → STARTED (only
-        with ``adopt``; without, a PENDING record is ``TAKEN``).
+        """Start a task for ``owner``: create it STARTED (with ``labels``), or move it
+        PENDING → STARTED (only with ``adopt``; without, a PENDING record is ``TAKEN``; the
+        labels of an existing record are never changed).
 
         Reads the record and applies :func:`aioabort._state.decide_start` in one transaction;
         for any decision other than CREATE/START nothing is written.
@@ -276,8 +281,10 @@ class Store(abc.ABC):
         name: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[TaskRecord]:
-        """Records, newest first, optionally filtered by state and name."""
+        """Records, newest first, optionally filtered by state, name and labels (every given
+        label must match; through an index, so the filter costs what it finds)."""
 
     @abc.abstractmethod
     async def count_tasks(self) -> dict[TaskState, int]:

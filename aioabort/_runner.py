@@ -20,7 +20,7 @@ from ._handle import AbortHandle
 from ._scope import AbortScope, _current_scope
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
-from ._types import MAX_TASK_NAME_LENGTH, ErrorInfo, check_task_id, dump_json
+from ._types import MAX_TASK_NAME_LENGTH, ErrorInfo, check_labels, check_task_id, dump_json
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -128,6 +128,7 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         detached: bool = False,
         spawn: bool = False,
+        labels: dict[str, str] | None = None,
     ) -> AbortHandle:
         """``delay()``/``spawn()`` with options.
 
@@ -135,8 +136,12 @@ class Task(Generic[P, R]):
         :param queue: another queue than the task's own.
         :param detached: do not link it to the enclosing scope as a child.
         :param spawn: run it in this process instead of queueing it.
+        :param labels: ``{"user": "alice"}``: for ``app.tasks(labels=...)`` and
+            ``app.abort_many(labels=...)``.
         :raises TaskAlreadyExists: if ``task_id`` is taken.
+        :raises UsageError: for bad labels (nothing is written).
         """
+        checked = check_labels(labels)
         kwargs = dict(kwargs or {})
         try:
             self._signature.bind(*args, **kwargs)
@@ -155,6 +160,7 @@ class Task(Generic[P, R]):
                 args_json=args_json,
                 parent_id=None if parent is None else parent.id,
                 retryable=self.retryable,
+                labels=checked,
             )
         )
         if spawn and record.state is TaskState.PENDING:

@@ -37,7 +37,7 @@ from ._redo import Redo
 from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState, end_state, should_requeue
 from ._telemetry import TaskSpan
-from ._types import AbortReason, ErrorInfo, check_task_id
+from ._types import AbortReason, ErrorInfo, check_labels, check_task_id
 from ._watcher import Watcher
 
 T = TypeVar("T")
@@ -129,6 +129,7 @@ class AbortScope:
         "_early",
         "_enclosing",
         "_ignored",
+        "_labels",
         "_loop",
         "_name",
         "_preaborted",
@@ -159,6 +160,7 @@ class AbortScope:
         detached: bool = False,
         time_limit: float | None = None,
         adopt: bool = True,
+        labels: dict[str, str] | None = None,
         _claimed: TaskRecord | None = None,
         _retryable: bool = False,
     ) -> None:
@@ -177,6 +179,7 @@ class AbortScope:
         self._app = app
         self._time_limit = time_limit
         self._adopt = adopt
+        self._labels = check_labels(labels)
         self._telemetry = TaskSpan()
         self._timer: asyncio.TimerHandle | None = None
         self._ignored: asyncio.TimerHandle | None = None
@@ -391,6 +394,7 @@ class AbortScope:
                     name=self._name,
                     parent_id=parent.id if parent is not None else None,
                     adopt=self._adopt,
+                    labels=self._labels or None,
                 )
             )
             try:
@@ -600,6 +604,7 @@ def abortable(
     detached: bool = False,
     time_limit: float | None = None,
     adopt: bool = True,
+    labels: dict[str, str] | None = None,
 ) -> AbortScope:
     """Run a block as the task ``task_id``, stoppable by ``await handle.abort()`` from anywhere.
 
@@ -620,7 +625,10 @@ def abortable(
         ``adopt=False`` the scope runs only a record of its own making (or stops at once if its
         id was aborted before it started) and refuses a PENDING one with
         :class:`TaskAlreadyExists`: the web middleware's mode (DESIGN rule 11).
+    :param labels: ``{"user": "alice"}``, stored on a record this scope creates (for
+        ``app.tasks(labels=...)`` and ``app.abort_many(labels=...)``).
     :raises InvalidTaskId: for a bad id (before anything is written).
+    :raises UsageError: for bad labels (before anything is written).
     :raises NoAppOpen: when no App is open.
     :raises TaskAlreadyFinished: when the record is already terminal.
     :raises TaskAlreadyStarted: when the task already runs in another scope.
@@ -635,4 +643,5 @@ def abortable(
         detached=detached,
         time_limit=time_limit,
         adopt=adopt,
+        labels=labels,
     )

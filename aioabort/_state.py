@@ -19,7 +19,7 @@ worker's shutdown or by the loss of its owner goes back from STARTED/ABORTING to
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -242,6 +242,8 @@ class TaskRecord:
     :ivar attempts: how many times it was started.
     :ivar abort_delivered_at: when the abort reached the scope running it (DESIGN rule 16: a
         task still ABORTING long after this ignores its abort), or ``None``.
+    :ivar labels: the labels it was created with (``{"user": "alice"}``), for filters and bulk
+        aborts.
     """
 
     id: str
@@ -262,6 +264,7 @@ class TaskRecord:
     retryable: bool = False
     attempts: int = 0
     abort_delivered_at: datetime | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_finished(self) -> bool:
@@ -305,6 +308,7 @@ class TaskRecord:
             "queue": self.queue,
             "args": self.args,
             "abort_delivered_at": iso(self.abort_delivered_at),
+            "labels": dict(self.labels),
             "retryable": self.retryable,
             "attempts": self.attempts,
         }

@@ -54,6 +54,40 @@ def _has_surrogates(text: str) -> bool:
 #: The largest offset a listing accepts (any more would overflow the stores' integers).
 MAX_OFFSET = 10**9
 
+#: Labels a record may carry, and the length of a key and of a value.
+MAX_LABELS = 20
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 200
+_LABEL_KEY = re.compile(rf"[A-Za-z0-9_.:/-]{{1,{MAX_LABEL_KEY}}}")
+
+
+def check_labels(labels: object) -> dict[str, str]:
+    """``labels`` as a dict, if they are usable: at most 20 ``str`` keys of letters, digits and
+    ``_.:/-`` (1-64 characters) with ``str`` values of at most 200 printable characters.
+
+    :raises UsageError: otherwise (before anything is written).
+    """
+    from ._errors import UsageError
+
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise UsageError(f"labels must be a dict of str to str, got {type(labels).__name__}")
+    if len(labels) > MAX_LABELS:
+        raise UsageError(f"at most {MAX_LABELS} labels, got {len(labels)}")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+            raise UsageError(
+                f"a label key must be 1-{MAX_LABEL_KEY} letters, digits or _.:/- characters, "
+                f"got {key!r}"
+            )
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE or not value.isprintable():
+            raise UsageError(
+                f"the value of label {key!r} must be a str of at most {MAX_LABEL_VALUE} "
+                "printable characters"
+            )
+    return dict(labels)
+
 
 def check_task_id(task_id: object) -> str:
     """Return ``task_id`` if it is a usable task id, else raise :class:`InvalidTaskId`.

@@ -23,7 +23,7 @@ import dataclasses
 import itertools
 import json
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -175,6 +175,7 @@ class MemoryStore(Store):
         args_json: str | None = None,
         parent_id: str | None = None,
         retryable: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         tasks = self._step()
         if task_id in tasks:
@@ -187,6 +188,7 @@ class MemoryStore(Store):
             queue=queue,
             args=None if args_json is None else json.loads(args_json),
             retryable=retryable,
+            labels=dict(labels or {}),
         )
         self.db.insert(record)
         inherited = self._aborted_parent(parent_id)
@@ -204,6 +206,7 @@ class MemoryStore(Store):
         name: str | None,
         parent_id: str | None = None,
         adopt: bool = True,
+        labels: Mapping[str, str] | None = None,
     ) -> StartResult:
         tasks = self._step()
         current = tasks.get(task_id)
@@ -222,6 +225,7 @@ class MemoryStore(Store):
                 owner=owner,
                 parent_id=parent_id,
                 attempts=1,
+                labels=dict(labels or {}),
             )
             self.db.insert(record)
             inherited = self._aborted_parent(parent_id)
@@ -330,12 +334,16 @@ class MemoryStore(Store):
         name: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[TaskRecord]:
         tasks = self._step()
+        need = dict(labels or {})
         wanted = [
             r
             for r in tasks.values()
-            if (not states or r.state in states) and (name is None or r.name == name)
+            if (not states or r.state in states)
+            and (name is None or r.name == name)
+            and all(r.labels.get(k) == v for k, v in need.items())
         ]
         wanted.sort(key=lambda r: r.id)
         wanted.sort(key=lambda r: r.created_at, reverse=True)

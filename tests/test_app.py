@@ -159,3 +159,93 @@ async def test_retention_purges_in_the_background(store_url: str) -> None:
         assert liveness.reaper_rounds >= rounds + 1 and SWEEP_EVERY > 1
     with pytest.raises(aioabort.UsageError):
         aioabort.App(store_url, retention=timedelta(0))
+
+
+async def test_labels_are_stored_and_filtered(app: aioabort.App) -> None:
+    @app.task(name="export")
+    async def export() -> None: ...
+
+    first = await export.apply(labels={"user": "alice", "kind": "csv"})
+    await export.apply(labels={"user": "bob", "kind": "csv"})
+    await export.apply()
+    async with aioabort.abortable("inline", app=app, labels={"user": "alice"}):
+        pass
+    assert (await first.record()).labels == {"user": "alice", "kind": "csv"}
+    alice = await app.tasks(labels={"user": "alice"})
+    assert {r.id for r in alice} == {first.id, "inline"}
+    both = await app.tasks(labels={"user": "alice", "kind": "csv"})
+    assert [r.id for r in both] == [first.id]  # every given label must match
+    assert await app.tasks(labels={"user": "carol"}) == []
+    assert {r.id for r in await app.tasks(labels={"kind": "csv"}, name="export")} == {
+        first.id,
+        (await app.tasks(labels={"user": "bob"}))[0].id,
+    }
+    # An existing record's labels never change: not by a create, not by a scope that enters it.
+    with pytest.raises(aioabort.TaskAlreadyExists):
+        await export.apply(task_id=first.id, labels={"user": "mallory"})
+    await app.create("queued")
+    async with aioabort.abortable("queued", app=app, labels={"user": "mallory"}):
+        pass
+    assert (await app.handle("queued").record()).labels == {}
+    assert await app.tasks(labels={"user": "mallory"}) == []
+    for bad in ({"user": 1}, {"bad key": "x"}, {"k": "x" * 201}, "user=alice"):
+        with pytest.raises(aioabort.UsageError):
+            await app.tasks(labels=bad)  # type: ignore[arg-type]
+        with pytest.raises(aioabort.UsageError):
+            await export.apply(labels=bad)  # type: ignore[arg-type]
+
+
+async def test_abort_many_by_labels(app: aioabort.App, other_app: aioabort.App) -> None:
+    """The same rules as abort(): queued ones end ABORTED at once, a running one is stopped
+    where it runs (here: another App), a finished one is left alone, the first reason wins;
+    a dry run changes nothing."""
+    for i in range(2):
+        await app.create(f"q-{i}")
+
+    @app.task(name="job")
+    async def job() -> None: ...
+
+    queued = [await job.apply(labels={"user": "alice"}) for _ in range(2)]
+    bob = await job.apply(labels={"user": "bob"})
+    async with aioabort.abortable("done", app=app, labels={"user": "alice"}):
+        pass
+    entered = asyncio.Event()
+
+    async def running() -> None:
+        async with aioabort.abortable("running", app=other_app, labels={"user": "alice"}):
+            entered.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(running())
+    await entered.wait()
+    expected = {h.id for h in queued} | {"running"}
+    preview = await app.abort_many(labels={"user": "alice"}, dry_run=True)
+    assert set(preview) == expected
+    assert {(await h.record()).state for h in queued} == {TaskState.PENDING}
+    aborted = await app.abort_many(reason="alice asked", labels={"user": "alice"})
+    assert set(aborted) == expected
+    with pytest.raises(aioabort.TaskAborted):
+        await asyncio.wait_for(task, 10)
+    for task_id in expected:
+        record = await app.handle(task_id).wait(timeout=10)
+        assert record.state is TaskState.ABORTED
+        assert record.reason is not None and record.reason.message == "alice asked"
+    assert (await bob.record()).state is TaskState.PENDING
+    assert (await app.handle("done").state()) is TaskState.SUCCESS
+    assert await app.abort_many(reason="again", labels={"user": "alice"}) == []
+    with pytest.raises(aioabort.UsageError):
+        await app.abort_many(reason="everything")  # no filter: refused
+
+
+async def test_abort_many_goes_in_batches(app: aioabort.App) -> None:
+    from aioabort._app import ABORT_BATCH
+
+    count = 2 * ABORT_BATCH + 7
+
+    @app.task(name="many")
+    async def many() -> None: ...
+
+    await asyncio.gather(*(many.apply(labels={"batch": "b1"}) for _ in range(count)))
+    aborted = await app.abort_many(reason="all of them", labels={"batch": "b1"})
+    assert len(aborted) == len(set(aborted)) == count
+    assert (await app.counts())[TaskState.ABORTED] == count

@@ -262,3 +262,39 @@ def test_purge_command(populated: str) -> None:
     assert run_cli("--db", populated, "show", "pending-1").returncode == 0  # queued: kept
     bad = run_cli("--db", populated, "purge", "--older-than", "soon", "--yes")
     assert bad.returncode == 2 and "not a duration" in bad.stderr
+
+
+def test_abort_by_label_with_a_preview(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+
+    async def fill() -> None:
+        async with aioabort.App(url) as app:
+
+            @app.task(name="export")
+            async def export() -> None: ...
+
+            for i in range(3):
+                await export.apply(task_id=f"alice-{i}", labels={"user": "alice"})
+            await export.apply(task_id="bob-0", labels={"user": "bob"})
+
+    asyncio.run(fill())
+    preview = run_cli("--db", url, "abort", "--label", "user=alice", "--dry-run")
+    assert preview.returncode == 0, preview.stderr
+    assert sorted(preview.stdout.split()) == ["alice-0", "alice-1", "alice-2"]
+    assert "3 task(s) match user=alice" in preview.stderr
+    assert (
+        json.loads(run_cli("--db", url, "show", "alice-0", "--json").stdout)["state"] == "PENDING"
+    )
+    refused = run_cli("--db", url, "abort", "--label", "user=alice")  # no tty, no --yes
+    assert refused.returncode == 4
+    done = run_cli("--db", url, "abort", "--label", "user=alice", "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(line)["id"] for line in done.stdout.splitlines()) == [
+        "alice-0",
+        "alice-1",
+        "alice-2",
+    ]
+    assert json.loads(run_cli("--db", url, "show", "bob-0", "--json").stdout)["state"] == "PENDING"
+    assert run_cli("--db", url, "abort").returncode == 2  # neither IDs nor --label
+    assert run_cli("--db", url, "abort", "x", "--label", "user=bob").returncode == 2
+    assert run_cli("--db", url, "abort", "--label", "nokey").returncode == 2

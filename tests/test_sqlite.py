@@ -282,6 +282,8 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
     conn.execute("DROP INDEX aioabort_owners_last_seen")  # nor version 2
     conn.execute("DROP TABLE aioabort_leases")
     conn.execute("ALTER TABLE aioabort_tasks DROP COLUMN abort_delivered_at")  # nor version 3
+    conn.execute("ALTER TABLE aioabort_tasks DROP COLUMN labels")  # nor version 5
+    conn.execute("DROP TABLE aioabort_task_labels")
     conn.execute("UPDATE aioabort_meta SET value = '1' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -303,5 +305,6 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
         row[1]
         for row in sqlite3.connect(path_of(sqlite_url)).execute("PRAGMA table_info(aioabort_tasks)")
     }
-    assert version == str(SCHEMA_VERSION) == "5" and "abort_delivered_at" in columns
+    assert version == str(SCHEMA_VERSION) == "6"
+    assert {"abort_delivered_at", "labels"} <= columns
     assert made == {"aioabort_tasks_updated", "aioabort_owners_last_seen", "aioabort_leases"}

@@ -46,7 +46,7 @@ RUNNING = in_list(FINISHABLE_STATES)
 COLUMNS = (
     "id, name, queue, parent_id, state, args, result, error, abort_code, abort_message, "
     "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at, "
-    "retryable, attempts, abort_delivered_at"
+    "retryable, attempts, abort_delivered_at, labels"
 )
 
 
@@ -127,6 +127,7 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         retryable,
         attempts,
         delivered_at,
+        labels,
     ) = row
     created = ts(created_at)
     assert created is not None
@@ -149,4 +150,5 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         retryable=bool(retryable),
         attempts=int(attempts or 0),
         abort_delivered_at=ts(delivered_at),
+        labels={} if labels is None else json.loads(labels),
     )

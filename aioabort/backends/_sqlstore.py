@@ -15,9 +15,10 @@ one-round-trip :meth:`request_abort` is that exception.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import re
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -53,8 +54,9 @@ T = TypeVar("T")
 #: one migrated (every statement of the schema is "IF NOT EXISTS"). 2: an index on updated_at.
 #: 3: the reaper lease, and an index on the owners' last beat. 4: ``abort_delivered_at`` (a
 #: column: added by the dialect's ``migrate_4``, which only a store made before it runs).
-#: 5: an index on ``finished_at`` (retention).
-SCHEMA_VERSION = 5
+#: 5: an index on ``finished_at`` (retention). 6: labels (a column, ``migrate_6``, and the
+#: ``task_labels`` table their filters go through).
+SCHEMA_VERSION = 6
 #: How many abort-log entries are kept (watchers read only entries newer than their start);
 #: pruned by sequence number, so no clock is involved.
 ABORT_LOG_KEEP = 100_000
@@ -257,9 +259,12 @@ class SQLStore(Store, abc.ABC):
         args_json: str | None = None,
         parent_id: str | None = None,
         retryable: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         if parent_id is None:
-            return await self._creates(NewTask(task_id, name, queue, args_json, retryable))
+            return await self._creates(
+                NewTask(task_id, name, queue, args_json, retryable, labels or None)
+            )
 
         async def body(conn: Connection) -> TaskRecord:
             inherited = await self._parent_abort(conn, parent_id)
@@ -268,7 +273,7 @@ class SQLStore(Store, abc.ABC):
             )
             if row is None:
                 raise TaskAlreadyExists(task_id)
-            record = self._record(row)
+            record = await self._labelled(conn, self._record(row), labels)
             if inherited is not None:  # born into an aborted family: never runs
                 record = await self._abort_one(conn, task_id, inherited) or record
             return record
@@ -277,17 +282,41 @@ class SQLStore(Store, abc.ABC):
         return await self._write(body, retry=False, changed=lambda r: (r.id,))
 
     async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
-        rows = await self._one(
-            "insert_pending_batch",
-            [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in items],
-            write=True,
-        )
-        made = {row[0]: self._record(row) for row in rows}
+        batch = [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in items]
+        if not any(i.labels for i in items):  # one statement
+            rows = await self._one("insert_pending_batch", batch, write=True)
+            made = {row[0]: self._record(row) for row in rows}
+        else:
+            wanted = {i.task_id: i.labels for i in items if i.labels}
+
+            async def body(conn: Connection) -> dict[str, TaskRecord]:
+                rows = await self._rows(conn, "insert_pending_batch", batch)
+                records = {row[0]: self._record(row) for row in rows}
+                mine = [[i, dict(wanted[i])] for i in records if i in wanted]  # created here
+                if mine:
+                    await self._rows(conn, "set_labels", mine)
+                    await self._rows(conn, "insert_labels", mine)
+                    for task_id, labels in mine:
+                        records[task_id] = dataclasses.replace(records[task_id], labels=labels)
+                return records
+
+            made = await self._write(body, retry=False, changed=lambda r: list(r))
         results: list[TaskRecord | BaseException] = []
         for item in items:
             record = made.pop(item.task_id, None)
             results.append(record if record is not None else TaskAlreadyExists(item.task_id))
         return results
+
+    async def _labelled(
+        self, conn: Connection, record: TaskRecord, labels: Mapping[str, str] | None
+    ) -> TaskRecord:
+        """Give a record this transaction just created its labels."""
+        if not labels:
+            return record
+        pair = [[record.id, dict(labels)]]
+        await self._rows(conn, "set_labels", pair)
+        await self._rows(conn, "insert_labels", pair)
+        return dataclasses.replace(record, labels=dict(labels))
 
     async def _parent_abort(self, conn: Connection, parent_id: str | None) -> AbortReason | None:
         """The reason a child of ``parent_id`` is aborted with, if the parent is aborting."""
@@ -316,6 +345,7 @@ class SQLStore(Store, abc.ABC):
         name: str | None,
         parent_id: str | None = None,
         adopt: bool = True,
+        labels: Mapping[str, str] | None = None,
     ) -> StartResult:
         attempts: list[None] = []  # more than one: a retry after a lost connection
 
@@ -340,7 +370,7 @@ class SQLStore(Store, abc.ABC):
                     assert row is not None
                     other = self._record(row)
                     return StartResult(_decide(other, adopt=adopt), other)
-                record = self._record(row)
+                record = await self._labelled(conn, self._record(row), labels)
                 if inherited is not None:  # started under an aborting parent: aborting
                     record = await self._abort_one(conn, task_id, inherited) or record
                 return StartResult(decision, record)
@@ -447,9 +477,12 @@ class SQLStore(Store, abc.ABC):
         name: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[TaskRecord]:
         wanted = [TaskState(s).value for s in states] if states else None
-        rows = await self._one("list_tasks", wanted, name, limit, offset)
+        rows = await self._one(
+            "list_tasks", wanted, name, limit, offset, json.dumps(dict(labels)) if labels else None
+        )
         return [self._record(row) for row in rows]
 
     async def count_tasks(self) -> dict[TaskState, int]:
@@ -512,6 +545,7 @@ class SQLStore(Store, abc.ABC):
             ids = [row[0] for row in await self._rows(conn, "purge", older_than, limit)]
             if ids and "purge_abort_log" in self.queries:  # (PostgreSQL: in the same statement)
                 await self._rows(conn, "purge_abort_log", ids)
+                await self._rows(conn, "purge_labels", ids)
             return ids
 
         return await self._write(body, retry=True, changed=lambda ids: ids)

@@ -253,8 +253,34 @@ def show(ctx: click.Context, task_id: str, as_json: bool, follow: bool) -> None:
     _print_details(record)
 
 
+def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        labels[key] = text
+    return labels
+
+
 @cli.command()
-@click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
+@click.argument("task_ids", nargs=-1, metavar="[ID...]")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=_labels,
+    metavar="KEY=VALUE",
+    help="Abort every task with these labels instead of IDs (repeatable: all must match).",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in TaskState], case_sensitive=False),
+    help="With --label: only tasks in this state (repeatable; default PENDING and STARTED).",
+)
+@click.option("--dry-run", is_flag=True, help="With --label: list what would be aborted.")
 @click.option(
     "--reason",
     default="aborted from the command line",
@@ -280,6 +306,9 @@ def show(ctx: click.Context, task_id: str, as_json: bool, follow: bool) -> None:
 def abort(
     ctx: click.Context,
     task_ids: tuple[str, ...],
+    labels: dict[str, str],
+    states: tuple[str, ...],
+    dry_run: bool,
     reason: str,
     by: str | None,
     yes: bool,
@@ -287,15 +316,25 @@ def abort(
     wait: bool,
     timeout: float | None,
 ) -> None:
-    """Ask tasks to stop. The request is recorded; each task stops at its next await.
+    """Ask tasks to stop: the IDs given, or every task with --label KEY=VALUE. The request
+    is recorded; each task stops at its next await.
 
     Exit codes: 0 every task aborted (or already aborting; with --wait: every task ended
-    ABORTED), 1 a task was not found, 2 a task had already finished, 3 a store error,
-    4 not confirmed, 5 (--wait) a task ended otherwise (it finished despite the abort),
-    7 (--wait) the timeout passed with tasks still running.
+    ABORTED; with --label: done, or nothing matched), 1 a task was not found, 2 a task had
+    already finished, 3 a store error, 4 not confirmed, 5 (--wait) a task ended otherwise (it
+    finished despite the abort), 7 (--wait) the timeout passed with tasks still running.
     """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout goes with --wait")
+    if labels:
+        if task_ids:
+            raise click.UsageError("give IDs or --label, not both")
+        _abort_matching(ctx, labels, states, dry_run, reason, yes, as_json)
+        return
+    if states or dry_run:
+        raise click.UsageError("--state and --dry-run go with --label")
+    if not task_ids:
+        raise click.UsageError("give the IDs of the tasks to abort, or --label KEY=VALUE")
     app = _make_app(ctx)
     if not yes:
         if not sys.stdin.isatty():
@@ -590,6 +629,48 @@ async def _open_when_reachable(app: App, patience: float) -> None:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _abort_matching(
+    ctx: click.Context,
+    labels: dict[str, str],
+    states: tuple[str, ...],
+    dry_run: bool,
+    reason: str,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """``abort --label``: a preview (the count), a confirmation, then the bulk abort."""
+    app = _make_app(ctx)
+    wanted = [s.upper() for s in states] or None
+    filter_text = ", ".join(f"{k}={v}" for k, v in labels.items())
+
+    async def preview() -> list[str]:
+        async with app:
+            return await app.abort_many(labels=labels, states=wanted, dry_run=True)
+
+    matching = _run(preview)
+    if dry_run or not matching:
+        for task_id in matching:
+            click.echo(_output.safe_json({"id": task_id}) if as_json else task_id)
+        if not as_json:
+            _console(err=True).print(
+                Text(f"{len(matching)} task(s) match {filter_text}", style="dim")
+            )
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            _console(err=True).print("refusing to abort without confirmation: pass --yes")
+            raise SystemExit(EXIT_DECLINED)
+        if not click.confirm(f"Abort {len(matching)} task(s) matching {filter_text}?"):
+            raise SystemExit(EXIT_DECLINED)
+
+    async def go() -> list[str]:
+        async with app:
+            return await app.abort_many(reason=reason, labels=labels, states=wanted)
+
+    for task_id in _run(go):
+        click.echo(_output.safe_json({"id": task_id, "outcome": "aborted"}) if as_json else task_id)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")

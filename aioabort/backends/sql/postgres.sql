@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     retryable boolean NOT NULL DEFAULT false,
     attempts integer NOT NULL DEFAULT 0,
-    abort_delivered_at timestamptz
+    abort_delivered_at timestamptz,
+    labels text
 );
 CREATE INDEX IF NOT EXISTS tasks_pending ON {schema}.tasks (queue, created_at)
     WHERE state = 'PENDING';
@@ -59,6 +60,13 @@ CREATE TABLE IF NOT EXISTS {schema}.owners (
     beats bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS owners_last_seen ON {schema}.owners (last_seen);
+CREATE TABLE IF NOT EXISTS {schema}.task_labels (
+    task_id text NOT NULL,
+    key text NOT NULL,
+    value text NOT NULL,
+    PRIMARY KEY (task_id, key)
+);
+CREATE INDEX IF NOT EXISTS task_labels_value ON {schema}.task_labels (key, value);
 CREATE TABLE IF NOT EXISTS {schema}.leases (
     name text PRIMARY KEY,
     holder text NOT NULL,
@@ -68,6 +76,10 @@ CREATE TABLE IF NOT EXISTS {schema}.leases (
 -- name: migrate_4
 -- Version 4: when an abort reached the running scope (a table made before it lacks it).
 ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS abort_delivered_at timestamptz;
+
+-- name: migrate_6
+-- Version 6: the labels of a record (read with it; filtered through task_labels).
+ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS labels text;
 
 -- name: lock_schema
 -- One process creates the schema; the others wait here, then find it.
@@ -118,6 +130,18 @@ WITH v AS (
     FROM (SELECT DISTINCT queue FROM ins WHERE queue IS NOT NULL) AS q
 )
 SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins;
+
+-- name: set_labels
+-- $1: a JSON array of [id, {labels}] of records just created (never an existing one).
+UPDATE {schema}.tasks AS t SET labels = v.labels
+FROM (SELECT e ->> 0 AS id, (e -> 1)::text AS labels FROM json_array_elements($1::json) AS x(e))
+    AS v
+WHERE t.id = v.id;
+
+-- name: insert_labels
+INSERT INTO {schema}.task_labels (task_id, key, value)
+SELECT e ->> 0, l.key, l.value
+FROM json_array_elements($1::json) AS x(e), json_each_text(e -> 1) AS l;
 
 -- name: insert_started
 INSERT INTO {schema}.tasks (id, name, parent_id, state, owner, started_at, attempts)
@@ -251,6 +275,11 @@ SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue)
 SELECT {columns} FROM {schema}.tasks
 WHERE ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
     AND ($2::text IS NULL OR name = $2::text)
+    AND ($5::json IS NULL OR id IN (
+        SELECT l.task_id FROM {schema}.task_labels AS l
+        JOIN json_each_text($5::json) AS f ON l.key = f.key AND l.value = f.value
+        GROUP BY l.task_id HAVING COUNT(*) = (SELECT COUNT(*) FROM json_each_text($5::json))
+    ))
 ORDER BY created_at DESC, id
 LIMIT $3 OFFSET $4;
 
@@ -364,6 +393,8 @@ WITH gone AS (
     RETURNING id
 ), logged AS (
     DELETE FROM {schema}.abort_log WHERE task_id IN (SELECT id FROM gone)
+), unlabelled AS (
+    DELETE FROM {schema}.task_labels WHERE task_id IN (SELECT id FROM gone)
 )
 SELECT id FROM gone;
 

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS aioabort_tasks (
     updated_at REAL NOT NULL,
     retryable INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
-    abort_delivered_at REAL
+    abort_delivered_at REAL,
+    labels TEXT
 );
 CREATE INDEX IF NOT EXISTS aioabort_tasks_pending ON aioabort_tasks (queue, created_at)
     WHERE state = 'PENDING';
@@ -57,6 +58,13 @@ CREATE TABLE IF NOT EXISTS aioabort_owners (
     beats INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS aioabort_owners_last_seen ON aioabort_owners (last_seen);
+CREATE TABLE IF NOT EXISTS aioabort_task_labels (
+    task_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (task_id, key)
+);
+CREATE INDEX IF NOT EXISTS aioabort_task_labels_value ON aioabort_task_labels (key, value);
 CREATE TABLE IF NOT EXISTS aioabort_leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -66,6 +74,10 @@ CREATE TABLE IF NOT EXISTS aioabort_leases (
 -- name: migrate_4
 -- Version 4: when an abort reached the running scope (a table made before it lacks it).
 ALTER TABLE aioabort_tasks ADD COLUMN abort_delivered_at REAL;
+
+-- name: migrate_6
+-- Version 6: the labels of a record (read with it; filtered through aioabort_task_labels).
+ALTER TABLE aioabort_tasks ADD COLUMN labels TEXT;
 
 -- name: lock_schema
 -- BEGIN IMMEDIATE already holds the database's write lock.
@@ -109,6 +121,17 @@ INSERT INTO aioabort_tasks (id, name, parent_id, state, owner, created_at, start
 VALUES (?1, ?2, ?3, 'STARTED', ?4, {now}, {now}, {now}, 1)
 ON CONFLICT (id) DO NOTHING
 RETURNING {columns};
+
+-- name: set_labels
+-- ?1: a JSON array of [id, {labels}] of records just created (never an existing one).
+UPDATE aioabort_tasks SET labels = (
+    SELECT e.value -> 1 FROM json_each(?1) AS e WHERE e.value ->> 0 = aioabort_tasks.id
+)
+WHERE id IN (SELECT value ->> 0 FROM json_each(?1));
+
+-- name: insert_labels
+INSERT INTO aioabort_task_labels (task_id, key, value)
+SELECT e.value ->> 0, l.key, l.value FROM json_each(?1) AS e, json_each(e.value -> 1) AS l;
 
 -- name: start_pending
 UPDATE aioabort_tasks SET state = 'STARTED', owner = ?2, started_at = {now}, updated_at = {now},
@@ -179,10 +202,16 @@ WHERE id = ?1 AND owner = ?2 AND state IN {running}
 RETURNING {columns};
 
 -- name: list_tasks
--- ?1: a JSON array of states, or NULL for every state; ?2: a name, or NULL.
+-- ?1: a JSON array of states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON
+-- object of labels that must all match (through the label index), or NULL.
 SELECT {columns} FROM aioabort_tasks
 WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
     AND (?2 IS NULL OR name = ?2)
+    AND (?5 IS NULL OR id IN (
+        SELECT l.task_id FROM aioabort_task_labels AS l
+        JOIN json_each(?5) AS f ON l.key = f.key AND l.value = f.value
+        GROUP BY l.task_id HAVING COUNT(*) = (SELECT COUNT(*) FROM json_each(?5))
+    ))
 ORDER BY created_at DESC, id
 LIMIT ?3 OFFSET ?4;
 
@@ -259,6 +288,9 @@ RETURNING id;
 
 -- name: purge_abort_log
 DELETE FROM aioabort_abort_log WHERE task_id IN (SELECT value FROM json_each(?1));
+
+-- name: purge_labels
+DELETE FROM aioabort_task_labels WHERE task_id IN (SELECT value FROM json_each(?1));
 
 -- name: prune_abort_log
 DELETE FROM aioabort_abort_log WHERE seq <= (SELECT MAX(seq) FROM aioabort_abort_log) - ?1;
