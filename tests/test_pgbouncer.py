@@ -9,18 +9,13 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
-from aioabort.backends.postgres import POLL_ONLY_INTERVAL, PostgresStore
+from aioabort.backends.postgres import POLL_ONLY_INTERVAL
 
 from .conftest import wait_until
 from .test_cross_process import child, read_line
+from .test_postgres import store_of
 
 pytestmark = pytest.mark.postgres
-
-
-def store_of(app: aioabort.App) -> PostgresStore:
-    store = app.store
-    assert isinstance(store, PostgresStore)
-    return store
 
 
 async def test_poll_only_mode_listens_to_nothing(pgbouncer_url: str) -> None:
