@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from pathlib import Path
 
@@ -308,3 +309,28 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
     assert version == str(SCHEMA_VERSION) == "6"
     assert {"abort_delivered_at", "labels"} <= columns
     assert made == {"aioabort_tasks_updated", "aioabort_owners_last_seen", "aioabort_leases"}
+
+
+@pytest.mark.parametrize("query", ["abort_descendants", "purge"])
+def test_per_task_statements_do_not_scan_by_state(sqlite_url: str, query: str) -> None:
+    """An abort (its descendants) and a purge batch look their rows up by id: with the state
+    index SQLite scanned every running (finished) task instead — 11 ms per abort with 100,000
+    queued tasks, 0.4 ms since."""
+    from aioabort.backends.sqlite import QUERIES
+
+    asyncio.run(_open_once(sqlite_url))
+    conn = sqlite3.connect(path_of(sqlite_url))
+    try:
+        sql = QUERIES[query]
+        count = max(int(n) for n in re.findall(r"\?(\d+)", sql))
+        plan = " | ".join(
+            row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, ["x"] * count)
+        )
+    finally:
+        conn.close()
+    assert "aioabort_tasks_state" not in plan, plan
+
+
+async def _open_once(url: str) -> None:
+    async with aioabort.App(url):
+        pass

@@ -381,16 +381,17 @@ DELETE FROM {schema}.owners WHERE id IN (SELECT json_array_elements_text($1::jso
 
 -- name: purge
 -- Up to $2 finished records that ended before $1 seconds ago, oldest first, and their
--- abort-log rows, in one statement; never a running or queued one.
-WITH gone AS (
-    DELETE FROM {schema}.tasks WHERE id IN (
-        SELECT id FROM {schema}.tasks
-        WHERE finished_at IS NOT NULL AND state IN {terminal}
-            AND finished_at < clock_timestamp() - make_interval(secs => $1)
-        ORDER BY finished_at LIMIT $2
-        FOR UPDATE SKIP LOCKED
-    ) AND state IN {terminal}
-    RETURNING id
+-- abort-log rows and labels, in one statement; never a running or queued one. The ids are
+-- locked first (a materialized CTE), then deleted by id: a plan that ran the subquery per
+-- row of the table (stale statistics) took seconds.
+WITH doomed AS (
+    SELECT id FROM {schema}.tasks
+    WHERE finished_at IS NOT NULL AND state IN {terminal}
+        AND finished_at < clock_timestamp() - make_interval(secs => $1)
+    ORDER BY finished_at LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM {schema}.tasks AS t USING doomed AS d WHERE t.id = d.id RETURNING t.id
 ), logged AS (
     DELETE FROM {schema}.abort_log WHERE task_id IN (SELECT id FROM gone)
 ), unlabelled AS (

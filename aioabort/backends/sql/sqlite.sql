@@ -158,7 +158,8 @@ WITH RECURSIVE family(id) AS (
 UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message = ?3,
     abort_by = ?4, abort_at = ?5, updated_at = {now},
     finished_at = CASE WHEN state = 'PENDING' THEN {now} ELSE finished_at END
-WHERE id IN (SELECT id FROM family) AND state IN {abortable}
+-- (+state: look the family up by id; the state index would scan every running task)
+WHERE id IN (SELECT id FROM family) AND +state IN {abortable}
 RETURNING id, attempts;
 
 -- name: log_aborts
@@ -281,9 +282,9 @@ DELETE FROM aioabort_owners WHERE id IN (SELECT value FROM json_each(?1));
 -- abort-log rows; never a running or queued one.
 DELETE FROM aioabort_tasks WHERE id IN (
     SELECT id FROM aioabort_tasks
-    WHERE finished_at IS NOT NULL AND finished_at < {now} - ?1 AND state IN {terminal}
+    WHERE finished_at IS NOT NULL AND finished_at < {now} - ?1 AND +state IN {terminal}
     ORDER BY finished_at LIMIT ?2
-) AND state IN {terminal}
+) AND +state IN {terminal}
 RETURNING id;
 
 -- name: purge_abort_log
