@@ -289,6 +289,11 @@ def router(
         by = who(request) if who is not None else _api.default_who(request.remote)
         return await _api.abort(aborts, request.match_info["task_id"], raw, by)
 
+    async def abort_matching(request: web.Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        by = who(request) if who is not None else _api.default_who(request.remote)
+        return await _api.abort_matching(aborts, raw, by)
+
     async def events(request: web.Request) -> web.StreamResponse | _api.Answer:
         stream = await _api.events(aborts, request.match_info["task_id"])
         if isinstance(stream, _api.Answer):
@@ -308,6 +313,7 @@ def router(
     sub = web.Application()
     sub.router.add_get("/", guarded(dashboard))
     sub.router.add_get("/tasks", guarded(list_tasks))
+    sub.router.add_post("/abort", guarded(abort_matching))
     sub.router.add_post("/tasks/{task_id:.+}/abort", guarded(abort))
     sub.router.add_get("/tasks/{task_id:.+}/events", guarded(events))
     sub.router.add_get("/tasks/{task_id:.+}", guarded(show))

@@ -207,6 +207,12 @@ async def test_the_router_answers_as_the_starlette_one(store_url: str) -> None:
             "/aioabort/tasks/early-1/abort", headers=ADMIN, json={"create": True}
         )
         assert early.status == 202
+        await aborts.create("labelled-0")
+        preview = await client.post(
+            "/aioabort/abort", headers=ADMIN, json={"name": "job", "dry_run": True}
+        )
+        assert preview.status == 200 and (await preview.json())["ids"] == []  # none named so
+        assert (await client.post("/aioabort/abort", headers=ADMIN, json={})).status == 400
         record = await aborts.handle("queued-1").record()
     assert record.state is TaskState.ABORTED and record.reason is not None
     assert record.reason.message == "from aiohttp"

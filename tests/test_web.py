@@ -549,3 +549,38 @@ async def test_a_request_id_naming_a_queued_job_is_refused(site: Site) -> None:
     assert response.status_code == 409 and response.json()["error"] == "request_id_in_use"
     record = await site.aborts.handle("queued-job").record()
     assert record.state is TaskState.PENDING and record.name == "export"
+
+
+async def test_the_router_aborts_by_filter_after_a_preview(site: Site) -> None:
+    @site.aborts.task(name="export")
+    async def export() -> None: ...
+
+    alice = [await export.apply(labels={"user": "alice"}) for _ in range(3)]
+    bob = await export.apply(labels={"user": "bob"})
+    async with site.client as client:
+        preview = await client.post(
+            "/aioabort/abort", json={"labels": {"user": "alice"}, "dry_run": True}
+        )
+        assert preview.status_code == 200 and preview.json()["count"] == 3
+        assert sorted(preview.json()["ids"]) == sorted(h.id for h in alice)
+        assert {(await h.record()).state for h in alice} == {TaskState.PENDING}
+        done = await client.post(
+            "/aioabort/abort", json={"labels": {"user": "alice"}, "reason": "account closed"}
+        )
+        assert done.status_code == 202
+        assert sorted(done.json()["aborted"]) == sorted(preview.json()["ids"])
+        empty = await client.post("/aioabort/abort", json={"reason": "everything"})
+        assert empty.status_code == 400
+        bad = await client.post("/aioabort/abort", json={"labels": {"user": 1}})
+        assert bad.status_code == 400
+        cross = await client.post(
+            "/aioabort/abort",
+            json={"labels": {"user": "bob"}},
+            headers={"origin": "https://evil.example"},
+        )
+        assert cross.status_code == 403
+    record = await alice[0].record()
+    assert record.state is TaskState.ABORTED and record.reason is not None
+    assert record.reason.message == "account closed" and record.reason.by is not None
+    assert record.reason.by.startswith("web:")
+    assert (await bob.record()).state is TaskState.PENDING

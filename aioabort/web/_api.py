@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from .._app import App
 from .._errors import AioabortError, TaskNotFound, UsageError
 from .._state import TaskRecord
-from .._types import MAX_OFFSET
+from .._types import MAX_OFFSET, AbortReason
 
 R = TypeVar("R")
 
@@ -205,6 +205,46 @@ async def abort(aborts: App, task_id: str, raw: bytes | None, by: str) -> Answer
     if not recorded and record.state.is_terminal:
         return Answer(409, {"error": "already_finished", "task": record_json(aborts, record)})
     return Answer(202, {"aborted": recorded, "task": record_json(aborts, record)})
+
+
+async def abort_matching(aborts: App, raw: bytes | None, by: str) -> Answer:
+    """``POST /abort``: every task matching ``{"labels": {...}, "name": ..., "states": [...]}``,
+    as :meth:`App.abort_many`. ``"dry_run": true`` (the preview) changes nothing: 200 with the
+    ids that would be aborted; otherwise 202 with the ids aborted."""
+    if raw is None:
+        return Answer(
+            413, {"error": "too_large", "detail": f"the body is over {MAX_ABORT_BODY} bytes"}
+        )
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return _bad("the body must be JSON")
+    if not isinstance(body, dict):
+        return _bad("the body must be a JSON object")
+    labels, name, states = body.get("labels"), body.get("name"), body.get("states")
+    dry_run, message = body.get("dry_run", False), body.get("reason", "aborted from the web")
+    if labels is not None and not isinstance(labels, dict):
+        return _bad("labels must be an object of strings")
+    if name is not None and not isinstance(name, str):
+        return _bad("name must be a string")
+    if states is not None and not (
+        isinstance(states, list) and all(isinstance(s, str) for s in states)
+    ):
+        return _bad("states must be a list of state names")
+    if not isinstance(dry_run, bool) or not isinstance(message, str):
+        return _bad("dry_run must be true or false, and reason a string")
+    if not labels and name is None:
+        return _bad("give labels or a name: the filter may not be empty")
+    ids = await aborts.abort_many(
+        reason=AbortReason(AbortReason.USER, message, by=by),
+        labels=labels,
+        name=name,
+        states=[s.upper() for s in states] if states else None,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        return Answer(200, {"dry_run": True, "count": len(ids), "ids": ids})
+    return Answer(202, {"dry_run": False, "count": len(ids), "aborted": ids})
 
 
 async def events(aborts: App, task_id: str) -> Answer | AsyncIterator[str]:

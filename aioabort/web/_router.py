@@ -65,6 +65,8 @@ def router(
                                      ``{"reason": "...", "create": true}``
     GET     ``/tasks/{id}/events``   Server-Sent Events: ``state`` on each change, then
                                      ``end`` once the task is finished
+    POST    ``/abort``               every task matching ``{"labels": {...}, "name": ...,
+                                     "states": [...]}``; ``"dry_run": true`` previews
     ======  =======================  =================================================
 
     :param authorize: ``check(request) -> bool`` (or awaitable). With none, every route
@@ -115,6 +117,12 @@ def router(
         by = who(request) if who is not None else _api.default_who(host)
         return await _api.abort(aborts, request.path_params["task_id"], raw, by)
 
+    async def abort_matching(request: Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        host = request.client.host if request.client else None
+        by = who(request) if who is not None else _api.default_who(host)
+        return await _api.abort_matching(aborts, raw, by)
+
     async def events(request: Request) -> Response | _api.Answer:
         stream = await _api.events(aborts, request.path_params["task_id"])
         if isinstance(stream, _api.Answer):
@@ -130,6 +138,7 @@ def router(
         routes=[
             Route("/", guarded(dashboard), methods=["GET"]),
             Route("/tasks", guarded(list_tasks), methods=["GET"]),
+            Route("/abort", guarded(abort_matching), methods=["POST"]),
             Route("/tasks/{task_id:path}/abort", guarded(abort), methods=["POST"]),
             Route("/tasks/{task_id:path}/events", guarded(events), methods=["GET"]),
             Route("/tasks/{task_id:path}", guarded(show), methods=["GET"]),
