@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from . import testing as testing  # aioabort.testing.MemoryStore, for tests of applications
 from ._app import App
-from ._backend import Store
+from ._backend import Store, Unclaimed
 from ._errors import (
     AioabortError,
     AppClosed,
@@ -85,6 +85,7 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "TaskStateError",
+    "Unclaimed",
     "UnknownTask",
     "UsageError",
     "Watcher",

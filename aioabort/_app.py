@@ -19,7 +19,7 @@ import anyio
 
 from . import _runtime
 from ._aborting import Parts, record_and_deliver, stop_here
-from ._backend import OwnerInfo, Store
+from ._backend import OwnerInfo, Store, Unclaimed
 from ._errors import AioabortError, AppClosed, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
 from ._liveness import Liveness
@@ -573,6 +573,20 @@ class App:
         """How many tasks are in each state (every state is present, zero or more)."""
         found = await self.store.count_tasks()
         return {state: found.get(state, 0) for state in TaskState}
+
+    async def unclaimed(self, *, queued_for: timedelta = timedelta(minutes=1)) -> list[Unclaimed]:
+        """Tasks nobody can run: queued longer than ``queued_for`` on a queue where no live
+        worker (one heard from within ``stale_after``) registered their name, grouped by queue
+        and name, oldest first. Workers claim only the names they registered (DESIGN rule
+        14): these wait for a worker that knows them, such as a newer version's.
+
+        :raises UsageError: when ``queued_for`` is not a non-negative timedelta.
+        """
+        if not isinstance(queued_for, timedelta) or queued_for.total_seconds() < 0:
+            raise UsageError(f"queued_for must be a non-negative timedelta, got {queued_for!r}")
+        return await self.store.unclaimed(
+            queued_for=queued_for.total_seconds(), quiet=self.stale_after
+        )
 
     async def purge(self, *, older_than: timedelta) -> int:
         """Delete finished records (SUCCESS, FAILURE, ABORTED) that ended more than

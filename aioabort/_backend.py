@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from ._errors import InvalidURL
 from ._state import StartDecision, TaskRecord, TaskState
@@ -79,6 +80,23 @@ class OwnerInfo:
     id: str
     host: str
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unclaimed:
+    """Queued tasks of one queue and name that no live worker can run (no worker serving
+    that queue registered the name: DESIGN rule 14 leaves them queued).
+
+    :ivar queue: the queue they wait on.
+    :ivar name: the registered name they need.
+    :ivar count: how many are queued.
+    :ivar oldest: when the oldest of them was queued.
+    """
+
+    queue: str
+    name: str
+    count: int
+    oldest: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +353,21 @@ class Store(abc.ABC):
         """Delete up to ``limit`` finished records (SUCCESS, FAILURE, ABORTED) that ended more
         than ``older_than`` seconds ago by the store's clock, oldest first, with their
         abort-log rows; never a running or queued one. Returns their ids."""
+
+    @abc.abstractmethod
+    async def serve(self, owner: str, *, queues: Collection[str], names: Collection[str]) -> None:
+        """Publish that a worker of ``owner`` claims tasks of ``names`` from ``queues`` (what
+        :meth:`unclaimed` judges by); forgotten with the owner."""
+
+    @abc.abstractmethod
+    async def unserve(self, owner: str, *, queues: Collection[str]) -> None:
+        """The worker of ``owner`` on ``queues`` stopped claiming."""
+
+    @abc.abstractmethod
+    async def unclaimed(self, *, queued_for: float, quiet: float) -> list[Unclaimed]:
+        """Groups of tasks queued more than ``queued_for`` seconds that no worker can run:
+        none of the owners seen in the last ``quiet`` seconds (by the store's clock) serves
+        their queue and name. Oldest group first."""
 
     @abc.abstractmethod
     async def release_owner(self, owner: str) -> list[str]:

@@ -30,6 +30,7 @@ KILL_WAIT = 2.0
 
 if TYPE_CHECKING:
     from ._app import App
+    from ._backend import Store
 
 logger = logging.getLogger("aioabort.worker")
 
@@ -161,6 +162,7 @@ class Worker:
             },
         )
         await watcher.want_queues(self.queues)  # the store pushes new work on them here
+        await self._publish(store, runtime.owner, serving=True)
         self._started.set()
         try:
             while not self._stopping.is_set():
@@ -195,6 +197,24 @@ class Worker:
         finally:
             watcher.drop_queues(self.queues)
             await self._shutdown()
+            await self._publish(store, runtime.owner, serving=False)
+
+    async def _publish(self, store: Store, owner: str, *, serving: bool) -> None:
+        """Tell the store what this worker claims (or that it stopped): what
+        :meth:`App.unclaimed` judges by. Best effort: a store that is down now is no reason
+        not to run, and the owner's rows go with it when it is reaped or closes."""
+        try:
+            if serving:
+                await shielded(
+                    store.serve(owner, queues=self.queues, names=sorted(self.app.registry))
+                )
+            else:
+                await shielded(store.unserve(owner, queues=self.queues))
+        except AioabortError as exc:
+            logger.warning(
+                "could not publish the tasks this worker runs",
+                extra={"action": "serve_failed", "error": str(exc)},
+            )
 
     def _start(self, record: Any) -> None:
         task = self.app.registry.get(record.name or "")

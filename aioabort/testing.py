@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import math
 import time
 from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from ._backend import (
     StartResult,
     Store,
     StoreStatistics,
+    Unclaimed,
     WatchedIds,
 )
 from ._errors import AppClosed, InvalidURL, TaskAlreadyExists
@@ -89,6 +91,7 @@ class MemoryDatabase:
         self.beats: dict[str, int] = {}
         self.last_seen: dict[str, float] = {}  # by the database's clock (monotonic)
         self.lease: tuple[str, float] | None = None  # the reaper's: (holder, expires)
+        self.serving: dict[str, set[tuple[str, str]]] = {}  # owner: its workers' (queue, name)
         self.watchers: list[tuple[asyncio.AbstractEventLoop, ChangeCallback]] = []
         self._counter = itertools.count()
 
@@ -426,6 +429,7 @@ class MemoryStore(Store):
         for owner in gone:
             self.db.beats.pop(owner, None)
             self.db.last_seen.pop(owner, None)
+            self.db.serving.pop(owner, None)
         if ids:
             self.db.announce(ids)
         return ids
@@ -450,6 +454,41 @@ class MemoryStore(Store):
             self.db.announce(r.id for r in old)
         return [r.id for r in old]
 
+    async def serve(self, owner: str, *, queues: Collection[str], names: Collection[str]) -> None:
+        self._step()
+        self.db.serving.setdefault(owner, set()).update((q, n) for q in queues for n in names)
+
+    async def unserve(self, owner: str, *, queues: Collection[str]) -> None:
+        self._step()
+        stopped = set(queues)
+        mine = self.db.serving.get(owner, set())
+        mine.difference_update({pair for pair in mine if pair[0] in stopped})
+
+    async def unclaimed(self, *, queued_for: float, quiet: float) -> list[Unclaimed]:
+        tasks, db = self._step(), self.db
+        seen_after = time.monotonic() - quiet
+        served = {
+            pair
+            for owner, pairs in db.serving.items()
+            if db.last_seen.get(owner, -math.inf) >= seen_after
+            for pair in pairs
+        }
+        cutoff = _now().timestamp() - queued_for
+        groups: dict[tuple[str, str], list[TaskRecord]] = {}
+        for record in tasks.values():
+            key = (record.queue or "", record.name or "")
+            if (
+                record.state is TaskState.PENDING
+                and record.created_at.timestamp() < cutoff
+                and key not in served
+            ):
+                groups.setdefault(key, []).append(record)
+        found = [
+            Unclaimed(queue, name, len(group), min(r.created_at for r in group))
+            for (queue, name), group in groups.items()
+        ]
+        return sorted(found, key=lambda u: u.oldest)
+
     async def release_owner(self, owner: str) -> list[str]:
         tasks = self._step()
         mine = [r for r in tasks.values() if r.owner == owner and r.state in FINISHABLE_STATES]
@@ -459,6 +498,7 @@ class MemoryStore(Store):
             )
         self.db.beats.pop(owner, None)
         self.db.last_seen.pop(owner, None)
+        self.db.serving.pop(owner, None)
         if self.db.lease is not None and self.db.lease[0] == owner:
             self.db.lease = None
         if mine:

@@ -298,3 +298,42 @@ def test_abort_by_label_with_a_preview(tmp_path: Path) -> None:
     assert run_cli("--db", url, "abort").returncode == 2  # neither IDs nor --label
     assert run_cli("--db", url, "abort", "x", "--label", "user=bob").returncode == 2
     assert run_cli("--db", url, "abort", "--label", "nokey").returncode == 2
+
+
+def test_tasks_by_label_and_the_tasks_nobody_can_run(tmp_path: Path) -> None:
+    """``tasks --label`` filters; queued tasks that no live worker registered are named in a
+    warning on stderr (stdout stays the listing) and listed by ``tasks --unclaimed``."""
+    url = f"sqlite:///{tmp_path / 'unclaimed.db'}"
+
+    async def fill() -> None:
+        async with aioabort.App(url) as app:
+
+            @app.task(name="export.v2")
+            async def export() -> None: ...
+
+            await export.apply(task_id="alice-0", labels={"user": "alice"})
+            await export.apply(task_id="bob-0", labels={"user": "bob"}, queue="bulk")
+
+    asyncio.run(fill())
+    listed = run_cli("--db", url, "tasks", "--label", "user=bob", "--unclaimed-after", "0s")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["bob-0"]
+    assert "2 queued task(s) no live worker can run" in listed.stderr
+    assert "export.v2 on default (1)" in listed.stderr
+    assert "aioabort tasks --unclaimed" in listed.stderr
+    quiet = run_cli("--db", url, "tasks", "--json")  # queued under a minute: no warning yet
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert len(json.loads(quiet.stdout)) == 2
+
+    groups = run_cli("--db", url, "tasks", "--unclaimed", "--unclaimed-after", "0s", "--json")
+    assert groups.returncode == 0, groups.stderr
+    found = json.loads(groups.stdout)
+    assert [(g["queue"], g["name"], g["count"]) for g in found] == [
+        ("default", "export.v2", 1),
+        ("bulk", "export.v2", 1),
+    ]
+    text = run_cli("--db", url, "tasks", "--unclaimed", "--unclaimed-after", "0s")
+    assert "export.v2  queue=bulk" in text.stdout
+    assert run_cli("--db", url, "tasks", "--unclaimed", "--watch").returncode == 2
+    none = run_cli("--db", url, "tasks", "--unclaimed")  # nothing has waited a minute
+    assert none.returncode == 0 and "Every queued task" in none.stdout

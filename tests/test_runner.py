@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -215,6 +216,68 @@ async def test_a_worker_claims_only_the_tasks_it_registered(lab: Lab, store_url:
         assert await later.result(timeout=10) == 3
         record = await producer.handle(handle.id).record()
     assert record.state is TaskState.PENDING and record.attempts == 0
+
+
+async def test_unclaimed_names_the_tasks_no_live_worker_can_run(
+    lab: Lab, store_url: str
+) -> None:
+    """``app.unclaimed()`` (what ``aioabort tasks`` warns about): queued tasks of a name no
+    live worker registered, or on a queue no worker serves, by queue and name; a task a
+    worker could claim is not listed, and a stopped worker no longer counts."""
+    now = timedelta(0)
+    async with aioabort.App(store_url) as producer:
+
+        @producer.task(name="only.in.the.producer")
+        async def elsewhere() -> None:
+            pass
+
+        first = await elsewhere.delay()
+        await elsewhere.delay()
+        await lab.add.apply([1, 2], queue="nobody-serves-this")
+        worker = lab.start_worker(concurrency=1)
+        await asyncio.wait_for(worker.started.wait(), 10)
+        claimable = await lab.add.delay(1, 2)  # run at once, never listed
+        assert await claimable.result(timeout=10) == 3
+
+        async def listed() -> list[tuple[str, str, int]]:
+            return [(u.queue, u.name, u.count) for u in await lab.app.unclaimed(queued_for=now)]
+
+        async def both_groups() -> bool:
+            return await listed() == [
+                ("default", "only.in.the.producer", 2),
+                ("nobody-serves-this", lab.add.name, 1),
+            ]
+
+        await wait_until(both_groups, timeout=10)
+        groups = await producer.unclaimed(queued_for=now)
+        assert groups[0].oldest == (await first.record()).created_at
+        # Queued for less than an hour: not yet "nobody can run it".
+        assert await lab.app.unclaimed(queued_for=timedelta(hours=1)) == []
+        with pytest.raises(aioabort.UsageError, match="queued_for"):
+            await lab.app.unclaimed(queued_for=-now - timedelta(seconds=1))
+
+        # A worker that is busy still counts: what it serves is not listed ...
+        await lab.gated.delay("hold")
+        await wait_until(lambda: "gated:hold" in lab.ran, timeout=10)
+        queued = await lab.add.delay(3, 4)
+        assert ("default", lab.add.name, 1) not in await listed()
+        # ... but one not heard from within the judge's stale_after may be dead: it does not.
+        async with aioabort.App(store_url, heartbeat_interval=0.05, stale_after=0.1) as judge:
+
+            async def judged_dead() -> bool:
+                groups = await judge.unclaimed(queued_for=now)
+                return ("default", lab.add.name, 1) in [(u.queue, u.name, u.count) for u in groups]
+
+            await wait_until(judged_dead, timeout=15)
+        # With no worker, a queued add on the served queue waits for nobody either.
+        lab.release.set()
+        await lab.stop_worker()
+
+        async def three_groups() -> bool:
+            return ("default", lab.add.name, 1) in await listed()
+
+        await wait_until(three_groups, timeout=10)
+        assert (await queued.record()).state is TaskState.PENDING
 
 
 async def test_send_task_by_name(lab: Lab) -> None:

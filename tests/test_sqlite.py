@@ -285,6 +285,7 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
     conn.execute("ALTER TABLE aioabort_tasks DROP COLUMN abort_delivered_at")  # nor version 3
     conn.execute("ALTER TABLE aioabort_tasks DROP COLUMN labels")  # nor version 5
     conn.execute("DROP TABLE aioabort_task_labels")
+    conn.execute("DROP TABLE aioabort_workers")  # nor version 6
     conn.execute("UPDATE aioabort_meta SET value = '1' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -297,7 +298,8 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
             row[0]
             for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE name IN "
-                "('aioabort_tasks_updated', 'aioabort_owners_last_seen', 'aioabort_leases')"
+                "('aioabort_tasks_updated', 'aioabort_owners_last_seen', 'aioabort_leases', "
+                "'aioabort_workers')"
             )
         }
     finally:
@@ -306,9 +308,14 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
         row[1]
         for row in sqlite3.connect(path_of(sqlite_url)).execute("PRAGMA table_info(aioabort_tasks)")
     }
-    assert version == str(SCHEMA_VERSION) == "6"
+    assert version == str(SCHEMA_VERSION) == "7"
     assert {"abort_delivered_at", "labels"} <= columns
-    assert made == {"aioabort_tasks_updated", "aioabort_owners_last_seen", "aioabort_leases"}
+    assert made == {
+        "aioabort_tasks_updated",
+        "aioabort_owners_last_seen",
+        "aioabort_leases",
+        "aioabort_workers",
+    }
 
 
 @pytest.mark.parametrize("query", ["abort_descendants", "purge"])

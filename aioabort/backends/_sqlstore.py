@@ -34,6 +34,7 @@ from .._backend import (
     StartResult,
     Store,
     StoreStatistics,
+    Unclaimed,
 )
 from .._errors import StoreUnavailable, TaskAlreadyExists
 from .._state import (
@@ -55,8 +56,9 @@ T = TypeVar("T")
 #: 3: the reaper lease, and an index on the owners' last beat. 4: ``abort_delivered_at`` (a
 #: column: added by the dialect's ``migrate_4``, which only a store made before it runs).
 #: 5: an index on ``finished_at`` (retention). 6: labels (a column, ``migrate_6``, and the
-#: ``task_labels`` table their filters go through).
-SCHEMA_VERSION = 6
+#: ``task_labels`` table their filters go through). 7: the ``workers`` table (what each live
+#: worker claims, for :meth:`~aioabort.Store.unclaimed`).
+SCHEMA_VERSION = 7
 #: How many abort-log entries are kept (watchers read only entries newer than their start);
 #: pruned by sequence number, so no clock is involved.
 ABORT_LOG_KEEP = 100_000
@@ -533,6 +535,7 @@ class SQLStore(Store, abc.ABC):
             failed = await self._rows(conn, "reap_fail", gone)
             if gone:
                 await self._rows(conn, "forget_owners", gone)
+                await self._rows(conn, "forget_workers", gone)
             await self._rows(conn, "prune_abort_log", ABORT_LOG_KEEP)
             return [row[0] for row in (*requeued, *failed)]
 
@@ -550,10 +553,27 @@ class SQLStore(Store, abc.ABC):
 
         return await self._write(body, retry=True, changed=lambda ids: ids)
 
+    async def serve(self, owner: str, *, queues: Collection[str], names: Collection[str]) -> None:
+        await self._one(
+            "serve", owner, list(queues), list(names), write=True, retry=True, changed=_none
+        )
+
+    async def unserve(self, owner: str, *, queues: Collection[str]) -> None:
+        await self._one("unserve", owner, list(queues), write=True, retry=True, changed=_none)
+
+    async def unclaimed(self, *, queued_for: float, quiet: float) -> list[Unclaimed]:
+        found = []
+        for queue, name, count, oldest in await self._one("unclaimed", queued_for, quiet):
+            when = self._timestamp(oldest)
+            assert when is not None  # a group has a first task
+            found.append(Unclaimed(queue, name, int(count), when))
+        return found
+
     async def release_owner(self, owner: str) -> list[str]:
         async def body(conn: Connection) -> list[str]:
             rows = await self._rows(conn, "release_owner", owner)
             await self._rows(conn, "forget_owners", [owner])
+            await self._rows(conn, "forget_workers", [owner])
             await self._rows(conn, "release_lease", owner)
             return [row[0] for row in rows]
 

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from .. import __version__
 from .._app import App
+from .._backend import Unclaimed
 from .._errors import AioabortError, StoreUnavailable, TaskNotFound
 from .._state import TaskRecord, TaskState
 from . import _live, _output
@@ -116,6 +117,28 @@ def cli(ctx: click.Context, db: str | None) -> None:
     ctx.obj["db"] = db
 
 
+def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        labels[key] = text
+    return labels
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    """``30s``, ``15m``, ``12h``, ``7d`` as a timedelta."""
+    found = _DURATION.fullmatch(value.strip())
+    if found is None:
+        raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
+    return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+
+
 @cli.command()
 @click.option(
     "--state",
@@ -125,6 +148,14 @@ def cli(ctx: click.Context, db: str | None) -> None:
     help="Only tasks in this state (repeatable).",
 )
 @click.option("--name", help="Only tasks with this name.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=_labels,
+    metavar="KEY=VALUE",
+    help="Only tasks with this label (repeatable: all must match).",
+)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.option(
@@ -139,33 +170,64 @@ def cli(ctx: click.Context, db: str | None) -> None:
     help="Keep the listing live: redrawn in place on a terminal, one line per change "
     "otherwise, until Ctrl-C (exit 0).",
 )
+@click.option(
+    "--unclaimed",
+    is_flag=True,
+    help="List instead the tasks nobody can run: queued longer than --unclaimed-after on a "
+    "queue where no live worker registered their name, by queue and name.",
+)
+@click.option(
+    "--unclaimed-after",
+    "unclaimed_after",
+    default="1m",
+    show_default=True,
+    callback=_duration,
+    metavar="DURATION",
+    help="How long a task waits before it counts as unclaimed: 30s, 15m, 12h, 7d.",
+)
 @click.pass_context
 def tasks(
     ctx: click.Context,
     states: tuple[str, ...],
     name: str | None,
+    labels: dict[str, str],
     limit: int,
     offset: int,
     as_json: bool,
     watch: bool,
+    unclaimed: bool,
+    unclaimed_after: timedelta,
 ) -> None:
-    """List tasks, newest first."""
+    """List tasks, newest first.
+
+    A warning on stderr follows the listing when tasks wait that no live worker can run
+    (another version's names, a queue nobody serves): `--unclaimed` lists them.
+    """
     app = _make_app(ctx)
+    if unclaimed:
+        if watch:
+            raise click.UsageError("--unclaimed lists once; it does not go with --watch")
+        _unclaimed(app, unclaimed_after, as_json)
+        return
 
     async def query() -> list[TaskRecord]:
         return await app.tasks(
-            states=[s.upper() for s in states] or None, name=name, limit=limit, offset=offset
+            states=[s.upper() for s in states] or None,
+            name=name,
+            labels=labels or None,
+            limit=limit,
+            offset=offset,
         )
 
     if watch:
         _watch_tasks(app, query, as_json)
         return
 
-    async def go() -> list[TaskRecord]:
+    async def go() -> tuple[list[TaskRecord], list[Unclaimed]]:
         async with app:
-            return await query()
+            return await query(), await app.unclaimed(queued_for=unclaimed_after)
 
-    records = _run(go)
+    records, waiting = _run(go)
     if as_json:
         _dump([_output.record_to_json(r) for r in records])
     elif sys.stdout.isatty():
@@ -173,6 +235,55 @@ def tasks(
     else:
         for record in records:
             click.echo(_output.record_line(record))
+    if waiting:
+        count = sum(group.count for group in waiting)
+        names = ", ".join(
+            f"{_output.printable(group.name)} on {_output.printable(group.queue)} ({group.count})"
+            for group in waiting[:3]
+        )
+        more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+        click.echo(
+            f"warning: {count} queued task(s) no live worker can run: {names}{more}. "
+            "See `aioabort tasks --unclaimed`.",
+            err=True,
+        )
+
+
+def _unclaimed(app: App, queued_for: timedelta, as_json: bool) -> None:
+    """``tasks --unclaimed``: the groups of queued tasks nobody can run."""
+
+    async def go() -> list[Unclaimed]:
+        async with app:
+            return await app.unclaimed(queued_for=queued_for)
+
+    waiting = _run(go)
+    if as_json:
+        _dump(
+            [
+                {
+                    "queue": g.queue,
+                    "name": g.name,
+                    "count": g.count,
+                    "oldest": g.oldest.isoformat(),
+                }
+                for g in waiting
+            ]
+        )
+        return
+    if not waiting:
+        click.echo("Every queued task has a live worker that can run it.")
+        return
+    for group in waiting:
+        click.echo(
+            f"{group.count:>7}  {_output.printable(group.name)}  "
+            f"queue={_output.printable(group.queue)}  "
+            f"oldest {group.oldest.isoformat(timespec='seconds')}"
+        )
+    click.echo(
+        "No live worker registered these names on these queues: start one that does "
+        "(a newer or older version), or abort them.",
+        err=True,
+    )
 
 
 def _watch_tasks(app: App, query: Callable[[], Awaitable[list[TaskRecord]]], as_json: bool) -> None:
@@ -251,16 +362,6 @@ def show(ctx: click.Context, task_id: str, as_json: bool, follow: bool) -> None:
         _dump(_output.record_to_json(record))
         return
     _print_details(record)
-
-
-def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for value in values:
-        key, sep, text = value.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
-        labels[key] = text
-    return labels
 
 
 @cli.command()
@@ -671,18 +772,6 @@ def _abort_matching(
 
     for task_id in _run(go):
         click.echo(_output.safe_json({"id": task_id, "outcome": "aborted"}) if as_json else task_id)
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
-    """``30s``, ``15m``, ``12h``, ``7d`` as a timedelta."""
-    found = _DURATION.fullmatch(value.strip())
-    if found is None:
-        raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
-    return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
 
 
 @cli.command()

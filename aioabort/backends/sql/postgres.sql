@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS {schema}.owners (
     beats bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS owners_last_seen ON {schema}.owners (last_seen);
+CREATE TABLE IF NOT EXISTS {schema}.workers (
+    queue text NOT NULL,
+    name text NOT NULL,
+    owner text NOT NULL,
+    PRIMARY KEY (queue, name, owner)
+);
+CREATE INDEX IF NOT EXISTS workers_owner ON {schema}.workers (owner);
 CREATE TABLE IF NOT EXISTS {schema}.task_labels (
     task_id text NOT NULL,
     key text NOT NULL,
@@ -378,6 +385,33 @@ SELECT ended.id, (SELECT count(*) FROM notified) AS notified FROM ended;
 
 -- name: forget_owners
 DELETE FROM {schema}.owners WHERE id IN (SELECT json_array_elements_text($1::json));
+
+-- name: forget_workers
+DELETE FROM {schema}.workers WHERE owner IN (SELECT json_array_elements_text($1::json));
+
+-- name: serve
+-- A worker of owner $1 claims the names $3 from the queues $2 (JSON arrays).
+INSERT INTO {schema}.workers (queue, name, owner)
+SELECT q, n, $1::text FROM json_array_elements_text($2::json) AS q,
+    json_array_elements_text($3::json) AS n
+ON CONFLICT DO NOTHING;
+
+-- name: unserve
+DELETE FROM {schema}.workers
+WHERE owner = $1 AND queue IN (SELECT json_array_elements_text($2::json));
+
+-- name: unclaimed
+-- Tasks queued over $1 seconds that no owner seen in the last $2 seconds serves, by queue and
+-- name (the workers table has a row per queue, name and owner: a handful per worker).
+SELECT t.queue, t.name, count(*), min(t.created_at) FROM {schema}.tasks AS t
+WHERE t.state = 'PENDING' AND t.created_at < clock_timestamp() - make_interval(secs => $1)
+    AND NOT EXISTS (
+        SELECT 1 FROM {schema}.workers AS w JOIN {schema}.owners AS o ON o.id = w.owner
+        WHERE w.queue = t.queue AND w.name = t.name
+            AND o.last_seen >= clock_timestamp() - make_interval(secs => $2)
+    )
+GROUP BY t.queue, t.name
+ORDER BY min(t.created_at);
 
 -- name: purge
 -- Up to $2 finished records that ended before $1 seconds ago, oldest first, and their

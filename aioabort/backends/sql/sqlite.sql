@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS aioabort_owners (
     beats INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS aioabort_owners_last_seen ON aioabort_owners (last_seen);
+CREATE TABLE IF NOT EXISTS aioabort_workers (
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (queue, name, owner)
+);
+CREATE INDEX IF NOT EXISTS aioabort_workers_owner ON aioabort_workers (owner);
 CREATE TABLE IF NOT EXISTS aioabort_task_labels (
     task_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -276,6 +283,30 @@ RETURNING id;
 
 -- name: forget_owners
 DELETE FROM aioabort_owners WHERE id IN (SELECT value FROM json_each(?1));
+
+-- name: forget_workers
+DELETE FROM aioabort_workers WHERE owner IN (SELECT value FROM json_each(?1));
+
+-- name: serve
+-- A worker of owner ?1 claims the names ?3 from the queues ?2 (JSON arrays).
+INSERT INTO aioabort_workers (queue, name, owner)
+SELECT q.value, n.value, ?1 FROM json_each(?2) AS q, json_each(?3) AS n WHERE true
+ON CONFLICT DO NOTHING;
+
+-- name: unserve
+DELETE FROM aioabort_workers WHERE owner = ?1 AND queue IN (SELECT value FROM json_each(?2));
+
+-- name: unclaimed
+-- Tasks queued over ?1 seconds that no owner seen in the last ?2 seconds serves, by queue and
+-- name (the workers table has a row per queue, name and owner: a handful per worker).
+SELECT t.queue, t.name, COUNT(*), MIN(t.created_at) FROM aioabort_tasks AS t
+WHERE t.state = 'PENDING' AND t.created_at < {now} - ?1
+    AND NOT EXISTS (
+        SELECT 1 FROM aioabort_workers AS w JOIN aioabort_owners AS o ON o.id = w.owner
+        WHERE w.queue = t.queue AND w.name = t.name AND o.last_seen >= {now} - ?2
+    )
+GROUP BY t.queue, t.name
+ORDER BY MIN(t.created_at);
 
 -- name: purge
 -- Up to ?2 finished records that ended before ?1 seconds ago, oldest first, and their
