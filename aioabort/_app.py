@@ -499,9 +499,11 @@ class App:
         limit: int = 100,
         offset: int = 0,
         labels: dict[str, str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[TaskRecord]:
-        """Task records, newest first, optionally filtered by state, name and labels (every
-        given label must match)."""
+        """Task records, newest first, optionally filtered by state, name, labels (every
+        given label must match) and the start of their id (``id_prefix``: what a search box
+        finds)."""
         wanted_labels = check_labels(labels)
         try:
             wanted = None if states is None else [TaskState(s) for s in states]
@@ -512,8 +514,15 @@ class App:
             ) from exc
         if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
             raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
+        if id_prefix is not None and not isinstance(id_prefix, str):
+            raise UsageError(f"id_prefix must be a string, got {id_prefix!r}")
         return await self.store.list_tasks(
-            states=wanted, name=name, limit=limit, offset=offset, labels=wanted_labels or None
+            states=wanted,
+            name=name,
+            limit=limit,
+            offset=offset,
+            labels=wanted_labels or None,
+            id_prefix=id_prefix or None,
         )
 
     async def abort_many(

@@ -300,9 +300,11 @@ class Store(abc.ABC):
         limit: int = 100,
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[TaskRecord]:
-        """Records, newest first, optionally filtered by state, name and labels (every given
-        label must match; through an index, so the filter costs what it finds)."""
+        """Records, newest first, optionally filtered by state, name, labels (every given
+        label must match; through an index, so the filter costs what it finds) and the start
+        of their id (``id_prefix``)."""
 
     @abc.abstractmethod
     async def count_tasks(self) -> dict[TaskState, int]:

@@ -280,6 +280,8 @@ def router(
             aborts,
             states=query.getall("state", []),
             name=query.get("name"),
+            labels=query.getall("label", []),
+            id_prefix=query.get("id_prefix"),
             limit=query.get("limit", "50"),
             offset=query.get("offset", "0"),
         )

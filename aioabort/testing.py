@@ -338,6 +338,7 @@ class MemoryStore(Store):
         limit: int = 100,
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[TaskRecord]:
         tasks = self._step()
         need = dict(labels or {})
@@ -347,6 +348,7 @@ class MemoryStore(Store):
             if (not states or r.state in states)
             and (name is None or r.name == name)
             and all(r.labels.get(k) == v for k, v in need.items())
+            and r.id.startswith(id_prefix or "")
         ]
         wanted.sort(key=lambda r: r.id)
         wanted.sort(key=lambda r: r.created_at, reverse=True)

@@ -175,10 +175,17 @@ async def test_the_router_answers_as_the_starlette_one(store_url: str) -> None:
         listing = await client.get("/aioabort/tasks", headers=ADMIN, params={"state": "PENDING"})
         body = await listing.json()
         assert listing.status == 200 and [t["id"] for t in body["tasks"]] == ["queued-1"]
-        assert body["counts"]["PENDING"] == 1
-        assert (
-            await client.get("/aioabort/tasks", headers=ADMIN, params={"limit": 0})
-        ).status == 400
+        assert body["counts"]["PENDING"] == 1 and body["has_more"] is False
+        search = await client.get(
+            "/aioabort/tasks",
+            headers=ADMIN,
+            params=[("id_prefix", "queued"), ("label", "user=nobody"), ("limit", "1")],
+        )
+        assert (await search.json())["tasks"] == []
+        more = await client.get("/aioabort/tasks", headers=ADMIN, params={"limit": "1"})
+        assert (await more.json())["has_more"] is True
+        for bad in ({"limit": "0"}, {"label": "no-equals-sign"}):
+            assert (await client.get("/aioabort/tasks", headers=ADMIN, params=bad)).status == 400
         assert (await client.get("/aioabort/tasks/missing", headers=ADMIN)).status == 404
         page = await client.get("/aioabort/", headers=ADMIN)
         assert page.status == 200 and "<title>aioabort</title>" in await page.text()

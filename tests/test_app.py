@@ -4,6 +4,7 @@ Runs against every store. (Closing while the store errors: test_reliability.py.)
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -159,6 +160,28 @@ async def test_retention_purges_in_the_background(store_url: str) -> None:
         assert liveness.reaper_rounds >= rounds + 1 and SWEEP_EVERY > 1
     with pytest.raises(aioabort.UsageError):
         aioabort.App(store_url, retention=timedelta(0))
+
+
+async def test_tasks_by_the_start_of_their_id(app: aioabort.App) -> None:
+    """``id_prefix`` (the dashboard's search box) matches the start of the id, literally:
+    ``%`` and ``_`` are not wildcards, case matters, and it combines with the other filters."""
+    for task_id in ("report-1", "report-10", "report-2", "Report-3", "rep%x", "rep_y", "数据-1"):
+        await app.create(task_id, name="export" if task_id.endswith("1") else "other")
+
+    async def ids(**filters: Any) -> list[str]:
+        return sorted(r.id for r in await app.tasks(**filters))
+
+    assert await ids(id_prefix="report-1") == ["report-1", "report-10"]
+    assert await ids(id_prefix="report-") == ["report-1", "report-10", "report-2"]
+    assert await ids(id_prefix="rep%") == ["rep%x"]
+    assert await ids(id_prefix="rep_") == ["rep_y"]
+    assert await ids(id_prefix="数据") == ["数据-1"]
+    assert await ids(id_prefix="report", name="export") == ["report-1"]
+    assert await ids(id_prefix="report", states=["ABORTED"]) == []
+    assert await ids(id_prefix="zzz") == []
+    assert len(await ids(id_prefix="")) == 7  # empty: no filter
+    with pytest.raises(aioabort.UsageError, match="id_prefix"):
+        await app.tasks(id_prefix=5)  # type: ignore[arg-type]
 
 
 async def test_labels_are_stored_and_filtered(app: aioabort.App) -> None:

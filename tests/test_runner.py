@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -218,9 +218,7 @@ async def test_a_worker_claims_only_the_tasks_it_registered(lab: Lab, store_url:
     assert record.state is TaskState.PENDING and record.attempts == 0
 
 
-async def test_unclaimed_names_the_tasks_no_live_worker_can_run(
-    lab: Lab, store_url: str
-) -> None:
+async def test_unclaimed_names_the_tasks_no_live_worker_can_run(lab: Lab, store_url: str) -> None:
     """``app.unclaimed()`` (what ``aioabort tasks`` warns about): queued tasks of a name no
     live worker registered, or on a queue no worker serves, by queue and name; a task a
     worker could claim is not listed, and a stopped worker no longer counts."""

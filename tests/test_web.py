@@ -184,6 +184,41 @@ async def test_router_list_show_abort_codes(site: Site) -> None:
         assert page.status_code == 200 and "<title>aioabort</title>" in page.text
 
 
+async def test_router_pages_and_searches(site: Site) -> None:
+    """What the dashboard asks for: a page by id prefix, name, labels and state, with
+    ``has_more`` for the next page; a bad label filter is a 400."""
+    made = [(f"alice/export-{i}", "export", "alice") for i in range(5)]
+    for task_id, name, user in [
+        *made,
+        ("bob/export-0", "export", "bob"),
+        ("alice/i", "import", "alice"),
+    ]:
+        async with aioabort.abortable(task_id, app=site.aborts, name=name, labels={"user": user}):
+            pass
+
+    async with site.client as client:
+
+        async def page(**params: Any) -> dict[str, Any]:
+            answer = await client.get("/aioabort/tasks", params=params)
+            assert answer.status_code == 200, answer.text
+            body: dict[str, Any] = answer.json()
+            return body
+
+        first = await page(id_prefix="alice/", limit=4)
+        assert len(first["tasks"]) == 4 and first["has_more"] is True
+        rest = await page(id_prefix="alice/", limit=4, offset=4)
+        assert len(rest["tasks"]) == 2 and rest["has_more"] is False
+        seen = {t["id"] for t in first["tasks"] + rest["tasks"]}
+        assert seen == {f"alice/export-{i}" for i in range(5)} | {"alice/i"}
+        both = await page(label=["user=alice"], name="export", state="SUCCESS")
+        assert {t["id"] for t in both["tasks"]} == {f"alice/export-{i}" for i in range(5)}
+        assert (await page(label="user=bob"))["tasks"][0]["labels"] == {"user": "bob"}
+        assert (await page(id_prefix="alice/", state="PENDING"))["tasks"] == []
+        assert first["counts"]["SUCCESS"] == 7  # the counts are the store's, not the filter's
+        for bad in ({"label": "nokey"}, {"label": "=x"}):
+            assert (await client.get("/aioabort/tasks", params=bad)).status_code == 400
+
+
 async def test_two_aborts_at_once_through_the_router(site: Site) -> None:
     async with site.client as client:
         request = asyncio.create_task(client.get("/slow", headers={"x-request-id": "twice"}))

@@ -480,10 +480,17 @@ class SQLStore(Store, abc.ABC):
         limit: int = 100,
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
+        id_prefix: str | None = None,
     ) -> list[TaskRecord]:
         wanted = [TaskState(s).value for s in states] if states else None
         rows = await self._one(
-            "list_tasks", wanted, name, limit, offset, json.dumps(dict(labels)) if labels else None
+            "list_tasks",
+            wanted,
+            name,
+            limit,
+            offset,
+            json.dumps(dict(labels)) if labels else None,
+            id_prefix or None,
         )
         return [self._record(row) for row in rows]
 

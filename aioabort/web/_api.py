@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -146,9 +146,29 @@ async def guarded(run: Callable[[], Awaitable[R]]) -> R | Answer:
         )
 
 
+def parse_labels(values: Sequence[str]) -> dict[str, str] | Answer:
+    """``label=KEY=VALUE`` query parameters (repeatable) as a dict, or a 400 answer."""
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            return _bad(f"label must be KEY=VALUE, got {value!r}")
+        labels[key] = text
+    return labels
+
+
 async def list_tasks(
-    aborts: App, *, states: list[str], name: str | None, limit: str, offset: str
+    aborts: App,
+    *,
+    states: list[str],
+    name: str | None,
+    limit: str,
+    offset: str,
+    labels: Sequence[str] = (),
+    id_prefix: str | None = None,
 ) -> Answer:
+    """A page of records, newest first, with the counts of every state. ``has_more``: a
+    next page exists (one more record is read to know, never a count of the filter)."""
     wanted = [s.strip().upper() for value in states for s in value.split(",") if s.strip()]
     try:
         count, skip = int(limit), int(offset)
@@ -156,14 +176,25 @@ async def list_tasks(
         return _bad("limit and offset are integers")
     if not 1 <= count <= 500 or not 0 <= skip <= MAX_OFFSET:
         return _bad(f"limit must be within 1..500 and offset within 0..{MAX_OFFSET}")
-    records = await aborts.tasks(states=wanted or None, name=name, limit=count, offset=skip)
+    wanted_labels = parse_labels(labels)
+    if isinstance(wanted_labels, Answer):
+        return wanted_labels
+    records = await aborts.tasks(
+        states=wanted or None,
+        name=name or None,
+        labels=wanted_labels or None,
+        id_prefix=id_prefix or None,
+        limit=count + 1,
+        offset=skip,
+    )
     counts = await aborts.counts()
     return Answer(
         200,
         {
-            "tasks": [record_json(aborts, r) for r in records],
+            "tasks": [record_json(aborts, r) for r in records[:count]],
             "limit": count,
             "offset": skip,
+            "has_more": len(records) > count,
             "counts": {state.value: n for state, n in counts.items()},
         },
     )

@@ -57,8 +57,9 @@ def router(
 
     ======  =======================  =================================================
     GET     ``/``                    the dashboard (HTML)
-    GET     ``/tasks``               list: ``state`` (repeatable), ``name``, ``limit``,
-                                     ``offset``
+    GET     ``/tasks``               a page: ``state`` and ``label=KEY=VALUE``
+                                     (repeatable), ``name``, ``id_prefix``, ``limit``,
+                                     ``offset``; ``has_more`` says a next page exists
     GET     ``/tasks/{id}``          one record; 404 if unknown
     POST    ``/tasks/{id}/abort``    202 (also when already aborting); 404; 409 finished.
                                      ``content-type: application/json``; optional body
@@ -104,6 +105,8 @@ def router(
             aborts,
             states=params.getlist("state"),
             name=params.get("name"),
+            labels=params.getlist("label"),
+            id_prefix=params.get("id_prefix"),
             limit=params.get("limit", "50"),
             offset=params.get("offset", "0"),
         )

@@ -278,10 +278,13 @@ WITH back AS (
 SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
 
 -- name: list_tasks
--- $1: a JSON array of states, or NULL for every state; $2: a name, or NULL.
+-- $1: a JSON array of states, or NULL for every state; $2: a name, or NULL; $5: a JSON
+-- object of labels that must all match (through the label index), or NULL; $6: the start
+-- of the id, or NULL.
 SELECT {columns} FROM {schema}.tasks
 WHERE ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
     AND ($2::text IS NULL OR name = $2::text)
+    AND ($6::text IS NULL OR starts_with(id, $6::text))
     AND ($5::json IS NULL OR id IN (
         SELECT l.task_id FROM {schema}.task_labels AS l
         JOIN json_each_text($5::json) AS f ON l.key = f.key AND l.value = f.value

@@ -211,10 +211,12 @@ RETURNING {columns};
 
 -- name: list_tasks
 -- ?1: a JSON array of states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON
--- object of labels that must all match (through the label index), or NULL.
+-- object of labels that must all match (through the label index), or NULL; ?6: the start
+-- of the id, or NULL (the lower bound lets the primary key's index find it).
 SELECT {columns} FROM aioabort_tasks
 WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
     AND (?2 IS NULL OR name = ?2)
+    AND (?6 IS NULL OR (id >= ?6 AND substr(id, 1, length(?6)) = ?6))
     AND (?5 IS NULL OR id IN (
         SELECT l.task_id FROM aioabort_task_labels AS l
         JOIN json_each(?5) AS f ON l.key = f.key AND l.value = f.value
