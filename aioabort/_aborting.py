@@ -10,6 +10,7 @@ shutdown.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from ._backend import AbortOutcome, Store
@@ -47,6 +48,21 @@ async def record_and_deliver(runtime: _Parts, task_id: str, reason: AbortReason)
         abort_requested(reason.code)
         _deliver(runtime.watcher, task_id, reason, outcome)
     return outcome
+
+
+async def record_and_deliver_many(
+    runtime: _Parts, task_ids: Sequence[str], reason: AbortReason
+) -> list[str]:
+    """:func:`record_and_deliver` for a batch (the store records it in one go); returns the
+    ids whose abort this call recorded."""
+    outcomes = await shielded(runtime.store.request_aborts(task_ids, reason))
+    recorded = []
+    for task_id, outcome in zip(task_ids, outcomes, strict=True):
+        if outcome.recorded:
+            abort_requested(reason.code)
+            _deliver(runtime.watcher, task_id, reason, outcome)
+            recorded.append(task_id)
+    return recorded
 
 
 async def stop_here(runtime: _Parts, task_id: str, reason: AbortReason) -> None:

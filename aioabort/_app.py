@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, final, overload
 import anyio
 
 from . import _runtime
-from ._aborting import Parts, record_and_deliver, stop_here
+from ._aborting import Parts, record_and_deliver_many, stop_here
 from ._backend import OwnerInfo, Store, Unclaimed
 from ._errors import AioabortError, AppClosed, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
@@ -572,10 +572,7 @@ class App:
         runtime = self._runtime()
         for start in range(0, len(matching), ABORT_BATCH):
             batch = matching[start : start + ABORT_BATCH]
-            outcomes = await asyncio.gather(
-                *(record_and_deliver(runtime, task_id, abort_reason) for task_id in batch)
-            )
-            aborted += [t for t, o in zip(batch, outcomes, strict=True) if o.recorded]
+            aborted += await record_and_deliver_many(runtime, batch, abort_reason)
         return aborted
 
     async def counts(self) -> dict[TaskState, int]:

@@ -260,6 +260,46 @@ async def test_abort_many_by_labels(app: aioabort.App, other_app: aioabort.App) 
         await app.abort_many(reason="everything")  # no filter: refused
 
 
+async def test_abort_many_stops_scopes_here_and_their_children(app: aioabort.App) -> None:
+    """A batch is recorded in one go, and still delivered as abort() would: a scope of this
+    App stops, its queued child is aborted with reason code ``parent``; an id the batch names
+    twice is recorded once, and a second batch with another reason records nothing."""
+
+    @app.task(name="child")
+    async def child() -> None: ...
+
+    entered, kids = asyncio.Event(), []
+
+    async def parent(i: int) -> None:
+        async with aioabort.abortable(f"parent-{i}", app=app, labels={"team": "red"}):
+            kids.append(await child.delay())
+            entered.set() if len(kids) == 2 else None
+            await asyncio.sleep(60)
+
+    running = [asyncio.create_task(parent(i)) for i in range(2)]
+    await asyncio.wait_for(entered.wait(), 10)
+    aborted = await app.abort_many(reason="red team stops", labels={"team": "red"})
+    assert sorted(aborted) == ["parent-0", "parent-1"]
+    for task in running:
+        with pytest.raises(aioabort.TaskAborted):
+            await asyncio.wait_for(task, 10)
+    for kid in kids:
+        record = await kid.record()
+        assert record.state is TaskState.ABORTED and record.reason is not None
+        assert record.reason.code == "parent" and "red team stops" in record.reason.message
+    # Straight to the store: duplicates and unknown ids in one batch.
+    await app.create("twice")
+    outcomes = await app.store.request_aborts(
+        ["twice", "nobody", "twice"], aioabort.AbortReason("user", "once")
+    )
+    assert [o.recorded for o in outcomes] == [True, False, False]
+    record = await app.handle("twice").record()
+    assert record.state is TaskState.ABORTED and record.reason is not None
+    assert record.reason.message == "once"
+    later = await app.store.request_aborts(["twice"], aioabort.AbortReason("user", "later"))
+    assert [o.recorded for o in later] == [False]  # the first reason wins
+
+
 async def test_abort_many_goes_in_batches(app: aioabort.App) -> None:
     from aioabort._app import ABORT_BATCH
 

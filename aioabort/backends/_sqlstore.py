@@ -417,6 +417,66 @@ class SQLStore(Store, abc.ABC):
 
         return await self._write(body, retry=True, changed=_abort_ids)
 
+    async def request_aborts(
+        self, task_ids: Sequence[str], reason: AbortReason
+    ) -> list[AbortOutcome]:
+        """The batch in one transaction: one update for every id, the descendants of those
+        that have children, one log insert (a few statements, not a few per id)."""
+        ids = list(dict.fromkeys(task_ids))
+        attempts: list[None] = []  # more than one: a retry after a lost connection
+
+        async def body(conn: Connection) -> dict[str, AbortOutcome]:
+            attempts.append(None)
+            rows = await self._rows(
+                conn, "abort_tasks", ids, reason.code, reason.message, reason.by, reason.at
+            )
+            records = {row[0]: self._record(row) for row in rows}
+            outcomes: dict[str, AbortOutcome] = {}
+            logged = list(records)
+            if records and cascades(reason):
+                for parent in await self._rows(conn, "parents_among", list(records)):
+                    child = parent_reason(parent[0], reason)
+                    kids = await self._rows(
+                        conn,
+                        "abort_descendants",
+                        parent[0],
+                        child.code,
+                        child.message,
+                        child.by,
+                        child.at,
+                    )
+                    logged += [kid[0] for kid in kids]
+                    notices = tuple(AbortNotice(kid[0], child, kid[1]) for kid in kids)
+                    outcomes[parent[0]] = AbortOutcome(True, records[parent[0]], notices)
+            if logged:
+                await self._rows(conn, "log_aborts", logged)
+            for task_id, record in records.items():
+                outcomes.setdefault(task_id, AbortOutcome(True, record))
+            for task_id in ids:
+                if task_id in outcomes:
+                    continue
+                current = None
+                if len(attempts) > 1:  # ours, committed on a connection that died: recorded
+                    found = await self._row(conn, "get_task", task_id)
+                    current = None if found is None else self._record(found)
+                recorded = current is not None and current.reason == reason
+                outcomes[task_id] = AbortOutcome(recorded, current)
+            return outcomes
+
+        done = await self._write(
+            body,
+            retry=True,
+            changed=lambda found: [i for o in found.values() for i in _abort_ids(o)],
+        )
+        outcomes, seen = [], set()
+        for task_id in task_ids:  # a repeated id: recorded once, as one request after another
+            outcome = done[task_id]
+            if task_id in seen and outcome.recorded:
+                outcome = AbortOutcome(False, outcome.record)
+            seen.add(task_id)
+            outcomes.append(outcome)
+        return outcomes
+
     async def finish(
         self,
         task_id: str,

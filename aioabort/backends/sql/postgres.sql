@@ -184,6 +184,19 @@ UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message =
 WHERE id IN (SELECT id FROM family) AND state IN {abortable}
 RETURNING id, attempts;
 
+-- name: abort_tasks
+-- abort_task for many: $1 is a JSON array of ids (a batch of App.abort_many).
+UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
+    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
+    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+WHERE id IN (SELECT json_array_elements_text($1::json)) AND state IN {abortable}
+RETURNING {columns};
+
+-- name: parents_among
+-- Which of the ids (a JSON array) have children (through the parent index).
+SELECT DISTINCT parent_id FROM {schema}.tasks
+WHERE parent_id IN (SELECT json_array_elements_text($1::json));
+
 -- name: log_aborts
 -- $1: a JSON array of task ids, logged for every watcher and notified, in the order given.
 WITH logged AS (

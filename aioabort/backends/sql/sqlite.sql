@@ -169,6 +169,20 @@ UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message =
 WHERE id IN (SELECT id FROM family) AND +state IN {abortable}
 RETURNING id, attempts;
 
+-- name: abort_tasks
+-- abort_task for many: ?1 is a JSON array of ids (a batch of App.abort_many).
+UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message = ?3,
+    abort_by = ?4, abort_at = ?5, updated_at = {now},
+    finished_at = CASE WHEN state = 'PENDING' THEN {now} ELSE finished_at END
+-- (+state: look the ids up by the primary key, never through the state index)
+WHERE id IN (SELECT value FROM json_each(?1)) AND +state IN {abortable}
+RETURNING {columns};
+
+-- name: parents_among
+-- Which of the ids (a JSON array) have children (through the parent index).
+SELECT DISTINCT parent_id FROM aioabort_tasks
+WHERE parent_id IN (SELECT value FROM json_each(?1));
+
 -- name: log_aborts
 -- ?1: a JSON array of task ids, logged for every watcher in the order given.
 INSERT INTO aioabort_abort_log (task_id, at) SELECT value, {now} FROM json_each(?1);
