@@ -198,6 +198,10 @@ async def test_labels_are_stored_and_filtered(app: aioabort.App) -> None:
     assert {r.id for r in alice} == {first.id, "inline"}
     both = await app.tasks(labels={"user": "alice", "kind": "csv"})
     assert [r.id for r in both] == [first.id]  # every given label must match
+    # Whichever label is rarest drives the filter; the others must all match too.
+    assert [r.id for r in await app.tasks(labels={"kind": "csv", "user": "alice"})] == [first.id]
+    assert await app.tasks(labels={"kind": "csv", "user": "alice", "extra": "no"}) == []
+    assert await app.tasks(labels={"user": "alice", "kind": "xml"}) == []
     assert await app.tasks(labels={"user": "carol"}) == []
     assert {r.id for r in await app.tasks(labels={"kind": "csv"}, name="export")} == {
         first.id,

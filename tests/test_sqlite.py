@@ -318,7 +318,7 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
     }
 
 
-@pytest.mark.parametrize("query", ["abort_descendants", "purge"])
+@pytest.mark.parametrize("query", ["abort_descendants", "purge", "abort_tasks"])
 def test_per_task_statements_do_not_scan_by_state(sqlite_url: str, query: str) -> None:
     """An abort (its descendants) and a purge batch look their rows up by id: with the state
     index SQLite scanned every running (finished) task instead — 11 ms per abort with 100,000
@@ -336,6 +336,25 @@ def test_per_task_statements_do_not_scan_by_state(sqlite_url: str, query: str) -
     finally:
         conn.close()
     assert "aioabort_tasks_state" not in plan, plan
+
+
+def test_a_page_of_the_newest_reads_through_the_created_index(sqlite_url: str) -> None:
+    """The dashboard's page (no filter, or a state) walks the created_at index and stops
+    after a page: sorting the whole table took 16 ms (82 ms at offset 5,000) with 100,000
+    records, 0.4 ms since."""
+    from aioabort.backends.sqlite import QUERIES
+
+    asyncio.run(_open_once(sqlite_url))
+    conn = sqlite3.connect(path_of(sqlite_url))
+    try:
+        for states in (None, '["PENDING"]'):
+            params = [states, None, 51, 0, None, None]
+            rows = list(conn.execute("EXPLAIN QUERY PLAN " + QUERIES["list_tasks"], params))
+            top = " | ".join(row[3] for row in rows if row[1] == 0)  # not the subqueries'
+            assert "USING INDEX aioabort_tasks_created" in top, top
+            assert "TEMP B-TREE" not in top, top
+    finally:
+        conn.close()
 
 
 async def _open_once(url: str) -> None:

@@ -57,7 +57,8 @@ T = TypeVar("T")
 #: column: added by the dialect's ``migrate_4``, which only a store made before it runs).
 #: 5: an index on ``finished_at`` (retention). 6: labels (a column, ``migrate_6``, and the
 #: ``task_labels`` table their filters go through). 7: the ``workers`` table (what each live
-#: worker claims, for :meth:`~aioabort.Store.unclaimed`).
+#: worker claims, for :meth:`~aioabort.Store.unclaimed`), and an index on ``created_at`` (a
+#: page of the newest records reads 51 rows, not the table).
 SCHEMA_VERSION = 7
 #: How many abort-log entries are kept (watchers read only entries newer than their start);
 #: pruned by sequence number, so no clock is involved.

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
 CREATE INDEX IF NOT EXISTS tasks_pending ON {schema}.tasks (queue, created_at)
     WHERE state = 'PENDING';
 CREATE INDEX IF NOT EXISTS tasks_state ON {schema}.tasks (state, created_at);
+CREATE INDEX IF NOT EXISTS tasks_created ON {schema}.tasks (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS tasks_running_owner ON {schema}.tasks (owner)
     WHERE state IN {running};
 CREATE INDEX IF NOT EXISTS tasks_parent ON {schema}.tasks (parent_id)
@@ -299,9 +300,23 @@ WHERE ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
     AND ($2::text IS NULL OR name = $2::text)
     AND ($6::text IS NULL OR starts_with(id, $6::text))
     AND ($5::json IS NULL OR id IN (
+        -- The rarest label (counted up to 1,000) finds the candidates; the others are
+        -- checked on each of them: a filter costs what its rarest label finds.
         SELECT l.task_id FROM {schema}.task_labels AS l
-        JOIN json_each_text($5::json) AS f ON l.key = f.key AND l.value = f.value
-        GROUP BY l.task_id HAVING COUNT(*) = (SELECT COUNT(*) FROM json_each_text($5::json))
+        JOIN (
+            SELECT f.key, f.value FROM json_each_text($5::json) AS f
+            ORDER BY (SELECT count(*) FROM (
+                SELECT 1 FROM {schema}.task_labels AS c
+                WHERE c.key = f.key AND c.value = f.value LIMIT 1000
+            ) AS capped)
+            LIMIT 1
+        ) AS rarest ON l.key = rarest.key AND l.value = rarest.value
+        WHERE (SELECT count(*) FROM json_each_text($5::json)) = 1 OR NOT EXISTS (
+            SELECT 1 FROM json_each_text($5::json) AS f WHERE NOT EXISTS (
+                SELECT 1 FROM {schema}.task_labels AS m
+                WHERE m.task_id = l.task_id AND m.key = f.key AND m.value = f.value
+            )
+        )
     ))
 ORDER BY created_at DESC, id
 LIMIT $3 OFFSET $4;

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS aioabort_tasks (
 CREATE INDEX IF NOT EXISTS aioabort_tasks_pending ON aioabort_tasks (queue, created_at)
     WHERE state = 'PENDING';
 CREATE INDEX IF NOT EXISTS aioabort_tasks_state ON aioabort_tasks (state, created_at);
+CREATE INDEX IF NOT EXISTS aioabort_tasks_created ON aioabort_tasks (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner)
     WHERE state IN {running};
 CREATE INDEX IF NOT EXISTS aioabort_tasks_parent ON aioabort_tasks (parent_id)
@@ -232,9 +233,23 @@ WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
     AND (?2 IS NULL OR name = ?2)
     AND (?6 IS NULL OR (id >= ?6 AND substr(id, 1, length(?6)) = ?6))
     AND (?5 IS NULL OR id IN (
+        -- The rarest label (counted up to 1,000) finds the candidates; the others are
+        -- checked on each of them: a filter costs what its rarest label finds.
         SELECT l.task_id FROM aioabort_task_labels AS l
-        JOIN json_each(?5) AS f ON l.key = f.key AND l.value = f.value
-        GROUP BY l.task_id HAVING COUNT(*) = (SELECT COUNT(*) FROM json_each(?5))
+        JOIN (
+            SELECT f.key, f.value FROM json_each(?5) AS f
+            ORDER BY (SELECT COUNT(*) FROM (
+                SELECT 1 FROM aioabort_task_labels AS c
+                WHERE c.key = f.key AND c.value = f.value LIMIT 1000
+            ))
+            LIMIT 1
+        ) AS rarest ON l.key = rarest.key AND l.value = rarest.value
+        WHERE (SELECT COUNT(*) FROM json_each(?5)) = 1 OR NOT EXISTS (
+            SELECT 1 FROM json_each(?5) AS f WHERE NOT EXISTS (
+                SELECT 1 FROM aioabort_task_labels AS m
+                WHERE m.task_id = l.task_id AND m.key = f.key AND m.value = f.value
+            )
+        )
     ))
 ORDER BY created_at DESC, id
 LIMIT ?3 OFFSET ?4;
