@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import pytest
 
 import aioabort
@@ -241,3 +242,36 @@ async def test_tasks_watch_in_a_pipe_prints_a_line_per_change(store_url: str) ->
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert all("piped" in line for line in seen)
+
+
+async def test_abort_wait_interrupted_exits_130(store_url: str) -> None:
+    """Ctrl-C while ``abort --wait`` waits for a task that ignores its abort: exit 130, no
+    traceback; the abort request stands."""
+    release = asyncio.Event()
+    async with aioabort.App(store_url) as app:
+        entered = asyncio.Event()
+
+        async def stubborn() -> None:
+            async with aioabort.abortable("stubborn", app=app):
+                entered.set()
+                with anyio.CancelScope(shield=True):  # ignores its abort until released
+                    await release.wait()
+                await asyncio.sleep(0)  # then stops at its next await
+
+        task = asyncio.create_task(stubborn())
+        await asyncio.wait_for(entered.wait(), 10)
+        proc = await cli("--db", store_url, "abort", "stubborn", "--yes", "--wait")
+        try:
+            await wait_until(lambda: has_state(app, "stubborn", TaskState.ABORTING), timeout=30)
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 30) == 130
+            assert proc.stderr is not None
+            assert b"Traceback" not in await proc.stderr.read()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            release.set()
+            with pytest.raises(aioabort.TaskAborted):
+                await asyncio.wait_for(task, 10)
+        assert (await app.handle("stubborn").record()).state is TaskState.ABORTED

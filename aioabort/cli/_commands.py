@@ -422,8 +422,9 @@ def abort(
 
     Exit codes: 0 every task aborted (or already aborting; with --wait: every task ended
     ABORTED; with --label: done, or nothing matched), 1 a task was not found, 2 a task had
-    already finished, 3 a store error, 4 not confirmed, 5 (--wait) a task ended otherwise (it
-    finished despite the abort), 7 (--wait) the timeout passed with tasks still running.
+    already finished (2 also for a usage error, such as an unknown option), 3 a store error,
+    4 not confirmed, 5 (--wait) a task ended otherwise (it finished despite the abort), 7
+    (--wait) the timeout passed with tasks still running, 130 interrupted (Ctrl-C).
     """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout goes with --wait")
@@ -473,7 +474,7 @@ def abort(
                     result["running"] = result["id"] in running
         return results
 
-    results = _run(go)
+    results = _run_live(go)  # Ctrl-C (while --wait waits): exit 130
     code = EXIT_ABORTED
     for result in results:
         if result["outcome"] == "not_found":
