@@ -9,8 +9,9 @@ by 100 records (``u0`` ... ), and every one has ``kind=csv``. Each figure is the
 - ``tasks(id_prefix=)``: the start of an id (a dashboard search) that 10 ids share;
 - the dashboard's read, a page and the counts (``GET /tasks``), at offset 0 and 5,000;
 - ``unclaimed()`` (``aioabort tasks``'s warning) over the 50,000 queued records;
-- ``abort_many()`` of one user's 50 queued tasks (a fresh user each run);
-- ``purge()`` of the 50,000 finished records, once.
+- ``abort_many()`` of one user's 50 queued tasks (a fresh user each run), then of every
+  queued task (about 50,000), once;
+- ``purge()`` of the finished records (all 100,000 by then), once.
 
     python -m benchmarks.lifecycle --store sqlite --records 100000
 """
@@ -90,6 +91,10 @@ async def measure(url: str, n: int, repeat: int) -> dict[str, float]:
             assert len(ids) == 50, len(ids)
 
         figures["abort_many_50_ms"] = await median_ms(abort_one_user, repeat)
+        began = time.perf_counter()
+        every = await app.abort_many(reason="bench: all of them", states=["PENDING"])
+        figures["abort_many_all_queued_s"] = round(time.perf_counter() - began, 2)
+        figures["aborted"] = len(every)
         began = time.perf_counter()
         purged = await app.purge(older_than=timedelta(0))
         figures["purge_s"] = round(time.perf_counter() - began, 2)

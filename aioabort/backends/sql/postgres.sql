@@ -299,25 +299,21 @@ SELECT {columns} FROM {schema}.tasks
 WHERE ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
     AND ($2::text IS NULL OR name = $2::text)
     AND ($6::text IS NULL OR starts_with(id, $6::text))
-    AND ($5::json IS NULL OR id IN (
-        -- The rarest label (counted up to 1,000) finds the candidates; the others are
-        -- checked on each of them: a filter costs what its rarest label finds.
+    AND ($5::json IS NULL OR (id IN (
+        -- The rarest label (counted up to 1,000) finds the candidates; each is checked
+        -- against every label on its own row: a filter costs what its rarest label finds.
         SELECT l.task_id FROM {schema}.task_labels AS l
         JOIN (
             SELECT f.key, f.value FROM json_each_text($5::json) AS f
-            ORDER BY (SELECT count(*) FROM (
-                SELECT 1 FROM {schema}.task_labels AS c
-                WHERE c.key = f.key AND c.value = f.value LIMIT 1000
-            ) AS capped)
+            ORDER BY CASE WHEN (SELECT count(*) FROM json_each_text($5::json)) = 1 THEN 0
+                ELSE (SELECT count(*) FROM (
+                    SELECT 1 FROM {schema}.task_labels AS c
+                    WHERE c.key = f.key AND c.value = f.value LIMIT 1000
+                ) AS capped) END
             LIMIT 1
         ) AS rarest ON l.key = rarest.key AND l.value = rarest.value
-        WHERE (SELECT count(*) FROM json_each_text($5::json)) = 1 OR NOT EXISTS (
-            SELECT 1 FROM json_each_text($5::json) AS f WHERE NOT EXISTS (
-                SELECT 1 FROM {schema}.task_labels AS m
-                WHERE m.task_id = l.task_id AND m.key = f.key AND m.value = f.value
-            )
-        )
-    ))
+    ) AND ((SELECT count(*) FROM json_each_text($5::json)) = 1
+        OR labels::jsonb @> $5::jsonb)))
 ORDER BY created_at DESC, id
 LIMIT $3 OFFSET $4;
 

@@ -238,10 +238,11 @@ WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
         SELECT l.task_id FROM aioabort_task_labels AS l
         JOIN (
             SELECT f.key, f.value FROM json_each(?5) AS f
-            ORDER BY (SELECT COUNT(*) FROM (
-                SELECT 1 FROM aioabort_task_labels AS c
-                WHERE c.key = f.key AND c.value = f.value LIMIT 1000
-            ))
+            ORDER BY CASE WHEN (SELECT COUNT(*) FROM json_each(?5)) = 1 THEN 0
+                ELSE (SELECT COUNT(*) FROM (
+                    SELECT 1 FROM aioabort_task_labels AS c
+                    WHERE c.key = f.key AND c.value = f.value LIMIT 1000
+                )) END
             LIMIT 1
         ) AS rarest ON l.key = rarest.key AND l.value = rarest.value
         WHERE (SELECT COUNT(*) FROM json_each(?5)) = 1 OR NOT EXISTS (
