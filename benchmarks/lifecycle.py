@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import aioabort
 
-from .soak import drop_schema
-
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+from .soak import bench_url, drop_schema
 
 
 async def populate(app: aioabort.App, n: int) -> None:
@@ -109,11 +105,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aioabort-lifecycle-") as tmp:
-        if args.store == "sqlite":
-            url = f"sqlite:///{tmp}/lifecycle.db"
-        else:
-            base = os.environ.get("AIOABORT_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
-            url = f"{base}?aioabort_schema=l_{uuid.uuid4().hex[:8]}"
+        url = bench_url(args.store, tmp, "lifecycle")
         try:
             figures = asyncio.run(measure(url, args.records, args.repeat))
         finally:

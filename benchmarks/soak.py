@@ -251,6 +251,15 @@ async def soak(
     }
 
 
+def bench_url(store: str, tmp: str, name: str) -> str:
+    """A fresh store for one run: a SQLite file in ``tmp``, or a PostgreSQL schema of its own
+    (drop it with :func:`drop_schema`)."""
+    if store == "sqlite":
+        return f"sqlite:///{tmp}/{name}.db"
+    base = os.environ.get("AIOABORT_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
+    return f"{base}?aioabort_schema={name}_{uuid.uuid4().hex[:8]}"
+
+
 async def drop_schema(url: str) -> None:
     import asyncpg
 
@@ -320,11 +329,7 @@ def main() -> int:
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     with tempfile.TemporaryDirectory(prefix="aioabort-soak-") as tmp:
-        if args.store == "sqlite":
-            url = f"sqlite:///{tmp}/soak.db"
-        else:
-            base = os.environ.get("AIOABORT_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
-            url = f"{base}?aioabort_schema=soak_{uuid.uuid4().hex[:8]}"
+        url = bench_url(args.store, tmp, "soak")
         try:
             fault = None
             if args.faults:

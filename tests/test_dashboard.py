@@ -69,17 +69,7 @@ async def test_dashboard_aborts_a_running_task(
 
         await wait_until(finished, timeout=30)
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=chromium,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
+            browser = await pw.chromium.launch(executable_path=chromium, args=ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 420})
                 await page.goto(f"{base}/aioabort/")

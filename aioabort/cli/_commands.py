@@ -25,6 +25,7 @@ from .._state import TaskRecord, TaskState
 from . import _live, _output
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Exit codes of ``aioabort abort`` (also documented in docs/cli.md).
 EXIT_ABORTED = 0
@@ -127,6 +128,13 @@ def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     return labels
 
 
+def _label_option(help: str) -> Callable[[F], F]:
+    """``--label KEY=VALUE`` (repeatable), parsed into a dict."""
+    return click.option(
+        "--label", "labels", multiple=True, callback=_labels, metavar="KEY=VALUE", help=help
+    )
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -148,14 +156,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedel
     help="Only tasks in this state (repeatable).",
 )
 @click.option("--name", help="Only tasks with this name.")
-@click.option(
-    "--label",
-    "labels",
-    multiple=True,
-    callback=_labels,
-    metavar="KEY=VALUE",
-    help="Only tasks with this label (repeatable: all must match).",
-)
+@_label_option("Only tasks with this label (repeatable: all must match).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.option(
@@ -366,14 +367,7 @@ def show(ctx: click.Context, task_id: str, as_json: bool, follow: bool) -> None:
 
 @cli.command()
 @click.argument("task_ids", nargs=-1, metavar="[ID...]")
-@click.option(
-    "--label",
-    "labels",
-    multiple=True,
-    callback=_labels,
-    metavar="KEY=VALUE",
-    help="Abort every task with these labels instead of IDs (repeatable: all must match).",
-)
+@_label_option("Abort every task with these labels instead of IDs (repeatable: all must match).")
 @click.option(
     "--state",
     "states",
