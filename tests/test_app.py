@@ -70,12 +70,21 @@ async def test_unclosed_app_warns(store_url: str) -> None:
     await app.aclose()
 
 
-async def test_an_idle_app_costs_one_heartbeat_per_interval(store_url: str) -> None:
+async def test_an_idle_app_costs_one_heartbeat_per_interval(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An idle App runs its heartbeat (with the reaper lease: one statement on PostgreSQL,
     two on SQLite, three for the lease's holder, which also reads the quiet owners) per
     interval; the reaping transaction only when an owner died (and as a sweep every
-    SWEEP_EVERY rounds), and only in the holder."""
+    SWEEP_EVERY rounds), and only in the holder.
+
+    The beats are 20 ms apart to make the test short; the lease lasts 100 of them (2 s), not
+    the default 2, so that a loop stalled for 40 ms on a busy machine does not hand the lease
+    over mid-count (the other App rightly takes an expired lease: that is not what this
+    test measures)."""
     from aioabort._liveness import SWEEP_EVERY
+
+    monkeypatch.setattr("aioabort._liveness.LEASE_BEATS", 100.0)
 
     async with (
         aioabort.App(store_url, heartbeat_interval=0.02, stale_after=10) as app,
