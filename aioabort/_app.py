@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import os
@@ -151,6 +152,8 @@ class App:
         self._state = "new"
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._liveness: Liveness | None = None
+        #: How many running workers of this App claim from each queue (what it publishes).
+        self._served_queues: collections.Counter[str] = collections.Counter()
         self._background: set[asyncio.Task[object]] = set()
         self._redo = Redo()
 

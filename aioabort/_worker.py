@@ -202,14 +202,20 @@ class Worker:
     async def _publish(self, store: Store, owner: str, *, serving: bool) -> None:
         """Tell the store what this worker claims (or that it stopped): what
         :meth:`App.unclaimed` judges by. Best effort: a store that is down now is no reason
-        not to run, and the owner's rows go with it when it is reaped or closes."""
+        not to run, and the owner's rows go with it when it is reaped or closes. A queue
+        that another worker of this App still claims from stays published."""
+        served = self.app._served_queues
         try:
             if serving:
+                served.update(self.queues)
                 await shielded(
                     store.serve(owner, queues=self.queues, names=sorted(self.app.registry))
                 )
             else:
-                await shielded(store.unserve(owner, queues=self.queues))
+                served.subtract(self.queues)
+                idle = [queue for queue in self.queues if served[queue] <= 0]
+                if idle:
+                    await shielded(store.unserve(owner, queues=idle))
         except AioabortError as exc:
             logger.warning(
                 "could not publish the tasks this worker runs",

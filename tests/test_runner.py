@@ -278,6 +278,30 @@ async def test_unclaimed_names_the_tasks_no_live_worker_can_run(lab: Lab, store_
         assert (await queued.record()).state is TaskState.PENDING
 
 
+async def test_a_queue_stays_served_while_another_worker_claims_from_it(lab: Lab) -> None:
+    """Two workers of one App share a queue: when one stops, the queue they shared is still
+    served (its queued tasks are not "unclaimed"); the queue only it served is not."""
+    now = timedelta(0)
+    busy = lab.start_worker(concurrency=1)
+    await asyncio.wait_for(busy.started.wait(), 10)
+    await lab.gated.delay("hold")  # the first worker is busy from now on
+    await wait_until(lambda: "gated:hold" in lab.ran, timeout=10)
+    other = aioabort.Worker(lab.app, queues=["default", "side"], concurrency=1)
+    running = asyncio.create_task(other.run())
+    await asyncio.wait_for(other.started.wait(), 10)
+    other.stop()
+    await asyncio.wait_for(running, 10)
+    await lab.add.delay(1, 2)  # on default, which the busy worker still serves
+    await lab.add.apply([3, 4], queue="side")  # on side, which nobody serves now
+
+    async def side_only() -> bool:
+        groups = await lab.app.unclaimed(queued_for=now)
+        return [(u.queue, u.count) for u in groups] == [("side", 1)]
+
+    await wait_until(side_only, timeout=10)
+    lab.release.set()
+
+
 async def test_send_task_by_name(lab: Lab) -> None:
     lab.start_worker()
     handle = await lab.app.send_task(lab.add.name, [4, 5])
