@@ -138,7 +138,12 @@ async def test_watcher_statements_do_not_grow_with_open_scopes(
         statements = after.statements - before.statements
         return polls, statements
 
-    async with aioabort.App(sqlite_url) as app, aioabort.App(sqlite_url) as producer:
+    # Heartbeats a minute apart: each is a commit by another connection, which the watcher
+    # rightly reads; with the default 5 s, a busy machine fitted three into the count.
+    async with (
+        aioabort.App(sqlite_url, heartbeat_interval=60.0, stale_after=120.0) as app,
+        aioabort.App(sqlite_url, heartbeat_interval=60.0, stale_after=120.0) as producer,
+    ):
         polls_1, statements_1 = await measure(app, producer, 1)
         polls_1000, statements_1000 = await measure(app, producer, 1000)
     # One statement per poll, plus two per poll that saw a change (the abort log, and which
