@@ -489,7 +489,7 @@ class MemoryStore(Store):
             Unclaimed(queue, name, len(group), min(r.created_at for r in group))
             for (queue, name), group in groups.items()
         ]
-        return sorted(found, key=lambda u: u.oldest)
+        return sorted(found, key=lambda u: (u.oldest, u.queue, u.name))
 
     async def release_owner(self, owner: str) -> list[str]:
         tasks = self._step()

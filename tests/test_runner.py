@@ -238,7 +238,8 @@ async def test_unclaimed_names_the_tasks_no_live_worker_can_run(lab: Lab, store_
         assert await claimable.result(timeout=10) == 3
 
         async def listed() -> list[tuple[str, str, int]]:
-            return [(u.queue, u.name, u.count) for u in await lab.app.unclaimed(queued_for=now)]
+            groups = await lab.app.unclaimed(queued_for=now)
+            return sorted((u.queue, u.name, u.count) for u in groups)
 
         async def both_groups() -> bool:
             return await listed() == [

@@ -438,7 +438,7 @@ WHERE t.state = 'PENDING' AND t.created_at < clock_timestamp() - make_interval(s
             AND o.last_seen >= clock_timestamp() - make_interval(secs => $2)
     )
 GROUP BY t.queue, t.name
-ORDER BY min(t.created_at);
+ORDER BY min(t.created_at), t.queue, t.name;
 
 -- name: purge
 -- Up to $2 finished records that ended before $1 seconds ago, oldest first, and their

@@ -338,7 +338,7 @@ WHERE t.state = 'PENDING' AND t.created_at < {now} - ?1
         WHERE w.queue = t.queue AND w.name = t.name AND o.last_seen >= {now} - ?2
     )
 GROUP BY t.queue, t.name
-ORDER BY MIN(t.created_at);
+ORDER BY MIN(t.created_at), t.queue, t.name;
 
 -- name: purge
 -- Up to ?2 finished records that ended before ?1 seconds ago, oldest first, and their
