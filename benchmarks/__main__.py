@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import flow, idle, latency, throughput, web
+from . import floor, flow, idle, latency, throughput, web
 from ._stats import verdict
 
 RESULTS = Path(__file__).parent / "results"
@@ -133,6 +133,16 @@ async def _run(
             results["web"][store] = await web.router_latency(make(), mode["flow_count"])
             log(f"throughput on {store}")
             results["throughput"][store] = await throughput.run(make(), mode["throughput"])
+            if store == "sqlite":
+                log("the bare SQLite loop under throughput (the floor)")
+                results["floor"] = await asyncio.to_thread(floor.run, 10 * mode["throughput"])
+                ratio = (
+                    results["throughput"][store]["tasks_per_s"] / results["floor"]["tasks_per_s"]
+                )
+                log(
+                    f"  aioabort {results['throughput'][store]['tasks_per_s']:,.0f}/s, floor "
+                    f"{results['floor']['tasks_per_s']:,.0f}/s: {ratio:.2f}x of the floor"
+                )
         results["check"]["aioabort"] = await flow.check_cost(stores["sqlite"]())
         for store, make in stores.items():
             log(f"idle cost and memory on {store}")
@@ -288,6 +298,13 @@ def _markdown(results: dict[str, Any]) -> str:
         out.append(
             f"| aioabort ({store}) | {r['tasks']} | {r['tasks_per_s']:,.0f} | "
             f"{verdict(-r['tasks_per_s'], -1500)} | |"
+        )
+    if "floor" in results:
+        r = results["floor"]
+        ours = results["throughput"].get("sqlite", {}).get("tasks_per_s")
+        out.append(
+            f"| the floor: a bare two-process SQLite loop, same writes per task | {r['tasks']} | "
+            f"{r['tasks_per_s']:,.0f} | | {_ratio(ours, r['tasks_per_s']) if ours else ''} |"
         )
     peer_store = {
         "celery_sqlite": "sqlite",
