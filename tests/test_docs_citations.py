@@ -58,14 +58,14 @@ def test_the_docs_and_readme_cite_no_design_document() -> None:
 
 
 def test_the_docstrings_and_comments_cite_no_design_document() -> None:
-    found = []
-    for module in sorted((ROOT / "aioabort").rglob("*.py")):
-        for first_line, text in _docstrings_and_comments(module.read_text("utf-8")):
-            found += [
-                f"{module.relative_to(ROOT)}:{line}: {cited}"
-                for line, cited in _citations(text, first_line)
-            ]
-    assert found == [], "cite a guarantee of docs/semantics.md instead:\n" + "\n".join(found)
+    found = sorted(
+        (str(module.relative_to(ROOT)), line, cited)
+        for module in (ROOT / "aioabort").rglob("*.py")
+        for first_line, text in _docstrings_and_comments(module.read_text("utf-8"))
+        for line, cited in _citations(text, first_line)
+    )
+    listed = "\n".join(f"{path}:{line}: {cited}" for path, line, cited in found)
+    assert found == [], "cite a guarantee of docs/semantics.md instead:\n" + listed
 
 
 def test_the_guarantees_are_numbered_g1_on_with_an_anchor_each() -> None:
