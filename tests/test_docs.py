@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from aioabort.backends.postgres import POLL_ONLY_INTERVAL, PostgresStore
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -47,19 +49,43 @@ PROGRAMS = [(where, code) for where, code in SNIPPETS if "asyncio.run(" in code]
 
 @pytest.mark.parametrize(("where", "code"), PROGRAMS, ids=[w for w, _ in PROGRAMS])
 def test_every_program_runs_and_prints_what_it_says(where: str, code: str, tmp_path: Path) -> None:
-    """Run in an empty directory (a ``sqlite:///aioabort.db`` lands there); the text after
-    ``# `` on a print line is what the line prints, ``host:pid`` standing for this machine."""
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr
-    printed = done.stdout.splitlines()
-    for shown, line in zip(_SHOWN.findall(code), printed, strict=False):
-        pattern = re.escape(shown).replace(re.escape("host:pid"), r"[^)\s]+:\d+")
-        assert re.fullmatch(pattern, line), (where, shown, line)
+    """Run in an empty directory (a ``sqlite:///aioabort.db`` lands there), then again in the
+    same directory, as a reader who runs it twice does (the store file is still there); the
+    text after ``# `` on a print line is what the line prints, ``host:pid`` standing for this
+    machine."""
+    for run in ("first run", "second run"):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        )
+        assert done.returncode == 0, (where, run, done.stderr)
+        printed, shown_lines = done.stdout.splitlines(), _SHOWN.findall(code)
+        assert len(printed) >= len(shown_lines), (where, run, done.stdout)
+        for shown, line in zip(shown_lines, printed, strict=False):
+            pattern = re.escape(shown).replace(re.escape("host:pid"), r"[^)\s]+:\d+")
+            assert re.fullmatch(pattern, line), (where, run, shown, line)
+
+
+#: How the pages state a default of PostgreSQL's safety-net poll: "`poll_interval` (default
+#: 5 s)", or "(default 0.5 s in this mode)" for the poll-only mode behind a transaction pooler.
+_POLL_DEFAULT = re.compile(r"`poll_interval`\s+\(default\s+([0-9.]+)\s+s(\s+in\s+this\s+mode)?[;)]")
+
+
+def test_the_docs_state_the_postgres_poll_interval_the_code_has() -> None:
+    code = {"listening": f"{PostgresStore.poll_interval:g}", "poll-only": f"{POLL_ONLY_INTERVAL:g}"}
+    stated = {
+        str(page.relative_to(ROOT)): {
+            ("poll-only" if poll_only else "listening", value)
+            for value, poll_only in _POLL_DEFAULT.findall(page.read_text("utf-8"))
+        }
+        for page in PAGES
+    }
+    assert stated["docs/postgres.md"] >= set(code.items())
+    assert ("listening", code["listening"]) in stated["docs/semantics.md"]
+    wrong = {page: found for page, found in stated.items() if not found <= set(code.items())}
+    assert wrong == {}, f"the code's defaults: {code}"
