@@ -16,6 +16,7 @@ from starlette.responses import StreamingResponse
 import aioabort
 from aioabort import TaskState
 from aioabort.web import AbortMiddleware, Aborts, combine_lifespans, request_scope, router
+from aioabort.web._middleware import request_name
 
 from .conftest import has_state, wait_until
 
@@ -399,6 +400,35 @@ async def test_disconnect_without_opt_in_does_not_abort(site: Site) -> None:
 
     await site.api(_http_scope("/fast", "plain-1"), receive, send)
     assert (await site.aborts.handle("plain-1").record()).state is TaskState.SUCCESS
+
+
+def test_a_request_name_is_text_every_store_holds() -> None:
+    assert request_name("GET", "/reports/café 1") == "GET /reports/café 1"
+    assert request_name("POST", "/a\x00b\n\x7f\x85") == "POST /a%00b%0A%7F%C2%85"
+    # A byte that was not UTF-8 (surrogateescape), and a lone surrogate of its own.
+    assert request_name("GET", "/s\udced\ud800") == "GET /s%ED%ED%A0%80"
+    assert request_name("GET", "/" + "é" * 500) == "GET /" + "é" * 195
+    assert request_name("GET", "/" + "\x00" * 100) == "GET /" + "%00" * 65
+
+
+async def test_a_path_with_lone_surrogates_is_recorded_escaped(site: Site) -> None:
+    """Raw ASGI, as from a server that decodes paths with ``surrogateescape``: the request is
+    served (a 404 here) and its record named, on every store (SQLite cannot store a lone
+    surrogate)."""
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _http_scope("/s%ED%ED%A0%80%00", "surrogate-1")
+    scope["path"] = "/s\udced\ud800\x00"
+    await site.api(scope, receive, send)
+    record = await site.aborts.handle("surrogate-1").record()
+    assert sent[0]["status"] == 404
+    assert record.state is TaskState.SUCCESS and record.name == "GET /s%ED%ED%A0%80%00"
 
 
 async def test_non_http_scopes_pass_through(site: Site) -> None:
