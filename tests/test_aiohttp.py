@@ -364,3 +364,22 @@ async def test_any_path_is_stored_as_a_name(store_url: str, path: str, name: str
         record = await aborts.handle("odd-1").record()
     assert data.startswith(b"HTTP/1.1 200 ") and len(ran) == 1
     assert record.state is TaskState.SUCCESS and record.name == name
+
+
+async def test_a_malformed_abort_body_is_a_400_and_writes_nothing(store_url: str) -> None:
+    """As under Starlette: 400 naming the problem, nothing written."""
+    from .test_web import MALFORMED_ABORTS, MALFORMED_BULK
+
+    json_body = {**ADMIN, "Content-Type": "application/json"}
+    async with routed(store_url) as (client, aborts, _):
+        await aborts.create("target", name="job")
+        for path, cases in [
+            ("/aioabort/tasks/target/abort", MALFORMED_ABORTS),
+            ("/aioabort/abort", MALFORMED_BULK),
+        ]:
+            for body, detail in cases:
+                answer = await client.post(path, headers=json_body, data=body)
+                text = await answer.text()
+                assert answer.status == 400, (body, text)
+                assert detail in (await answer.json())["detail"], (body, text)
+        assert await aborts.handle("target").state() is TaskState.PENDING

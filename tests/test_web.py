@@ -606,6 +606,48 @@ async def test_the_abort_route_creates_an_early_cancel_when_asked(site: Site) ->
     assert "early-1" not in site.entered  # the endpoint never ran
 
 
+#: Malformed bodies of the abort routes, and what the 400's detail says (both routers).
+MALFORMED_ABORTS = [
+    (b'{"reason": 5}', "reason must be a string, got 5"),
+    (b'{"reason": ["stop"]}', "reason must be a string"),
+    (b'{"reason": null}', "reason must be a string, got null"),
+    (b'{"reason": "x", "create": "yes"}', "create must be true or false"),
+    (b'{"reasn": "a typo"}', "unknown field 'reasn'"),
+    (b'["stop"]', "must be a JSON object"),
+    (b"{not json", "must be JSON"),
+    (b"\xff", "must be JSON"),
+    (b'{"reason": "' + b"x" * 2001 + b'"}', "at most 2000 characters"),
+]
+MALFORMED_BULK = [
+    (b'{"labels": {"user": "alice"}, "reason": 5}', "reason must be a string, got 5"),
+    (b'{"label": {"user": "alice"}}', "unknown field 'label'"),
+    (b'{"labels": {"user": "alice"}, "dry_run": "no"}', "dry_run must be true or false"),
+    (b'{"labels": {"user": "alice"}, "states": ["NOPE"]}', "NOPE"),
+]
+
+
+async def test_a_malformed_abort_body_is_a_400_and_writes_nothing(site: Site) -> None:
+    """A reason that is not a string, an unknown field, a body that is not a JSON object:
+    400 naming the problem, never an abort with the default message."""
+    await site.aborts.create("target", name="job")
+    async with site.client as client:
+        for body, detail in MALFORMED_ABORTS:
+            answer = await client.post(
+                "/aioabort/tasks/target/abort",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            assert answer.status_code == 400, (body, answer.text)
+            assert detail in answer.json()["detail"], (body, answer.text)
+        for body, detail in MALFORMED_BULK:
+            answer = await client.post(
+                "/aioabort/abort", content=body, headers={"content-type": "application/json"}
+            )
+            assert answer.status_code == 400, (body, answer.text)
+            assert detail in answer.json()["detail"], (body, answer.text)
+    assert await site.aborts.handle("target").state() is TaskState.PENDING
+
+
 async def test_a_request_id_naming_a_queued_job_is_refused(site: Site) -> None:
     """DESIGN rule 11: the middleware only creates records."""
     await site.aborts.create("queued-job", name="export")

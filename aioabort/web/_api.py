@@ -54,6 +54,24 @@ def _bad(detail: str) -> Answer:
     return Answer(400, {"error": "bad_request", "detail": detail})
 
 
+def _json_object(raw: bytes, fields: Sequence[str]) -> dict[str, Any] | Answer:
+    """A request body: a JSON object of ``fields`` (each optional; empty is ``{}``), or 400."""
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return _bad("the body must be JSON")
+    if not isinstance(body, dict):
+        return _bad("the body must be a JSON object")
+    unknown = [key for key in body if key not in fields]
+    if unknown:
+        return _bad(f"unknown field {unknown[0]!r}: the body may hold {', '.join(fields)}")
+    return body
+
+
+def _not(what: str, value: object) -> Answer:
+    return _bad(f"{what}, got {json.dumps(value)[:100]}")
+
+
 def cross_site(
     origin: str | None,
     fetch_site: str | None,
@@ -214,19 +232,14 @@ async def abort(aborts: App, task_id: str, raw: bytes | None, by: str) -> Answer
         return Answer(
             413, {"error": "too_large", "detail": f"the body is over {MAX_ABORT_BODY} bytes"}
         )
-    message, create = "aborted from the web", False
-    if raw:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _bad("the body must be JSON")
-        if not isinstance(body, dict):
-            return _bad("the body must be a JSON object")
-        if isinstance(body.get("reason"), str):
-            message = body["reason"]
-        create = body.get("create", False)
-        if not isinstance(create, bool):
-            return _bad("create must be true or false")
+    body = _json_object(raw, ("reason", "create"))
+    if isinstance(body, Answer):
+        return body
+    message, create = body.get("reason", "aborted from the web"), body.get("create", False)
+    if not isinstance(message, str):
+        return _not("reason must be a string", message)
+    if not isinstance(create, bool):
+        return _not("create must be true or false", create)
     handle = aborts.handle(task_id)
     recorded = await handle.abort(message, by=by, create=create)
     try:
@@ -246,24 +259,23 @@ async def abort_matching(aborts: App, raw: bytes | None, by: str) -> Answer:
         return Answer(
             413, {"error": "too_large", "detail": f"the body is over {MAX_ABORT_BODY} bytes"}
         )
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        return _bad("the body must be JSON")
-    if not isinstance(body, dict):
-        return _bad("the body must be a JSON object")
+    body = _json_object(raw, ("labels", "name", "states", "reason", "dry_run"))
+    if isinstance(body, Answer):
+        return body
     labels, name, states = body.get("labels"), body.get("name"), body.get("states")
     dry_run, message = body.get("dry_run", False), body.get("reason", "aborted from the web")
     if labels is not None and not isinstance(labels, dict):
-        return _bad("labels must be an object of strings")
+        return _not("labels must be an object of strings", labels)
     if name is not None and not isinstance(name, str):
-        return _bad("name must be a string")
+        return _not("name must be a string", name)
     if states is not None and not (
         isinstance(states, list) and all(isinstance(s, str) for s in states)
     ):
-        return _bad("states must be a list of state names")
-    if not isinstance(dry_run, bool) or not isinstance(message, str):
-        return _bad("dry_run must be true or false, and reason a string")
+        return _not("states must be a list of state names", states)
+    if not isinstance(dry_run, bool):
+        return _not("dry_run must be true or false", dry_run)
+    if not isinstance(message, str):
+        return _not("reason must be a string", message)
     if not labels and name is None:
         return _bad("give labels or a name: the filter may not be empty")
     ids = await aborts.abort_many(

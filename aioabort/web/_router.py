@@ -63,7 +63,8 @@ def router(
     GET     ``/tasks/{id}``          one record; 404 if unknown
     POST    ``/tasks/{id}/abort``    202 (also when already aborting); 404; 409 finished.
                                      ``content-type: application/json``; optional body
-                                     ``{"reason": "...", "create": true}``
+                                     ``{"reason": "...", "create": true}`` (400 for
+                                     any other field or type)
     GET     ``/tasks/{id}/events``   Server-Sent Events: ``state`` on each change, then
                                      ``end`` once the task is finished
     POST    ``/abort``               every task matching ``{"labels": {...}, "name": ...,
