@@ -383,3 +383,17 @@ async def test_a_malformed_abort_body_is_a_400_and_writes_nothing(store_url: str
                 assert answer.status == 400, (body, text)
                 assert detail in (await answer.json())["detail"], (body, text)
         assert await aborts.handle("target").state() is TaskState.PENDING
+
+
+async def test_text_the_app_refuses_in_a_query_is_a_400(store_url: str) -> None:
+    """As under Starlette: the App's UsageError becomes a 400 naming the problem."""
+    from .test_web import BAD_QUERIES
+
+    answers = []
+    async with routed(store_url) as (client, _, _):
+        for params in BAD_QUERIES:
+            answer = await client.get("/aioabort/tasks", headers=ADMIN, params=params)
+            answers.append((answer.status, await answer.json()))
+    assert [(status, bool(body.get("detail"))) for status, body in answers] == [(400, True)] * len(
+        BAD_QUERIES
+    ), answers

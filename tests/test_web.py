@@ -185,6 +185,20 @@ async def test_router_list_show_abort_codes(site: Site) -> None:
         assert page.status_code == 200 and "<title>aioabort</title>" in page.text
 
 
+#: Query parameters the App refuses (a UsageError, on every store): the router answers 400.
+BAD_QUERIES = [{"name": "a\x00b"}, {"id_prefix": "\x00"}, {"label": "user=\x00"}]
+
+
+async def test_text_the_app_refuses_in_a_query_is_a_400(site: Site) -> None:
+    """``GET /tasks?name=%00``: the App's UsageError becomes a 400 naming the problem (it
+    was a 503 on PostgreSQL, as if the store were down)."""
+    async with site.client as client:
+        answers = [await client.get("/aioabort/tasks", params=p) for p in BAD_QUERIES]
+    assert [(a.status_code, bool(a.json().get("detail"))) for a in answers] == [(400, True)] * len(
+        BAD_QUERIES
+    ), [a.text for a in answers]
+
+
 async def test_router_pages_and_searches(site: Site) -> None:
     """What the dashboard asks for: a page by id prefix, name, labels and state, with
     ``has_more`` for the next page; a bad label filter is a 400."""
