@@ -261,6 +261,8 @@ def router(
 
     def guarded(
         endpoint: Callable[[web.Request], Awaitable[web.StreamResponse | _api.Answer]],
+        *,
+        page: bool = False,
     ) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             refused = await gate.check(
@@ -271,8 +273,8 @@ def router(
                 own_origin=f"{request.scheme}://{request.host}",
                 content_type=request.headers.get("Content-Type"),
             )
-            if refused is not None:
-                return _response(refused)
+            if refused is not None:  # the dashboard's page is refused with a page
+                return _response(_api.refusal_page(refused) if page else refused)
             answer = await _api.guarded(lambda: endpoint(request))
             return _response(answer) if isinstance(answer, _api.Answer) else answer
 
@@ -320,7 +322,7 @@ def router(
         return await _api.show(aborts, request.match_info["task_id"])
 
     sub = web.Application()
-    sub.router.add_get("/", guarded(dashboard))
+    sub.router.add_get("/", guarded(dashboard, page=True))
     sub.router.add_get("/tasks", guarded(list_tasks))
     sub.router.add_post("/abort", guarded(abort_matching))
     sub.router.add_post("/tasks/{task_id:.+}/abort", guarded(abort))

@@ -289,6 +289,12 @@ async def test_router_refuses_until_authorized(store_url: str, authorize: Any) -
                 response = await client.request(method, path)
                 assert response.status_code == 403, (method, path)
                 assert "secret" not in response.text
+                # The dashboard's page refuses a browser with a page; the API with JSON.
+                page = path == "/aioabort/"
+                kind = "text/html" if page else "application/json"
+                assert response.headers["content-type"].startswith(kind), (method, path)
+                if page:
+                    assert "<h1>Access denied</h1>" in response.text
         assert await site.aborts.handle("secret").state() is TaskState.PENDING
 
 
@@ -308,6 +314,9 @@ async def test_app_not_open_is_503(store_url: str) -> None:
         response = await client.get("/fast")
         assert response.status_code == 503 and "lifespan" in response.text
         assert (await client.get("/aioabort/tasks")).status_code == 503
+        page = await client.get("/aioabort/")
+        assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+        assert "lifespan" in page.text
 
 
 async def test_lazy_open_for_servers_without_lifespan(store_url: str) -> None:

@@ -7,6 +7,7 @@ its own response; it imports no framework here.
 from __future__ import annotations
 
 import contextlib
+import html
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -319,9 +320,37 @@ async def events(aborts: App, task_id: str) -> Answer | AsyncIterator[str]:
     return stream()
 
 
+_REFUSED = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>aioabort: {title}</title>
+<style>body {{ font:16px/1.5 system-ui, sans-serif; color:#1d2430; max-width:40rem;
+margin:4rem auto; padding:0 1rem; overflow-wrap:anywhere; }}</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p>{detail}</p>
+</body>
+</html>
+"""
+
+
+def refusal_page(refused: Answer) -> Answer:
+    """A refusal of the dashboard's page as a small HTML page, with the same status."""
+    title, detail = {
+        403: ("Access denied", "The authorize hook refused this request."),
+        503: ("Not open", "The aioabort App of this server is not open."),
+    }.get(refused.status, (f"Refused ({refused.status})", ""))
+    detail = str(refused.body.get("detail") or detail)
+    page = _REFUSED.format(title=title, detail=html.escape(detail))
+    return Answer(refused.status, refused.body, html=page)
+
+
 def dashboard() -> Answer:
-    html = resources.files("aioabort").joinpath("dashboard.html").read_text("utf-8")
-    return Answer(200, html=html)
+    page = resources.files("aioabort").joinpath("dashboard.html").read_text("utf-8")
+    return Answer(200, html=page)
 
 
 def default_who(client_host: str | None) -> str:
