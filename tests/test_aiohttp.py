@@ -172,9 +172,9 @@ async def test_the_router_answers_as_the_starlette_one(store_url: str) -> None:
             refused = await client.request(method, path)
             assert refused.status == 403, (method, path)
             assert "queued-1" not in await refused.text()
-            page = path == "/aioabort/"  # a page for a browser; JSON for the API
-            assert refused.content_type == ("text/html" if page else "application/json")
-            assert ("<h1>Access denied</h1>" in await refused.text()) is page
+            html = path == "/aioabort/"  # a page for a browser; JSON for the API
+            assert refused.content_type == ("text/html" if html else "application/json")
+            assert ("<h1>Access denied</h1>" in await refused.text()) is html
         listing = await client.get("/aioabort/tasks", headers=ADMIN, params={"state": "PENDING"})
         body = await listing.json()
         assert listing.status == 200 and [t["id"] for t in body["tasks"]] == ["queued-1"]
