@@ -208,6 +208,8 @@ async def execute(
     info = logger.isEnabledFor(logging.INFO)
     try:
         async with scope:
+            if scope.is_aborted():  # aborted before it began: stop before the function runs
+                await scope.checkpoint()
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "task %s (%s) started",

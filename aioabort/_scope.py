@@ -432,6 +432,12 @@ class AbortScope:
         if decision is StartDecision.ABORTED_BEFORE_START:
             self._preaborted = True
             self._deliver_abort(started.record.reason or AbortReason())
+            if not self._suppress:
+                # The body never runs, not even up to its first await; the record already
+                # says ABORTED, so there is nothing to write.
+                runtime.watcher.unregister(self)
+                self.aborted = True
+                raise TaskAborted(self.id, self.reason)
         elif started.record.reason is not None:  # started under an aborting parent
             self._deliver_abort(started.record.reason)
         if self._time_limit is not None and not self._preaborted:
@@ -612,11 +618,15 @@ def abortable(
     it if there is none). When an abort is requested the body is cancelled at its next await,
     and at every await after that until it leaves. On exit the scope records how the body ended
     (SUCCESS, FAILURE or ABORTED) and, if an abort stopped it, raises :class:`TaskAborted`.
+    An id aborted before it started raises :class:`TaskAborted` on entry: the body never runs
+    (with ``suppress=True``, which never raises, the body runs until its first await and
+    stops there).
 
     :param task_id: the task's id: a non-empty string of at most 200 characters.
     :param app: the :class:`~aioabort.App` to use; by default the open one is found ambiently.
     :param suppress: exit quietly instead of raising :class:`TaskAborted`; read
-        ``scope.aborted`` and ``scope.reason`` instead.
+        ``scope.aborted`` and ``scope.reason`` instead. Then an id aborted before it started
+        is entered too, and its body stops at its first await: code before that runs.
     :param name: a name stored on the record (for listings).
     :param detached: do not link this task to the enclosing scope as its child (by default a
         scope entered inside another is its child: aborting the parent aborts it too).
@@ -630,6 +640,7 @@ def abortable(
     :raises InvalidTaskId: for a bad id (before anything is written).
     :raises UsageError: for bad labels (before anything is written).
     :raises NoAppOpen: when no App is open.
+    :raises TaskAborted: on entry, for an id aborted before it started (unless ``suppress``).
     :raises TaskAlreadyFinished: when the record is already terminal.
     :raises TaskAlreadyStarted: when the task already runs in another scope.
     :raises ScopeAlreadyEntered: when a scope with this id is open in this process.

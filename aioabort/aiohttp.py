@@ -24,6 +24,7 @@ from ._app import App
 from ._errors import (
     MissingDriver,
     ScopeAlreadyEntered,
+    TaskAborted,
     TaskAlreadyExists,
     TaskAlreadyFinished,
     TaskAlreadyStarted,
@@ -31,7 +32,7 @@ from ._errors import (
 from ._scope import AbortScope, abortable
 from ._types import MAX_TASK_ID_LENGTH, AbortReason
 from .web import _api
-from .web._middleware import REQUEST_ID_RE
+from .web._middleware import REQUEST_ID_RE, request_name
 
 try:
     from aiohttp import web
@@ -122,7 +123,9 @@ def abort_middleware(
     An aborted request is answered ``status`` (499) with
     ``{"error": "aborted", "task_id": ..., "reason": {...}}``; one whose handler had begun a
     streaming response is cut instead (DESIGN rule 12: the connection closes without the final
-    chunk) — which needs the response hook that :func:`setup` adds.
+    chunk) — which needs the response hook that :func:`setup` adds. A request whose id was
+    aborted before it came is answered at once: the handler is never called. The record's
+    name is the method and path (:func:`aioabort.web._middleware.request_name`).
     """
 
     prefixes = tuple(exclude)
@@ -143,11 +146,12 @@ def abort_middleware(
                 },
                 status=400,
             )
+        # Not suppressed: an id aborted before the request came raises on entry, before the
+        # handler is called (suppressed, it would run up to its first await).
         scope = abortable(
             request_id,
             app=aborts,
-            suppress=True,
-            name=f"{request.method} {request.path}"[:200],
+            name=request_name(request.method, request.path),
             detached=True,
             adopt=False,  # DESIGN rule 11: a client's id never starts a queued job
         )
@@ -164,6 +168,9 @@ def abort_middleware(
                 status=409,
                 headers={header: request_id},
             )
+        except TaskAborted:
+            if not scope.aborted:
+                raise  # another scope's, not this request's
         if scope.aborted and _STARTED in request:
             # A response under way is cut (DESIGN rule 12): the connection closes now, without
             # the final chunk, so the client can tell (as under the ASGI middleware).
@@ -254,6 +261,8 @@ def router(
 
     def guarded(
         endpoint: Callable[[web.Request], Awaitable[web.StreamResponse | _api.Answer]],
+        *,
+        page: bool = False,
     ) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             refused = await gate.check(
@@ -264,8 +273,8 @@ def router(
                 own_origin=f"{request.scheme}://{request.host}",
                 content_type=request.headers.get("Content-Type"),
             )
-            if refused is not None:
-                return _response(refused)
+            if refused is not None:  # the dashboard's page is refused with a page
+                return _response(_api.refusal_page(refused) if page else refused)
             answer = await _api.guarded(lambda: endpoint(request))
             return _response(answer) if isinstance(answer, _api.Answer) else answer
 
@@ -313,7 +322,7 @@ def router(
         return await _api.show(aborts, request.match_info["task_id"])
 
     sub = web.Application()
-    sub.router.add_get("/", guarded(dashboard))
+    sub.router.add_get("/", guarded(dashboard, page=True))
     sub.router.add_get("/tasks", guarded(list_tasks))
     sub.router.add_post("/abort", guarded(abort_matching))
     sub.router.add_post("/tasks/{task_id:.+}/abort", guarded(abort))

@@ -172,6 +172,9 @@ async def test_the_router_answers_as_the_starlette_one(store_url: str) -> None:
             refused = await client.request(method, path)
             assert refused.status == 403, (method, path)
             assert "queued-1" not in await refused.text()
+            html = path == "/aioabort/"  # a page for a browser; JSON for the API
+            assert refused.content_type == ("text/html" if html else "application/json")
+            assert ("<h1>Access denied</h1>" in await refused.text()) is html
         listing = await client.get("/aioabort/tasks", headers=ADMIN, params={"state": "PENDING"})
         body = await listing.json()
         assert listing.status == 200 and [t["id"] for t in body["tasks"]] == ["queued-1"]
@@ -291,3 +294,109 @@ async def test_a_disconnect_is_seen_without_handler_cancellation(store_url: str)
         await runner.cleanup()
     assert record.state is TaskState.ABORTED
     assert record.reason is not None and record.reason.code == "disconnect"
+
+
+# -- the edges a client can reach ------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def effects(
+    store_url: str, *, abort_on_disconnect: bool = False
+) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], aioabort.App, list[str]]]:
+    """A real aiohttp server whose one handler has a side effect before any await: it notes
+    the path it served in the yielded list."""
+    aborts = aioabort.App(store_url)
+    ran: list[str] = []
+    app = web.Application()
+    setup(app, aborts, abort_on_disconnect=abort_on_disconnect)
+
+    async def effect(request: web.Request) -> web.Response:
+        ran.append(request.path)  # before any await
+        return web.json_response({"ran": True})
+
+    app.router.add_get("/{tail:.*}", effect)
+    async with TestClient(TestServer(app)) as client:
+        yield client, aborts, ran
+
+
+@pytest.mark.parametrize("abort_on_disconnect", [False, True])
+async def test_a_request_aborted_before_it_came_never_runs(
+    store_url: str, abort_on_disconnect: bool
+) -> None:
+    """``abort(create=True)`` before the request: 499 at once with the reason, and the
+    handler never runs (its side effect comes before any await)."""
+    async with effects(store_url, abort_on_disconnect=abort_on_disconnect) as (
+        client,
+        aborts,
+        ran,
+    ):
+        assert await aborts.handle("early-1").abort("before it came", create=True) is True
+        early = await client.get("/effect", headers={"X-Request-Id": "early-1"})
+        body = await early.json()
+        other = await client.get("/other", headers={"X-Request-Id": "other-1"})
+        record = await aborts.handle("early-1").record()
+    assert early.status == 499 and early.headers["X-Request-Id"] == "early-1"
+    assert body["error"] == "aborted" and body["reason"]["message"] == "before it came"
+    assert other.status == 200
+    assert ran == ["/other"]
+    assert record.state is TaskState.ABORTED and record.started_at is None
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/a%00b", "GET /a%00b"),
+        ("/c%01%7F%C2%85d", "GET /c%01%7F%C2%85d"),  # C0, DEL and C1 control characters
+        ("/x%ED%A0%80y", "GET /x%ED%A0%80y"),  # aiohttp keeps what is not UTF-8 escaped
+        ("/" + "%00" * 100, "GET /" + "%00" * 65),  # capped, never inside an escape
+    ],
+    ids=["nul", "controls", "bad-utf8", "long"],
+)
+async def test_any_path_is_stored_as_a_name(store_url: str, path: str, name: str) -> None:
+    """The record's name is the request's path in a form every store holds (as under the
+    ASGI middleware); the request itself is served as usual."""
+    from .conftest import raw_http, read_to_eof
+
+    async with effects(store_url) as (client, aborts, ran):
+        base = str(client.make_url("/")).rstrip("/")
+        reader, writer, data = await raw_http(
+            base, path, {"X-Request-Id": "odd-1", "Connection": "close"}
+        )
+        data += await read_to_eof(reader)
+        writer.close()
+        record = await aborts.handle("odd-1").record()
+    assert data.startswith(b"HTTP/1.1 200 ") and len(ran) == 1
+    assert record.state is TaskState.SUCCESS and record.name == name
+
+
+async def test_a_malformed_abort_body_is_a_400_and_writes_nothing(store_url: str) -> None:
+    """As under Starlette: 400 naming the problem, nothing written."""
+    from .test_web import MALFORMED_ABORTS, MALFORMED_BULK
+
+    json_body = {**ADMIN, "Content-Type": "application/json"}
+    async with routed(store_url) as (client, aborts, _):
+        await aborts.create("target", name="job")
+        for path, cases in [
+            ("/aioabort/tasks/target/abort", MALFORMED_ABORTS),
+            ("/aioabort/abort", MALFORMED_BULK),
+        ]:
+            for body, detail in cases:
+                answer = await client.post(path, headers=json_body, data=body)
+                text = await answer.text()
+                assert answer.status == 400, (body, text)
+                assert detail in (await answer.json())["detail"], (body, text)
+        assert await aborts.handle("target").state() is TaskState.PENDING
+
+
+async def test_text_the_app_refuses_in_a_query_is_a_400(store_url: str) -> None:
+    """As under Starlette: the App's UsageError becomes a 400 naming the problem."""
+    from .test_web import BAD_QUERIES
+
+    answers = []
+    async with routed(store_url) as (client, _, _):
+        for params in BAD_QUERIES:
+            answer = await client.get("/aioabort/tasks", headers=ADMIN, params=params)
+            answers.append((answer.status, await answer.json()))
+    assert [(status, bool(body.get("detail"))) for status, body in answers] == [(400, True)] * len(
+        BAD_QUERIES
+    ), answers

@@ -115,6 +115,52 @@ async def test_dashboard_says_when_access_is_denied(chromium: str, sqlite_url: s
             await browser.close()
 
 
+async def test_the_operator_gives_the_reason(chromium: str, sqlite_url: str) -> None:
+    """The Abort button asks for a reason, prefilled with the default; "Abort matching…" has
+    a reason field of its own. What the operator types is the abort's recorded reason."""
+    from playwright.async_api import Dialog, async_playwright
+
+    made = await populate(sqlite_url, 5)  # two queued: one of bob's (a long id), one of alice's
+    bob = next(i for i in made["queued"] if i not in made["alice"])
+    asked: list[tuple[str, str]] = []
+
+    async def answer(dialog: Dialog) -> None:
+        asked.append((dialog.type, dialog.default_value))
+        await dialog.accept("the customer cancelled the order")
+
+    async with uvicorn(sqlite_url) as base, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, args=ARGS)
+        try:
+            page = await browser.new_page(viewport=WIDE)
+            await page.goto(f"{base}/aioabort/")
+            row = page.locator(f'tr[data-task-id="{bob}"]')
+            page.once("dialog", answer)
+            await row.locator('button[data-action="abort"]').click()
+            await row.locator('td[data-state="ABORTED"]').wait_for(timeout=15_000)
+            assert asked == [("prompt", "aborted from the dashboard")]
+
+            await page.locator("#labels").fill("user=alice")
+            bulk = page.locator("#bulk")
+            await wait_until(bulk.is_enabled, timeout=15)
+            await bulk.click()
+            await page.locator("#confirm.open").wait_for()
+            reason = page.locator("#confirm-reason")
+            assert await reason.get_attribute("placeholder") == "aborted from the dashboard"
+            await reason.fill("account closed")
+            await page.locator("#confirm-yes").click()
+            await page.locator("#notice", has_text="Aborted 1 task.").wait_for()
+            await layout_holds(page)
+        finally:
+            await browser.close()
+    async with aioabort.App(sqlite_url) as app:
+        one = await app.handle(bob).record()
+        matching = await app.handle(made["alice"][0]).record()
+    assert one.state is TaskState.ABORTED and one.reason is not None
+    assert one.reason.message == "the customer cancelled the order"
+    assert matching.state is TaskState.ABORTED and matching.reason is not None
+    assert matching.reason.message == "account closed"
+
+
 def long_id(i: int) -> str:
     """Every seventh id is 200 characters with nowhere to break; the rest are short."""
     tail = f"-{i:05d}"

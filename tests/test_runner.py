@@ -507,3 +507,25 @@ async def test_a_shutdown_does_not_travel_to_queued_children(lab: Lab) -> None:
     record = await child.record()
     assert record.state is TaskState.ABORTED
     assert record.reason is not None and record.reason.code == "parent"
+
+
+async def test_a_spawned_task_aborted_before_it_began_never_runs(app: aioabort.App) -> None:
+    """spawn() runs the task in this process once its record is created; an abort that comes
+    in between (here: before the run begins, deterministically) stops it before the function
+    runs at all — not even its code before the first await."""
+    from aioabort._runner import execute
+
+    ran: list[str] = []
+
+    @app.task(name="effect")
+    async def effect() -> None:
+        ran.append("effect")  # a side effect before any await
+        await asyncio.sleep(60)
+
+    handle = await effect.apply(task_id="spawned-early")
+    assert await handle.abort("not now") is True
+    scope = await execute(app, effect, await handle.record(), claimed=False)
+    assert ran == []
+    assert scope is not None and scope.aborted
+    record = await handle.record()
+    assert record.state is TaskState.ABORTED and record.started_at is None

@@ -200,21 +200,49 @@ async def test_task_group_sibling_failure_cancels_scope_as_outer(app: aioabort.A
     assert await app.handle("tg").state() is TaskState.FAILURE
 
 
-async def test_abort_before_entry_cancels_at_once(app: aioabort.App) -> None:
+async def test_an_id_aborted_before_it_started_never_runs_its_body(
+    app: aioabort.App, other_app: aioabort.App
+) -> None:
+    """Entering an id aborted before it started (queued then aborted, or aborted early with
+    ``create=True`` from another App) raises TaskAborted before the body runs: not even the
+    code before the body's first await runs. Nothing is written; the id can be tried again."""
     handle = await app.create("queued", name="job")
-    assert await handle.state() is TaskState.PENDING
     assert await handle.abort("never mind") is True
-    assert await handle.state() is TaskState.ABORTED
-    reached_after_await = False
-    with pytest.raises(TaskAborted) as info:
-        async with aioabort.abortable("queued") as scope:
-            assert scope.is_aborted()
-            await asyncio.sleep(60)
-            reached_after_await = True  # pragma: no cover
-    assert not reached_after_await
-    assert info.value.reason is not None and info.value.reason.message == "never mind"
-    record = await handle.record()
-    assert record.state is TaskState.ABORTED and record.started_at is None
+    assert await other_app.handle("early").abort("too early", create=True) is True
+    ran: list[str] = []
+    for task_id, message in [
+        ("queued", "never mind"),
+        ("early", "too early"),
+        ("early", "too early"),
+    ]:
+        with pytest.raises(TaskAborted) as info:
+            async with aioabort.abortable(task_id, app=app):
+                ran.append(task_id)  # a side effect before any await
+                await asyncio.sleep(60)  # pragma: no cover
+        assert info.value.task_id == task_id
+        assert info.value.reason is not None and info.value.reason.message == message
+        record = await app.handle(task_id).record()
+        assert record.state is TaskState.ABORTED and record.started_at is None
+    assert ran == []
+    with pytest.raises(aioabort.NoCurrentScope):
+        aioabort.current_scope()
+
+
+async def test_suppressed_an_id_aborted_before_it_started_stops_at_the_first_await(
+    app: aioabort.App,
+) -> None:
+    """With ``suppress=True`` entering never raises, so the body runs until its first await,
+    where the abort stops it; the scope says so."""
+    await app.handle("early-quiet").abort("too early", create=True)
+    steps: list[str] = []
+    async with aioabort.abortable("early-quiet", app=app, suppress=True) as scope:
+        steps.append("before the first await")
+        assert scope.is_aborted()
+        await asyncio.sleep(60)
+        steps.append("after it")  # pragma: no cover
+    assert steps == ["before the first await"]
+    assert scope.aborted and scope.reason is not None and scope.reason.message == "too early"
+    assert (await app.handle("early-quiet").record()).state is TaskState.ABORTED
 
 
 async def test_pending_record_is_started_by_the_scope(app: aioabort.App) -> None:

@@ -16,6 +16,7 @@ from starlette.responses import StreamingResponse
 import aioabort
 from aioabort import TaskState
 from aioabort.web import AbortMiddleware, Aborts, combine_lifespans, request_scope, router
+from aioabort.web._middleware import request_name
 
 from .conftest import has_state, wait_until
 
@@ -184,6 +185,20 @@ async def test_router_list_show_abort_codes(site: Site) -> None:
         assert page.status_code == 200 and "<title>aioabort</title>" in page.text
 
 
+#: Query parameters the App refuses (a UsageError, on every store): the router answers 400.
+BAD_QUERIES = [{"name": "a\x00b"}, {"id_prefix": "\x00"}, {"label": "user=\x00"}]
+
+
+async def test_text_the_app_refuses_in_a_query_is_a_400(site: Site) -> None:
+    """``GET /tasks?name=%00``: the App's UsageError becomes a 400 naming the problem (it
+    was a 503 on PostgreSQL, as if the store were down)."""
+    async with site.client as client:
+        answers = [await client.get("/aioabort/tasks", params=p) for p in BAD_QUERIES]
+    assert [(a.status_code, bool(a.json().get("detail"))) for a in answers] == [(400, True)] * len(
+        BAD_QUERIES
+    ), [a.text for a in answers]
+
+
 async def test_router_pages_and_searches(site: Site) -> None:
     """What the dashboard asks for: a page by id prefix, name, labels and state, with
     ``has_more`` for the next page; a bad label filter is a 400."""
@@ -274,6 +289,12 @@ async def test_router_refuses_until_authorized(store_url: str, authorize: Any) -
                 response = await client.request(method, path)
                 assert response.status_code == 403, (method, path)
                 assert "secret" not in response.text
+                # The dashboard's page refuses a browser with a page; the API with JSON.
+                page = path == "/aioabort/"
+                kind = "text/html" if page else "application/json"
+                assert response.headers["content-type"].startswith(kind), (method, path)
+                if page:
+                    assert "<h1>Access denied</h1>" in response.text
         assert await site.aborts.handle("secret").state() is TaskState.PENDING
 
 
@@ -293,6 +314,9 @@ async def test_app_not_open_is_503(store_url: str) -> None:
         response = await client.get("/fast")
         assert response.status_code == 503 and "lifespan" in response.text
         assert (await client.get("/aioabort/tasks")).status_code == 503
+        page = await client.get("/aioabort/")
+        assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+        assert "lifespan" in page.text
 
 
 async def test_lazy_open_for_servers_without_lifespan(store_url: str) -> None:
@@ -399,6 +423,35 @@ async def test_disconnect_without_opt_in_does_not_abort(site: Site) -> None:
 
     await site.api(_http_scope("/fast", "plain-1"), receive, send)
     assert (await site.aborts.handle("plain-1").record()).state is TaskState.SUCCESS
+
+
+def test_a_request_name_is_text_every_store_holds() -> None:
+    assert request_name("GET", "/reports/café 1") == "GET /reports/café 1"
+    assert request_name("POST", "/a\x00b\n\x7f\x85") == "POST /a%00b%0A%7F%C2%85"
+    # A byte that was not UTF-8 (surrogateescape), and a lone surrogate of its own.
+    assert request_name("GET", "/s\udced\ud800") == "GET /s%ED%ED%A0%80"
+    assert request_name("GET", "/" + "é" * 500) == "GET /" + "é" * 195
+    assert request_name("GET", "/" + "\x00" * 100) == "GET /" + "%00" * 65
+
+
+async def test_a_path_with_lone_surrogates_is_recorded_escaped(site: Site) -> None:
+    """Raw ASGI, as from a server that decodes paths with ``surrogateescape``: the request is
+    served (a 404 here) and its record named, on every store (SQLite cannot store a lone
+    surrogate)."""
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _http_scope("/s%ED%ED%A0%80%00", "surrogate-1")
+    scope["path"] = "/s\udced\ud800\x00"
+    await site.api(scope, receive, send)
+    record = await site.aborts.handle("surrogate-1").record()
+    assert sent[0]["status"] == 404
+    assert record.state is TaskState.SUCCESS and record.name == "GET /s%ED%ED%A0%80%00"
 
 
 async def test_non_http_scopes_pass_through(site: Site) -> None:
@@ -574,6 +627,48 @@ async def test_the_abort_route_creates_an_early_cancel_when_asked(site: Site) ->
     assert response.status_code == 499
     assert response.json()["reason"]["message"] == "stop it"
     assert "early-1" not in site.entered  # the endpoint never ran
+
+
+#: Malformed bodies of the abort routes, and what the 400's detail says (both routers).
+MALFORMED_ABORTS = [
+    (b'{"reason": 5}', "reason must be a string, got 5"),
+    (b'{"reason": ["stop"]}', "reason must be a string"),
+    (b'{"reason": null}', "reason must be a string, got null"),
+    (b'{"reason": "x", "create": "yes"}', "create must be true or false"),
+    (b'{"reasn": "a typo"}', "unknown field 'reasn'"),
+    (b'["stop"]', "must be a JSON object"),
+    (b"{not json", "must be JSON"),
+    (b"\xff", "must be JSON"),
+    (b'{"reason": "' + b"x" * 2001 + b'"}', "at most 2000 characters"),
+]
+MALFORMED_BULK = [
+    (b'{"labels": {"user": "alice"}, "reason": 5}', "reason must be a string, got 5"),
+    (b'{"label": {"user": "alice"}}', "unknown field 'label'"),
+    (b'{"labels": {"user": "alice"}, "dry_run": "no"}', "dry_run must be true or false"),
+    (b'{"labels": {"user": "alice"}, "states": ["NOPE"]}', "NOPE"),
+]
+
+
+async def test_a_malformed_abort_body_is_a_400_and_writes_nothing(site: Site) -> None:
+    """A reason that is not a string, an unknown field, a body that is not a JSON object:
+    400 naming the problem, never an abort with the default message."""
+    await site.aborts.create("target", name="job")
+    async with site.client as client:
+        for body, detail in MALFORMED_ABORTS:
+            answer = await client.post(
+                "/aioabort/tasks/target/abort",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            assert answer.status_code == 400, (body, answer.text)
+            assert detail in answer.json()["detail"], (body, answer.text)
+        for body, detail in MALFORMED_BULK:
+            answer = await client.post(
+                "/aioabort/abort", content=body, headers={"content-type": "application/json"}
+            )
+            assert answer.status_code == 400, (body, answer.text)
+            assert detail in answer.json()["detail"], (body, answer.text)
+    assert await site.aborts.handle("target").state() is TaskState.PENDING
 
 
 async def test_a_request_id_naming_a_queued_job_is_refused(site: Site) -> None:

@@ -1,5 +1,6 @@
-"""Real uvicorn processes on loopback running docs/examples/fastapi_app.py: two instances
-share one store; work on one is aborted through the other."""
+"""Real uvicorn servers on loopback: processes running docs/examples/fastapi_app.py (two
+instances share one store; work on one is aborted through the other), and servers in this
+process for the edges a client can reach, on every store."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
+from aioabort.web import AbortMiddleware
 from benchmarks import servers
 
 from .conftest import has_state, wait_until
-
-pytestmark = pytest.mark.real_stores  # they start other processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,7 @@ async def uvicorn(url: str) -> AsyncIterator[str]:
         yield server.base
 
 
+@pytest.mark.real_stores  # another process serves
 async def test_request_on_a_aborted_through_b(store_url: str) -> None:
     async with (
         uvicorn(store_url) as a,
@@ -62,6 +63,7 @@ async def test_request_on_a_aborted_through_b(store_url: str) -> None:
     assert stored.reason.message == "cancelled on B"
 
 
+@pytest.mark.real_stores  # another process serves
 async def test_job_started_on_a_watched_and_aborted_on_b(store_url: str) -> None:
     async with (
         uvicorn(store_url) as a,
@@ -98,6 +100,7 @@ async def test_job_started_on_a_watched_and_aborted_on_b(store_url: str) -> None
     assert status["state"] == "ABORTED" and status["reason"]["by"].startswith("web:")
 
 
+@pytest.mark.real_stores  # another process serves
 async def test_a_request_cannot_take_over_a_queued_job(store_url: str) -> None:
     """DESIGN rule 11: a job queued under an id the application chose; a client sends a
     request with that id. It is refused (409, JSON) and writes nothing: the job still runs on
@@ -129,6 +132,7 @@ async def test_a_request_cannot_take_over_a_queued_job(store_url: str) -> None:
     assert record.state is TaskState.SUCCESS and record.result == 42
 
 
+@pytest.mark.real_stores  # another process serves
 async def test_an_aborted_stream_looks_cut(store_url: str) -> None:
     """DESIGN rule 12, on the wire of a real uvicorn: a complete export ends with the final
     chunk; an aborted one never does, and the connection closes."""
@@ -155,6 +159,7 @@ async def test_an_aborted_stream_looks_cut(store_url: str) -> None:
     assert record.state is TaskState.ABORTED
 
 
+@pytest.mark.real_stores  # another process serves
 @pytest.mark.parametrize(
     "target",
     ["docs.examples.litestar_app:app", "docs.examples.django_asgi:application"],
@@ -183,3 +188,96 @@ async def test_the_middleware_under_other_frameworks(store_url: str, target: str
         taken = await client.get("/render", headers={"x-request-id": "queued-job"})
         assert taken.status_code == 409
         assert (await elsewhere.handle("queued-job").state()) is TaskState.PENDING
+
+
+# -- the edges a client can reach, on a uvicorn in this process (so on every store) ----------
+
+
+@asynccontextmanager
+async def in_process(asgi: Any) -> AsyncIterator[str]:
+    """A real uvicorn server in this process on a free loopback port, lifespan on; yields its
+    base URL (the memory store can serve it: nothing crosses a process)."""
+    import uvicorn as uvicorn_server
+
+    server = uvicorn_server.Server(
+        uvicorn_server.Config(
+            asgi, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started or serving.done(), timeout=30, what="uvicorn")
+        assert server.started, "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 30)
+
+
+def effect_site(store_url: str, **options: Any) -> tuple[aioabort.App, Any, list[str]]:
+    """Starlette behind the middleware, whose one endpoint has a side effect before any
+    await: it notes the path it served in the returned list."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    aborts = aioabort.App(store_url)
+    ran: list[str] = []
+
+    async def effect(request: Request) -> JSONResponse:
+        ran.append(request.scope["path"])  # before any await
+        return JSONResponse({"ran": True})
+
+    api = Starlette(lifespan=aborts.lifespan, routes=[Route("/{path:path}", effect)])
+    return aborts, AbortMiddleware(api, aborts=aborts, **options), ran
+
+
+MIDDLEWARE_MODES = pytest.mark.parametrize(
+    "options",
+    [{}, {"abort_on_disconnect": True}, {"abort_as_disconnect": True}],
+    ids=["plain", "abort_on_disconnect", "abort_as_disconnect"],
+)
+
+
+@MIDDLEWARE_MODES
+async def test_a_request_aborted_before_it_came_never_runs(
+    store_url: str, options: dict[str, bool]
+) -> None:
+    """``abort(create=True)`` before the request: 499 at once with the reason, and the
+    endpoint never runs (its side effect comes before any await); the record stays as the
+    abort left it. A request with another id runs."""
+    aborts, asgi, ran = effect_site(store_url, **options)
+    async with in_process(asgi) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        assert await aborts.handle("early-1").abort("before it came", create=True) is True
+        early = await client.get("/effect", headers={"x-request-id": "early-1"})
+        other = await client.get("/other", headers={"x-request-id": "other-1"})
+        record = await aborts.handle("early-1").record()
+    assert early.status_code == 499 and early.headers["x-request-id"] == "early-1"
+    assert early.json()["reason"]["message"] == "before it came"
+    assert other.status_code == 200
+    assert ran == ["/other"]
+    assert record.state is TaskState.ABORTED and record.started_at is None
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/a%00b", "GET /a%00b"),
+        ("/c%01%7F%C2%85d", "GET /c%01%7F%C2%85d"),  # C0, DEL and C1 control characters
+        ("/x%ED%A0%80y", "GET /x\ufffd\ufffd\ufffdy"),  # uvicorn decodes it so
+        ("/" + "%00" * 100, "GET /" + "%00" * 65),  # capped, never inside an escape
+    ],
+    ids=["nul", "controls", "bad-utf8", "long"],
+)
+async def test_any_path_is_stored_as_a_name(store_url: str, path: str, name: str) -> None:
+    """The record's name is the request's path in a form every store holds: NUL and other
+    control characters (and lone surrogates) escaped as the client sent them, at most 200
+    characters. The request itself is served as usual."""
+    aborts, asgi, ran = effect_site(store_url)
+    async with in_process(asgi) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        response = await client.get(path, headers={"x-request-id": "odd-1"})
+        record = await aborts.handle("odd-1").record()
+    assert response.status_code == 200 and len(ran) == 1
+    assert record.state is TaskState.SUCCESS and record.name == name

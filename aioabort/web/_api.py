@@ -7,6 +7,7 @@ its own response; it imports no framework here.
 from __future__ import annotations
 
 import contextlib
+import html
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -52,6 +53,24 @@ def record_json(aborts: App, record: TaskRecord) -> dict[str, Any]:
 
 def _bad(detail: str) -> Answer:
     return Answer(400, {"error": "bad_request", "detail": detail})
+
+
+def _json_object(raw: bytes, fields: Sequence[str]) -> dict[str, Any] | Answer:
+    """A request body: a JSON object of ``fields`` (each optional; empty is ``{}``), or 400."""
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return _bad("the body must be JSON")
+    if not isinstance(body, dict):
+        return _bad("the body must be a JSON object")
+    unknown = [key for key in body if key not in fields]
+    if unknown:
+        return _bad(f"unknown field {unknown[0]!r}: the body may hold {', '.join(fields)}")
+    return body
+
+
+def _not(what: str, value: object) -> Answer:
+    return _bad(f"{what}, got {json.dumps(value)[:100]}")
 
 
 def cross_site(
@@ -214,19 +233,14 @@ async def abort(aborts: App, task_id: str, raw: bytes | None, by: str) -> Answer
         return Answer(
             413, {"error": "too_large", "detail": f"the body is over {MAX_ABORT_BODY} bytes"}
         )
-    message, create = "aborted from the web", False
-    if raw:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _bad("the body must be JSON")
-        if not isinstance(body, dict):
-            return _bad("the body must be a JSON object")
-        if isinstance(body.get("reason"), str):
-            message = body["reason"]
-        create = body.get("create", False)
-        if not isinstance(create, bool):
-            return _bad("create must be true or false")
+    body = _json_object(raw, ("reason", "create"))
+    if isinstance(body, Answer):
+        return body
+    message, create = body.get("reason", "aborted from the web"), body.get("create", False)
+    if not isinstance(message, str):
+        return _not("reason must be a string", message)
+    if not isinstance(create, bool):
+        return _not("create must be true or false", create)
     handle = aborts.handle(task_id)
     recorded = await handle.abort(message, by=by, create=create)
     try:
@@ -246,24 +260,23 @@ async def abort_matching(aborts: App, raw: bytes | None, by: str) -> Answer:
         return Answer(
             413, {"error": "too_large", "detail": f"the body is over {MAX_ABORT_BODY} bytes"}
         )
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        return _bad("the body must be JSON")
-    if not isinstance(body, dict):
-        return _bad("the body must be a JSON object")
+    body = _json_object(raw, ("labels", "name", "states", "reason", "dry_run"))
+    if isinstance(body, Answer):
+        return body
     labels, name, states = body.get("labels"), body.get("name"), body.get("states")
     dry_run, message = body.get("dry_run", False), body.get("reason", "aborted from the web")
     if labels is not None and not isinstance(labels, dict):
-        return _bad("labels must be an object of strings")
+        return _not("labels must be an object of strings", labels)
     if name is not None and not isinstance(name, str):
-        return _bad("name must be a string")
+        return _not("name must be a string", name)
     if states is not None and not (
         isinstance(states, list) and all(isinstance(s, str) for s in states)
     ):
-        return _bad("states must be a list of state names")
-    if not isinstance(dry_run, bool) or not isinstance(message, str):
-        return _bad("dry_run must be true or false, and reason a string")
+        return _not("states must be a list of state names", states)
+    if not isinstance(dry_run, bool):
+        return _not("dry_run must be true or false", dry_run)
+    if not isinstance(message, str):
+        return _not("reason must be a string", message)
     if not labels and name is None:
         return _bad("give labels or a name: the filter may not be empty")
     ids = await aborts.abort_many(
@@ -307,9 +320,37 @@ async def events(aborts: App, task_id: str) -> Answer | AsyncIterator[str]:
     return stream()
 
 
+_REFUSED = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>aioabort: {title}</title>
+<style>body {{ font:16px/1.5 system-ui, sans-serif; color:#1d2430; max-width:40rem;
+margin:4rem auto; padding:0 1rem; overflow-wrap:anywhere; }}</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p>{detail}</p>
+</body>
+</html>
+"""
+
+
+def refusal_page(refused: Answer) -> Answer:
+    """A refusal of the dashboard's page as a small HTML page, with the same status."""
+    title, detail = {
+        403: ("Access denied", "The authorize hook refused this request."),
+        503: ("Not open", "The aioabort App of this server is not open."),
+    }.get(refused.status, (f"Refused ({refused.status})", ""))
+    detail = str(refused.body.get("detail") or detail)
+    page = _REFUSED.format(title=title, detail=html.escape(detail))
+    return Answer(refused.status, refused.body, html=page)
+
+
 def dashboard() -> Answer:
-    html = resources.files("aioabort").joinpath("dashboard.html").read_text("utf-8")
-    return Answer(200, html=html)
+    page = resources.files("aioabort").joinpath("dashboard.html").read_text("utf-8")
+    return Answer(200, html=page)
 
 
 def default_who(client_host: str | None) -> str:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import re
+import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
@@ -20,13 +21,14 @@ import anyio.lowlevel
 from .._app import App
 from .._errors import (
     ScopeAlreadyEntered,
+    TaskAborted,
     TaskAlreadyExists,
     TaskAlreadyFinished,
     TaskAlreadyStarted,
     UsageError,
 )
 from .._scope import AbortScope, abortable
-from .._types import MAX_TASK_ID_LENGTH, AbortReason
+from .._types import MAX_TASK_ID_LENGTH, MAX_TASK_NAME_LENGTH, AbortReason
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,6 +39,29 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 #: Request ids the web integrations accept from a header.
 REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{MAX_TASK_ID_LENGTH}}}")
+
+
+def _escape(char: str) -> str:
+    """A character as the percent-escapes of its bytes (a lone surrogate in U+DC80..U+DCFF
+    stands for a byte that was not UTF-8, as ``surrogateescape`` decodes it)."""
+    errors = "surrogateescape" if "\udc80" <= char <= "\udcff" else "surrogatepass"
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", errors))
+
+
+def request_name(method: str, path: str) -> str:
+    """The name of a request's record, ``"GET /path"``, in a form every store holds: NUL and
+    the other control characters, and lone surrogates (text PostgreSQL or SQLite cannot
+    store), are percent-escaped as a client sends them; the name is cut to
+    :data:`~aioabort._types.MAX_TASK_NAME_LENGTH` characters, never inside an escape."""
+    pieces: list[str] = []
+    size = 0
+    for char in f"{method} {path}":
+        piece = _escape(char) if unicodedata.category(char) in ("Cc", "Cs") else char
+        size += len(piece)
+        if size > MAX_TASK_NAME_LENGTH:
+            break
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 async def _send_json(
@@ -69,7 +94,10 @@ class AbortMiddleware:
     under way is cut (DESIGN rule 12): it is never completed, so the server closes the
     connection without the final chunk (uvicorn logs "ASGI callable returned without
     completing response") and the client sees an incomplete body, never a complete one. The
-    body iterator of a streaming response runs inside the scope too.
+    body iterator of a streaming response runs inside the scope too. A request whose id was
+    aborted before it came (``abort(..., create=True)``) gets ``status_code`` at once: the
+    application is never called. The record's name is the method and path
+    (:func:`request_name`).
 
     :param aborts: the :class:`aioabort.App` (opened by ``lifespan=aborts.lifespan``).
     :param header: the request-id header.
@@ -160,11 +188,11 @@ class AbortMiddleware:
                 progress["complete"] = True
             await send(message)
 
-        name = f"{scope.get('method', 'HTTP')} {scope.get('path', '')}"[:200]
+        name = request_name(scope.get("method", "HTTP"), scope.get("path", ""))
         # adopt=False (DESIGN rule 11): a client's id never starts a record it did not create.
-        abort_scope = abortable(
-            request_id, app=self.aborts, suppress=True, name=name, detached=True, adopt=False
-        )
+        # Not suppressed: an id aborted before the request came raises on entry, before the
+        # application is called (suppressed, it would run up to its first await).
+        abort_scope = abortable(request_id, app=self.aborts, name=name, detached=True, adopt=False)
         try:
             async with abort_scope:
                 scope.setdefault("state", {})["aioabort_scope"] = abort_scope
@@ -187,6 +215,9 @@ class AbortMiddleware:
                 [echo],
             )
             return
+        except TaskAborted:
+            if not abort_scope.aborted:
+                raise  # another scope's, not this request's
         if abort_scope.aborted:
             with contextlib.suppress(OSError):
                 if not progress["started"]:

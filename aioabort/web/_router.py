@@ -56,14 +56,15 @@ def router(
     """A Starlette router to mount (``api.mount("/aioabort", router(aborts, authorize=...))``).
 
     ======  =======================  =================================================
-    GET     ``/``                    the dashboard (HTML)
+    GET     ``/``                    the dashboard (HTML; refused with an HTML page)
     GET     ``/tasks``               a page: ``state`` and ``label=KEY=VALUE``
                                      (repeatable), ``name``, ``id_prefix``, ``limit``,
                                      ``offset``; ``has_more`` says a next page exists
     GET     ``/tasks/{id}``          one record; 404 if unknown
     POST    ``/tasks/{id}/abort``    202 (also when already aborting); 404; 409 finished.
                                      ``content-type: application/json``; optional body
-                                     ``{"reason": "...", "create": true}``
+                                     ``{"reason": "...", "create": true}`` (400 for
+                                     any other field or type)
     GET     ``/tasks/{id}/events``   Server-Sent Events: ``state`` on each change, then
                                      ``end`` once the task is finished
     POST    ``/abort``               every task matching ``{"labels": {...}, "name": ...,
@@ -81,7 +82,7 @@ def router(
     gate = _api.Gate(aborts, authorize, frozenset(allowed_origins))
 
     def guarded(
-        endpoint: Callable[[Request], Awaitable[Response | _api.Answer]],
+        endpoint: Callable[[Request], Awaitable[Response | _api.Answer]], *, page: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
         async def wrapper(request: Request) -> Response:
             refused = await gate.check(
@@ -92,8 +93,8 @@ def router(
                 own_origin=f"{request.url.scheme}://{request.url.netloc}",
                 content_type=request.headers.get("content-type"),
             )
-            if refused is not None:
-                return _response(refused)
+            if refused is not None:  # the dashboard's page is refused with a page
+                return _response(_api.refusal_page(refused) if page else refused)
             answer = await _api.guarded(lambda: endpoint(request))
             return answer if isinstance(answer, Response) else _response(answer)
 
@@ -139,7 +140,7 @@ def router(
 
     return Router(
         routes=[
-            Route("/", guarded(dashboard), methods=["GET"]),
+            Route("/", guarded(dashboard, page=True), methods=["GET"]),
             Route("/tasks", guarded(list_tasks), methods=["GET"]),
             Route("/abort", guarded(abort_matching), methods=["POST"]),
             Route("/tasks/{task_id:path}/abort", guarded(abort), methods=["POST"]),
