@@ -235,20 +235,38 @@ async def execute(
         )
         return scope
     if info:
-        state = scope.record.state.value if scope.record is not None else "?"
-        logger.info(
-            "task %s (%s) ended %s",
-            record.id,
-            task.name,
-            state,
-            extra={
-                "action": "task_ended",
-                "task_id": record.id,
-                "task_name": task.name,
-                "state": state,
-            },
-        )
+        _log_end(scope, task.name)
     return scope
+
+
+def _log_end(scope: AbortScope, name: str) -> None:
+    """The task's one line at INFO: how it ended; for an abort or a requeue, why and who asked."""
+    record = scope.record
+    state = record.state.value if record is not None else "?"
+    reason = record.reason if record is not None and record.reason else scope.reason
+    how = "requeued" if scope.requeued else f"ended {state}"
+    if reason is not None and (scope.requeued or state == TaskState.ABORTED.value):
+        how += f": {_one_line(str(reason))}"
+    logger.info(
+        "task %s (%s) %s",
+        scope.id,
+        name,
+        how,
+        extra={
+            "action": "task_requeued" if scope.requeued else "task_ended",
+            "task_id": scope.id,
+            "task_name": name,
+            "state": state,
+            "reason": None if reason is None else reason.to_dict(),
+        },
+    )
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other controls escaped: a reason cannot forge log lines."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 async def fail_unknown(runtime: Runtime, record: TaskRecord, known: Sequence[str]) -> None:
