@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,7 +168,7 @@ HOSTILE = "\x1b]0;pwned\x07[/x] [bold red]boom\x1b[2J\x9b31m\u202eevil"
 HOSTILE_ID = "id-[/x]\x9b31m\u202eevil"
 
 
-def run_cli_tty(*args: str) -> tuple[int, str]:
+def run_cli_tty(*args: str, columns: int = 400) -> tuple[int, str]:
     """Run the CLI with its stdout on a pseudo-terminal (rich draws its table there)."""
     import pty
 
@@ -177,7 +178,7 @@ def run_cli_tty(*args: str) -> tuple[int, str]:
         stdout=follower,
         stderr=follower,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "400", "TERM": "xterm"},
+        env={**os.environ, "COLUMNS": str(columns), "TERM": "xterm"},
     )
     os.close(follower)
     chunks: list[bytes] = []
@@ -455,3 +456,30 @@ def test_a_mistyped_sqlite_path_is_refused_not_created(
     assert not path.exists()
     assert run_cli("--db", f"sqlite:///{path}", "db", "init").returncode == 0
     assert path.exists()
+
+
+@pytest.mark.parametrize("progress", [False, True], ids=["no-progress", "progress"])
+def test_the_table_never_wraps_an_id_in_a_100_column_terminal(
+    sqlite_url: str, progress: bool
+) -> None:
+    """Ids are what operators copy: each stays whole on one line, and a column with nothing
+    to show gives its width up."""
+
+    async def fill() -> list[str]:
+        async with aioabort.App(sqlite_url) as app:
+            ids = [(await app.create(name="reports.monthly_export")).id for _ in range(3)]
+            async with aioabort.abortable("f" * 32, name="reports.build", suppress=True) as scope:
+                if progress:
+                    await scope.report(0.4, "section 4 of 10")
+                await app.handle(scope.id).abort("disk is filling up, try again later")
+                await asyncio.sleep(5)
+            return [*ids, scope.id]
+
+    ids = asyncio.run(fill())
+    code, output = run_cli_tty("--db", sqlite_url, "tasks", columns=100)
+    assert code == 0, output
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines()  # without the colours
+    assert all(len(line) <= 100 for line in lines), output
+    for task_id in ids:
+        assert any(task_id in line for line in lines), output
+    assert ("PROGRESS" in output) is progress, output

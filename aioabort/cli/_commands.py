@@ -267,7 +267,9 @@ def tasks(
     if as_json:
         _dump([_output.record_to_json(r) for r in records])
     elif sys.stdout.isatty():
-        _console().print(_output.tasks_table(records, title=f"{len(records)} task(s)"))
+        console = _console()
+        title = f"{len(records)} task(s)"
+        console.print(_output.tasks_table(records, title=title, width=console.width))
     else:
         for record in records:
             click.echo(_output.record_line(record))
@@ -333,7 +335,8 @@ def _watch_tasks(app: App, query: Callable[[], Awaitable[list[TaskRecord]]], as_
         with Live(console=_console(), auto_refresh=False) as live:
 
             def draw(records: list[TaskRecord]) -> None:
-                live.update(_output.tasks_table(records, title=title(records)), refresh=True)
+                table = _output.tasks_table(records, title=title(records), width=live.console.width)
+                live.update(table, refresh=True)
 
             _run_live(lambda: _live.watch_listing(app, query, draw), on_interrupt=0)
         return
