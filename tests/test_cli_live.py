@@ -17,6 +17,7 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
+from aioabort.cli._live import REDRAW_INTERVAL
 
 from .conftest import has_state, wait_until
 
@@ -236,12 +237,24 @@ async def test_tasks_watch_in_a_pipe_prints_a_line_per_change(store_url: str) ->
         await until("STARTED")
         await steps.put(0.5)
         await until("progress=50%")
+        # A change the line does not show (50% still): the record differs, the line must not
+        # be printed again. Given the watch time to read it (five redraw intervals).
+        await asyncio.sleep(aioabort.AbortScope.report_interval)  # else the report waits
+        await steps.put(0.501)
+        await wait_until(lambda: _progress_is(app, "piped", 0.501))
+        await asyncio.sleep(5 * REDRAW_INTERVAL)
         await app.handle("piped").abort("from the test")
         await task
         await until("ABORTED")
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert all("piped" in line for line in seen)
+    shown = [line.split(None, 1)[1] for line in seen]  # without the time stamp
+    assert len(shown) == len(set(shown)), seen
+
+
+async def _progress_is(app: aioabort.App, task_id: str, value: float) -> bool:
+    return (await app.handle(task_id).record()).progress == value
 
 
 async def test_abort_wait_interrupted_exits_130(store_url: str) -> None:

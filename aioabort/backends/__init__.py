@@ -88,7 +88,7 @@ def redact(url: str) -> str:
             netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
     # Rebuilt by hand: urlunsplit drops the empty authority of sqlite:///x.db (sqlite:/x.db).
     shown = f"{parts.scheme}:" if parts.scheme else ""
-    if url.partition(":")[2].startswith("//") or not parts.scheme and url.startswith("//"):
+    if (url.split(":", 1)[1] if parts.scheme else url).startswith("//"):
         shown += f"//{netloc}"
     shown += parts.path
     if parts.query:

@@ -340,14 +340,16 @@ def _watch_tasks(app: App, query: Callable[[], Awaitable[list[TaskRecord]]], as_
 
             _run_live(lambda: _live.watch_listing(app, query, draw), on_interrupt=0)
         return
-    seen: dict[str, TaskRecord] = {}
+    printed: dict[str, str] = {}  # by id, the last line printed
+
+    def as_line(record: TaskRecord) -> str:
+        if as_json:
+            return _output.safe_json(_output.record_to_json(record))
+        return _output.record_line(record)
 
     def lines(records: list[TaskRecord]) -> None:
-        for record in _live.changed_lines(seen, records):
-            if as_json:
-                click.echo(_output.safe_json(_output.record_to_json(record)))
-            else:
-                click.echo(f"{_live.stamp()}  {_output.record_line(record)}")
+        for line in _live.changed_lines(printed, records, as_line):
+            click.echo(line if as_json else f"{_live.stamp()}  {line}")
         sys.stdout.flush()
 
     render = lines
