@@ -102,7 +102,7 @@ class Task(Generic[P, R]):
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.fn(*args, **kwargs)
 
-    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle:
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle[R]:
         """Queue a run for any worker: a PENDING record with the JSON arguments.
 
         Inside a scope, the new task is its child: aborting the parent aborts it too.
@@ -112,7 +112,7 @@ class Task(Generic[P, R]):
         """
         return await self.apply(args, kwargs)
 
-    async def spawn(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle:
+    async def spawn(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle[R]:
         """Run now in this process, under the App (for servers that run no worker).
 
         It is recorded like a queued task and abortable from any process all the same.
@@ -129,7 +129,7 @@ class Task(Generic[P, R]):
         detached: bool = False,
         spawn: bool = False,
         labels: dict[str, str] | None = None,
-    ) -> AbortHandle:
+    ) -> AbortHandle[R]:
         """``delay()``/``spawn()`` with options.
 
         :param task_id: the id (default: a random one).
