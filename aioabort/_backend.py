@@ -84,6 +84,18 @@ class OwnerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class QuietOwner:
+    """An owner the reaper looks at (see :meth:`Store.heartbeat`).
+
+    :ivar beats: its heartbeat counter.
+    :ivar quiet_for: seconds since its last beat, by the store's clock.
+    """
+
+    beats: int
+    quiet_for: float
+
+
+@dataclass(frozen=True, slots=True)
 class Unclaimed:
     """Queued tasks of one queue and name that no live worker can run (no worker serving
     that queue registered the name: DESIGN rule 14 leaves them queued).
@@ -335,7 +347,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def heartbeat(
         self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
-    ) -> dict[str, int] | None:
+    ) -> dict[str, QuietOwner] | None:
         """Record that ``owner`` is alive: one write for all its tasks, which bumps its
         ``beats`` counter (liveness is judged by that counter changing, never by clocks).
 
@@ -346,8 +358,8 @@ class Store(abc.ABC):
             than this many seconds by the store's clock (so its cost grows with dead owners,
             not live ones; the counters, not the clock, then decide who is dead).
         :returns: ``None`` unless ``owner`` holds the lease now; then the quiet owners'
-            counters, read with the beat (one statement per interval where the dialect
-            allows it).
+            counters and how long they have been quiet, read with the beat (one statement per
+            interval where the dialect allows it).
         """
 
     @abc.abstractmethod

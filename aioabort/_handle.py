@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Generic, cast, final
 
 import anyio
 
@@ -15,7 +15,17 @@ from ._state import TaskRecord, TaskState
 from ._types import AbortReason, JSONValue, check_task_id, coerce_reason
 
 if TYPE_CHECKING:
+    # The default (PEP 696) matters to type checkers only: typing has it from Python 3.13,
+    # and every type checker knows typing_extensions.
+    from typing_extensions import TypeVar
+
     from ._runtime import Runtime
+
+    R = TypeVar("R", default=JSONValue)
+else:
+    from typing import TypeVar
+
+    R = TypeVar("R")
 
 #: How long a waiter waits for a change of its task before it reads again anyway: a safety
 #: net only. Changes of the task wake it at once (and a watcher that may have missed some,
@@ -24,11 +34,15 @@ _SAFETY_REREAD = 30.0
 
 
 @final
-class AbortHandle:
+class AbortHandle(Generic[R]):
     """A handle on the task ``id``: ask it to stop, read its state, wait for its end.
 
     Get one with :meth:`App.handle`. Holding a handle does no I/O; each method reads or writes
     the store once (``wait()`` re-reads when the watcher sees a change).
+
+    It is generic in the task's result: ``Task.delay()``, ``spawn()`` and ``apply()`` of a task
+    returning ``R`` give an ``AbortHandle[R]``, whose :meth:`result` is typed ``R``; a handle
+    by id (``app.handle(id)``) is an ``AbortHandle[JSONValue]``.
 
     Example::
 
@@ -158,18 +172,24 @@ class AbortHandle:
         Wakes on every change the watcher sees, so it returns within one change-detection
         interval of the final write.
 
-        :raises TimeoutError: if ``timeout`` seconds pass first.
+        :raises TimeoutError: if ``timeout`` seconds pass first (naming the task, the timeout
+            and the state it was in).
         :raises TaskNotFound: if there is no record.
         """
-        with anyio.fail_after(timeout):
+        last: TaskRecord | None = None
+        with anyio.move_on_after(timeout):
             async with contextlib.aclosing(self.watch()) as records:
-                async for record in records:
-                    if record.state.is_terminal:
-                        return record
-        raise AssertionError("watch() ends with a terminal record")  # pragma: no cover
+                async for last in records:
+                    if last.state.is_terminal:
+                        return last
+        if timeout is None:  # pragma: no cover
+            raise AssertionError("watch() ends with a terminal record")
+        state = "" if last is None else f" (it is {last.state.value})"
+        raise TimeoutError(f"task {self.id!r} has not ended after {timeout:g}s{state}")
 
-    async def result(self, timeout: float | None = None) -> JSONValue:
-        """Wait for the task to end and return its stored result.
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the task to end and return its stored result (the JSON form of what the
+        task returned: a tuple comes back as a list).
 
         :raises TaskAborted: if it ended ABORTED (with the reason).
         :raises TaskFailed: if it ended FAILURE (with the error).
@@ -180,4 +200,4 @@ class AbortHandle:
             raise TaskAborted(self.id, record.reason)
         if record.state is TaskState.FAILURE:
             raise TaskFailed(self.id, record.error)
-        return record.result
+        return cast(R, record.result)

@@ -9,6 +9,13 @@ ends as FAILURE (cause ``lost``) the running tasks of those whose heartbeat coun
 moved for ``stale_after`` seconds of *its* monotonic clock (retryable ones go back to
 PENDING), by compare-and-set. The clock only picks whom to look at; judging by counters means
 a wall-clock jump cannot kill a live owner.
+
+A holder that dies mid-count would make its heir start the count again: the heir instead
+carries it on, at its first round, from how long each owner has been quiet by the store's
+clock (what the dead holder had counted), but still watches the counter stand still itself
+for ``QUIET_BEATS`` intervals before it reaps. So an owner's tasks are reaped about
+``stale_after`` plus two intervals after its last beat whoever holds the lease, and a jump of
+the store's clock at a hand-over alone cannot kill a live owner either.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
-from ._backend import OwnerInfo, Store
+from ._backend import OwnerInfo, QuietOwner, Store
 from ._shield import shielded
 
 logger = logging.getLogger("aioabort")
@@ -40,11 +48,26 @@ class OwnerClock:
     def __init__(self) -> None:
         self._seen: dict[str, tuple[int, float]] = {}
 
-    def dead(self, beats: dict[str, int], now: float, stale_after: float) -> set[str]:
+    def dead(
+        self,
+        beats: Mapping[str, int],
+        now: float,
+        stale_after: float,
+        *,
+        counted: Mapping[str, float] | None = None,
+        least: float = 0.0,
+    ) -> set[str]:
+        """The owners whose counter has not moved for ``stale_after`` seconds.
+
+        :param counted: for owners seen for the first time, seconds of the count already done
+            (by another reaper); the rest, and at least ``least`` seconds, is counted here.
+        """
         for owner, count in beats.items():
             last = self._seen.get(owner)
             if last is None or last[0] != count:
-                self._seen[owner] = (count, now)
+                done = (counted or {}).get(owner, 0.0) if last is None else 0.0
+                done = max(0.0, min(done, stale_after - least))
+                self._seen[owner] = (count, now - done)
         for owner in set(self._seen) - set(beats):
             del self._seen[owner]
         return {owner for owner, (_, since) in self._seen.items() if now - since >= stale_after}
@@ -100,8 +123,13 @@ class Liveness:
         """
         return await self._reap(await self._store.owner_beats(), sweep=sweep)
 
-    async def _reap(self, beats: dict[str, int], *, sweep: bool) -> list[str]:
-        dead = self._clock.dead(beats, time.monotonic(), self._stale_after)
+    async def _reap(
+        self, beats: Mapping[str, int], *, sweep: bool, counted: Mapping[str, float] | None = None
+    ) -> list[str]:
+        least = QUIET_BEATS * self._interval
+        dead = self._clock.dead(
+            beats, time.monotonic(), self._stale_after, counted=counted, least=least
+        )
         dead.discard(self._owner.id)
         if not dead and not sweep:
             return []
@@ -138,12 +166,16 @@ class Liveness:
                         quiet=QUIET_BEATS * self._interval,
                     )
                 )
-                self.reaping = quiet is not None
+                heir, self.reaping = not self.reaping, quiet is not None
                 if quiet is None:
                     continue
                 self.reaper_rounds += 1
                 sweep = self.reaper_rounds % SWEEP_EVERY == 0
-                lost = await self._reap(quiet, sweep=sweep)
+                lost = await self._reap(
+                    {owner: q.beats for owner, q in quiet.items()},
+                    sweep=sweep,
+                    counted=_counted(quiet, QUIET_BEATS * self._interval) if heir else None,
+                )
                 if sweep and self._retention is not None:
                     await self._purge(self._retention)
             except Exception:
@@ -154,3 +186,9 @@ class Liveness:
                     "tasks whose owner stopped heartbeating were ended as lost",
                     extra={"action": "tasks_reaped", "task_ids": lost},
                 )
+
+
+def _counted(quiet: Mapping[str, QuietOwner], window: float) -> dict[str, float]:
+    """What a reaper before this one had counted of each quiet owner's silence: all of it but
+    the ``window`` it takes to be seen as quiet."""
+    return {owner: q.quiet_for - window for owner, q in quiet.items()}

@@ -102,7 +102,7 @@ class Task(Generic[P, R]):
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.fn(*args, **kwargs)
 
-    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle:
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle[R]:
         """Queue a run for any worker: a PENDING record with the JSON arguments.
 
         Inside a scope, the new task is its child: aborting the parent aborts it too.
@@ -112,7 +112,7 @@ class Task(Generic[P, R]):
         """
         return await self.apply(args, kwargs)
 
-    async def spawn(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle:
+    async def spawn(self, *args: P.args, **kwargs: P.kwargs) -> AbortHandle[R]:
         """Run now in this process, under the App (for servers that run no worker).
 
         It is recorded like a queued task and abortable from any process all the same.
@@ -129,7 +129,7 @@ class Task(Generic[P, R]):
         detached: bool = False,
         spawn: bool = False,
         labels: dict[str, str] | None = None,
-    ) -> AbortHandle:
+    ) -> AbortHandle[R]:
         """``delay()``/``spawn()`` with options.
 
         :param task_id: the id (default: a random one).
@@ -237,20 +237,38 @@ async def execute(
         )
         return scope
     if info:
-        state = scope.record.state.value if scope.record is not None else "?"
-        logger.info(
-            "task %s (%s) ended %s",
-            record.id,
-            task.name,
-            state,
-            extra={
-                "action": "task_ended",
-                "task_id": record.id,
-                "task_name": task.name,
-                "state": state,
-            },
-        )
+        _log_end(scope, task.name)
     return scope
+
+
+def _log_end(scope: AbortScope, name: str) -> None:
+    """The task's one line at INFO: how it ended; for an abort or a requeue, why and who asked."""
+    record = scope.record
+    state = record.state.value if record is not None else "?"
+    reason = record.reason if record is not None and record.reason else scope.reason
+    how = "requeued" if scope.requeued else f"ended {state}"
+    if reason is not None and (scope.requeued or state == TaskState.ABORTED.value):
+        how += f": {_one_line(str(reason))}"
+    logger.info(
+        "task %s (%s) %s",
+        scope.id,
+        name,
+        how,
+        extra={
+            "action": "task_requeued" if scope.requeued else "task_ended",
+            "task_id": scope.id,
+            "task_name": name,
+            "state": state,
+            "reason": None if reason is None else reason.to_dict(),
+        },
+    )
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other controls escaped: a reason cannot forge log lines."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 async def fail_unknown(runtime: Runtime, record: TaskRecord, known: Sequence[str]) -> None:

@@ -34,6 +34,7 @@ from ._backend import (
     Change,
     ChangeCallback,
     OwnerInfo,
+    QuietOwner,
     StartResult,
     Store,
     StoreStatistics,
@@ -391,7 +392,7 @@ class MemoryStore(Store):
 
     async def heartbeat(
         self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
-    ) -> dict[str, int] | None:
+    ) -> dict[str, QuietOwner] | None:
         self._step()
         db, now = self.db, time.monotonic()
         db.beats[owner.id] = db.beats.get(owner.id, 0) + 1
@@ -401,7 +402,10 @@ class MemoryStore(Store):
         if db.lease is not None and db.lease[0] != owner.id and db.lease[1] >= now:
             return None
         db.lease = (owner.id, now + lease)
-        return {o: n for o, n in db.beats.items() if db.last_seen.get(o, now) < now - quiet}
+        seen = {o: db.last_seen.get(o, now) for o in db.beats}
+        return {
+            o: QuietOwner(n, now - seen[o]) for o, n in db.beats.items() if seen[o] < now - quiet
+        }
 
     async def owner_beats(self) -> dict[str, int]:
         self._step()

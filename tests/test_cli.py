@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,7 +168,7 @@ HOSTILE = "\x1b]0;pwned\x07[/x] [bold red]boom\x1b[2J\x9b31m\u202eevil"
 HOSTILE_ID = "id-[/x]\x9b31m\u202eevil"
 
 
-def run_cli_tty(*args: str) -> tuple[int, str]:
+def run_cli_tty(*args: str, columns: int = 400) -> tuple[int, str]:
     """Run the CLI with its stdout on a pseudo-terminal (rich draws its table there)."""
     import pty
 
@@ -177,7 +178,7 @@ def run_cli_tty(*args: str) -> tuple[int, str]:
         stdout=follower,
         stderr=follower,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "400", "TERM": "xterm"},
+        env={**os.environ, "COLUMNS": str(columns), "TERM": "xterm"},
     )
     os.close(follower)
     chunks: list[bytes] = []
@@ -337,3 +338,148 @@ def test_tasks_by_label_and_the_tasks_nobody_can_run(tmp_path: Path) -> None:
     assert run_cli("--db", url, "tasks", "--unclaimed", "--watch").returncode == 2
     none = run_cli("--db", url, "tasks", "--unclaimed")  # nothing has waited a minute
     assert none.returncode == 0 and "Every queued task" in none.stdout
+
+
+def _shown_forms(tmp_path: Path) -> list[tuple[str, str]]:
+    """(URL given, URL shown) for every SQLite form; the shown one is the one given."""
+    absolute = f"sqlite:///{tmp_path / 'abs.db'}"  # sqlite:////tmp/...: four slashes
+    return [
+        ("sqlite:///relative.db", "sqlite:///relative.db"),
+        ("sqlite:///sub/dir.db", "sqlite:///sub/dir.db"),
+        (absolute, absolute),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("sqlite:///odd@name#1.db", "sqlite:///odd@name#1.db"),
+    ]
+
+
+async def _same_store(url: str) -> None:
+    """A record written through ``App(url)`` is read through ``App(App(url).url)``."""
+    shown = aioabort.App(url).url
+    async with aioabort.App(url) as first:
+        handle = await first.create(name="url")
+        async with aioabort.App(shown) as second:
+            if url.endswith(":memory:"):  # one store per App: only that it opens
+                return
+            assert (await second.handle(handle.id).record()).name == "url"
+
+
+async def test_sqlite_urls_are_shown_as_given_and_open_the_same_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for given, shown in _shown_forms(tmp_path):
+        app = aioabort.App(given)
+        assert app.url == shown and repr(app) == f"<aioabort.App url={shown!r} new>"
+        await _same_store(given)
+
+
+@pytest.mark.postgres
+async def test_postgres_urls_round_trip_with_the_password_hidden(postgres_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(postgres_url)  # trust auth: any password is accepted
+    secret = f"{parts.scheme}://{parts.username}:s3cr%2Ft@{parts.hostname}:{parts.port}"
+    options = f"sslmode=disable&application_name=ops%20view&{parts.query}"
+    with_password = f"{secret}{parts.path}?{options}&password=hunter2"
+    assert aioabort.App(postgres_url).url == postgres_url  # the query's options are kept
+    shown = aioabort.App(with_password).url
+    assert "s3cr" not in shown and "hunter2" not in shown
+    assert shown == (
+        f"{parts.scheme}://{parts.username}:***@{parts.hostname}:{parts.port}{parts.path}"
+        f"?{options}&password=***"
+    )
+    await _same_store(postgres_url)
+    await _same_store(with_password)
+
+
+def test_the_cli_shows_the_sqlite_url_it_was_given(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shown.db'}"
+    out = run_cli("--db", url, "db", "init")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"store ready: {url}"
+    relative = subprocess.run(
+        [sys.executable, "-m", "aioabort", "--db", "sqlite:///here.db", "db", "init"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert relative.stdout.strip() == "store ready: sqlite:///here.db", relative.stderr
+    assert (tmp_path / "here.db").exists()
+
+
+def test_purge_needs_confirmation_without_a_terminal(populated: str) -> None:
+    """As ``abort`` does: exit 4 and a hint, nothing deleted."""
+    out = run_cli("--db", populated, "purge", "--older-than", "0s")
+    assert out.returncode == 4, out.stderr
+    assert "refusing to purge without confirmation: pass --yes" in out.stderr
+    assert run_cli("--db", populated, "show", "done-1").returncode == 0  # still there
+
+
+@pytest.mark.parametrize("duration", ["99999999999d", f"{'9' * 400}s"])
+def test_a_duration_too_long_is_a_usage_error(populated: str, duration: str) -> None:
+    out = run_cli("--db", populated, "purge", "--older-than", duration, "--yes")
+    assert out.returncode == 2, out.stderr
+    assert "too long" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("--db", populated, "tasks", "--unclaimed", "--unclaimed-after", duration)
+    assert out.returncode == 2 and "too long" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tasks",),
+        ("tasks", "--watch"),
+        ("tasks", "--unclaimed"),
+        ("show", "x"),
+        ("show", "x", "--follow"),
+        ("abort", "x", "--yes"),
+        ("abort", "--label", "a=b", "--yes"),
+        ("purge", "--older-than", "1d", "--yes"),
+    ],
+    ids=" ".join,
+)
+def test_a_mistyped_sqlite_path_is_refused_not_created(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Only ``db init``, ``worker`` and an App create a store file: the other commands refuse
+    a path with no store (exit 3, as for a store they cannot reach) instead of answering from
+    a new, empty one."""
+    path = tmp_path / "typo.db"
+    out = run_cli("--db", f"sqlite:///{path}", *args)
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    assert f"no SQLite store at '{path}'" in out.stderr and "db init" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not path.exists()
+    assert run_cli("--db", f"sqlite:///{path}", "db", "init").returncode == 0
+    assert path.exists()
+
+
+@pytest.mark.parametrize("progress", [False, True], ids=["no-progress", "progress"])
+def test_the_table_never_wraps_an_id_in_a_100_column_terminal(
+    sqlite_url: str, progress: bool
+) -> None:
+    """Ids are what operators copy: each stays whole on one line, and a column with nothing
+    to show gives its width up."""
+
+    async def fill() -> list[str]:
+        async with aioabort.App(sqlite_url) as app:
+            ids = [(await app.create(name="reports.monthly_export")).id for _ in range(3)]
+            async with aioabort.abortable("f" * 32, name="reports.build", suppress=True) as scope:
+                if progress:
+                    await scope.report(0.4, "section 4 of 10")
+                await app.handle(scope.id).abort("disk is filling up, try again later")
+                await asyncio.sleep(5)
+            return [*ids, scope.id]
+
+    ids = asyncio.run(fill())
+    code, output = run_cli_tty("--db", sqlite_url, "tasks", columns=100)
+    assert code == 0, output
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines()  # without the colours
+    assert all(len(line) <= 100 for line in lines), output
+    for task_id in ids:
+        assert any(task_id in line for line in lines), output
+    assert ("PROGRESS" in output) is progress, output

@@ -17,6 +17,7 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
+from aioabort.cli._live import REDRAW_INTERVAL
 
 from .conftest import has_state, wait_until
 
@@ -236,12 +237,24 @@ async def test_tasks_watch_in_a_pipe_prints_a_line_per_change(store_url: str) ->
         await until("STARTED")
         await steps.put(0.5)
         await until("progress=50%")
+        # A change the line does not show (50% still): the record differs, the line must not
+        # be printed again. Given the watch time to read it (five redraw intervals).
+        await asyncio.sleep(aioabort.AbortScope.report_interval)  # else the report waits
+        await steps.put(0.501)
+        await wait_until(lambda: _progress_is(app, "piped", 0.501))
+        await asyncio.sleep(5 * REDRAW_INTERVAL)
         await app.handle("piped").abort("from the test")
         await task
         await until("ABORTED")
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert all("piped" in line for line in seen)
+    shown = [line.split(None, 1)[1] for line in seen]  # without the time stamp
+    assert len(shown) == len(set(shown)), seen
+
+
+async def _progress_is(app: aioabort.App, task_id: str, value: float) -> bool:
+    return (await app.handle(task_id).record()).progress == value
 
 
 async def test_abort_wait_interrupted_exits_130(store_url: str) -> None:
@@ -275,3 +288,39 @@ async def test_abort_wait_interrupted_exits_130(store_url: str) -> None:
             with pytest.raises(aioabort.TaskAborted):
                 await asyncio.wait_for(task, 10)
         assert (await app.handle("stubborn").record()).state is TaskState.ABORTED
+
+
+#: Starts the CLI with SIGINT ignored, as a shell without job control starts a background job
+#: (and a test suite started from one): the ignored disposition survives exec.
+_IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'aioabort', *sys.argv[1:]])"
+)
+
+
+async def test_ctrl_c_stops_the_cli_even_when_sigint_was_ignored(store_url: str) -> None:
+    """``aioabort`` takes SIGINT back (Python leaves an inherited "ignore" in place), so Ctrl-C
+    still ends a live view."""
+    async with aioabort.App(store_url) as app, running_task(app, "ignored-sigint"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _IGNORING_SIGINT,
+            "--db",
+            store_url,
+            "tasks",
+            "--watch",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert b"ignored-sigint" in line  # running, its first listing printed
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import assert_type
 
 import pytest
 
 import aioabort
-from aioabort import TaskAborted, TaskFailed, TaskState
+from aioabort import AbortHandle, TaskAborted, TaskFailed, TaskState
+from aioabort._types import JSONValue
 
 from .conftest import wait_until
 
@@ -37,9 +39,13 @@ async def test_wait_returns_when_the_task_ends(app: aioabort.App) -> None:
 
 
 async def test_wait_times_out(app: aioabort.App) -> None:
+    """The error names the task, the timeout and the state it was left in."""
     await app.create("forever")
-    with pytest.raises(TimeoutError):
+    message = r"task 'forever' has not ended after 0\.05s \(it is PENDING\)"
+    with pytest.raises(TimeoutError, match=message):
         await app.handle("forever").wait(timeout=0.05)
+    with pytest.raises(TimeoutError, match=message):
+        await app.handle("forever").result(timeout=0.05)
 
 
 async def test_wait_for_unknown_task(app: aioabort.App) -> None:
@@ -244,3 +250,22 @@ async def test_keep_alives_of_a_watch_read_nothing(
     # One read, and one more only for each time a change of "quiet" woke the watch (SQLite's
     # detector may still report the create), never for a keep-alive.
     assert len(reads) == 1 + app.watcher.statistics().wakeups - woken
+
+
+async def test_a_handle_is_typed_by_its_tasks_result(app: aioabort.App) -> None:
+    """``AbortHandle[R]``: a task returning R gives handles whose ``result()`` is R (mypy
+    checks the ``assert_type`` lines of this module); a handle by id holds a JSON value."""
+
+    @app.task
+    async def double(n: int) -> list[int]:
+        return [n, n]
+
+    spawned = await double.spawn(21)
+    assert_type(spawned, AbortHandle[list[int]])
+    assert assert_type(await spawned.result(timeout=10), list[int]) == [21, 21]
+    assert_type(await double.delay(1), AbortHandle[list[int]])
+    assert_type(await double.apply([2]), AbortHandle[list[int]])
+    by_id = app.handle(spawned.id)
+    assert_type(by_id, AbortHandle[JSONValue])
+    assert_type(by_id, AbortHandle)  # the default
+    assert assert_type(await by_id.result(timeout=10), JSONValue) == [21, 21]

@@ -13,6 +13,7 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
+from aioabort._liveness import Liveness
 
 from .conftest import fill, wait_until
 
@@ -263,3 +264,52 @@ async def test_stale_shutdown_abort_does_not_hit_the_next_run(store_url: str) ->
         finally:
             worker_b.stop()
             await asyncio.wait_for(run_b, 10)
+
+
+# -- a reaper that dies mid-count ------------------------------------------------------------
+
+
+async def test_a_new_reaper_carries_on_the_count_of_the_one_that_died(store_url: str) -> None:
+    """The lease holder dies while it counts down on a quiet owner: the next holder does not
+    start the count again (a full ``stale_after`` more) but carries it on from the owner's last
+    beat by the store's clock, checking the counter itself only for two beats. Counted in the
+    new holder's reaping rounds: about 3, where restarting the count took ``stale_after``'s 20."""
+    interval, stale_after = 0.05, 1.0  # stale after 20 beats
+
+    def app() -> aioabort.App:
+        return aioabort.App(store_url, heartbeat_interval=interval, stale_after=stale_after)
+
+    async with app() as first, app() as second:
+        await wait_until(lambda: _liveness(first).reaping or _liveness(second).reaping)
+        holder, heir = (first, second) if _liveness(first).reaping else (second, first)
+        holder_live, heir_live = _liveness(holder), _liveness(heir)
+        async with app() as dying:
+            entered = asyncio.Event()
+
+            async def body() -> None:
+                async with aioabort.abortable("orphaned", app=dying, suppress=True):
+                    entered.set()
+                    await asyncio.sleep(3600)
+
+            task = asyncio.create_task(body())
+            await entered.wait()
+            assert not _liveness(dying).reaping
+            await _liveness(dying).stop()  # its owner falls silent, as a dead process would
+            silent_from = holder_live.rounds
+            # The holder counts 16 of the 20 beats, then dies too (it stops beating).
+            await wait_until(lambda: holder_live.rounds >= silent_from + 16, timeout=30)
+            assert holder_live.reaping
+            await holder_live.stop()
+            rounds_before = heir_live.reaper_rounds
+            record = await heir.handle("orphaned").wait(timeout=30)
+            rounds = heir_live.reaper_rounds - rounds_before
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert record.state is TaskState.FAILURE
+    assert record.error is not None and record.error.cause == "lost"
+    assert 1 <= rounds <= 8, rounds
+
+
+def _liveness(app: aioabort.App) -> Liveness:
+    assert app._liveness is not None
+    return app._liveness

@@ -315,9 +315,26 @@ async def test_kill_after_frees_the_worker_without_a_second_signal(
 async def test_the_worker_logs_each_task_with_its_id_and_name(
     producer: aioabort.App, store_url: str
 ) -> None:
-    async with worker_process(store_url, "--log-level", "info") as worker:
+    """The banner shows the store's URL as given; each task's end is one line with its id and
+    name, an abort's reason and who asked, and a requeue said as such (not "ended PENDING")."""
+    async with worker_process(store_url, "--log-level", "info", "--grace", "0") as worker:
+        await worker.said(f"aioabort worker: {store_url}, queues default,")
         handle = await worker_app.add.delay(1, 2)
         assert await handle.result(timeout=30) == 3
         await worker.said(f"task {handle.id} ({worker_app.add.name}) ended SUCCESS")
-        worker.send_signal(signal.SIGTERM)
+        stopped = await worker_app.count.delay(100_000)
+        await wait_until(lambda: has_state(producer, stopped.id, TaskState.STARTED))
+        await stopped.abort("enough of it", by="alice")
+        await worker.said(
+            f"task {stopped.id} ({worker_app.count.name}) ended ABORTED: "
+            "user: enough of it (by alice)"
+        )
+        again = await worker_app.retryable_count.delay(100_000)
+        await wait_until(lambda: has_state(producer, again.id, TaskState.STARTED))
+        worker.send_signal(signal.SIGTERM)  # --grace 0: aborted at once, then requeued
         assert await worker.exit_code() == 0
+    assert await again.state() is TaskState.PENDING
+    assert f"task {again.id} ({worker_app.retryable_count.name}) requeued: shutdown" in (
+        worker.stderr
+    ), worker.stderr
+    assert "ended PENDING" not in worker.stderr

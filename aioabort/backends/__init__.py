@@ -6,7 +6,7 @@ import importlib
 import re
 from collections.abc import Callable
 from typing import NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from .._backend import Store
 from .._errors import InvalidURL, MissingDriver, UsageError
@@ -71,28 +71,35 @@ def mangled_userinfo(url: str) -> bool:
 
 def redact(url: str) -> str:
     """``url`` with every secret replaced by ``***``, for messages and logs: the password in
-    the authority and ``password=``/``sslpassword=`` query parameters. A URL whose user or
-    password is not percent-encoded shows only its scheme."""
+    the authority and ``password=``/``sslpassword=`` query parameters. Everything else is
+    kept as written (``sqlite:///x.db`` stays ``sqlite:///x.db``), so what is shown is a URL
+    the App accepts. A URL whose user or password is not percent-encoded shows only its
+    scheme."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if mangled_userinfo(url):
+    if parts.netloc and mangled_userinfo(url):  # no authority (sqlite:///), no password
         return f"{parts.scheme}://<hidden: unencoded characters in the user or password>"
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, hosts = netloc.rsplit("@", 1)
         if ":" in userinfo:
             netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(key.lower() in _SECRET_PARAMS for key, _ in pairs):
-            query = "&".join(
-                f"{key}=***" if key.lower() in _SECRET_PARAMS else urlencode({key: value})
-                for key, value in pairs
-            )
-    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
+    # Rebuilt by hand: urlunsplit drops the empty authority of sqlite:///x.db (sqlite:/x.db).
+    shown = f"{parts.scheme}:" if parts.scheme else ""
+    if (url.split(":", 1)[1] if parts.scheme else url).startswith("//"):
+        shown += f"//{netloc}"
+    shown += parts.path
+    if parts.query:
+        shown += "?" + "&".join(_redact_pair(pair) for pair in parts.query.split("&"))
+    return f"{shown}#{parts.fragment}" if parts.fragment else shown
+
+
+def _redact_pair(pair: str) -> str:
+    """One ``key=value`` of a query, its value hidden when the key names a secret."""
+    key = pair.split("=", 1)[0]
+    return f"{key}=***" if unquote_plus(key).lower() in _SECRET_PARAMS else pair
 
 
 def store_factory(url: object) -> Callable[[float | None], Store]:

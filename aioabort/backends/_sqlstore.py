@@ -18,7 +18,7 @@ import abc
 import dataclasses
 import json
 import re
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -31,6 +31,7 @@ from .._backend import (
     Finish,
     NewTask,
     OwnerInfo,
+    QuietOwner,
     StartResult,
     Store,
     StoreStatistics,
@@ -573,7 +574,7 @@ class SQLStore(Store, abc.ABC):
 
     async def heartbeat(
         self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
-    ) -> dict[str, int] | None:
+    ) -> dict[str, QuietOwner] | None:
         beat = (owner.id, owner.host, owner.pid)
         if lease is None:
             await self._one("heartbeat", *beat, write=True, retry=True, changed=_none)
@@ -582,13 +583,13 @@ class SQLStore(Store, abc.ABC):
             rows = await self._one(
                 "beat_and_lease", *beat, lease, quiet, write=True, retry=True, changed=_none
             )
-            return {row[0]: int(row[1]) for row in rows if row[0] is not None} if rows else None
+            return _quiet_owners(row for row in rows if row[0] is not None) if rows else None
 
-        async def body(conn: Connection) -> dict[str, int] | None:
+        async def body(conn: Connection) -> dict[str, QuietOwner] | None:
             await self._rows(conn, "heartbeat", *beat)
             if not await self._rows(conn, "take_lease", owner.id, lease):
                 return None
-            return {row[0]: int(row[1]) for row in await self._rows(conn, "quiet_owners", quiet)}
+            return _quiet_owners(await self._rows(conn, "quiet_owners", quiet))
 
         return await self._write(body, retry=True, changed=_none)
 
@@ -654,6 +655,11 @@ class SQLStore(Store, abc.ABC):
 def _none(rows: object) -> tuple[()]:
     """For writes that change no task's state: nothing to announce."""
     return ()
+
+
+def _quiet_owners(rows: Iterable[Sequence[Any]]) -> dict[str, QuietOwner]:
+    """Rows of (id, beats, seconds since the last beat) as the reaper's input."""
+    return {row[0]: QuietOwner(int(row[1]), max(0.0, float(row[2]))) for row in rows}
 
 
 def _abort_ids(outcome: AbortOutcome) -> list[str]:

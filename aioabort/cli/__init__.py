@@ -6,7 +6,9 @@ calls it, and prints (a table on a terminal, plain text in a pipe, JSON with ``-
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 
@@ -21,8 +23,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    # Python keeps an inherited "ignore SIGINT" (a background job of a shell without job
+    # control): take it back, so Ctrl-C ends a live view, a wait, a prompt.
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+        restore = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="aioabort")
     except SystemExit as exit_:  # click always ends with SystemExit in standalone mode
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        if restore is not None:  # main() called in-process (tests): leave it as it was
+            signal.signal(signal.SIGINT, restore)

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import logging.handlers
+import os
 import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -57,18 +58,47 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(runner())
     except AioabortError as exc:
-        _console(err=True).print(Text("error: ", style="red") + Text(_output.printable(exc)))
-        raise SystemExit(EXIT_ERROR) from exc
+        _fail(str(exc))
 
 
-def _make_app(ctx: click.Context) -> App:
+def _fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit 3 (an aioabort error)."""
+    _console(err=True).print(Text("error: ", style="red") + Text(_output.printable(message)))
+    raise SystemExit(EXIT_ERROR)
+
+
+def _make_app(ctx: click.Context, *, create: bool = False) -> App:
+    """The App on ``--db``. Unless ``create`` (``db init``), a SQLite path with no file is
+    refused: a mistyped path must not answer from a new, empty store."""
     url = ctx.obj.get("db") if ctx.obj else None
     if not url:
         raise click.UsageError("no store given: pass --db URL or set AIOABORT_URL")
     try:
-        return App(url)
+        app = App(url)
     except AioabortError as exc:
         raise click.UsageError(str(exc)) from exc
+    if not create and url.lower().startswith("sqlite:"):
+        from ..backends.sqlite import parse_path
+
+        path = parse_path(url)
+        if path != ":memory:" and not os.path.exists(path):
+            _fail(
+                f"no SQLite store at {path!r}: the file does not exist. Check the path, or "
+                "create the store with `aioabort db init` (a worker creates it too)"
+            )
+    return app
+
+
+def _confirm(question: str, yes: bool, *, action: str) -> None:
+    """Go on with ``--yes``, or when the operator says yes on a terminal; otherwise exit 4
+    (without a terminal there is nobody to ask: scripts pass ``--yes``)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        _console(err=True).print(Text(f"refusing to {action} without confirmation: pass --yes"))
+        raise SystemExit(EXIT_DECLINED)
+    if not click.confirm(question):
+        raise SystemExit(EXIT_DECLINED)
 
 
 def _dump(data: Any) -> None:
@@ -144,7 +174,12 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedel
     found = _DURATION.fullmatch(value.strip())
     if found is None:
         raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
-    return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+    try:
+        return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+    except OverflowError:
+        raise click.BadParameter(
+            f"{value!r} is too long a duration (at most {timedelta.max.days}d)"
+        ) from None
 
 
 @cli.command()
@@ -232,7 +267,9 @@ def tasks(
     if as_json:
         _dump([_output.record_to_json(r) for r in records])
     elif sys.stdout.isatty():
-        _console().print(_output.tasks_table(records, title=f"{len(records)} task(s)"))
+        console = _console()
+        title = f"{len(records)} task(s)"
+        console.print(_output.tasks_table(records, title=title, width=console.width))
     else:
         for record in records:
             click.echo(_output.record_line(record))
@@ -298,18 +335,21 @@ def _watch_tasks(app: App, query: Callable[[], Awaitable[list[TaskRecord]]], as_
         with Live(console=_console(), auto_refresh=False) as live:
 
             def draw(records: list[TaskRecord]) -> None:
-                live.update(_output.tasks_table(records, title=title(records)), refresh=True)
+                table = _output.tasks_table(records, title=title(records), width=live.console.width)
+                live.update(table, refresh=True)
 
             _run_live(lambda: _live.watch_listing(app, query, draw), on_interrupt=0)
         return
-    seen: dict[str, TaskRecord] = {}
+    printed: dict[str, str] = {}  # by id, the last line printed
+
+    def as_line(record: TaskRecord) -> str:
+        if as_json:
+            return _output.safe_json(_output.record_to_json(record))
+        return _output.record_line(record)
 
     def lines(records: list[TaskRecord]) -> None:
-        for record in _live.changed_lines(seen, records):
-            if as_json:
-                click.echo(_output.safe_json(_output.record_to_json(record)))
-            else:
-                click.echo(f"{_live.stamp()}  {_output.record_line(record)}")
+        for line in _live.changed_lines(printed, records, as_line):
+            click.echo(line if as_json else f"{_live.stamp()}  {line}")
         sys.stdout.flush()
 
     render = lines
@@ -432,13 +472,8 @@ def abort(
     if not task_ids:
         raise click.UsageError("give the IDs of the tasks to abort, or --label KEY=VALUE")
     app = _make_app(ctx)
-    if not yes:
-        if not sys.stdin.isatty():
-            _console(err=True).print("refusing to abort without confirmation: pass --yes")
-            raise SystemExit(EXIT_DECLINED)
-        listed = _output.printable(", ".join(task_ids))
-        if not click.confirm(f"Abort {len(task_ids)} task(s): {listed}?"):
-            raise SystemExit(EXIT_DECLINED)
+    listed = _output.printable(", ".join(task_ids))
+    _confirm(f"Abort {len(task_ids)} task(s): {listed}?", yes, action="abort")
 
     async def go() -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
@@ -535,7 +570,6 @@ def _print_details(record: TaskRecord) -> None:
 def _load_app(target: str) -> App:
     """Import ``module:attribute`` (the current directory first on the path, as uvicorn does)."""
     import importlib
-    import os
 
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
@@ -632,7 +666,6 @@ def worker(
     are recorded FAILURE (cause 'killed'), or back on the queue if retryable, and the process
     exits without waiting for them (exit code 130 after a second signal, 1 otherwise).
     """
-    import os
     import signal
 
     from .._worker import Worker
@@ -754,12 +787,7 @@ def _abort_matching(
                 Text(f"{len(matching)} task(s) match {filter_text}", style="dim")
             )
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            _console(err=True).print("refusing to abort without confirmation: pass --yes")
-            raise SystemExit(EXIT_DECLINED)
-        if not click.confirm(f"Abort {len(matching)} task(s) matching {filter_text}?"):
-            raise SystemExit(EXIT_DECLINED)
+    _confirm(f"Abort {len(matching)} task(s) matching {filter_text}?", yes, action="abort")
 
     async def go() -> list[str]:
         async with app:
@@ -788,10 +816,8 @@ def purge(ctx: click.Context, older_than: timedelta, yes: bool, as_json: bool) -
     Exit codes: 0 done, 3 a store error, 4 not confirmed.
     """
     app = _make_app(ctx)
-    if not yes and not click.confirm(
-        f"Delete the finished records of {app.url} that ended more than {older_than} ago?"
-    ):
-        raise SystemExit(EXIT_DECLINED)
+    question = f"Delete the finished records of {app.url} that ended more than {older_than} ago?"
+    _confirm(_output.printable(question), yes, action="purge")
 
     async def go() -> int:
         async with app:
@@ -821,7 +847,7 @@ def db() -> None:
 @click.pass_context
 def db_init(ctx: click.Context) -> None:
     """Create (or migrate) the schema. Other commands do this on first use too."""
-    app = _make_app(ctx.find_root())
+    app = _make_app(ctx.find_root(), create=True)
 
     async def go() -> None:
         async with app:

@@ -93,7 +93,10 @@ async def _refresh(app: App, narrator: _Narrator) -> None:
         return
     while True:
         records = sorted(await app.tasks(), key=lambda r: r.id)
-        narrator.live.update(_output.tasks_table(records, title="aioabort demo: live"))
+        live = narrator.live
+        live.update(
+            _output.tasks_table(records, title="aioabort demo: live", width=live.console.width)
+        )
         await asyncio.sleep(0.1)
 
 
@@ -163,7 +166,10 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
             with Live(console=console, refresh_per_second=10) as live:
                 narrator.live = live
                 records, seen_after, results = asyncio.run(_tour(url, count, step, narrator))
-                live.update(_output.tasks_table(records, title="aioabort demo: final"))
+                final = _output.tasks_table(
+                    records, title="aioabort demo: final", width=console.width
+                )
+                live.update(final)
             narrator.live = None
         else:
             records, seen_after, results = asyncio.run(_tour(url, count, step, narrator))

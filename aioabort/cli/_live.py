@@ -87,11 +87,19 @@ async def watch_listing(
                 await asyncio.sleep(pause)
 
 
-def changed_lines(before: dict[str, TaskRecord], records: list[TaskRecord]) -> list[TaskRecord]:
-    """The records that are new or differ from ``before`` (which is updated), oldest first."""
-    fresh = [r for r in records if before.get(r.id) != r]
-    before.update((r.id, r) for r in records)
-    return list(reversed(fresh))
+def changed_lines(
+    before: dict[str, str], records: list[TaskRecord], render: Callable[[TaskRecord], str]
+) -> list[str]:
+    """The lines of the records whose line is new or differs from the one last printed for
+    their id (``before``, updated), oldest first: a change the line does not show (a message,
+    progress within the same percent) prints nothing."""
+    fresh: list[str] = []
+    for record in reversed(records):
+        line = render(record)
+        if before.get(record.id) != line:
+            before[record.id] = line
+            fresh.append(line)
+    return fresh
 
 
 def stamp() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,31 +104,60 @@ def outcome_text(record: TaskRecord) -> str:
     return ""
 
 
-def tasks_table(records: list[TaskRecord], *, title: str | None = None) -> Table:
+#: Columns given up, in this order, while the table is wider than the terminal (a compact
+#: PROGRESS is the percentage without its bar); ``show ID`` has them all.
+_DROPPED_FIRST = ("MESSAGE", "PROGRESS", "REASON / ERROR", "NAME")
+#: The least width (padding and border included) a free-text column is worth showing at.
+_TEXT_MIN = 11
+
+
+def tasks_table(
+    records: list[TaskRecord], *, title: str | None = None, width: int | None = None
+) -> Table:
+    """The listing as a table for a terminal ``width`` columns wide. Ids never wrap (operators
+    copy them): the id column keeps its width; a column with nothing to show is left out, and
+    the ones that do not fit are given up (:data:`_DROPPED_FIRST`)."""
+    compact = False
+    cells: dict[str, tuple[Callable[[TaskRecord], Any], dict[str, Any], int]] = {
+        "NAME": (lambda r: Text(printable(r.name or "")), {}, _TEXT_MIN),
+        "STATE": (state_label, {}, 11),
+        "PROGRESS": (lambda r: _progress(r, compact), {"no_wrap": True}, 18),
+        "MESSAGE": (lambda r: Text(printable(r.message or "")), {"overflow": "fold"}, _TEXT_MIN),
+        "AGE": (age, {"justify": "right", "no_wrap": True}, 8),
+        "REASON / ERROR": (lambda r: Text(printable(outcome_text(r))), {"overflow": "fold"}, 11),
+    }
+    shown = [
+        h for h, (cell, _, _) in cells.items() if h in ("STATE", "AGE") or any(map(cell, records))
+    ]
+    id_width = 4 + max((len(printable(r.id)) for r in records), default=2)
+    for header in _DROPPED_FIRST:
+        if width is None or id_width + sum(cells[h][2] for h in shown) <= width:
+            break
+        if header == "PROGRESS" and header in shown and not compact:
+            compact, cells["PROGRESS"] = True, (cells["PROGRESS"][0], {"no_wrap": True}, 7)
+        elif header in shown:
+            shown.remove(header)
     table = Table(title=title, expand=False)
-    table.add_column("ID", overflow="fold")
-    table.add_column("NAME")
-    table.add_column("STATE")
-    table.add_column("PROGRESS", width=24)
-    table.add_column("MESSAGE", overflow="fold")
-    table.add_column("AGE", justify="right")
-    table.add_column("REASON / ERROR", overflow="fold")
+    table.add_column("ID", no_wrap=True, overflow="fold")  # folds only past the terminal
+    for header in shown:
+        table.add_column(header, **cells[header][1])
     for record in records:
-        progress: Any = ""
-        if record.progress is not None:
-            bar = ProgressBar(total=1.0, completed=record.progress, width=16)
-            progress = Table.grid(padding=(0, 1))
-            progress.add_row(bar, f"{record.progress:4.0%}")
-        table.add_row(
-            Text(printable(record.id)),
-            Text(printable(record.name or "")),
-            state_label(record),
-            progress,
-            Text(printable(record.message or "")),
-            age(record),
-            Text(printable(outcome_text(record))),
-        )
+        table.add_row(Text(printable(record.id)), *(cells[h][0](record) for h in shown))
     return table
+
+
+def _progress(record: TaskRecord, compact: bool) -> Any:
+    """A bar and a percentage (``compact``: the percentage), or ``""`` for a task that reports
+    none."""
+    if record.progress is None:
+        return ""
+    if compact:
+        return f"{record.progress:4.0%}"
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(
+        ProgressBar(total=1.0, completed=record.progress, width=10), f"{record.progress:4.0%}"
+    )
+    return grid
 
 
 def record_line(record: TaskRecord) -> str:

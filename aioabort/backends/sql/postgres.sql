@@ -353,8 +353,9 @@ WHERE {schema}.leases.holder = excluded.holder OR {schema}.leases.expires < cloc
 RETURNING holder;
 
 -- name: quiet_owners
--- The reaper's input: owners whose last beat is older than $1 seconds (the dead, mostly).
-SELECT id, beats FROM {schema}.owners
+-- The reaper's input: owners whose last beat is older than $1 seconds (the dead, mostly),
+-- with how many seconds ago that was.
+SELECT id, beats, extract(epoch FROM clock_timestamp() - last_seen)::float8 FROM {schema}.owners
 WHERE last_seen < clock_timestamp() - make_interval(secs => $1);
 
 -- name: beat_and_lease
@@ -374,9 +375,10 @@ WITH beat AS (
         OR {schema}.leases.expires < clock_timestamp()
     RETURNING holder
 )
-SELECT NULL::text AS id, NULL::bigint AS beats FROM lease
+SELECT NULL::text AS id, NULL::bigint AS beats, NULL::float8 AS quiet_for FROM lease
 UNION ALL
-SELECT o.id, o.beats FROM {schema}.owners AS o
+SELECT o.id, o.beats, extract(epoch FROM clock_timestamp() - o.last_seen)::float8
+FROM {schema}.owners AS o
 WHERE EXISTS (SELECT 1 FROM lease)
     AND o.last_seen < clock_timestamp() - make_interval(secs => $5);
 

@@ -286,8 +286,9 @@ WHERE aioabort_leases.holder = excluded.holder OR aioabort_leases.expires < {now
 RETURNING holder;
 
 -- name: quiet_owners
--- The reaper's input: owners whose last beat is older than ?1 seconds (the dead, mostly).
-SELECT id, beats FROM aioabort_owners WHERE last_seen < {now} - ?1;
+-- The reaper's input: owners whose last beat is older than ?1 seconds (the dead, mostly),
+-- with how many seconds ago that was.
+SELECT id, beats, {now} - last_seen FROM aioabort_owners WHERE last_seen < {now} - ?1;
 
 -- name: release_lease
 DELETE FROM aioabort_leases WHERE holder = ?1;
