@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from ._app import App
 from ._errors import MissingDriver
@@ -200,6 +201,82 @@ async def _bounded_body(request: web.Request, limit: int) -> bytes | None:
     return None if len(body) > limit else body
 
 
+def _guarded(
+    gate: _api.Gate,
+    endpoint: Callable[[web.Request], Awaitable[web.StreamResponse | _api.Answer]],
+    *,
+    page: bool = False,
+) -> Handler:
+    """``endpoint`` behind the gate's checks; its :class:`~aioabort.web._api.Answer` written
+    as a response (the dashboard's page is refused with a page)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        refused = await gate.check(
+            request,
+            method=request.method,
+            origin=request.headers.get("Origin"),
+            fetch_site=request.headers.get("Sec-Fetch-Site"),
+            own_origin=f"{request.scheme}://{request.host}",
+            content_type=request.headers.get("Content-Type"),
+        )
+        if refused is not None:
+            return _response(_api.refusal_page(refused) if page else refused)
+        answer = await _api.guarded(lambda: endpoint(request))
+        return _response(answer) if isinstance(answer, _api.Answer) else answer
+
+    return handler
+
+
+@dataclass(frozen=True)
+class _Endpoints:
+    """The router's endpoints: each reads the request into the ``_api`` call it stands for."""
+
+    aborts: App
+    who: Callable[[web.Request], str] | None
+
+    def _by(self, request: web.Request) -> str:
+        return self.who(request) if self.who is not None else _api.default_who(request.remote)
+
+    async def dashboard(self, request: web.Request) -> _api.Answer:
+        return _api.dashboard()
+
+    async def list_tasks(self, request: web.Request) -> _api.Answer:
+        query = request.query
+        return await _api.list_tasks(
+            self.aborts,
+            states=query.getall("state", []),
+            name=query.get("name"),
+            labels=query.getall("label", []),
+            id_prefix=query.get("id_prefix"),
+            limit=query.get("limit", "50"),
+            offset=query.get("offset", "0"),
+        )
+
+    async def abort(self, request: web.Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        return await _api.abort(self.aborts, request.match_info["task_id"], raw, self._by(request))
+
+    async def abort_matching(self, request: web.Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        return await _api.abort_matching(self.aborts, raw, self._by(request))
+
+    async def events(self, request: web.Request) -> web.StreamResponse | _api.Answer:
+        stream = await _api.events(self.aborts, request.match_info["task_id"])
+        if isinstance(stream, _api.Answer):
+            return stream
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", **_api.EVENT_STREAM_HEADERS}
+        )
+        await response.prepare(request)
+        async for text in stream:
+            await response.write(text.encode())
+        await response.write_eof()
+        return response
+
+    async def show(self, request: web.Request) -> _api.Answer:
+        return await _api.show(self.aborts, request.match_info["task_id"])
+
+
 def router(
     aborts: App,
     *,
@@ -215,74 +292,12 @@ def router(
         app.add_subapp("/aioabort", router(aborts, authorize=is_admin))
     """
     gate = _api.Gate(aborts, authorize, frozenset(allowed_origins))
-
-    def guarded(
-        endpoint: Callable[[web.Request], Awaitable[web.StreamResponse | _api.Answer]],
-        *,
-        page: bool = False,
-    ) -> Handler:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            refused = await gate.check(
-                request,
-                method=request.method,
-                origin=request.headers.get("Origin"),
-                fetch_site=request.headers.get("Sec-Fetch-Site"),
-                own_origin=f"{request.scheme}://{request.host}",
-                content_type=request.headers.get("Content-Type"),
-            )
-            if refused is not None:  # the dashboard's page is refused with a page
-                return _response(_api.refusal_page(refused) if page else refused)
-            answer = await _api.guarded(lambda: endpoint(request))
-            return _response(answer) if isinstance(answer, _api.Answer) else answer
-
-        return handler
-
-    async def dashboard(request: web.Request) -> _api.Answer:
-        return _api.dashboard()
-
-    async def list_tasks(request: web.Request) -> _api.Answer:
-        query = request.query
-        return await _api.list_tasks(
-            aborts,
-            states=query.getall("state", []),
-            name=query.get("name"),
-            labels=query.getall("label", []),
-            id_prefix=query.get("id_prefix"),
-            limit=query.get("limit", "50"),
-            offset=query.get("offset", "0"),
-        )
-
-    async def abort(request: web.Request) -> _api.Answer:
-        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
-        by = who(request) if who is not None else _api.default_who(request.remote)
-        return await _api.abort(aborts, request.match_info["task_id"], raw, by)
-
-    async def abort_matching(request: web.Request) -> _api.Answer:
-        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
-        by = who(request) if who is not None else _api.default_who(request.remote)
-        return await _api.abort_matching(aborts, raw, by)
-
-    async def events(request: web.Request) -> web.StreamResponse | _api.Answer:
-        stream = await _api.events(aborts, request.match_info["task_id"])
-        if isinstance(stream, _api.Answer):
-            return stream
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", **_api.EVENT_STREAM_HEADERS}
-        )
-        await response.prepare(request)
-        async for text in stream:
-            await response.write(text.encode())
-        await response.write_eof()
-        return response
-
-    async def show(request: web.Request) -> _api.Answer:
-        return await _api.show(aborts, request.match_info["task_id"])
-
+    routes = _Endpoints(aborts, who)
     sub = web.Application()
-    sub.router.add_get("/", guarded(dashboard, page=True))
-    sub.router.add_get("/tasks", guarded(list_tasks))
-    sub.router.add_post("/abort", guarded(abort_matching))
-    sub.router.add_post("/tasks/{task_id:.+}/abort", guarded(abort))
-    sub.router.add_get("/tasks/{task_id:.+}/events", guarded(events))
-    sub.router.add_get("/tasks/{task_id:.+}", guarded(show))
+    sub.router.add_get("/", _guarded(gate, routes.dashboard, page=True))
+    sub.router.add_get("/tasks", _guarded(gate, routes.list_tasks))
+    sub.router.add_post("/abort", _guarded(gate, routes.abort_matching))
+    sub.router.add_post("/tasks/{task_id:.+}/abort", _guarded(gate, routes.abort))
+    sub.router.add_get("/tasks/{task_id:.+}/events", _guarded(gate, routes.events))
+    sub.router.add_get("/tasks/{task_id:.+}", _guarded(gate, routes.show))
     return sub
