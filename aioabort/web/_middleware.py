@@ -237,7 +237,9 @@ class AbortMiddleware:
 
         name = _requests.request_name(scope.get("method", "HTTP"), scope.get("path", ""))
         answer = await _requests.serve(self.aborts, request_id, name, run, status=self.status_code)
-        if answer is None or exchange.started:
+        if answer is None:
+            return  # the application answered
+        if exchange.started:
             # A response under way is left incomplete (G12): the server closes the connection
             # without the final chunk, so the client can tell it was cut.
             return
