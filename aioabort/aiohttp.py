@@ -17,22 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from ._app import App
-from ._errors import (
-    MissingDriver,
-    ScopeAlreadyEntered,
-    TaskAborted,
-    TaskAlreadyExists,
-    TaskAlreadyFinished,
-    TaskAlreadyStarted,
-)
-from ._scope import AbortScope, abortable
-from ._types import MAX_TASK_ID_LENGTH, AbortReason
-from .web import _api
-from .web._middleware import REQUEST_ID_RE, request_name
+from ._errors import MissingDriver
+from ._scope import AbortScope
+from .web import _api, _requests
 
 try:
     from aiohttp import web
@@ -60,6 +51,15 @@ async def _note_started(request: web.Request, response: web.StreamResponse) -> N
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _response(answer: _api.Answer, headers: Mapping[str, str] | None = None) -> web.Response:
+    """An :class:`~aioabort.web._api.Answer` as aiohttp's response."""
+    if answer.html is not None:
+        return web.Response(
+            text=answer.html, content_type="text/html", status=answer.status, headers=headers
+        )
+    return web.json_response(answer.body, status=answer.status, headers=headers)
+
+
 #: How often a request's connection is looked at for a disconnect (``abort_on_disconnect``).
 DISCONNECT_CHECK = 0.25
 
@@ -69,17 +69,13 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _disconnected() -> AbortReason:
-    return AbortReason(AbortReason.DISCONNECT, "the client disconnected", by="aioabort.aiohttp")
-
-
 async def _watch_disconnect(request: web.Request, aborts: App, request_id: str) -> None:
     """Abort the request (code ``disconnect``) once its client is gone. aiohttp tells a
     handler nothing of it (unless ``handler_cancellation``), so the connection is looked at."""
     # aiohttp has no event for it: the connection is looked at.
     while not _client_gone(request):  # noqa: ASYNC110
         await asyncio.sleep(DISCONNECT_CHECK)
-    await aborts.handle(request_id).abort(_disconnected())
+    await _requests.client_gone(aborts, request_id)
 
 
 async def _run_handler(
@@ -96,7 +92,7 @@ async def _run_handler(
         if not _client_gone(request) or task is None or task.cancelling() != 1:
             raise
         task.uncancel()
-        await aborts.handle(request_id).abort(_disconnected())
+        await _requests.client_gone(aborts, request_id)
         await asyncio.sleep(0)  # the scope's own cancellation, the abort's, arrives here
         raise  # pragma: no cover - the line above raises
     finally:
@@ -109,11 +105,12 @@ def abort_middleware(
     aborts: App,
     *,
     header: str = "X-Request-Id",
-    status: int = 499,
+    status: int = _requests.ABORTED_STATUS,
     exclude: Sequence[str] = (),
     abort_on_disconnect: bool = False,
 ) -> Middleware:
-    """Run each request inside ``abortable(request_id)`` (id from ``header``, or generated).
+    """Run each request inside ``abortable(request_id)`` (id from ``header``, or generated),
+    by the same rules as the ASGI :class:`aioabort.web.AbortMiddleware`.
 
     :param exclude: path prefixes to pass through without a scope (health checks, the
         router's sub-application).
@@ -122,10 +119,11 @@ def abort_middleware(
 
     An aborted request is answered ``status`` (499) with
     ``{"error": "aborted", "task_id": ..., "reason": {...}}``; one whose handler had begun a
-    streaming response is cut instead (DESIGN rule 12: the connection closes without the final
+    streaming response is cut instead (guarantee G12: the connection closes without the final
     chunk) — which needs the response hook that :func:`setup` adds. A request whose id was
-    aborted before it came is answered at once: the handler is never called. The record's
-    name is the method and path (:func:`aioabort.web._middleware.request_name`).
+    aborted before it came is answered at once: the handler is never called. A request id
+    naming a record the request did not create is answered 409. The record's name is the
+    method and path.
     """
 
     prefixes = tuple(exclude)
@@ -134,63 +132,29 @@ def abort_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if prefixes and request.path.startswith(prefixes):
             return await handler(request)
-        request_id = request.headers.get(header)
-        if request_id is None:
-            request_id = uuid.uuid4().hex
-        elif not REQUEST_ID_RE.fullmatch(request_id):
-            return web.json_response(
-                {
-                    "error": "invalid_request_id",
-                    "detail": f"the {header} header must be 1-{MAX_TASK_ID_LENGTH} letters, "
-                    "digits or ._:@/+=- characters",
-                },
-                status=400,
-            )
-        # Not suppressed: an id aborted before the request came raises on entry, before the
-        # handler is called (suppressed, it would run up to its first await).
-        scope = abortable(
-            request_id,
-            app=aborts,
-            name=request_name(request.method, request.path),
-            detached=True,
-            adopt=False,  # DESIGN rule 11: a client's id never starts a queued job
-        )
-        try:
-            async with scope:
-                request[SCOPE] = scope
-                if abort_on_disconnect:
-                    response = await _run_handler(handler, request, aborts, request_id)
-                else:
-                    response = await handler(request)
-        except (TaskAlreadyExists, TaskAlreadyFinished, TaskAlreadyStarted, ScopeAlreadyEntered):
-            return web.json_response(
-                {"error": "request_id_in_use", "detail": f"{request_id!r} was already used"},
-                status=409,
-                headers={header: request_id},
-            )
-        except TaskAborted:
-            if not scope.aborted:
-                raise  # another scope's, not this request's
-        if scope.aborted and _STARTED in request:
-            # A response under way is cut (DESIGN rule 12): the connection closes now, without
-            # the final chunk, so the client can tell (as under the ASGI middleware).
+        request_id = _requests.request_id(request.headers.get(header), header)
+        if isinstance(request_id, _api.Answer):
+            return _response(request_id)
+
+        async def run(scope: AbortScope) -> web.StreamResponse:
+            request[SCOPE] = scope
+            if abort_on_disconnect:
+                return await _run_handler(handler, request, aborts, request_id)
+            return await handler(request)
+
+        name = _requests.request_name(request.method, request.path)
+        response = await _requests.serve(aborts, request_id, name, run, status=status)
+        if not isinstance(response, _api.Answer):
+            if not response.prepared:
+                response.headers[header] = request_id
+            return response
+        if _STARTED in request:
+            # A response under way is cut (G12): the connection closes now, without the
+            # final chunk, so the client can tell (as under the ASGI middleware).
             if request.transport is not None:
                 request.transport.close()
             return request[_STARTED]
-        if scope.aborted:
-            reason = scope.reason
-            return web.json_response(
-                {
-                    "error": "aborted",
-                    "task_id": request_id,
-                    "reason": None if reason is None else reason.to_dict(),
-                },
-                status=status,
-                headers={header: request_id},
-            )
-        if not response.prepared:
-            response.headers[header] = request_id
-        return response
+        return _response(response, {header: request_id})
 
     return middleware
 
@@ -229,18 +193,88 @@ def setup(
 # -- the router ------------------------------------------------------------------------------
 
 
-def _response(answer: _api.Answer) -> web.Response:
-    if answer.html is not None:
-        return web.Response(text=answer.html, content_type="text/html", status=answer.status)
-    return web.json_response(answer.body, status=answer.status)
-
-
 async def _bounded_body(request: web.Request, limit: int) -> bytes | None:
     """The request's body, or ``None`` once it is over ``limit`` bytes (read no further)."""
     if request.content_length is not None and request.content_length > limit:
         return None
     body = await request.content.read(limit + 1)
     return None if len(body) > limit else body
+
+
+def _guarded(
+    gate: _api.Gate,
+    endpoint: Callable[[web.Request], Awaitable[web.StreamResponse | _api.Answer]],
+    *,
+    page: bool = False,
+) -> Handler:
+    """``endpoint`` behind the gate's checks; its :class:`~aioabort.web._api.Answer` written
+    as a response (the dashboard's page is refused with a page)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        refused = await gate.check(
+            request,
+            method=request.method,
+            origin=request.headers.get("Origin"),
+            fetch_site=request.headers.get("Sec-Fetch-Site"),
+            own_origin=f"{request.scheme}://{request.host}",
+            content_type=request.headers.get("Content-Type"),
+        )
+        if refused is not None:
+            return _response(_api.refusal_page(refused) if page else refused)
+        answer = await _api.guarded(lambda: endpoint(request))
+        return _response(answer) if isinstance(answer, _api.Answer) else answer
+
+    return handler
+
+
+@dataclass(frozen=True)
+class _Endpoints:
+    """The router's endpoints: each reads the request into the ``_api`` call it stands for."""
+
+    aborts: App
+    who: Callable[[web.Request], str] | None
+
+    def _by(self, request: web.Request) -> str:
+        return self.who(request) if self.who is not None else _api.default_who(request.remote)
+
+    async def dashboard(self, request: web.Request) -> _api.Answer:
+        return _api.dashboard()
+
+    async def list_tasks(self, request: web.Request) -> _api.Answer:
+        query = request.query
+        return await _api.list_tasks(
+            self.aborts,
+            states=query.getall("state", []),
+            name=query.get("name"),
+            labels=query.getall("label", []),
+            id_prefix=query.get("id_prefix"),
+            limit=query.get("limit", "50"),
+            offset=query.get("offset", "0"),
+        )
+
+    async def abort(self, request: web.Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        return await _api.abort(self.aborts, request.match_info["task_id"], raw, self._by(request))
+
+    async def abort_matching(self, request: web.Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        return await _api.abort_matching(self.aborts, raw, self._by(request))
+
+    async def events(self, request: web.Request) -> web.StreamResponse | _api.Answer:
+        stream = await _api.events(self.aborts, request.match_info["task_id"])
+        if isinstance(stream, _api.Answer):
+            return stream
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", **_api.EVENT_STREAM_HEADERS}
+        )
+        await response.prepare(request)
+        async for text in stream:
+            await response.write(text.encode())
+        await response.write_eof()
+        return response
+
+    async def show(self, request: web.Request) -> _api.Answer:
+        return await _api.show(self.aborts, request.match_info["task_id"])
 
 
 def router(
@@ -258,74 +292,12 @@ def router(
         app.add_subapp("/aioabort", router(aborts, authorize=is_admin))
     """
     gate = _api.Gate(aborts, authorize, frozenset(allowed_origins))
-
-    def guarded(
-        endpoint: Callable[[web.Request], Awaitable[web.StreamResponse | _api.Answer]],
-        *,
-        page: bool = False,
-    ) -> Handler:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            refused = await gate.check(
-                request,
-                method=request.method,
-                origin=request.headers.get("Origin"),
-                fetch_site=request.headers.get("Sec-Fetch-Site"),
-                own_origin=f"{request.scheme}://{request.host}",
-                content_type=request.headers.get("Content-Type"),
-            )
-            if refused is not None:  # the dashboard's page is refused with a page
-                return _response(_api.refusal_page(refused) if page else refused)
-            answer = await _api.guarded(lambda: endpoint(request))
-            return _response(answer) if isinstance(answer, _api.Answer) else answer
-
-        return handler
-
-    async def dashboard(request: web.Request) -> _api.Answer:
-        return _api.dashboard()
-
-    async def list_tasks(request: web.Request) -> _api.Answer:
-        query = request.query
-        return await _api.list_tasks(
-            aborts,
-            states=query.getall("state", []),
-            name=query.get("name"),
-            labels=query.getall("label", []),
-            id_prefix=query.get("id_prefix"),
-            limit=query.get("limit", "50"),
-            offset=query.get("offset", "0"),
-        )
-
-    async def abort(request: web.Request) -> _api.Answer:
-        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
-        by = who(request) if who is not None else _api.default_who(request.remote)
-        return await _api.abort(aborts, request.match_info["task_id"], raw, by)
-
-    async def abort_matching(request: web.Request) -> _api.Answer:
-        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
-        by = who(request) if who is not None else _api.default_who(request.remote)
-        return await _api.abort_matching(aborts, raw, by)
-
-    async def events(request: web.Request) -> web.StreamResponse | _api.Answer:
-        stream = await _api.events(aborts, request.match_info["task_id"])
-        if isinstance(stream, _api.Answer):
-            return stream
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", **_api.EVENT_STREAM_HEADERS}
-        )
-        await response.prepare(request)
-        async for text in stream:
-            await response.write(text.encode())
-        await response.write_eof()
-        return response
-
-    async def show(request: web.Request) -> _api.Answer:
-        return await _api.show(aborts, request.match_info["task_id"])
-
+    routes = _Endpoints(aborts, who)
     sub = web.Application()
-    sub.router.add_get("/", guarded(dashboard, page=True))
-    sub.router.add_get("/tasks", guarded(list_tasks))
-    sub.router.add_post("/abort", guarded(abort_matching))
-    sub.router.add_post("/tasks/{task_id:.+}/abort", guarded(abort))
-    sub.router.add_get("/tasks/{task_id:.+}/events", guarded(events))
-    sub.router.add_get("/tasks/{task_id:.+}", guarded(show))
+    sub.router.add_get("/", _guarded(gate, routes.dashboard, page=True))
+    sub.router.add_get("/tasks", _guarded(gate, routes.list_tasks))
+    sub.router.add_post("/abort", _guarded(gate, routes.abort_matching))
+    sub.router.add_post("/tasks/{task_id:.+}/abort", _guarded(gate, routes.abort))
+    sub.router.add_get("/tasks/{task_id:.+}/events", _guarded(gate, routes.events))
+    sub.router.add_get("/tasks/{task_id:.+}", _guarded(gate, routes.show))
     return sub

@@ -16,7 +16,7 @@ from starlette.responses import StreamingResponse
 import aioabort
 from aioabort import TaskState
 from aioabort.web import AbortMiddleware, Aborts, combine_lifespans, request_scope, router
-from aioabort.web._middleware import request_name
+from aioabort.web._requests import request_name
 
 from .conftest import has_state, wait_until
 

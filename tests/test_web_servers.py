@@ -278,6 +278,7 @@ async def test_any_path_is_stored_as_a_name(store_url: str, path: str, name: str
     aborts, asgi, ran = effect_site(store_url)
     async with in_process(asgi) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
         response = await client.get(path, headers={"x-request-id": "odd-1"})
-        record = await aborts.handle("odd-1").record()
+        # The response goes out before the scope's end is written: wait for that write.
+        record = await aborts.handle("odd-1").wait(timeout=20)
     assert response.status_code == 200 and len(ran) == 1
     assert record.state is TaskState.SUCCESS and record.name == name

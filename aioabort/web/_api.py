@@ -43,7 +43,7 @@ class Answer:
 
 def record_json(aborts: App, record: TaskRecord) -> dict[str, Any]:
     """A record as the router answers it: :meth:`TaskRecord.to_dict` and
-    ``ignoring_abort_for``, the seconds it has ignored its abort (DESIGN rule 16), or null."""
+    ``ignoring_abort_for``, the seconds it has ignored its abort (guarantee G16), or null."""
     seconds = record.ignoring_abort(aborts.ignored_abort_after)
     return {
         **record.to_dict(),

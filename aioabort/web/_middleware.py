@@ -1,7 +1,8 @@
 """The pure ASGI middleware: each HTTP request runs inside ``abortable(request_id)``.
 
 It imports no web framework: Starlette, FastAPI, Litestar, Django's ASGI handler or raw ASGI
-all run it the same way.
+all run it the same way. The request-scope rules live in ``web._requests`` (shared with the
+aiohttp middleware); this module reads the ASGI request and writes the answers.
 """
 
 from __future__ import annotations
@@ -9,26 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
-import unicodedata
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 
 from .._app import App
-from .._errors import (
-    ScopeAlreadyEntered,
-    TaskAborted,
-    TaskAlreadyExists,
-    TaskAlreadyFinished,
-    TaskAlreadyStarted,
-    UsageError,
-)
-from .._scope import AbortScope, abortable
-from .._types import MAX_TASK_ID_LENGTH, MAX_TASK_NAME_LENGTH, AbortReason
+from .._errors import UsageError
+from .._scope import AbortScope
+from . import _requests
+from ._api import Answer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,41 +30,26 @@ Send = Callable[[Message], Awaitable[None]]
 #: Any ASGI application: frameworks type the three arguments each their own way.
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
-#: Request ids the web integrations accept from a header.
-REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{MAX_TASK_ID_LENGTH}}}")
-
-
-def _escape(char: str) -> str:
-    """A character as the percent-escapes of its bytes (a lone surrogate in U+DC80..U+DCFF
-    stands for a byte that was not UTF-8, as ``surrogateescape`` decodes it)."""
-    errors = "surrogateescape" if "\udc80" <= char <= "\udcff" else "surrogatepass"
-    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", errors))
-
-
-def request_name(method: str, path: str) -> str:
-    """The name of a request's record, ``"GET /path"``, in a form every store holds: NUL and
-    the other control characters, and lone surrogates (text PostgreSQL or SQLite cannot
-    store), are percent-escaped as a client sends them; the name is cut to
-    :data:`~aioabort._types.MAX_TASK_NAME_LENGTH` characters, never inside an escape."""
-    pieces: list[str] = []
-    size = 0
-    for char in f"{method} {path}":
-        piece = _escape(char) if unicodedata.category(char) in ("Cc", "Cs") else char
-        size += len(piece)
-        if size > MAX_TASK_NAME_LENGTH:
-            break
-        pieces.append(piece)
-    return "".join(pieces)
+#: The answer while the App is not open (and the middleware may not open it).
+NOT_OPEN = Answer(
+    503,
+    {
+        "error": "aioabort_not_open",
+        "detail": "the aioabort App is not open: use lifespan=aborts.lifespan "
+        "or AbortMiddleware(..., lazy_open=True)",
+    },
+)
 
 
 async def _send_json(
-    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+    send: Send, answer: Answer, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
-    payload = json.dumps(body).encode()
+    """Write ``answer`` as a whole JSON response: the one writer of the middleware's answers."""
+    payload = json.dumps(answer.body).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": answer.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
@@ -80,6 +58,89 @@ async def _send_json(
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+@dataclass
+class _Exchange:
+    """One request under way: what the server gave, with a ``send`` that echoes the request
+    id, and how far the response got."""
+
+    aborts: App
+    request_id: str
+    scope: Scope
+    receive: Receive
+    server_send: Send
+    echo: tuple[bytes, bytes]
+    started: bool = False
+    complete: bool = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), self.echo]}
+            self.started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.complete = True
+        await self.server_send(message)
+
+
+#: How a request's application runs inside its scope: one of the three modes below.
+Mode = Callable[[ASGIApp, AbortScope, _Exchange], Awaitable[None]]
+
+
+async def _plain(app: ASGIApp, abort_scope: AbortScope, exchange: _Exchange) -> None:
+    """The application as it is: an abort cancels it from outside."""
+    await app(exchange.scope, exchange.receive, exchange.send)
+
+
+async def _watch_disconnect(app: ASGIApp, abort_scope: AbortScope, exchange: _Exchange) -> None:
+    """``abort_on_disconnect``: only one reader may own ``receive()``, so a pump reads it,
+    hands each message to the application and aborts the request at a disconnect that comes
+    before its response is complete."""
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def pump() -> None:
+        while True:
+            message = await exchange.receive()
+            inbox.put_nowait(message)
+            if message["type"] == "http.disconnect":
+                await _requests.client_gone(
+                    exchange.aborts, exchange.request_id, response_complete=exchange.complete
+                )
+                return
+
+    pump_task = asyncio.get_running_loop().create_task(pump())
+    try:
+        await app(exchange.scope, inbox.get, exchange.send)
+    finally:
+        pump_task.cancel()
+        await asyncio.gather(pump_task, return_exceptions=True)
+
+
+async def _as_disconnect(app: ASGIApp, abort_scope: AbortScope, exchange: _Exchange) -> None:
+    """``abort_as_disconnect``: the application runs shielded from the abort; an abort makes
+    its ``receive()`` answer ``http.disconnect``, so it stops its own view. Then the abort
+    stops the scope."""
+    aborted = asyncio.Event()
+    abort_scope.on_abort(lambda reason: aborted.set())
+
+    async def receive_or_abort() -> Message:
+        if aborted.is_set():
+            return {"type": "http.disconnect"}
+        message = asyncio.ensure_future(exchange.receive())
+        stop = asyncio.ensure_future(aborted.wait())
+        try:
+            await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not message.done():
+                message.cancel()
+        if message.done() and not message.cancelled():
+            return message.result()
+        return {"type": "http.disconnect"}
+
+    with anyio.CancelScope(shield=True):
+        await app(exchange.scope, receive_or_abort, exchange.send)
+    await anyio.lowlevel.checkpoint()  # an abort that came stops the scope here
 
 
 class AbortMiddleware:
@@ -91,13 +152,13 @@ class AbortMiddleware:
     ``await aborts.handle(request_id).abort(reason=...)``. An aborted request whose response
     had not started gets ``status_code`` (default 499) and the JSON body
     ``{"error": "aborted", "task_id": ..., "reason": {...}}``; a streaming response that was
-    under way is cut (DESIGN rule 12): it is never completed, so the server closes the
+    under way is cut (guarantee G12): it is never completed, so the server closes the
     connection without the final chunk (uvicorn logs "ASGI callable returned without
     completing response") and the client sees an incomplete body, never a complete one. The
     body iterator of a streaming response runs inside the scope too. A request whose id was
     aborted before it came (``abort(..., create=True)``) gets ``status_code`` at once: the
-    application is never called. The record's name is the method and path
-    (:func:`request_name`).
+    application is never called. A request id naming a record the request did not create is
+    answered 409. The record's name is the method and path.
 
     :param aborts: the :class:`aioabort.App` (opened by ``lifespan=aborts.lifespan``).
     :param header: the request-id header.
@@ -120,7 +181,7 @@ class AbortMiddleware:
         aborts: App,
         header: str = "x-request-id",
         abort_on_disconnect: bool = False,
-        status_code: int = 499,
+        status_code: int = _requests.ABORTED_STATUS,
         exclude: Sequence[str] = (),
         lazy_open: bool = False,
         abort_as_disconnect: bool = False,
@@ -136,6 +197,13 @@ class AbortMiddleware:
         self.exclude = tuple(exclude)
         self.lazy_open = lazy_open
         self.abort_as_disconnect = abort_as_disconnect
+        self._mode: Mode = (
+            _as_disconnect
+            if abort_as_disconnect
+            else _watch_disconnect
+            if abort_on_disconnect
+            else _plain
+        )
         self._opening = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,153 +211,37 @@ class AbortMiddleware:
             await self.app(scope, receive, send)
             return
         if not self.aborts.is_open:
-            if self.lazy_open:
-                async with self._opening:
-                    if not self.aborts.is_open:
-                        await self.aborts.open()
-            else:
-                await _send_json(
-                    send,
-                    503,
-                    {
-                        "error": "aioabort_not_open",
-                        "detail": "the aioabort App is not open: use lifespan=aborts.lifespan "
-                        "or AbortMiddleware(..., lazy_open=True)",
-                    },
-                )
+            if not self.lazy_open:
+                await _send_json(send, NOT_OPEN)
                 return
+            async with self._opening:
+                if not self.aborts.is_open:
+                    await self.aborts.open()
         raw = next((v for k, v in scope.get("headers", []) if k == self._header_bytes), None)
-        if raw is None:
-            request_id = uuid.uuid4().hex
-        else:
-            request_id = raw.decode("latin-1")
-            if not REQUEST_ID_RE.fullmatch(request_id):
-                await _send_json(
-                    send,
-                    400,
-                    {
-                        "error": "invalid_request_id",
-                        "detail": f"the {self.header} header must be 1-{MAX_TASK_ID_LENGTH} "
-                        "letters, digits or ._:@/+=- characters",
-                    },
-                )
-                return
+        request_id = _requests.request_id(
+            None if raw is None else raw.decode("latin-1"), self.header
+        )
+        if isinstance(request_id, Answer):
+            await _send_json(send, request_id)
+            return
         await self._run(scope, receive, send, request_id)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        echo = (self._header_bytes, request_id.encode("latin-1"))
-        progress = {"started": False, "complete": False}
+        exchange = _Exchange(
+            self.aborts, request_id, scope, receive, send, (self._header_bytes, request_id.encode())
+        )
 
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), echo]}
-                progress["started"] = True
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                progress["complete"] = True
-            await send(message)
+        async def run(abort_scope: AbortScope) -> None:
+            scope.setdefault("state", {})["aioabort_scope"] = abort_scope
+            await self._mode(self.app, abort_scope, exchange)
 
-        name = request_name(scope.get("method", "HTTP"), scope.get("path", ""))
-        # adopt=False (DESIGN rule 11): a client's id never starts a record it did not create.
-        # Not suppressed: an id aborted before the request came raises on entry, before the
-        # application is called (suppressed, it would run up to its first await).
-        abort_scope = abortable(request_id, app=self.aborts, name=name, detached=True, adopt=False)
-        try:
-            async with abort_scope:
-                scope.setdefault("state", {})["aioabort_scope"] = abort_scope
-                if self.abort_as_disconnect:
-                    await self._as_disconnect(abort_scope, scope, receive, send_wrapper)
-                elif self.abort_on_disconnect:
-                    await self._with_disconnect_watch(
-                        scope, receive, send_wrapper, request_id, progress
-                    )
-                else:
-                    await self.app(scope, receive, send_wrapper)
-        except (TaskAlreadyExists, TaskAlreadyFinished, TaskAlreadyStarted, ScopeAlreadyEntered):
-            await _send_json(
-                send,
-                409,
-                {
-                    "error": "request_id_in_use",
-                    "detail": f"the request id {request_id!r} was already used",
-                },
-                [echo],
-            )
+        name = _requests.request_name(scope.get("method", "HTTP"), scope.get("path", ""))
+        answer = await _requests.serve(self.aborts, request_id, name, run, status=self.status_code)
+        if answer is None:
+            return  # the application answered
+        if exchange.started:
+            # A response under way is left incomplete (G12): the server closes the connection
+            # without the final chunk, so the client can tell it was cut.
             return
-        except TaskAborted:
-            if not abort_scope.aborted:
-                raise  # another scope's, not this request's
-        if abort_scope.aborted:
-            with contextlib.suppress(OSError):
-                if not progress["started"]:
-                    await _send_json(
-                        send,
-                        self.status_code,
-                        {
-                            "error": "aborted",
-                            "task_id": request_id,
-                            "reason": None
-                            if abort_scope.reason is None
-                            else abort_scope.reason.to_dict(),
-                        },
-                        [echo],
-                    )
-                # A response under way is left incomplete (DESIGN rule 12): the server closes
-                # the connection without the final chunk, so the client can tell it was cut.
-
-    async def _as_disconnect(
-        self, abort_scope: AbortScope, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """Run the application shielded from the abort; an abort makes its ``receive()``
-        answer ``http.disconnect``, so it stops its own view. Then the abort stops the scope."""
-        aborted = asyncio.Event()
-        abort_scope.on_abort(lambda reason: aborted.set())
-
-        async def receive_or_abort() -> Message:
-            if aborted.is_set():
-                return {"type": "http.disconnect"}
-            message = asyncio.ensure_future(receive())
-            stop = asyncio.ensure_future(aborted.wait())
-            try:
-                await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-                if not message.done():
-                    message.cancel()
-            if message.done() and not message.cancelled():
-                return message.result()
-            return {"type": "http.disconnect"}
-
-        with anyio.CancelScope(shield=True):
-            await self.app(scope, receive_or_abort, send)
-        await anyio.lowlevel.checkpoint()  # an abort that came stops the scope here
-
-    async def _with_disconnect_watch(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        request_id: str,
-        progress: dict[str, bool],
-    ) -> None:
-        # Only one reader may own receive(): a pump reads it and hands messages to the app.
-        inbox: asyncio.Queue[Message] = asyncio.Queue()
-
-        async def pump() -> None:
-            while True:
-                message = await receive()
-                inbox.put_nowait(message)
-                if message["type"] == "http.disconnect":
-                    if not progress["complete"]:  # not the normal end after a response
-                        await self.aborts.handle(request_id).abort(
-                            AbortReason(
-                                AbortReason.DISCONNECT, "the client disconnected", by="aioabort.web"
-                            )
-                        )
-                    return
-
-        pump_task = asyncio.get_running_loop().create_task(pump())
-        try:
-            await self.app(scope, inbox.get, send)
-        finally:
-            pump_task.cancel()
-            await asyncio.gather(pump_task, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            await _send_json(send, answer, [exchange.echo])

@@ -7,6 +7,7 @@ and :class:`~aioabort.AbortHandle`'s methods, never around them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 
 from .._app import App
 from .._errors import MissingDriver
@@ -46,6 +47,80 @@ def _response(answer: _api.Answer) -> Response:
     return JSONResponse(answer.body, status_code=answer.status)
 
 
+def _guarded(
+    gate: _api.Gate,
+    endpoint: Callable[[Request], Awaitable[Response | _api.Answer]],
+    *,
+    page: bool = False,
+) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint`` behind the gate's checks; its :class:`~aioabort.web._api.Answer` written
+    as a response (the dashboard's page is refused with a page)."""
+
+    async def wrapper(request: Request) -> Response:
+        refused = await gate.check(
+            request,
+            method=request.method,
+            origin=request.headers.get("origin"),
+            fetch_site=request.headers.get("sec-fetch-site"),
+            own_origin=f"{request.url.scheme}://{request.url.netloc}",
+            content_type=request.headers.get("content-type"),
+        )
+        if refused is not None:
+            return _response(_api.refusal_page(refused) if page else refused)
+        answer = await _api.guarded(lambda: endpoint(request))
+        return answer if isinstance(answer, Response) else _response(answer)
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class _Endpoints:
+    """The router's endpoints: each reads the request into the ``_api`` call it stands for."""
+
+    aborts: App
+    who: Callable[[Request], str] | None
+
+    def _by(self, request: Request) -> str:
+        if self.who is not None:
+            return self.who(request)
+        return _api.default_who(request.client.host if request.client else None)
+
+    async def dashboard(self, request: Request) -> _api.Answer:
+        return _api.dashboard()
+
+    async def list_tasks(self, request: Request) -> _api.Answer:
+        params = request.query_params
+        return await _api.list_tasks(
+            self.aborts,
+            states=params.getlist("state"),
+            name=params.get("name"),
+            labels=params.getlist("label"),
+            id_prefix=params.get("id_prefix"),
+            limit=params.get("limit", "50"),
+            offset=params.get("offset", "0"),
+        )
+
+    async def show(self, request: Request) -> _api.Answer:
+        return await _api.show(self.aborts, request.path_params["task_id"])
+
+    async def abort(self, request: Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        task_id = request.path_params["task_id"]
+        return await _api.abort(self.aborts, task_id, raw, self._by(request))
+
+    async def abort_matching(self, request: Request) -> _api.Answer:
+        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
+        return await _api.abort_matching(self.aborts, raw, self._by(request))
+
+    async def events(self, request: Request) -> Response | _api.Answer:
+        stream = await _api.events(self.aborts, request.path_params["task_id"])
+        if isinstance(stream, _api.Answer):
+            return stream
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers=_api.EVENT_STREAM_HEADERS
+        )
+
+
 def router(
     aborts: App,
     *,
@@ -80,71 +155,14 @@ def router(
         :func:`aioabort.web._api.cross_site`.
     """
     gate = _api.Gate(aborts, authorize, frozenset(allowed_origins))
-
-    def guarded(
-        endpoint: Callable[[Request], Awaitable[Response | _api.Answer]], *, page: bool = False
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def wrapper(request: Request) -> Response:
-            refused = await gate.check(
-                request,
-                method=request.method,
-                origin=request.headers.get("origin"),
-                fetch_site=request.headers.get("sec-fetch-site"),
-                own_origin=f"{request.url.scheme}://{request.url.netloc}",
-                content_type=request.headers.get("content-type"),
-            )
-            if refused is not None:  # the dashboard's page is refused with a page
-                return _response(_api.refusal_page(refused) if page else refused)
-            answer = await _api.guarded(lambda: endpoint(request))
-            return answer if isinstance(answer, Response) else _response(answer)
-
-        return wrapper
-
-    async def list_tasks(request: Request) -> _api.Answer:
-        params = request.query_params
-        return await _api.list_tasks(
-            aborts,
-            states=params.getlist("state"),
-            name=params.get("name"),
-            labels=params.getlist("label"),
-            id_prefix=params.get("id_prefix"),
-            limit=params.get("limit", "50"),
-            offset=params.get("offset", "0"),
-        )
-
-    async def show(request: Request) -> _api.Answer:
-        return await _api.show(aborts, request.path_params["task_id"])
-
-    async def abort(request: Request) -> _api.Answer:
-        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
-        host = request.client.host if request.client else None
-        by = who(request) if who is not None else _api.default_who(host)
-        return await _api.abort(aborts, request.path_params["task_id"], raw, by)
-
-    async def abort_matching(request: Request) -> _api.Answer:
-        raw = await _bounded_body(request, _api.MAX_ABORT_BODY)
-        host = request.client.host if request.client else None
-        by = who(request) if who is not None else _api.default_who(host)
-        return await _api.abort_matching(aborts, raw, by)
-
-    async def events(request: Request) -> Response | _api.Answer:
-        stream = await _api.events(aborts, request.path_params["task_id"])
-        if isinstance(stream, _api.Answer):
-            return stream
-        return StreamingResponse(
-            stream, media_type="text/event-stream", headers=_api.EVENT_STREAM_HEADERS
-        )
-
-    async def dashboard(request: Request) -> _api.Answer:
-        return _api.dashboard()
-
+    routes = _Endpoints(aborts, who)
     return Router(
         routes=[
-            Route("/", guarded(dashboard, page=True), methods=["GET"]),
-            Route("/tasks", guarded(list_tasks), methods=["GET"]),
-            Route("/abort", guarded(abort_matching), methods=["POST"]),
-            Route("/tasks/{task_id:path}/abort", guarded(abort), methods=["POST"]),
-            Route("/tasks/{task_id:path}/events", guarded(events), methods=["GET"]),
-            Route("/tasks/{task_id:path}", guarded(show), methods=["GET"]),
+            Route("/", _guarded(gate, routes.dashboard, page=True), methods=["GET"]),
+            Route("/tasks", _guarded(gate, routes.list_tasks), methods=["GET"]),
+            Route("/abort", _guarded(gate, routes.abort_matching), methods=["POST"]),
+            Route("/tasks/{task_id:path}/abort", _guarded(gate, routes.abort), methods=["POST"]),
+            Route("/tasks/{task_id:path}/events", _guarded(gate, routes.events), methods=["GET"]),
+            Route("/tasks/{task_id:path}", _guarded(gate, routes.show), methods=["GET"]),
         ]
     )
