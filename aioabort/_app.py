@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import inspect
 import logging
 import os
@@ -19,9 +18,9 @@ from typing import Any, ParamSpec, TypeVar, final, overload
 import anyio
 
 from . import _runtime
-from ._aborting import Parts, record_and_deliver_many, stop_here
+from ._aborting import record_and_deliver_many, stop_here
 from ._backend import OwnerInfo, Store, Unclaimed
-from ._errors import AioabortError, AppClosed, InvalidURL, UnknownTask, UsageError
+from ._errors import AioabortError, InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
 from ._liveness import Liveness
 from ._redo import Redo
@@ -145,22 +144,19 @@ class App:
         self.shutdown_grace = shutdown_grace
         self.ignored_abort_after = ignored_abort_after
         self.retention = retention
-        self._store: Store | None = None
-        self._watcher: Watcher | None = None
+        self._parts: _runtime.Runtime | None = None
         self._owner: OwnerInfo | None = None
         self._tokens: list[object] = []
         self._state = "new"
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._liveness: Liveness | None = None
-        #: How many running workers of this App claim from each queue (what it publishes).
-        self._served_queues: collections.Counter[str] = collections.Counter()
         self._background: set[asyncio.Task[object]] = set()
         self._redo = Redo()
 
     def __repr__(self) -> str:
         return f"<aioabort.App url={self.url!r} {self._state}>"
 
-    # -- Runtime protocol --------------------------------------------------------------------
+    # -- the open App's parts ----------------------------------------------------------------
 
     @property
     def is_open(self) -> bool:
@@ -168,17 +164,25 @@ class App:
         return self._state == "open"
 
     @property
+    def runtime(self) -> _runtime.Runtime:
+        """The open App's parts (store, watcher, owner...), for integrations such as the
+        worker, the web and the CLI.
+
+        :raises AppClosed: when the App is not open.
+        """
+        if self._parts is None or not self.is_open:
+            raise _runtime.not_open(self)
+        return self._parts
+
+    @property
     def store(self) -> Store:
-        if self._store is None or not self.is_open:
-            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
-        return self._store
+        """The store (:raises AppClosed: when the App is not open)."""
+        return self.runtime.store
 
     @property
     def watcher(self) -> Watcher:
         """This process's watcher (see :meth:`Watcher.statistics`)."""
-        if self._watcher is None or not self.is_open:
-            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
-        return self._watcher
+        return self.runtime.watcher
 
     @property
     def redo(self) -> Redo:
@@ -188,9 +192,7 @@ class App:
     @property
     def owner(self) -> str:
         """This process's owner id, stored on the tasks it runs."""
-        if self._owner is None:
-            raise AppClosed(f"{self!r} is not open")
-        return self._owner.id
+        return self.runtime.owner
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -227,7 +229,16 @@ class App:
             with anyio.CancelScope(shield=True):
                 await store.aclose()
             raise
-        self._store, self._watcher, self._owner = store, watcher, owner
+        self._owner, self._redo = owner, Redo()
+        self._parts = _runtime.Runtime(
+            store=store,
+            watcher=watcher,
+            owner=owner.id,
+            redo=self._redo,
+            ignored_abort_after=self.ignored_abort_after,
+            spawn=self._start_background,
+            served=_runtime.ServedQueues(),
+        )
         # The first cancel scope in a process loads anyio's asyncio backend (tens of ms): do it
         # now so the first abort is not slow.
         with anyio.CancelScope() as warm:  # noqa: ASYNC100 - entering it is the point
@@ -257,10 +268,11 @@ class App:
         with anyio.CancelScope(shield=True):
             self._state = "closing"
             _runtime.remove_default(self)
-            store, watcher, owner = self._store, self._watcher, self._owner
-            assert store is not None and watcher is not None and owner is not None
+            parts, owner = self._parts, self._owner
+            assert parts is not None and owner is not None
+            store, watcher = parts.store, parts.watcher
             try:
-                await self._abort_open_scopes(store, watcher)
+                await self._abort_open_scopes(parts)
                 await self._stop_background()
             finally:
                 try:
@@ -297,13 +309,14 @@ class App:
                 extra={"action": "tasks_lost", "task_ids": lost},
             )
 
-    async def _abort_open_scopes(self, store: Store, watcher: Watcher) -> None:
+    async def _abort_open_scopes(self, parts: _runtime.Runtime) -> None:
+        watcher = parts.watcher
         scopes = watcher.scopes()
         if not scopes:
             return
         reason = AbortReason(AbortReason.SHUTDOWN, "the aioabort App is closing")
         for scope in scopes:
-            await stop_here(Parts(store, watcher), scope.id, reason)
+            await stop_here(parts, scope.id, reason)
         with anyio.move_on_after(self.shutdown_grace):
             await watcher.wait_idle()
 
@@ -318,15 +331,10 @@ class App:
     def _start_background(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         if not self.is_open:
             coro.close()
-            raise AppClosed(f"{self!r} is not open")
+            raise _runtime.not_open(self)
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    def _runtime(self) -> App:
-        if not self.is_open:
-            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
-        return self
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -572,7 +580,7 @@ class App:
         if dry_run:
             return matching
         aborted: list[str] = []
-        runtime = self._runtime()
+        runtime = self.runtime
         for start in range(0, len(matching), ABORT_BATCH):
             batch = matching[start : start + ABORT_BATCH]
             aborted += await record_and_deliver_many(runtime, batch, abort_reason)
@@ -607,7 +615,7 @@ class App:
         if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
             raise UsageError(f"older_than must be a non-negative timedelta, got {older_than!r}")
         if self._liveness is None or not self.is_open:
-            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
+            raise _runtime.not_open(self)
         return await self._liveness.purge(older_than.total_seconds())
 
     async def reap(self) -> list[str]:
@@ -616,5 +624,5 @@ class App:
         Runs by itself every ``heartbeat_interval``; call it to reap at once.
         """
         if self._liveness is None or not self.is_open:
-            raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
+            raise _runtime.not_open(self)
         return await self._liveness.reap()

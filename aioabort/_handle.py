@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     # and every type checker knows typing_extensions.
     from typing_extensions import TypeVar
 
-    from ._runtime import Runtime
+    from ._runtime import Host, Runtime
 
     R = TypeVar("R", default=JSONValue)
 else:
@@ -54,7 +54,7 @@ class AbortHandle(Generic[R]):
 
     __slots__ = ("_app", "id")
 
-    def __init__(self, app: Runtime, task_id: str) -> None:
+    def __init__(self, app: Host, task_id: str) -> None:
         self.id: str = check_task_id(task_id)
         self._app = app
 

@@ -12,18 +12,19 @@ import inspect
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 
+from . import _ending, _runtime
 from ._errors import InvalidArguments, UsageError
 from ._handle import AbortHandle
 from ._scope import AbortScope, _current_scope
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
-from ._types import MAX_TASK_NAME_LENGTH, ErrorInfo, check_labels, check_task_id, dump_json
+from ._types import MAX_TASK_NAME_LENGTH, check_labels, check_task_id, dump_json
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from ._runtime import Host, Runtime
 
 logger = logging.getLogger("aioabort.runner")
 
@@ -32,17 +33,6 @@ R = TypeVar("R")
 
 #: The queue tasks go to unless they name another.
 DEFAULT_QUEUE = "default"
-
-
-class TaskHost(Protocol):
-    """What a task needs from its App."""
-
-    @property
-    def is_open(self) -> bool: ...
-
-    def _runtime(self) -> Runtime: ...
-
-    def _start_background(self, coro: Coroutine[Any, Any, object], name: str) -> None: ...
 
 
 def _check_queue(queue: object) -> str:
@@ -78,7 +68,7 @@ class Task(Generic[P, R]):
 
     def __init__(
         self,
-        host: TaskHost,
+        host: Host,
         fn: Callable[P, Awaitable[R]],
         *,
         name: str,
@@ -151,7 +141,7 @@ class Task(Generic[P, R]):
         task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
         queue = None if spawn else _check_queue(self.queue if queue is None else queue)
         parent = None if detached else _current_scope.get()
-        runtime = self._host._runtime()
+        runtime = _runtime.resolve(self._host)
         record = await shielded(
             runtime.store.create(
                 task_id,
@@ -164,10 +154,9 @@ class Task(Generic[P, R]):
             )
         )
         if spawn and record.state is TaskState.PENDING:
-            self._host._start_background(
-                execute(self._host, self, record, claimed=False), name=f"aioabort-spawn-{task_id}"
-            )
-        return AbortHandle(runtime, task_id)
+            scope = make_scope(self._host, self, record, claimed=False)
+            runtime.spawn(execute(scope, self, record), f"aioabort-spawn-{task_id}")
+        return AbortHandle(self._host, task_id)
 
 
 def decode_arguments(record: TaskRecord) -> tuple[list[Any], dict[str, Any]]:
@@ -184,18 +173,15 @@ def decode_arguments(record: TaskRecord) -> tuple[list[Any], dict[str, Any]]:
     return list(args), dict(kwargs)
 
 
-async def execute(
-    host: TaskHost, task: Task[Any, Any], record: TaskRecord, *, claimed: bool
-) -> AbortScope | None:
-    """Run ``task`` for ``record`` inside its abort scope; store the result or error.
-
-    With ``claimed`` the record was already moved to STARTED for this process (a worker's
-    claim); otherwise entering the scope starts it. Never raises for the task's own outcome.
-    """
-    runtime = host._runtime()
-    scope = AbortScope(
+def make_scope(
+    host: Host, task: Task[Any, Any], record: TaskRecord, *, claimed: bool
+) -> AbortScope:
+    """The scope a run of ``task`` for ``record`` runs in. With ``claimed`` the record was
+    already moved to STARTED for this process (a worker's claim); otherwise entering the scope
+    starts it."""
+    return AbortScope(
         record.id,
-        app=runtime,
+        app=host,
         suppress=True,
         name=task.name,
         time_limit=task.time_limit,
@@ -203,6 +189,11 @@ async def execute(
         _claimed=record if claimed else None,
         _retryable=task.retryable,
     )
+
+
+async def execute(scope: AbortScope, task: Task[Any, Any], record: TaskRecord) -> AbortScope | None:
+    """Run ``task`` for ``record`` inside ``scope`` (:func:`make_scope`); the scope stores the
+    result or the error. Never raises for the task's own outcome."""
     # One line per task at INFO (its end), the start at DEBUG: a line per task costs the
     # worker's throughput (measured: two lines a task, 26 % fewer no-op tasks per second).
     info = logger.isEnabledFor(logging.INFO)
@@ -273,15 +264,8 @@ def _one_line(text: str) -> str:
 
 async def fail_unknown(runtime: Runtime, record: TaskRecord, known: Sequence[str]) -> None:
     """End a claimed record whose task name this worker does not know."""
-    names = ", ".join(sorted(known)) or "none"
-    error = ErrorInfo(
-        ErrorInfo.EXCEPTION,
-        "UnknownTask",
-        f"no task named {record.name!r} is registered in this worker (it knows: {names})"[:2000],
-    )
-    await shielded(
-        runtime.store.finish(record.id, owner=runtime.owner, state=TaskState.FAILURE, error=error)
-    )
+    error = _ending.unknown_task(record.name, known)
+    await _ending.finish(runtime, record.id, TaskState.FAILURE, error=error)
 
 
 def task_name(fn: Callable[..., Any], name: str | None) -> str:

@@ -8,8 +8,11 @@ is also its default.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ._backend import Store
 from ._errors import AppClosed, NoAppOpen, UsageError
@@ -17,39 +20,70 @@ from ._redo import Redo
 from ._watcher import Watcher
 
 
-class Runtime(Protocol):
-    """What scopes and handles need from an open App."""
+@dataclass(frozen=True, slots=True, eq=False)
+class Runtime:
+    """The parts of an open App, made once when it opens: what scopes, handles, tasks, the
+    worker and the web receive (``App.runtime``). It stays usable while its App closes, so a
+    scope that exits then still records how its task ended.
 
-    @property
-    def store(self) -> Store: ...
+    :ivar store: the store.
+    :ivar watcher: this process's watcher.
+    :ivar owner: this process's owner id, stored on the tasks it runs.
+    :ivar redo: writes of this process's records that failed, retried until they land.
+    :ivar ignored_abort_after: seconds after which a task still running after its abort
+        reached it is shown as ignoring it.
+    :ivar spawn: runs a coroutine in the background under the App (cancelled when it closes).
+    :ivar served: the queues this App's running workers claim from.
+    """
 
-    @property
-    def watcher(self) -> Watcher: ...
+    store: Store
+    watcher: Watcher
+    owner: str
+    redo: Redo
+    ignored_abort_after: float
+    spawn: Callable[[Coroutine[Any, Any, object], str], None]
+    served: ServedQueues
 
-    @property
-    def owner(self) -> str: ...
 
-    @property
-    def redo(self) -> Redo: ...
+class ServedQueues:
+    """How many running workers of one App claim from each queue: a queue stays published
+    (what ``App.unclaimed()`` judges by) while any of them does."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, queues: Sequence[str]) -> None:
+        self._counts.update(queues)
+
+    def remove(self, queues: Sequence[str]) -> list[str]:
+        """Count one worker fewer on each of ``queues``; returns those no worker serves now."""
+        self._counts.subtract(queues)
+        return [queue for queue in queues if self._counts[queue] <= 0]
+
+
+class Host(Protocol):
+    """What the ambient lookup holds: an App, open or not."""
 
     @property
     def is_open(self) -> bool: ...
 
     @property
-    def ignored_abort_after(self) -> float: ...
+    def runtime(self) -> Runtime: ...
 
 
-_current_app: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
+_current_app: contextvars.ContextVar[Host | None] = contextvars.ContextVar(
     "aioabort_current_app", default=None
 )
-_defaults: list[Runtime] = []
+_defaults: list[Host] = []
 
 
-def set_current(app: Runtime) -> contextvars.Token[Runtime | None]:
+def set_current(app: Host) -> contextvars.Token[Host | None]:
     return _current_app.set(app)
 
 
-def reset_current(token: contextvars.Token[Runtime | None]) -> None:
+def reset_current(token: contextvars.Token[Host | None]) -> None:
     try:
         _current_app.reset(token)
     except ValueError:
@@ -57,18 +91,21 @@ def reset_current(token: contextvars.Token[Runtime | None]) -> None:
         pass
 
 
-def add_default(app: Runtime) -> None:
+def add_default(app: Host) -> None:
     if app not in _defaults:
         _defaults.append(app)
 
 
-def remove_default(app: Runtime) -> None:
+def remove_default(app: Host) -> None:
     if app in _defaults:
         _defaults.remove(app)
 
 
-def resolve(app: Runtime | None) -> Runtime:
-    """The App to use: ``app`` if given, else the one in context, else the process default."""
+def find(app: Host | None = None) -> Host:
+    """The App to use: ``app`` if given, else the one in context, else the process default.
+
+    :raises NoAppOpen: when none is given and none is open.
+    """
     if app is None:
         app = _current_app.get()
         if app is None or not app.is_open:
@@ -78,11 +115,21 @@ def resolve(app: Runtime | None) -> Runtime:
                 "no aioabort App is open: open one with `async with aioabort.App(url):` "
                 "(or `await app.open()`), or pass app= explicitly"
             )
-    if not app.is_open:
-        raise AppClosed(
-            "this aioabort App is not open: use `async with app:` or `await app.open()`"
-        )
     return app
+
+
+def resolve(app: Host | None) -> Runtime:
+    """The parts of the App :func:`find` finds.
+
+    :raises NoAppOpen: when there is none.
+    :raises AppClosed: when the App given is not open.
+    """
+    return find(app).runtime
+
+
+def not_open(app: object) -> AppClosed:
+    """The one error for an App used while it is not open."""
+    return AppClosed(f"{app!r} is not open: use `async with app:` or `await app.open()`")
 
 
 def require_asyncio(what: str) -> None:

@@ -14,15 +14,15 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from . import _runtime
+from . import _ending, _runtime
 from ._aborting import stop_here
-from ._backend import StartResult, Store
+from ._backend import StartResult
 from ._errors import (
     AioabortError,
     NoCurrentScope,
@@ -30,20 +30,19 @@ from ._errors import (
     TaskAlreadyExists,
     TaskAlreadyFinished,
     TaskAlreadyStarted,
+    TaskStateError,
     UsageError,
 )
 from ._progress import Progress, check_report
-from ._redo import Redo
 from ._shield import shielded
-from ._state import StartDecision, TaskRecord, TaskState, end_state, should_requeue
+from ._state import StartDecision, TaskRecord, TaskState, end_state
 from ._telemetry import TaskSpan
 from ._types import AbortReason, ErrorInfo, check_labels, check_task_id
-from ._watcher import Watcher
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from ._runtime import Host, Runtime
 
 logger = logging.getLogger("aioabort.scope")
 
@@ -81,6 +80,22 @@ def _enclosing_aborted(scope: AbortScope | None) -> bool:
     return False
 
 
+def _refuse(task_id: str, started: StartResult) -> None:
+    """Raise what entering a scope on this record must refuse (see :func:`abortable`)."""
+    decision, record = started.decision, started.record
+    if decision is StartDecision.ALREADY_FINISHED:
+        raise TaskAlreadyFinished(
+            task_id,
+            f"task {task_id!r} already finished ({record.state}); a finished task cannot run again",
+        )
+    if decision is StartDecision.ALREADY_STARTED:
+        raise TaskAlreadyStarted(
+            task_id, f"task {task_id!r} is already running (owner {record.owner})"
+        )
+    if decision is StartDecision.TAKEN:
+        raise TaskAlreadyExists(task_id)
+
+
 class _Callback:
     __slots__ = ("callback", "handle", "ran", "stopped")
 
@@ -89,16 +104,6 @@ class _Callback:
         self.handle: asyncio.Handle | None = None
         self.ran = False
         self.stopped = False
-
-
-class _Bound(NamedTuple):
-    """What an entered scope holds of its App."""
-
-    store: Store
-    watcher: Watcher
-    owner: str
-    redo: Redo
-    ignored_abort_after: float
 
 
 @final
@@ -154,7 +159,7 @@ class AbortScope:
         self,
         task_id: str,
         *,
-        app: Runtime | None = None,
+        app: Host | None = None,
         suppress: bool = False,
         name: str | None = None,
         detached: bool = False,
@@ -196,7 +201,7 @@ class AbortScope:
         self._body_running = False
         self._cancel_scope: anyio.CancelScope | None = None
         self._callbacks: list[_Callback] = []
-        self._runtime: _Bound | None = None
+        self._runtime: Runtime | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token: contextvars.Token[AbortScope | None] | None = None
         self._progress: Progress | None = None
@@ -348,7 +353,7 @@ class AbortScope:
         task.add_done_callback(_background.discard)
         self._ignored = loop.call_later(runtime.ignored_abort_after, self._warn_ignored)
 
-    async def _note_delivered(self, runtime: _Bound) -> None:
+    async def _note_delivered(self, runtime: Runtime) -> None:
         try:
             await shielded(runtime.store.mark_delivered(self.id, owner=runtime.owner))
         except AioabortError:
@@ -375,61 +380,23 @@ class AbortScope:
 
     async def __aenter__(self) -> AbortScope:
         _runtime.require_asyncio("abortable()")
-        runtime = _runtime.resolve(self._app)
         # Keep the parts, not the App: the exit must still record the end while the App closes.
-        bound = self._runtime = _Bound(
-            runtime.store, runtime.watcher, runtime.owner, runtime.redo, runtime.ignored_abort_after
-        )
+        runtime = self._runtime = _runtime.resolve(self._app)
         self._loop = asyncio.get_running_loop()
-        parent = None if self._detached else _parent_scope()
         self.record = self._claimed
         runtime.watcher.register(self)
-        if self._claimed is not None:  # a worker already moved it PENDING -> STARTED for us
-            started = StartResult(StartDecision.START, self._claimed)
-        else:
-            starting = asyncio.ensure_future(
-                runtime.store.start(
-                    self.id,
-                    owner=runtime.owner,
-                    name=self._name,
-                    parent_id=parent.id if parent is not None else None,
-                    adopt=self._adopt,
-                    labels=self._labels or None,
-                )
-            )
-            try:
-                started = await shielded(starting)
-            except BaseException:
-                runtime.watcher.unregister(self)
-                if not starting.cancelled() and starting.exception() is None:
-                    # Cancelled while the start committed: the body never runs and __aexit__
-                    # never comes, so the end is recorded here (an outer cancellation).
-                    await self._end_unentered(bound, starting.result())
-                raise
+        started = await self._start(runtime)
         self.record = started.record
         early, self._early = self._early, []
         for reason, attempt in early:
             self._deliver_abort(reason, attempt)
-        decision = started.decision
-        if decision is StartDecision.ALREADY_FINISHED:
+        try:
+            _refuse(self.id, started)
+        except TaskStateError:
             runtime.watcher.unregister(self)
-            raise TaskAlreadyFinished(
-                self.id,
-                f"task {self.id!r} already finished ({started.record.state}); "
-                "a finished task cannot run again",
-            )
-        if decision is StartDecision.ALREADY_STARTED:
-            runtime.watcher.unregister(self)
-            raise TaskAlreadyStarted(
-                self.id,
-                f"task {self.id!r} is already running (owner {started.record.owner})",
-            )
-        if decision is StartDecision.TAKEN:
-            runtime.watcher.unregister(self)
-            raise TaskAlreadyExists(self.id)
-        cancel_scope = anyio.CancelScope()
-        self._cancel_scope = cancel_scope
-        if decision is StartDecision.ABORTED_BEFORE_START:
+            raise
+        cancel_scope = self._cancel_scope = anyio.CancelScope()
+        if started.decision is StartDecision.ABORTED_BEFORE_START:
             self._preaborted = True
             self._deliver_abort(started.record.reason or AbortReason())
             if not self._suppress:
@@ -438,11 +405,11 @@ class AbortScope:
                 runtime.watcher.unregister(self)
                 self.aborted = True
                 raise TaskAborted(self.id, self.reason)
-        elif started.record.reason is not None:  # started under an aborting parent
-            self._deliver_abort(started.record.reason)
-        if self._time_limit is not None and not self._preaborted:
-            self._timer = self._loop.call_later(self._time_limit, self._time_up)
-        if not self._preaborted:
+        else:
+            if started.record.reason is not None:  # started under an aborting parent
+                self._deliver_abort(started.record.reason)
+            if self._time_limit is not None:
+                self._timer = self._loop.call_later(self._time_limit, self._time_up)
             self._telemetry.start(self.id, started.record.name)
         cancel_scope.__enter__()
         self._body_running = True
@@ -451,6 +418,38 @@ class AbortScope:
         self._enclosing = _current_scope.get()
         self._token = _current_scope.set(self)
         return self
+
+    async def _start(self, runtime: Runtime) -> StartResult:
+        """Start the record (a worker's claim already did), or create it."""
+        if self._claimed is not None:  # a worker already moved it PENDING -> STARTED for us
+            return StartResult(StartDecision.START, self._claimed)
+        parent = None if self._detached else _parent_scope()
+        starting = asyncio.ensure_future(
+            runtime.store.start(
+                self.id,
+                owner=runtime.owner,
+                name=self._name,
+                parent_id=parent.id if parent is not None else None,
+                adopt=self._adopt,
+                labels=self._labels or None,
+            )
+        )
+        try:
+            return await shielded(starting)
+        except BaseException:
+            runtime.watcher.unregister(self)
+            # Cancelled while the start committed: the body never runs and __aexit__ never
+            # comes, so the end is recorded here (an outer cancellation).
+            wrote = (
+                not starting.cancelled()
+                and starting.exception() is None
+                and starting.result().decision in (StartDecision.CREATE, StartDecision.START)
+            )
+            if wrote:
+                error = _ending.cancelled("cancelled while entering the scope")
+                written = await _ending.finish(runtime, self.id, TaskState.FAILURE, error=error)
+                self._settle(TaskState.FAILURE, written)
+            raise
 
     async def __aexit__(
         self,
@@ -467,56 +466,18 @@ class AbortScope:
             self._token = None
         self._telemetry.leave()
         swallowed = bool(cancel_scope.__exit__(exc_type, exc, tb))
-        # Stopped by the abort: our scope caught its own cancellation, or an abort was asked
-        # and the body ended by a cancellation that an enclosing aborted scope must see. A
-        # cancellation from outside (a timeout, a TaskGroup) that is still under way wins even
-        # if an abort came too: it propagates (rule 1), so the record must say the same.
-        cancelled = isinstance(exc, asyncio.CancelledError) and not swallowed
-        outer = cancelled and not _enclosing_aborted(self._enclosing)
         # raise_if_aborted() raised out of the body: stopped by the abort too.
         own = isinstance(exc, TaskAborted) and exc.task_id == self.id and self._requested
-        stopped = not outer and (
-            cancel_scope.cancelled_caught or (self._requested and cancelled) or own
-        )
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._ignored is not None:
-            self._ignored.cancel()
-            self._ignored = None
+        stopped = self._stopped_by_abort(exc, swallowed, own)
+        self._stop_timers()
         try:
             if self._progress is not None:
                 await self._progress.flush()
             if self._preaborted:
                 # Aborted while PENDING: the record is already ABORTED; nothing to write.
                 self.aborted = True
-            else:
-                body_failed = exc is not None and not swallowed and not own
-                state = end_state(stopped_by_abort=stopped, failed=body_failed)
-                reason_code = self.reason.code if self.reason is not None else None
-                if should_requeue(
-                    retryable=self._retryable, stopped_by_abort=stopped, reason_code=reason_code
-                ):
-                    await self._requeue(runtime)
-                    self._telemetry.end(TaskState.PENDING.value, stopped_at_request=None, code=None)
-                    return swallowed
-                error = None
-                if state is TaskState.FAILURE and exc is not None:
-                    error = (
-                        ErrorInfo(
-                            ErrorInfo.CANCELLED,
-                            type(exc).__qualname__,
-                            "cancelled from outside the scope",
-                        )
-                        if isinstance(exc, asyncio.CancelledError)
-                        else ErrorInfo.from_exception(exc)
-                    )
-                await self._finish(runtime, state, error)
-                self._telemetry.end(
-                    state.value,
-                    stopped_at_request=self.reason.at if stopped and self.reason else None,
-                    code=self.reason.code if stopped and self.reason else None,
-                )
+            elif await self._record_end(runtime, exc, stopped, failed=not (swallowed or own)):
+                return swallowed  # requeued: the run did not end
         finally:
             runtime.watcher.unregister(self)
         if own:
@@ -527,13 +488,75 @@ class AbortScope:
             raise TaskAborted(self.id, self.reason) from None
         return swallowed
 
-    async def _end_unentered(self, runtime: _Bound, started: StartResult) -> None:
-        if started.decision not in (StartDecision.CREATE, StartDecision.START):
-            return  # nothing was written
-        error = ErrorInfo(
-            ErrorInfo.CANCELLED, "CancelledError", "cancelled while entering the scope"
+    def _stopped_by_abort(self, exc: BaseException | None, swallowed: bool, own: bool) -> bool:
+        """Our scope caught its own cancellation, or an abort was asked and the body ended by
+        a cancellation that an enclosing aborted scope must see. A cancellation from outside
+        (a timeout, a TaskGroup) that is still under way wins even if an abort came too: it
+        propagates, so the record must say the same."""
+        assert self._cancel_scope is not None
+        cancelled = isinstance(exc, asyncio.CancelledError) and not swallowed
+        outer = cancelled and not _enclosing_aborted(self._enclosing)
+        return not outer and (
+            self._cancel_scope.cancelled_caught or (self._requested and cancelled) or own
         )
-        await self._finish(runtime, TaskState.FAILURE, error)
+
+    def _stop_timers(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._ignored is not None:
+            self._ignored.cancel()
+            self._ignored = None
+
+    async def _record_end(
+        self, runtime: Runtime, exc: BaseException | None, stopped: bool, *, failed: bool
+    ) -> bool:
+        """Record how the body ended (through ``_ending``); returns True if it was requeued."""
+        state = end_state(stopped_by_abort=stopped, failed=failed and exc is not None)
+        error = None
+        if state is TaskState.FAILURE and exc is not None:
+            error = (
+                _ending.cancelled("cancelled from outside the scope", type(exc).__qualname__)
+                if isinstance(exc, asyncio.CancelledError)
+                else ErrorInfo.from_exception(exc)
+            )
+        written = await _ending.conclude(
+            runtime,
+            self.id,
+            state,
+            retryable=self._retryable,
+            stopped_by_abort=stopped,
+            reason_code=self.reason.code if self.reason is not None else None,
+            error=error,
+            result_json=self._result_json if state is TaskState.SUCCESS else None,
+        )
+        if written.requeued:
+            self.requeued = True
+            self.aborted = False
+            self.record = written.record
+            self._telemetry.end(TaskState.PENDING.value, stopped_at_request=None, code=None)
+            return True
+        self._settle(state, written)
+        by_abort = self.reason if stopped else None
+        self._telemetry.end(
+            state.value,
+            stopped_at_request=by_abort.at if by_abort else None,
+            code=by_abort.code if by_abort else None,
+        )
+        return False
+
+    def _settle(self, state: TaskState, written: _ending.Written) -> None:
+        """Take in what the end write gave back: the record, and the abort it names."""
+        if not written.landed:  # kept and retried: the end it will write is ours
+            self.aborted = state is TaskState.ABORTED
+            return
+        record = self.record = written.record
+        if record is not None and record.state is TaskState.ABORTED and state is TaskState.ABORTED:
+            self.aborted = True
+            if self.reason is None:
+                self.reason = record.reason
+        elif record is not None and self.reason is None and record.reason is not None:
+            self.reason = record.reason
 
     def _set_result(self, result_json: str) -> None:
         """The runner's seam: the task's JSON result, stored with a SUCCESS end."""
@@ -552,53 +575,6 @@ class AbortScope:
         task = asyncio.get_running_loop().create_task(stop_here(runtime, self.id, reason))
         _background.add(task)
         task.add_done_callback(_background.discard)
-
-    async def _requeue(self, runtime: _Bound) -> None:
-        store, task_id, owner = runtime.store, self.id, runtime.owner
-
-        def write() -> Awaitable[TaskRecord | None]:
-            return store.requeue(task_id, owner=owner)
-
-        self.requeued = True
-        self.aborted = False
-        try:
-            self.record = await shielded(write())
-        except AioabortError:
-            logger.warning(
-                "could not requeue the task; retrying in the background",
-                exc_info=True,
-                extra={"action": "requeue_failed", "task_id": self.id},
-            )
-            runtime.redo.add(task_id, write)
-
-    async def _finish(self, runtime: _Bound, state: TaskState, error: ErrorInfo | None) -> None:
-        result_json = self._result_json if state is TaskState.SUCCESS else None
-        store, task_id, owner = runtime.store, self.id, runtime.owner
-
-        def write() -> Awaitable[TaskRecord | None]:
-            return store.finish(
-                task_id, owner=owner, state=state, result_json=result_json, error=error
-            )
-
-        try:
-            record = await shielded(write())
-        except AioabortError:
-            # Kept and retried until it lands: a live owner's record must not stay running.
-            logger.warning(
-                "could not record how the task ended; retrying in the background",
-                exc_info=True,
-                extra={"action": "finish_failed", "task_id": self.id},
-            )
-            runtime.redo.add(task_id, write)
-            self.aborted = state is TaskState.ABORTED
-            return
-        self.record = record
-        if record is not None and record.state is TaskState.ABORTED and state is TaskState.ABORTED:
-            self.aborted = True
-            if self.reason is None:
-                self.reason = record.reason
-        elif record is not None and self.reason is None and record.reason is not None:
-            self.reason = record.reason
 
 
 def abortable(

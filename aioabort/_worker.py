@@ -12,25 +12,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
+from . import _ending
 from ._aborting import stop_here
 from ._errors import AioabortError, UsageError
-from ._runner import DEFAULT_QUEUE, _check_queue, execute, fail_unknown
+from ._runner import DEFAULT_QUEUE, _check_queue, execute, fail_unknown, make_scope
+from ._scope import AbortScope
 from ._shield import shielded
-from ._state import TaskState
-from ._types import AbortReason, ErrorInfo
+from ._state import TaskRecord, TaskState
+from ._types import AbortReason
 
 #: Seconds a worker told to give up (:meth:`Worker.kill`) still waits for its tasks to stop.
 KILL_WAIT = 2.0
 
 if TYPE_CHECKING:
     from ._app import App
-    from ._backend import Store
+    from ._runtime import Runtime
 
 logger = logging.getLogger("aioabort.worker")
 
@@ -53,6 +55,16 @@ class WorkerStatistics:
     failed: int
     aborted: int
     requeued: int
+
+
+@dataclass(slots=True)
+class _Running:
+    """One claimed task: its asyncio task, the record as claimed, and its scope (``None`` for
+    a task name this worker does not know)."""
+
+    task: asyncio.Task[Any]
+    record: TaskRecord
+    scope: AbortScope | None
 
 
 @final
@@ -105,8 +117,7 @@ class Worker:
         #: ignored their abort): recorded FAILURE (cause ``killed``) or requeued, and left
         #: behind. When there are any, the process should exit: they may never end.
         self.abandoned: list[str] = []
-        self._running: dict[str, asyncio.Task[Any]] = {}
-        self._records: dict[str, Any] = {}
+        self._running: dict[str, _Running] = {}
         self._killed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -150,7 +161,7 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and run tasks until :meth:`stop`; then shut down gracefully and return."""
-        runtime = self.app._runtime()
+        runtime = self.app.runtime
         store, watcher = runtime.store, runtime.watcher
         logger.info(
             "worker started",
@@ -162,7 +173,7 @@ class Worker:
             },
         )
         await watcher.want_queues(self.queues)  # the store pushes new work on them here
-        await self._publish(store, runtime.owner, serving=True)
+        await self._publish(runtime, serving=True)
         self._started.set()
         try:
             while not self._stopping.is_set():
@@ -197,23 +208,22 @@ class Worker:
         finally:
             watcher.drop_queues(self.queues)
             await self._shutdown()
-            await self._publish(store, runtime.owner, serving=False)
+            await self._publish(runtime, serving=False)
 
-    async def _publish(self, store: Store, owner: str, *, serving: bool) -> None:
+    async def _publish(self, runtime: Runtime, *, serving: bool) -> None:
         """Tell the store what this worker claims (or that it stopped): what
         :meth:`App.unclaimed` judges by. Best effort: a store that is down now is no reason
         not to run, and the owner's rows go with it when it is reaped or closes. A queue
         that another worker of this App still claims from stays published."""
-        served = self.app._served_queues
+        store, owner = runtime.store, runtime.owner
         try:
             if serving:
-                served.update(self.queues)
+                runtime.served.add(self.queues)
                 await shielded(
                     store.serve(owner, queues=self.queues, names=sorted(self.app.registry))
                 )
             else:
-                served.subtract(self.queues)
-                idle = [queue for queue in self.queues if served[queue] <= 0]
+                idle = runtime.served.remove(self.queues)
                 if idle:
                     await shielded(store.unserve(owner, queues=idle))
         except AioabortError as exc:
@@ -222,27 +232,26 @@ class Worker:
                 extra={"action": "serve_failed", "error": str(exc)},
             )
 
-    def _start(self, record: Any) -> None:
+    def _start(self, record: TaskRecord) -> None:
         task = self.app.registry.get(record.name or "")
-        runtime = self.app._runtime()
         coro: Coroutine[Any, Any, object]
+        scope = None
         if task is None:
-            coro = fail_unknown(runtime, record, list(self.app.registry))
+            coro = fail_unknown(self.app.runtime, record, list(self.app.registry))
             self._counts["failed"] += 1
             logger.error(
                 "unknown task name in the queue",
                 extra={"action": "unknown_task", "task_id": record.id, "task_name": record.name},
             )
         else:
-            coro = execute(self.app, task, record, claimed=True)
+            scope = make_scope(self.app, task, record, claimed=True)
+            coro = execute(scope, task, record)
         running = asyncio.get_running_loop().create_task(coro, name=f"aioabort-task-{record.id}")
-        self._running[record.id] = running
-        self._records[record.id] = record
+        self._running[record.id] = _Running(running, record, scope)
         running.add_done_callback(functools.partial(self._done, record.id))
 
     def _done(self, task_id: str, task: asyncio.Task[Any]) -> None:
         self._running.pop(task_id, None)
-        self._records.pop(task_id, None)
         self._slot.set()
         if task.cancelled() or task.exception() is not None:
             return
@@ -258,18 +267,12 @@ class Worker:
         elif scope.record.state is TaskState.ABORTED:
             self._counts["aborted"] += 1
 
-    async def _wait_any(self, awaitable: Any, timeout: float | None) -> None:
+    async def _wait_any(self, awaitable: Awaitable[Any], timeout: float | None) -> None:
         """Wait for ``awaitable``, the stop signal, or ``timeout`` — whichever comes first."""
-        waiter = asyncio.ensure_future(awaitable)
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait(
-                {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for fut in (waiter, stopper):
-                fut.cancel()
-            await asyncio.gather(waiter, stopper, return_exceptions=True)
+        await _first_of(awaitable, self._stopping.wait(), timeout=timeout)
+
+    def _tasks(self) -> set[asyncio.Task[Any]]:
+        return {running.task for running in self._running.values()}
 
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -282,68 +285,57 @@ class Worker:
                         "grace": self.grace,
                     },
                 )
-                drained = asyncio.ensure_future(asyncio.wait(set(self._running.values())))
-                hurry = asyncio.ensure_future(self._hurry.wait())
-                await asyncio.wait(
-                    {drained, hurry}, timeout=self.grace, return_when=asyncio.FIRST_COMPLETED
-                )
-                hurry.cancel()
-                drained.cancel()
-                await asyncio.gather(drained, hurry, return_exceptions=True)
+                await _first_of(asyncio.wait(self._tasks()), self._hurry.wait(), timeout=self.grace)
             if self._running:
                 await self._abort_running()
             logger.info("worker stopped", extra={"action": "worker_stopped", **self._counts})
 
     async def _abort_running(self) -> None:
-        runtime = self.app._runtime()
+        runtime = self.app.runtime
         reason = AbortReason(AbortReason.SHUTDOWN, "the worker is shutting down")
         for task_id in list(self._running):
             await stop_here(runtime, task_id, reason)
         # Aborted tasks record their end; kill_after seconds (a second signal: KILL_WAIT)
         # for those that take time to stop, then the worker gives up on the rest.
-        running = set(self._running.values())
-        if running and not self._killed.is_set():
-            drained = asyncio.ensure_future(asyncio.wait(running))
-            killed = asyncio.ensure_future(self._killed.wait())
-            await asyncio.wait(
-                {drained, killed}, timeout=self.kill_after, return_when=asyncio.FIRST_COMPLETED
+        if self._running and not self._killed.is_set():
+            await _first_of(
+                asyncio.wait(self._tasks()), self._killed.wait(), timeout=self.kill_after
             )
-            for fut in (drained, killed):
-                fut.cancel()
-            await asyncio.gather(drained, killed, return_exceptions=True)
-        still = set(self._running.values())
-        if still and self._killed.is_set():
-            await asyncio.wait(still, timeout=KILL_WAIT)
+        if self._running and self._killed.is_set():
+            await asyncio.wait(self._tasks(), timeout=KILL_WAIT)
         if self._running:
             await self._give_up(runtime)
 
-    async def _give_up(self, runtime: Any) -> None:
-        """Record the end of the tasks that ignored their abort, and leave them behind."""
-        error = ErrorInfo(
-            ErrorInfo.KILLED,
-            "",
-            "the worker exited while the task still ran: it did not stop after its abort",
-        )
-        for task_id, task in list(self._running.items()):
-            record = self._records.get(task_id)
-            try:
-                if record is not None and record.retryable:
-                    await shielded(runtime.store.requeue(task_id, owner=runtime.owner))
-                else:
-                    await shielded(
-                        runtime.store.finish(
-                            task_id, owner=runtime.owner, state=TaskState.FAILURE, error=error
-                        )
-                    )
-            except AioabortError:
-                logger.exception(
-                    "could not record a task the worker gave up on; the reaper will",
-                    extra={"action": "kill_record_failed", "task_id": task_id},
-                )
+    async def _give_up(self, runtime: Runtime) -> None:
+        """Record the end of the tasks that ignored their abort, and leave them behind: back
+        to the queue where the requeue rule says so (a retryable task stopped by this
+        shutdown), else FAILURE with cause ``killed``."""
+        for task_id, running in list(self._running.items()):
+            reason = running.scope.reason if running.scope is not None else None
+            await _ending.conclude(
+                runtime,
+                task_id,
+                TaskState.FAILURE,
+                retryable=running.record.retryable,
+                stopped_by_abort=True,
+                reason_code=AbortReason.SHUTDOWN if reason is None else reason.code,
+                error=_ending.KILLED,
+            )
             runtime.watcher.forget(task_id)  # the App's shutdown must not abort it again
-            task.cancel()  # one more chance; nobody waits for it
+            running.task.cancel()  # one more chance; nobody waits for it
             self.abandoned.append(task_id)
         logger.error(
             "worker gave up on tasks that ignored their abort",
             extra={"action": "tasks_killed", "task_ids": list(self.abandoned)},
         )
+
+
+async def _first_of(*awaitables: Awaitable[Any], timeout: float | None) -> None:
+    """Wait until the first of ``awaitables`` is done, or ``timeout``; cancel the others."""
+    futures = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in futures:
+            future.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)

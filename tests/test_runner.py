@@ -513,7 +513,7 @@ async def test_a_spawned_task_aborted_before_it_began_never_runs(app: aioabort.A
     """spawn() runs the task in this process once its record is created; an abort that comes
     in between (here: before the run begins, deterministically) stops it before the function
     runs at all — not even its code before the first await."""
-    from aioabort._runner import execute
+    from aioabort._runner import execute, make_scope
 
     ran: list[str] = []
 
@@ -524,7 +524,8 @@ async def test_a_spawned_task_aborted_before_it_began_never_runs(app: aioabort.A
 
     handle = await effect.apply(task_id="spawned-early")
     assert await handle.abort("not now") is True
-    scope = await execute(app, effect, await handle.record(), claimed=False)
+    record = await handle.record()
+    scope = await execute(make_scope(app, effect, record, claimed=False), effect, record)
     assert ran == []
     assert scope is not None and scope.aborted
     record = await handle.record()

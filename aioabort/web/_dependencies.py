@@ -22,7 +22,7 @@ def get_aborts(request: Request) -> App:
     app = getattr(request.state, "aborts", None)
     if isinstance(app, App):
         return app
-    found = _runtime.resolve(None)  # raises NoAppOpen with a hint
+    found = _runtime.find()  # raises NoAppOpen with a hint
     assert isinstance(found, App)
     return found
 

@@ -1,0 +1,126 @@
+"""How a run ends: the one writer of every end and every requeue of a run of this process.
+
+A scope's exit, a task name this worker does not know, a task the worker gives up on: each
+decides here whether the run goes back to the queue (:func:`_state.should_requeue`, here only)
+and writes its end through :func:`_write`, shielded (a cancelled caller still records it). A
+write the store cannot take now is kept on the App's redo list and retried until it lands: a
+live owner's record must not stay running. Ends of runs owned by a process that died are the
+reaper's (``_liveness``), written by the store in one statement.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from ._errors import AioabortError
+from ._shield import shielded
+from ._state import TaskRecord, TaskState, should_requeue
+from ._types import MAX_REASON_MESSAGE_LENGTH, ErrorInfo
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+logger = logging.getLogger("aioabort")
+
+
+class Written(NamedTuple):
+    """What became of an end write.
+
+    :ivar landed: the store took it now (else it is kept and retried in the background).
+    :ivar record: the record after the write; ``None`` when it did not land, or when the
+        record was no longer this owner's running one (reaped meanwhile).
+    :ivar requeued: the run went back to PENDING instead of ending.
+    """
+
+    landed: bool
+    record: TaskRecord | None
+    requeued: bool = False
+
+
+def cancelled(detail: str, kind: str = "CancelledError") -> ErrorInfo:
+    """The error of a run stopped by a cancellation that was not its abort."""
+    return ErrorInfo(ErrorInfo.CANCELLED, kind, detail)
+
+
+def unknown_task(name: str | None, known: Sequence[str]) -> ErrorInfo:
+    """The error of a claimed run whose task name this worker does not know."""
+    names = ", ".join(sorted(known)) or "none"
+    message = f"no task named {name!r} is registered in this worker (it knows: {names})"
+    return ErrorInfo(ErrorInfo.EXCEPTION, "UnknownTask", message[:MAX_REASON_MESSAGE_LENGTH])
+
+
+#: The error of a run the worker gave up on: it did not stop after its abort.
+KILLED = ErrorInfo(
+    ErrorInfo.KILLED,
+    "",
+    "the worker exited while the task still ran: it did not stop after its abort",
+)
+
+
+async def finish(
+    runtime: Runtime,
+    task_id: str,
+    state: TaskState,
+    *,
+    error: ErrorInfo | None = None,
+    result_json: str | None = None,
+) -> Written:
+    """Record that this process's run of ``task_id`` ended in ``state``."""
+    store, owner = runtime.store, runtime.owner
+
+    def write() -> Awaitable[TaskRecord | None]:
+        return store.finish(task_id, owner=owner, state=state, result_json=result_json, error=error)
+
+    return await _write(runtime, task_id, write, "finish_failed")
+
+
+async def requeue(runtime: Runtime, task_id: str) -> Written:
+    """Put this process's run of ``task_id`` back on its queue (PENDING, a fresh run)."""
+    store, owner = runtime.store, runtime.owner
+
+    def write() -> Awaitable[TaskRecord | None]:
+        return store.requeue(task_id, owner=owner)
+
+    written = await _write(runtime, task_id, write, "requeue_failed")
+    return written._replace(requeued=True)
+
+
+async def conclude(
+    runtime: Runtime,
+    task_id: str,
+    state: TaskState,
+    *,
+    retryable: bool,
+    stopped_by_abort: bool,
+    reason_code: str | None,
+    error: ErrorInfo | None = None,
+    result_json: str | None = None,
+) -> Written:
+    """End a run in ``state``, or requeue it where the requeue rule says so (a retryable
+    task stopped by its worker's shutdown)."""
+    if should_requeue(
+        retryable=retryable, stopped_by_abort=stopped_by_abort, reason_code=reason_code
+    ):
+        return await requeue(runtime, task_id)
+    return await finish(runtime, task_id, state, error=error, result_json=result_json)
+
+
+async def _write(
+    runtime: Runtime,
+    task_id: str,
+    write: Callable[[], Awaitable[TaskRecord | None]],
+    action: str,
+) -> Written:
+    try:
+        return Written(True, await shielded(write()))
+    except AioabortError:
+        logger.warning(
+            "could not record how task %s ended; retrying in the background",
+            task_id,
+            exc_info=True,
+            extra={"action": action, "task_id": task_id},
+        )
+        runtime.redo.add(task_id, write)
+        return Written(False, None)
