@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.live import Live
 
@@ -25,6 +26,7 @@ from .._scope import current_scope
 from .._state import TaskRecord, TaskState
 from .._worker import Worker
 from . import _output
+from ._common import cli
 
 STEPS = 20
 
@@ -234,3 +236,26 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
         "its record says why.\nNext: docs/quickstart.md, or [cyan]aioabort --help[/cyan]"
     )
     return 0 if ok else 1
+
+
+@cli.command()
+@click.option(
+    "--tasks",
+    "count",
+    default=5,
+    show_default=True,
+    type=click.IntRange(4, 12),
+    help="How many report jobs to run.",
+)
+@click.option("--keep", is_flag=True, help="Keep the SQLite file and print its path.")
+@click.option(
+    "--step",
+    default=0.15,
+    show_default=True,
+    type=click.FloatRange(0.001, 2.0),
+    help="Seconds per job step (each job has 20).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final records as JSON.")
+def demo(count: int, keep: bool, step: float, as_json: bool) -> None:
+    """The tour: report jobs run, one is aborted here, one from another process."""
+    raise SystemExit(run_demo(count=count, keep=keep, step=step, as_json=as_json))
