@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import click
 from rich.text import Text
 
+from .._app import App
 from .._errors import TaskNotFound
+from .._handle import AbortHandle
 from .._state import TaskState
 from . import _live, _output
 from ._common import (
@@ -23,19 +27,74 @@ from ._common import (
     make_app,
     run,
     run_live,
+    state_option,
 )
+
+#: What an abort request found: ``aborted`` (this request was recorded), ``already_aborting``
+#: (an earlier one was), ``already_finished`` (the task had ended), ``not_found``.
+Outcome = Literal["aborted", "already_aborting", "already_finished", "not_found"]
+
+
+def outcome_of(recorded: bool, state: TaskState | None) -> Outcome:
+    """Classify an abort request by what ``abort()`` returned and the state read after it
+    (``None``: there is no such task)."""
+    if state is None:
+        return "not_found"
+    if recorded:
+        return "aborted"
+    return "already_finished" if state.is_terminal else "already_aborting"
+
+
+@dataclass
+class Result:
+    """What ``abort`` did to one task; with ``--wait``, how it ended."""
+
+    id: str
+    outcome: Outcome
+    #: The state after the request (after ``--wait``: the one it ended in); ``None``: no task.
+    state: str | None
+    #: ``--wait``: still running when the wait ended; ``None``: no wait.
+    running: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "outcome": self.outcome, "state": self.state}
+        if self.running is not None:
+            data["running"] = self.running
+        return data
+
+    def text(self) -> str:
+        if self.outcome == "already_finished":
+            words = f"already finished ({self.state})"
+        else:
+            words = self.outcome.replace("_", " ")
+        if self.running is not None and self.outcome != "not_found":
+            words += ", still running" if self.running else f", ended {self.state}"
+        return _output.printable(f"{self.id}: {words}")
+
+
+def exit_code(results: Sequence[Result]) -> int:
+    """The exit code of ``abort ID...``, the first that applies: 7 a task still running when
+    ``--wait`` gave up, 5 a task ``--wait`` saw end otherwise than ABORTED (it finished despite
+    the abort), 2 a task already finished, 1 a task not found, else 0."""
+    if any(result.running for result in results):
+        return EXIT_TIMEOUT
+    if any(
+        result.running is False
+        and result.outcome in ("aborted", "already_aborting")
+        and result.state != TaskState.ABORTED.value
+        for result in results
+    ):
+        return EXIT_NOT_ABORTED
+    outcomes = {result.outcome for result in results}
+    if "already_finished" in outcomes:
+        return EXIT_FINISHED
+    return EXIT_NOT_FOUND if "not_found" in outcomes else EXIT_ABORTED
 
 
 @cli.command()
 @click.argument("task_ids", nargs=-1, metavar="[ID...]")
 @label_option("Abort every task with these labels instead of IDs (repeatable: all must match).")
-@click.option(
-    "--state",
-    "states",
-    multiple=True,
-    type=click.Choice([s.value for s in TaskState], case_sensitive=False),
-    help="With --label: only tasks in this state (repeatable; default PENDING and STARTED).",
-)
+@state_option("With --label: only tasks in this state (repeatable; default PENDING and STARTED).")
 @click.option("--dry-run", is_flag=True, help="With --label: list what would be aborted.")
 @click.option(
     "--reason",
@@ -63,7 +122,7 @@ def abort(
     ctx: click.Context,
     task_ids: tuple[str, ...],
     labels: dict[str, str],
-    states: tuple[str, ...],
+    states: list[str] | None,
     dry_run: bool,
     reason: str,
     by: str | None,
@@ -95,74 +154,52 @@ def abort(
     app = make_app(ctx)
     listed = _output.printable(", ".join(task_ids))
     confirm(f"Abort {len(task_ids)} task(s): {listed}?", yes, action="abort")
-
-    async def go() -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = []
-        async with app:
-            for task_id in task_ids:
-                handle = app.handle(task_id)
-                recorded = await handle.abort(reason, by=by)
-                try:
-                    state = (await handle.record()).state
-                except TaskNotFound:
-                    results.append({"id": task_id, "outcome": "not_found", "state": None})
-                    continue
-                outcome = (
-                    "aborted"
-                    if recorded
-                    else "already_finished"
-                    if state.is_terminal
-                    else "already_aborting"
-                )
-                results.append({"id": task_id, "outcome": outcome, "state": state.value})
-            if wait:
-                waiting = [r["id"] for r in results if r["outcome"] != "not_found"]
-                ended, running = await _live.wait_all(app, waiting, timeout)
-                for result in results:
-                    if result["id"] in ended:
-                        result["state"] = ended[result["id"]].state.value
-                    result["running"] = result["id"] in running
-        return results
-
-    results = run_live(go)  # Ctrl-C (while --wait waits): exit 130
-    code = EXIT_ABORTED
+    results = run_live(  # Ctrl-C (while --wait waits): exit 130
+        lambda: _abort_each(app, task_ids, reason, by, wait=wait, timeout=timeout)
+    )
     for result in results:
-        if result["outcome"] == "not_found":
-            code = max(code, EXIT_NOT_FOUND) if code != EXIT_FINISHED else code
-        elif result["outcome"] == "already_finished":
-            code = EXIT_FINISHED
-        if as_json:
-            click.echo(_output.safe_json(result))
-        else:
-            words = {
-                "aborted": "aborted",
-                "already_aborting": "already aborting",
-                "already_finished": f"already finished ({result['state']})",
-                "not_found": "not found",
-            }[result["outcome"]]
-            if wait and result["outcome"] != "not_found":
-                words += ", still running" if result["running"] else f", ended {result['state']}"
-            click.echo(_output.printable(f"{result['id']}: {words}"))
-    if wait:
-        running = [r["id"] for r in results if r.get("running")]
-        if any(
-            r["outcome"] in ("aborted", "already_aborting")
-            and not r["running"]
-            and r["state"] != TaskState.ABORTED.value
-            for r in results
-        ):
-            code = EXIT_NOT_ABORTED
-        if running:
-            listed = _output.printable(", ".join(running))
-            console(err=True).print(Text(f"still running after {timeout:g}s: {listed}"))
-            code = EXIT_TIMEOUT
-    raise SystemExit(code)
+        click.echo(_output.safe_json(result.to_json()) if as_json else result.text())
+    running = [result.id for result in results if result.running]
+    if running:
+        listed = _output.printable(", ".join(running))
+        console(err=True).print(Text(f"still running after {timeout:g}s: {listed}"))
+    raise SystemExit(exit_code(results))
+
+
+async def _abort_each(
+    app: App,
+    task_ids: Sequence[str],
+    reason: str,
+    by: str | None,
+    *,
+    wait: bool,
+    timeout: float | None,
+) -> list[Result]:
+    async with app:
+        results = [await _abort_one(app.handle(task_id), reason, by) for task_id in task_ids]
+        if wait:
+            waiting = [result.id for result in results if result.outcome != "not_found"]
+            ended, running = await _live.wait_all(app, waiting, timeout)
+            for result in results:
+                if result.id in ended:
+                    result.state = ended[result.id].state.value
+                result.running = result.id in running
+    return results
+
+
+async def _abort_one(handle: AbortHandle, reason: str, by: str | None) -> Result:
+    recorded = await handle.abort(reason, by=by)
+    try:
+        state: TaskState | None = (await handle.record()).state
+    except TaskNotFound:
+        state = None
+    return Result(handle.id, outcome_of(recorded, state), None if state is None else state.value)
 
 
 def _abort_matching(
     ctx: click.Context,
     labels: dict[str, str],
-    states: tuple[str, ...],
+    states: list[str] | None,
     dry_run: bool,
     reason: str,
     yes: bool,
@@ -170,12 +207,11 @@ def _abort_matching(
 ) -> None:
     """``abort --label``: a preview (the count), a confirmation, then the bulk abort."""
     app = make_app(ctx)
-    wanted = [s.upper() for s in states] or None
     filter_text = ", ".join(f"{k}={v}" for k, v in labels.items())
 
     async def preview() -> list[str]:
         async with app:
-            return await app.abort_many(labels=labels, states=wanted, dry_run=True)
+            return await app.abort_many(labels=labels, states=states, dry_run=True)
 
     matching = run(preview)
     if dry_run or not matching:
@@ -190,7 +226,7 @@ def _abort_matching(
 
     async def go() -> list[str]:
         async with app:
-            return await app.abort_many(reason=reason, labels=labels, states=wanted)
+            return await app.abort_many(reason=reason, labels=labels, states=states)
 
     for task_id in run(go):
         click.echo(_output.safe_json({"id": task_id, "outcome": "aborted"}) if as_json else task_id)

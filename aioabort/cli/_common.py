@@ -11,7 +11,7 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -159,14 +159,23 @@ def cli(ctx: click.Context, db: str | None) -> None:
     ctx.obj["db"] = db
 
 
-def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+def parse_labels(values: Iterable[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict (a later key wins; the value may hold ``=`` or be
+    empty). :raises ValueError: a string without ``=``, or with nothing before it."""
     labels: dict[str, str] = {}
     for value in values:
         key, sep, text = value.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+            raise ValueError(f"{value!r} is not KEY=VALUE")
         labels[key] = text
     return labels
+
+
+def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_labels(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def label_option(help: str) -> Callable[[F], F]:
@@ -176,18 +185,46 @@ def label_option(help: str) -> Callable[[F], F]:
     )
 
 
+def _states(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[str] | None:
+    return [value.upper() for value in values] or None
+
+
+def state_option(help: str) -> Callable[[F], F]:
+    """``--state NAME`` (repeatable, any case), parsed into state names, or ``None``: any."""
+    return click.option(
+        "--state",
+        "states",
+        multiple=True,
+        type=click.Choice(STATE_NAMES, case_sensitive=False),
+        callback=_states,
+        help=help,
+    )
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
-    """``30s``, ``15m``, ``12h``, ``7d`` as a timedelta."""
-    found = _DURATION.fullmatch(value.strip())
+def parse_duration(text: str) -> timedelta:
+    """``30s``, ``15m``, ``12h``, ``7d`` (a decimal number allowed) as a timedelta.
+
+    :raises ValueError: not such a duration, or longer than a timedelta holds."""
+    found = _DURATION.fullmatch(text.strip())
     if found is None:
-        raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 12h or 7d")
     try:
         return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
     except OverflowError:
-        raise click.BadParameter(
-            f"{value!r} is too long a duration (at most {timedelta.max.days}d)"
+        raise ValueError(
+            f"{text!r} is too long a duration (at most {timedelta.max.days}d)"
         ) from None
+
+
+def duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    """The callback of a ``DURATION`` option: :func:`parse_duration`, a usage error if not."""
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

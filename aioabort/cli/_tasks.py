@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import NoReturn
 
 import click
 from rich.text import Text
@@ -17,7 +18,6 @@ from .._state import TaskRecord
 from . import _live, _output
 from ._common import (
     EXIT_NOT_FOUND,
-    STATE_NAMES,
     cli,
     console,
     dump,
@@ -26,17 +26,12 @@ from ._common import (
     make_app,
     run,
     run_live,
+    state_option,
 )
 
 
 @cli.command()
-@click.option(
-    "--state",
-    "states",
-    multiple=True,
-    type=click.Choice(STATE_NAMES, case_sensitive=False),
-    help="Only tasks in this state (repeatable).",
-)
+@state_option("Only tasks in this state (repeatable).")
 @click.option("--name", help="Only tasks with this name.")
 @label_option("Only tasks with this label (repeatable: all must match).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
@@ -71,7 +66,7 @@ from ._common import (
 @click.pass_context
 def tasks(
     ctx: click.Context,
-    states: tuple[str, ...],
+    states: list[str] | None,
     name: str | None,
     labels: dict[str, str],
     limit: int,
@@ -95,7 +90,7 @@ def tasks(
 
     async def query() -> list[TaskRecord]:
         return await app.tasks(
-            states=[s.upper() for s in states] or None,
+            states=states,
             name=name,
             labels=labels or None,
             limit=limit,
@@ -111,6 +106,13 @@ def tasks(
             return await query(), await app.unclaimed(queued_for=unclaimed_after)
 
     records, waiting = run(go)
+    _print_listing(records, as_json)
+    if waiting:
+        _warn_unclaimed(waiting)
+
+
+def _print_listing(records: list[TaskRecord], as_json: bool) -> None:
+    """JSON, a table on a terminal, or a line per record."""
     if as_json:
         dump([_output.record_to_json(r) for r in records])
     elif sys.stdout.isatty():
@@ -120,18 +122,21 @@ def tasks(
     else:
         for record in records:
             click.echo(_output.record_line(record))
-    if waiting:
-        count = sum(group.count for group in waiting)
-        names = ", ".join(
-            f"{_output.printable(group.name)} on {_output.printable(group.queue)} ({group.count})"
-            for group in waiting[:3]
-        )
-        more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
-        click.echo(
-            f"warning: {count} queued task(s) no live worker can run: {names}{more}. "
-            "See `aioabort tasks --unclaimed`.",
-            err=True,
-        )
+
+
+def _warn_unclaimed(waiting: list[Unclaimed]) -> None:
+    """After the listing, on stderr: the queued tasks no live worker can run."""
+    count = sum(group.count for group in waiting)
+    names = ", ".join(
+        f"{_output.printable(group.name)} on {_output.printable(group.queue)} ({group.count})"
+        for group in waiting[:3]
+    )
+    more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+    click.echo(
+        f"warning: {count} queued task(s) no live worker can run: {names}{more}. "
+        "See `aioabort tasks --unclaimed`.",
+        err=True,
+    )
 
 
 def _unclaimed(app: App, queued_for: timedelta, as_json: bool) -> None:
@@ -171,22 +176,33 @@ def _unclaimed(app: App, queued_for: timedelta, as_json: bool) -> None:
     )
 
 
-def _watch_tasks(app: App, query: Callable[[], Awaitable[list[TaskRecord]]], as_json: bool) -> None:
-    render: Callable[[list[TaskRecord]], None]
+Query = Callable[[], Awaitable[list[TaskRecord]]]
+
+
+def _watch_tasks(app: App, query: Query, as_json: bool) -> None:
+    """``tasks --watch``: a table redrawn in place on a terminal, else a line per change;
+    Ctrl-C exits 0."""
     if sys.stdout.isatty() and not as_json:
-        from rich.live import Live
+        _watch_table(app, query)
+    else:
+        _watch_lines(app, query, as_json)
 
-        def title(records: list[TaskRecord]) -> str:
-            return f"{len(records)} task(s), live: Ctrl-C to quit"
 
-        with Live(console=console(), auto_refresh=False) as live:
+def _watch_table(app: App, query: Query) -> None:
+    from rich.live import Live
 
-            def draw(records: list[TaskRecord]) -> None:
-                table = _output.tasks_table(records, title=title(records), width=live.console.width)
-                live.update(table, refresh=True)
+    with Live(console=console(), auto_refresh=False) as live:
 
-            run_live(lambda: _live.watch_listing(app, query, draw), on_interrupt=0)
-        return
+        def draw(records: list[TaskRecord]) -> None:
+            title = f"{len(records)} task(s), live: Ctrl-C to quit"
+            live.update(
+                _output.tasks_table(records, title=title, width=live.console.width), refresh=True
+            )
+
+        run_live(lambda: _live.watch_listing(app, query, draw), on_interrupt=0)
+
+
+def _watch_lines(app: App, query: Query, as_json: bool) -> None:
     printed: dict[str, str] = {}  # by id, the last line printed
 
     def as_line(record: TaskRecord) -> str:
@@ -199,8 +215,7 @@ def _watch_tasks(app: App, query: Callable[[], Awaitable[list[TaskRecord]]], as_
             click.echo(line if as_json else f"{_live.stamp()}  {line}")
         sys.stdout.flush()
 
-    render = lines
-    run_live(lambda: _live.watch_listing(app, query, render), on_interrupt=0)
+    run_live(lambda: _live.watch_listing(app, query, lines), on_interrupt=0)
 
 
 @cli.command()
@@ -234,10 +249,7 @@ def show(ctx: click.Context, task_id: str, as_json: bool, follow: bool) -> None:
 
     record = run(go)
     if record is None:
-        if as_json:
-            dump(None)
-        console(err=True).print(Text(f"no task with id {_output.printable(repr(task_id))}"))
-        raise SystemExit(EXIT_NOT_FOUND)
+        _no_such_task(task_id, as_json)
     if as_json:
         dump(_output.record_to_json(record))
         return
@@ -259,10 +271,7 @@ def _follow(app: App, task_id: str, as_json: bool) -> None:
 
     last = run_live(lambda: _live.follow(app, task_id, emit))
     if last is None:
-        if as_json:
-            dump(None)
-        console(err=True).print(Text(f"no task with id {_output.printable(repr(task_id))}"))
-        raise SystemExit(EXIT_NOT_FOUND)
+        _no_such_task(task_id, as_json)
     raise SystemExit(_live.FOLLOW_EXIT[last.state])
 
 
@@ -271,3 +280,11 @@ def _print_details(record: TaskRecord) -> None:
     width = max(len(k) for k, _ in details)
     for key, value in details:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def _no_such_task(task_id: str, as_json: bool) -> NoReturn:
+    """``show``: exit 1, saying so (``null`` with ``--json``)."""
+    if as_json:
+        dump(None)
+    console(err=True).print(Text(f"no task with id {_output.printable(repr(task_id))}"))
+    raise SystemExit(EXIT_NOT_FOUND)

@@ -8,14 +8,17 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import NoReturn
 
 import click
 
 from .._app import App
 from .._errors import StoreUnavailable
+from .._worker import Worker
 from ._common import EXIT_INTERRUPTED, cli, run
 
 #: Seconds between flushes of the worker's batched log lines (warnings go out at once).
@@ -121,21 +124,10 @@ def worker(
     are recorded FAILURE (cause 'killed'), or back on the queue if retryable, and the process
     exits without waiting for them (exit code 130 after a second signal, 1 otherwise).
     """
-    import signal
-
-    from .._worker import Worker
-
     if ctx.obj.get("db"):
         os.environ["AIOABORT_URL"] = ctx.obj["db"]
     app = _load_app(target)
-    # Lines are written in batches (at once for warnings and errors, else at least every
-    # LOG_FLUSH seconds): a write per task line would cost the worker's throughput.
-    to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    batched = logging.handlers.MemoryHandler(
-        capacity=500, flushLevel=logging.WARNING, target=to_stderr
-    )
-    logging.basicConfig(level=log_level.upper(), handlers=[batched])
+    logs = _batched_logs(log_level)
 
     async def go() -> None:
         await _open_when_reachable(app, wait_for_store)
@@ -143,35 +135,14 @@ def worker(
             runner = Worker(
                 app, concurrency=concurrency, queues=queues, grace=grace, kill_after=kill_after
             )
-            loop = asyncio.get_running_loop()
-            signals: list[int] = []
-
-            def on_signal(signum: int) -> None:
-                signals.append(signum)
-                if len(signals) == 1:
-                    runner.stop()
-                else:
-                    runner.kill()
-
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, on_signal, signum)
-
-            async def flush_logs() -> None:
-                while True:
-                    await asyncio.sleep(LOG_FLUSH)
-                    batched.flush()
-
-            flusher = asyncio.ensure_future(flush_logs())
-            click.echo(
-                f"aioabort worker: {app.url}, queues {', '.join(queues)}, concurrency "
-                f"{concurrency}, tasks: {', '.join(sorted(app.registry)) or 'none'}",
-                err=True,
-            )
-            try:
+            signals = _stop_on_signals(runner)
+            async with _flushing(logs):
+                click.echo(
+                    f"aioabort worker: {app.url}, queues {', '.join(queues)}, concurrency "
+                    f"{concurrency}, tasks: {', '.join(sorted(app.registry)) or 'none'}",
+                    err=True,
+                )
                 await runner.run()
-            finally:
-                flusher.cancel()
-                batched.flush()
             stats = runner.statistics()
             click.echo(
                 f"aioabort worker stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
@@ -179,20 +150,72 @@ def worker(
                 err=True,
             )
             if runner.abandoned:
-                # Tasks that ignore their abort may never end, and asyncio.run() would wait
-                # for them: close the App (bounded), then leave without them.
-                click.echo(
-                    f"aioabort worker: gave up on {len(runner.abandoned)} task(s) that ignored "
-                    f"their abort: {', '.join(runner.abandoned)}",
-                    err=True,
-                )
-                with contextlib.suppress(Exception, TimeoutError):
-                    await asyncio.wait_for(app.aclose(), 10)
-                sys.stderr.flush()
-                sys.stdout.flush()
-                os._exit(EXIT_INTERRUPTED if len(signals) > 1 else 1)
+                await _leave_without(app, runner.abandoned, interrupted=len(signals) > 1)
 
     run(go)
+
+
+def _batched_logs(log_level: str) -> logging.handlers.MemoryHandler:
+    """Log to stderr in batches (at once for warnings and errors, else at least every
+    :data:`LOG_FLUSH` seconds, see :func:`_flushing`): a write per task line would cost the
+    worker's throughput."""
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    batched = logging.handlers.MemoryHandler(
+        capacity=500, flushLevel=logging.WARNING, target=to_stderr
+    )
+    logging.basicConfig(level=log_level.upper(), handlers=[batched])
+    return batched
+
+
+@contextlib.asynccontextmanager
+async def _flushing(logs: logging.handlers.MemoryHandler) -> AsyncIterator[None]:
+    """Flush the batched lines every :data:`LOG_FLUSH` seconds, and at the end."""
+
+    async def flush_logs() -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH)
+            logs.flush()
+
+    flusher = asyncio.ensure_future(flush_logs())
+    try:
+        yield
+    finally:
+        flusher.cancel()
+        logs.flush()
+
+
+def _stop_on_signals(runner: Worker) -> list[int]:
+    """The first SIGTERM or SIGINT stops the worker gracefully, a second one kills its tasks;
+    returns the list of the signals received (so far)."""
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        if len(signals) == 1:
+            runner.stop()
+        else:
+            runner.kill()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return signals
+
+
+async def _leave_without(app: App, abandoned: Sequence[str], *, interrupted: bool) -> NoReturn:
+    """Tasks that ignore their abort may never end, and ``asyncio.run()`` would wait for them:
+    close the App (bounded), then leave without them (exit 130 after a second signal, else 1)."""
+    click.echo(
+        f"aioabort worker: gave up on {len(abandoned)} task(s) that ignored "
+        f"their abort: {', '.join(abandoned)}",
+        err=True,
+    )
+    with contextlib.suppress(Exception, TimeoutError):
+        await asyncio.wait_for(app.aclose(), 10)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED if interrupted else 1)
 
 
 async def _open_when_reachable(app: App, patience: float) -> None:
