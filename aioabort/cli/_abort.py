@@ -216,7 +216,9 @@ def _abort_matching(
     matching = run(preview)
     if dry_run or not matching:
         for task_id in matching:
-            click.echo(_output.safe_json({"id": task_id}) if as_json else task_id)
+            click.echo(
+                _output.safe_json({"id": task_id}) if as_json else _output.printable(task_id)
+            )
         if not as_json:
             console(err=True).print(
                 Text(f"{len(matching)} task(s) match {filter_text}", style="dim")
@@ -229,4 +231,5 @@ def _abort_matching(
             return await app.abort_many(reason=reason, labels=labels, states=states)
 
     for task_id in run(go):
-        click.echo(_output.safe_json({"id": task_id, "outcome": "aborted"}) if as_json else task_id)
+        shown = {"id": task_id, "outcome": "aborted"}
+        click.echo(_output.safe_json(shown) if as_json else _output.printable(task_id))

@@ -19,6 +19,7 @@ import click
 from .._app import App
 from .._errors import StoreUnavailable
 from .._worker import Worker
+from . import _output
 from ._common import EXIT_INTERRUPTED, cli, run
 
 #: Seconds between flushes of the worker's batched log lines (warnings go out at once).
@@ -208,7 +209,7 @@ async def _leave_without(app: App, abandoned: Sequence[str], *, interrupted: boo
     close the App (bounded), then leave without them (exit 130 after a second signal, else 1)."""
     click.echo(
         f"aioabort worker: gave up on {len(abandoned)} task(s) that ignored "
-        f"their abort: {', '.join(abandoned)}",
+        f"their abort: {_output.printable(', '.join(abandoned))}",
         err=True,
     )
     with contextlib.suppress(Exception, TimeoutError):
