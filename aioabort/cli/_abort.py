@@ -28,6 +28,7 @@ from ._common import (
     run,
     run_live,
     state_option,
+    yes_option,
 )
 
 #: What an abort request found: ``aborted`` (this request was recorded), ``already_aborting``
@@ -103,7 +104,7 @@ def exit_code(results: Sequence[Result]) -> int:
     help="The message stored with the abort (code 'user').",
 )
 @click.option("--by", help="Who asks (default: host:pid).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@yes_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per id.")
 @click.option(
     "--wait",

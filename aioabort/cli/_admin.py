@@ -7,7 +7,7 @@ from datetime import timedelta
 import click
 
 from . import _output
-from ._common import Commands, cli, confirm, dump, duration, make_app, run
+from ._common import Commands, cli, confirm, dump, duration, make_app, run, yes_option
 
 
 @cli.command()
@@ -19,7 +19,7 @@ from ._common import Commands, cli, confirm, dump, duration, make_app, run
     metavar="DURATION",
     help="Delete finished records that ended longer ago than this: 30s, 15m, 12h, 7d.",
 )
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@yes_option()
 @click.option("--json", "as_json", is_flag=True, help='Print {"purged": N}.')
 @click.pass_context
 def purge(ctx: click.Context, older_than: timedelta, yes: bool, as_json: bool) -> None:

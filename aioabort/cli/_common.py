@@ -32,6 +32,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ABORTED = 0
 #: No such task (``show``, ``abort``).
 EXIT_NOT_FOUND = 1
+#: ``worker``: it left without tasks that ignored their abort (after one signal).
+EXIT_ABANDONED = 1
 #: ``abort``: a task had already finished.
 EXIT_FINISHED = 2
 #: Any aioabort error (bad URL, store unavailable...).
@@ -40,10 +42,21 @@ EXIT_ERROR = 3
 EXIT_DECLINED = 4
 #: ``abort --wait``: a task ended otherwise than ABORTED (it finished despite the abort).
 EXIT_NOT_ABORTED = 5
+#: ``show --follow``: the task ended FAILURE.
+EXIT_ENDED_FAILURE = 5
+#: ``show --follow``: the task ended ABORTED.
+EXIT_ENDED_ABORTED = 6
 #: ``abort --wait``: the timeout passed with tasks still running.
 EXIT_TIMEOUT = 7
-#: Ctrl-C.
+#: Ctrl-C (``worker``: a second signal).
 EXIT_INTERRUPTED = 130
+
+#: How ``show --follow`` exits, by the state the task ended in.
+FOLLOW_EXIT = {
+    TaskState.SUCCESS: 0,
+    TaskState.FAILURE: EXIT_ENDED_FAILURE,
+    TaskState.ABORTED: EXIT_ENDED_ABORTED,
+}
 
 STATE_NAMES = [s.value for s in TaskState]
 
@@ -98,6 +111,11 @@ def make_app(ctx: click.Context, *, create: bool = False) -> App:
                 "create the store with `aioabort db init` (a worker creates it too)"
             )
     return app
+
+
+def yes_option() -> Callable[[F], F]:
+    """``--yes``: what :func:`confirm` is told."""
+    return click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 
 def confirm(question: str, yes: bool, *, action: str) -> None:

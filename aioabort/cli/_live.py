@@ -16,7 +16,7 @@ import anyio
 
 from .._app import App
 from .._errors import TaskNotFound
-from .._state import TaskRecord, TaskState
+from .._state import TaskRecord
 from .._types import utcnow
 
 #: The shortest time between two redraws of a watched listing, in seconds.
@@ -104,7 +104,3 @@ def changed_lines(
 
 def stamp() -> str:
     return utcnow().strftime("%H:%M:%S")
-
-
-#: How ``show --follow`` exits, by the state the task ended in.
-FOLLOW_EXIT = {TaskState.SUCCESS: 0, TaskState.FAILURE: 5, TaskState.ABORTED: 6}

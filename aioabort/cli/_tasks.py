@@ -18,6 +18,7 @@ from .._state import TaskRecord
 from . import _live, _output
 from ._common import (
     EXIT_NOT_FOUND,
+    FOLLOW_EXIT,
     cli,
     console,
     dump,
@@ -272,7 +273,7 @@ def _follow(app: App, task_id: str, as_json: bool) -> None:
     last = run_live(lambda: _live.follow(app, task_id, emit))
     if last is None:
         _no_such_task(task_id, as_json)
-    raise SystemExit(_live.FOLLOW_EXIT[last.state])
+    raise SystemExit(FOLLOW_EXIT[last.state])
 
 
 def _print_details(record: TaskRecord) -> None:

@@ -20,7 +20,7 @@ from .._app import App
 from .._errors import StoreUnavailable
 from .._worker import Worker
 from . import _output
-from ._common import EXIT_INTERRUPTED, cli, run
+from ._common import EXIT_ABANDONED, EXIT_INTERRUPTED, cli, run
 
 #: Seconds between flushes of the worker's batched log lines (warnings go out at once).
 LOG_FLUSH = 0.5
@@ -216,7 +216,7 @@ async def _leave_without(app: App, abandoned: Sequence[str], *, interrupted: boo
         await asyncio.wait_for(app.aclose(), 10)
     sys.stderr.flush()
     sys.stdout.flush()
-    os._exit(EXIT_INTERRUPTED if interrupted else 1)
+    os._exit(EXIT_INTERRUPTED if interrupted else EXIT_ABANDONED)
 
 
 async def _open_when_reachable(app: App, patience: float) -> None:
