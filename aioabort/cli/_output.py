@@ -62,7 +62,7 @@ def _json_escape(ch: str) -> str:
 
 def record_to_json(record: TaskRecord) -> dict[str, Any]:
     """A stable JSON form of a record (the ``--json`` output of ``tasks`` and ``show``), with
-    ``ignoring_abort_for``: seconds the task has ignored its abort (DESIGN rule 16), or null."""
+    ``ignoring_abort_for``: seconds the task has ignored its abort (guarantee G16), or null."""
     return {**record.to_dict(), "ignoring_abort_for": _ignored(record)}
 
 
