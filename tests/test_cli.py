@@ -238,6 +238,26 @@ def test_record_text_is_escaped_in_pipes_too(hostile: str) -> None:
         assert_inert(done.stdout + done.stderr)
 
 
+def test_ids_found_by_label_are_escaped_too(tmp_path: Path) -> None:
+    """``abort --label`` prints the ids it matched (the preview) and aborted: shown, not sent."""
+    url = f"sqlite:///{tmp_path / 'hostile-labels.db'}"
+
+    async def fill() -> None:
+        async with aioabort.App(url) as app:
+
+            @app.task(name="export")
+            async def export() -> None: ...
+
+            await export.apply(task_id=HOSTILE_ID, labels={"user": "mallory"})
+
+    asyncio.run(fill())
+    for args in (("--dry-run",), ("--yes",)):
+        done = run_cli("--db", url, "abort", "--label", "user=mallory", *args)
+        assert done.returncode == 0, done.stderr
+        assert_inert(done.stdout + done.stderr)
+        assert "\\x9b31m" in done.stdout
+
+
 def test_db_is_taken_before_or_after_the_command(populated: str, tmp_path: Path) -> None:
     before = run_cli("--db", populated, "show", "done-1", "--json")
     after = run_cli("show", "done-1", "--json", "--db", populated)

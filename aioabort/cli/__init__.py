@@ -15,7 +15,8 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     try:
-        from ._commands import cli
+        from . import _abort, _admin, _demo, _tasks, _worker  # noqa: F401 (each adds its commands)
+        from ._common import cli
     except ImportError as exc:  # click or rich missing
         print(
             f"the aioabort command line needs click and rich ({exc.name} is missing): "

@@ -12,10 +12,10 @@ import json
 import shutil
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.live import Live
 
@@ -23,8 +23,10 @@ from .._app import App
 from .._errors import AioabortError
 from .._scope import current_scope
 from .._state import TaskRecord, TaskState
+from .._types import utcnow
 from .._worker import Worker
 from . import _output
+from ._common import cli
 
 STEPS = 20
 
@@ -55,7 +57,7 @@ def _make_app(url: str, step: float, seen_after: dict[str, float]) -> Any:
                 await scope.report(section / STEPS, f"section {section} of {STEPS}")
         finally:
             if scope.is_aborted() and scope.reason is not None:
-                delay = datetime.now(UTC) - scope.reason.at
+                delay = utcnow() - scope.reason.at
                 seen_after[scope.id] = delay.total_seconds() * 1000
         return {"report": report_no, "pages": STEPS * 3}
 
@@ -162,40 +164,13 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
     narrator.say("[bold]aioabort demo[/bold]: stop running coroutines from anywhere.")
     narrator.say(f"Store: a throwaway SQLite file, [cyan]{url}[/cyan]\n")
     try:
-        if console.is_terminal and not as_json:
-            with Live(console=console, refresh_per_second=10) as live:
-                narrator.live = live
-                records, seen_after, results = asyncio.run(_tour(url, count, step, narrator))
-                final = _output.tasks_table(
-                    records, title="aioabort demo: final", width=console.width
-                )
-                live.update(final)
-            narrator.live = None
-        else:
-            records, seen_after, results = asyncio.run(_tour(url, count, step, narrator))
-            if not as_json:
-                console.print()
-                for record in records:
-                    console.print(_output.record_line(record))
+        records, seen_after, results = _show_tour(url, count, step, narrator, as_json)
     finally:
         if keep:
             narrator.say(f"\nKept the store: {tmp / 'demo.db'} (try: aioabort --db {url} tasks)")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    ids = [r.id for r in records]
-    aborted_while_queued, aborted_here, aborted_elsewhere = ids[-1], ids[1], ids[2]
-    by_id = {r.id: r for r in records}
-    ok = (
-        all(by_id[i].state is TaskState.ABORTED for i in (aborted_here, aborted_elsewhere))
-        and by_id[aborted_while_queued].state is TaskState.ABORTED
-        and by_id[aborted_while_queued].started_at is None
-        and all(
-            r.state is TaskState.SUCCESS
-            for r in records
-            if r.id not in (aborted_here, aborted_elsewhere, aborted_while_queued)
-        )
-    )
+    ok = _as_expected(records)
     if as_json:
         print(
             json.dumps(
@@ -207,7 +182,54 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
                 indent=2,
             )
         )
-        return 0 if ok else 1
+    else:
+        _what_happened(narrator, records, seen_after, results)
+    return 0 if ok else 1
+
+
+def _show_tour(
+    url: str, count: int, step: float, narrator: _Narrator, as_json: bool
+) -> tuple[list[TaskRecord], dict[str, float], Any]:
+    """Run the tour under a live table on a terminal, else with a line per record at the end
+    (nothing with ``--json``)."""
+    console = narrator.console
+    if not console.is_terminal or as_json:
+        records, seen_after, results = asyncio.run(_tour(url, count, step, narrator))
+        if not as_json:
+            console.print()
+            for record in records:
+                console.print(_output.record_line(record))
+        return records, seen_after, results
+    with Live(console=console, refresh_per_second=10) as live:
+        narrator.live = live
+        records, seen_after, results = asyncio.run(_tour(url, count, step, narrator))
+        final = _output.tasks_table(records, title="aioabort demo: final", width=console.width)
+        live.update(final)
+    narrator.live = None
+    return records, seen_after, results
+
+
+def _as_expected(records: list[TaskRecord]) -> bool:
+    """The last job aborted while queued (it never ran), the second and third aborted while
+    running, the others done."""
+    ids = [r.id for r in records]
+    aborted_while_queued, aborted_here, aborted_elsewhere = ids[-1], ids[1], ids[2]
+    by_id = {r.id: r for r in records}
+    return (
+        all(by_id[i].state is TaskState.ABORTED for i in (aborted_here, aborted_elsewhere))
+        and by_id[aborted_while_queued].state is TaskState.ABORTED
+        and by_id[aborted_while_queued].started_at is None
+        and all(
+            r.state is TaskState.SUCCESS
+            for r in records
+            if r.id not in (aborted_here, aborted_elsewhere, aborted_while_queued)
+        )
+    )
+
+
+def _what_happened(
+    narrator: _Narrator, records: list[TaskRecord], seen_after: dict[str, float], results: Any
+) -> None:
     narrator.say("\n[bold]What happened[/bold]")
     for record in records:
         reason = record.reason
@@ -233,4 +255,26 @@ def run_demo(*, count: int, keep: bool, step: float, as_json: bool) -> int:
         "\nEach abort was committed to the store first; the job stopped at its next await, and "
         "its record says why.\nNext: docs/quickstart.md, or [cyan]aioabort --help[/cyan]"
     )
-    return 0 if ok else 1
+
+
+@cli.command()
+@click.option(
+    "--tasks",
+    "count",
+    default=5,
+    show_default=True,
+    type=click.IntRange(4, 12),
+    help="How many report jobs to run.",
+)
+@click.option("--keep", is_flag=True, help="Keep the SQLite file and print its path.")
+@click.option(
+    "--step",
+    default=0.15,
+    show_default=True,
+    type=click.FloatRange(0.001, 2.0),
+    help="Seconds per job step (each job has 20).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final records as JSON.")
+def demo(count: int, keep: bool, step: float, as_json: bool) -> None:
+    """The tour: report jobs run, one is aborted here, one from another process."""
+    raise SystemExit(run_demo(count=count, keep=keep, step=step, as_json=as_json))

@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 import anyio
 
 from .._app import App
 from .._errors import TaskNotFound
-from .._state import TaskRecord, TaskState
+from .._state import TaskRecord
+from .._types import utcnow
 
 #: The shortest time between two redraws of a watched listing, in seconds.
 REDRAW_INTERVAL = 0.1
@@ -103,8 +103,4 @@ def changed_lines(
 
 
 def stamp() -> str:
-    return datetime.now(UTC).strftime("%H:%M:%S")
-
-
-#: How ``show --follow`` exits, by the state the task ended in.
-FOLLOW_EXIT = {TaskState.SUCCESS: 0, TaskState.FAILURE: 5, TaskState.ABORTED: 6}
+    return utcnow().strftime("%H:%M:%S")

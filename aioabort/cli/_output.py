@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from rich.progress_bar import ProgressBar
@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._state import TaskRecord, TaskState
+from .._types import utcnow
 
 STATE_STYLES = {
     TaskState.PENDING: "dim",
@@ -61,7 +62,7 @@ def _json_escape(ch: str) -> str:
 
 def record_to_json(record: TaskRecord) -> dict[str, Any]:
     """A stable JSON form of a record (the ``--json`` output of ``tasks`` and ``show``), with
-    ``ignoring_abort_for``: seconds the task has ignored its abort (DESIGN rule 16), or null."""
+    ``ignoring_abort_for``: seconds the task has ignored its abort (guarantee G16), or null."""
     return {**record.to_dict(), "ignoring_abort_for": _ignored(record)}
 
 
@@ -71,7 +72,7 @@ def _ignored(record: TaskRecord) -> float | None:
 
 
 def age(record: TaskRecord, now: datetime | None = None) -> str:
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     seconds = (now - record.created_at).total_seconds()
     if seconds < 60:
         return f"{seconds:.0f}s"
