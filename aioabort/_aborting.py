@@ -41,12 +41,17 @@ class Parts(NamedTuple):
 async def record_and_deliver(runtime: _Parts, task_id: str, reason: AbortReason) -> AbortOutcome:
     """Record an abort of ``task_id`` (shielded), then deliver it to the scopes open here.
 
+    The store and the watcher are taken before the write: an App that starts closing while
+    the request commits does not turn a recorded abort into an error (its own shutdown
+    stops its scopes; the delivery finds none left, or one already stopping).
+
     :raises StoreError: when the request cannot be recorded (nothing is delivered then).
     """
-    outcome = await shielded(runtime.store.request_abort(task_id, reason))
+    store, watcher = runtime.store, runtime.watcher
+    outcome = await shielded(store.request_abort(task_id, reason))
     if outcome.recorded:
         abort_requested(reason.code)
-        _deliver(runtime.watcher, task_id, reason, outcome)
+        _deliver(watcher, task_id, reason, outcome)
     return outcome
 
 
@@ -55,12 +60,13 @@ async def record_and_deliver_many(
 ) -> list[str]:
     """:func:`record_and_deliver` for a batch (the store records it in one go); returns the
     ids whose abort this call recorded."""
-    outcomes = await shielded(runtime.store.request_aborts(task_ids, reason))
+    store, watcher = runtime.store, runtime.watcher  # before the write: as above
+    outcomes = await shielded(store.request_aborts(task_ids, reason))
     recorded = []
     for task_id, outcome in zip(task_ids, outcomes, strict=True):
         if outcome.recorded:
             abort_requested(reason.code)
-            _deliver(runtime.watcher, task_id, reason, outcome)
+            _deliver(watcher, task_id, reason, outcome)
             recorded.append(task_id)
     return recorded
 
@@ -69,18 +75,19 @@ async def stop_here(runtime: _Parts, task_id: str, reason: AbortReason) -> None:
     """An abort that must stop this process's scope for ``task_id`` even when the store cannot
     record it (a time limit, a shutdown): the failure is logged and the scope is stopped with
     ``reason`` all the same; a task already aborting is stopped with its first reason."""
+    store, watcher = runtime.store, runtime.watcher
     try:
-        outcome = await shielded(runtime.store.request_abort(task_id, reason))
+        outcome = await shielded(store.request_abort(task_id, reason))
     except AioabortError:
         logger.exception(
             "could not record the abort; stopping the task here all the same",
             extra={"action": "abort_failed", "task_id": task_id, "code": reason.code},
         )
-        runtime.watcher.deliver(task_id, reason)
+        watcher.deliver(task_id, reason)
         return
     if outcome.recorded:
         abort_requested(reason.code)
-    _deliver(runtime.watcher, task_id, reason, outcome)
+    _deliver(watcher, task_id, reason, outcome)
 
 
 def _deliver(watcher: Watcher, task_id: str, reason: AbortReason, outcome: AbortOutcome) -> None:
