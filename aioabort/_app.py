@@ -508,13 +508,7 @@ class App:
         given label must match) and the start of their id (``id_prefix``: what a search box
         finds)."""
         wanted_labels = check_labels(labels)
-        try:
-            wanted = None if states is None else [TaskState(s) for s in states]
-        except ValueError as exc:
-            raise UsageError(
-                f"unknown state in {list(states or [])!r}; states are "
-                + ", ".join(s.value for s in TaskState)
-            ) from exc
+        wanted = None if states is None else _check_states(states)
         if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
             raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
         if id_prefix is not None and not isinstance(id_prefix, str):
@@ -544,7 +538,9 @@ class App:
         :param labels: every given label must match.
         :param states: by default PENDING and STARTED (an ABORTING task has its request).
         :param dry_run: change nothing: return the ids that would be aborted.
-        :returns: the ids this call aborted (with ``dry_run``: that it would abort).
+        :returns: the ids this call aborted (with ``dry_run``: that it would abort), in id
+            order: they are read page after page by id, so tasks that end meanwhile shift no
+            page and every task that matched throughout the call is found.
         :raises UsageError: for a filter with neither labels nor a name (it would match the
             whole store: pass ``states=`` alone to mean it), or bad labels or states.
         """
@@ -554,21 +550,24 @@ class App:
                 "abort_many() needs a filter: labels=, name= or (to mean every task) states="
             )
         abort_reason = coerce_reason(reason, None)
-        chosen = ["PENDING", "STARTED"] if states is None else list(states)
+        chosen = _check_states(["PENDING", "STARTED"] if states is None else states)
+        chosen = chosen or list(TaskState)  # as in tasks(): no state given means every state
+        store = self.store
         matching: list[str] = []
-        offset = 0
-        while True:  # the ids first: aborting changes states, and so the pages
-            page = await self.tasks(
-                states=chosen,
+        # The ids first (aborting changes states), page by page by id: a task that ends
+        # meanwhile shifts no page, so every task that matched all along is found.
+        unfinished = [state for state in chosen if not state.is_terminal]
+        while unfinished:
+            page = await store.list_ids(
+                states=unfinished,
                 name=name,
                 labels=wanted_labels or None,
+                after=matching[-1] if matching else None,
                 limit=ABORT_BATCH,
-                offset=offset,
             )
-            matching += [r.id for r in page if not r.state.is_terminal]
+            matching += page
             if len(page) < ABORT_BATCH:
                 break
-            offset += ABORT_BATCH
         if dry_run:
             return matching
         aborted: list[str] = []
@@ -618,3 +617,14 @@ class App:
         if self._liveness is None or not self.is_open:
             raise AppClosed(f"{self!r} is not open: use `async with app:` or `await app.open()`")
         return await self._liveness.reap()
+
+
+def _check_states(states: Collection[TaskState | str]) -> list[TaskState]:
+    """The states of a filter. :raises UsageError: for one that is not a state."""
+    try:
+        return [TaskState(s) for s in states]
+    except ValueError as exc:
+        raise UsageError(
+            f"unknown state in {list(states)!r}; states are "
+            + ", ".join(s.value for s in TaskState)
+        ) from exc

@@ -4,6 +4,7 @@ Runs against every store. (Closing while the store errors: test_reliability.py.)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -325,3 +326,78 @@ async def test_abort_many_goes_in_batches(app: aioabort.App) -> None:
     aborted = await app.abort_many(reason="all of them", labels={"batch": "b1"})
     assert len(aborted) == len(set(aborted)) == count
     assert (await app.counts())[TaskState.ABORTED] == count
+
+
+def after_each_read(
+    monkeypatch: pytest.MonkeyPatch, store: aioabort.Store, hook: Callable[[int], Awaitable[None]]
+) -> None:
+    """Run ``hook(n)`` after the n-th page a listing of ``store`` read (before it returns):
+    what other processes do between two pages of a bulk abort, made deterministic."""
+    reads = 0
+    for method in ("list_tasks", "list_ids"):
+        original = getattr(store, method, None)
+        if original is None:
+            continue
+
+        async def read(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            nonlocal reads
+            page = await _original(*args, **kwargs)
+            reads += 1
+            await hook(reads)
+            return page
+
+        monkeypatch.setattr(store, method, read)
+
+
+async def test_abort_many_misses_no_match_while_other_matches_end(
+    app: aioabort.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every task that matched for the whole call is aborted, however many other matching
+    tasks end while it reads its pages (paging by offset over a shrinking set skipped some:
+    3,000 queued and 600 newer ones ending left 529 queued on SQLite)."""
+    monkeypatch.setattr("aioabort._app.ABORT_BATCH", 4)
+
+    @app.task(name="waits")
+    async def waits() -> None: ...
+
+    queued = [(await waits.apply(labels={"team": "t"})).id for _ in range(12)]
+    entered: list[int] = []
+    release = asyncio.Event()
+
+    async def newer(i: int) -> None:
+        async with aioabort.abortable(f"newer-{i}", app=app, labels={"team": "t"}):
+            entered.append(i)
+            await release.wait()
+
+    running = [asyncio.create_task(newer(i)) for i in range(8)]
+    await wait_until(lambda: len(entered) == 8)
+
+    async def the_newer_ones_end(page: int) -> None:
+        if page == 1:
+            release.set()
+            await asyncio.gather(*running)
+
+    after_each_read(monkeypatch, app.store, the_newer_ones_end)
+    aborted = await app.abort_many(reason="team t stops", labels={"team": "t"})
+    assert set(queued) <= set(aborted)
+    assert {(await app.handle(i).record()).state for i in queued} == {TaskState.ABORTED}
+    assert {r.state for r in await app.tasks(name=None, limit=100)} == {
+        TaskState.ABORTED,
+        TaskState.SUCCESS,
+    }
+
+
+async def test_list_ids_pages_by_a_cursor(app: aioabort.App) -> None:
+    """The store's ``list_ids`` (what a bulk abort reads): the ids ``list_tasks`` would find,
+    in id order, a page at a time from a cursor, whatever changes behind it."""
+    for task_id in ("c", "a", "d", "b"):
+        await app.create(task_id, name="x" if task_id != "d" else "y")
+    await app.handle("b").abort()
+    pending = [TaskState.PENDING]
+    store = app.store
+    assert await store.list_ids(states=pending, name="x", limit=2) == ["a", "c"]
+    assert await store.list_ids(states=pending, name="x", after="a", limit=2) == ["c"]
+    await app.handle("a").abort()  # behind the cursor: changes nothing ahead of it
+    assert await store.list_ids(states=pending, after="a", limit=5) == ["c", "d"]
+    assert await store.list_ids(after="b", limit=5) == ["c", "d"]
+    assert await store.list_ids(states=[TaskState.ABORTED], limit=5) == ["a", "b"]

@@ -79,7 +79,8 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 def load_queries(dialect: str, values: dict[str, str]) -> dict[str, str]:
     """The named queries of ``sql/<dialect>.sql``, with ``{placeholders}`` filled from
-    ``values`` (an unknown placeholder is a bug in the file, and fails loudly)."""
+    ``values``, or with a query named earlier in the file (a fragment several queries share,
+    such as their filters). An unknown placeholder is a bug in the file, and fails loudly."""
     text = resources.files(__package__).joinpath(f"sql/{dialect}.sql").read_text("utf-8")
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
@@ -89,9 +90,10 @@ def load_queries(dialect: str, values: dict[str, str]) -> dict[str, str]:
 
         def fill(match: re.Match[str], query: str = name) -> str:
             key = match.group(1)
-            if key not in values:
+            found = values.get(key, queries.get(key))
+            if found is None:
                 raise KeyError(f"{dialect}.sql, query {query}: unknown placeholder {{{key}}}")
-            return values[key]
+            return found
 
         queries[name] = _PLACEHOLDER.sub(fill, sql)
     return queries
@@ -554,6 +556,28 @@ class SQLStore(Store, abc.ABC):
             id_prefix or None,
         )
         return [self._record(row) for row in rows]
+
+    async def list_ids(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        after: str | None = None,
+        limit: int = 500,
+    ) -> list[str]:
+        wanted = [TaskState(s).value for s in states] if states else None
+        rows = await self._one(
+            "list_ids",
+            wanted,
+            name,
+            limit,
+            after or "",  # every id sorts after ""
+            json.dumps(dict(labels)) if labels else None,
+            None,
+            retry=True,  # a read, safe to repeat: a lost connection costs a retry, not the call
+        )
+        return [row[0] for row in rows]
 
     async def count_tasks(self) -> dict[TaskState, int]:
         return {TaskState(state): int(n) for state, n in await self._one("count_tasks")}

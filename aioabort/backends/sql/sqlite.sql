@@ -224,12 +224,12 @@ UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}
 WHERE id = ?1 AND owner = ?2 AND state IN {running}
 RETURNING {columns};
 
--- name: list_tasks
--- ?1: a JSON array of states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON
--- object of labels that must all match (through the label index), or NULL; ?6: the start
--- of the id, or NULL (the lower bound lets the primary key's index find it).
-SELECT {columns} FROM aioabort_tasks
-WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
+-- name: task_filter
+-- A fragment, not a statement: the filters of list_tasks and list_ids. ?1: a JSON array of
+-- states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON object of labels that
+-- must all match (through the label index), or NULL; ?6: the start of the id, or NULL (the
+-- lower bound lets the primary key's index find it).
+(?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
     AND (?2 IS NULL OR name = ?2)
     AND (?6 IS NULL OR (id >= ?6 AND substr(id, 1, length(?6)) = ?6))
     AND (?5 IS NULL OR id IN (
@@ -252,8 +252,22 @@ WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
             )
         )
     ))
+
+-- name: list_tasks
+-- A page of the records task_filter finds, newest first: ?3 of them from the ?4th.
+SELECT {columns} FROM aioabort_tasks
+WHERE {task_filter}
 ORDER BY created_at DESC, id
 LIMIT ?3 OFFSET ?4;
+
+-- name: list_ids
+-- The ids task_filter finds, in id order, the ?3 after ?4 ('': from the first): a cursor
+-- that records changing or ending meanwhile cannot shift (App.abort_many reads by it). The
+-- primary key's index finds the first after ?4: each page costs a page.
+SELECT id FROM aioabort_tasks
+WHERE {task_filter} AND id > ?4
+ORDER BY id
+LIMIT ?3;
 
 -- name: count_tasks
 SELECT state, COUNT(*) FROM aioabort_tasks GROUP BY state;
