@@ -481,7 +481,9 @@ class MemoryStore(Store):
         cutoff = _now().timestamp() - queued_for
         groups: dict[tuple[str, str], list[TaskRecord]] = {}
         for record in tasks.values():
-            key = (record.queue or "", record.name or "")
+            if record.queue is None:  # made by create(): it waits for a scope, not a worker
+                continue
+            key = (record.queue, record.name or "")
             if (
                 record.state is TaskState.PENDING
                 and record.created_at.timestamp() < cutoff

@@ -401,3 +401,29 @@ async def test_list_ids_pages_by_a_cursor(app: aioabort.App) -> None:
     assert await store.list_ids(states=pending, after="a", limit=5) == ["c", "d"]
     assert await store.list_ids(after="b", limit=5) == ["c", "d"]
     assert await store.list_ids(states=[TaskState.ABORTED], limit=5) == ["a", "b"]
+
+
+async def test_unclaimed_counts_queued_work_only(app: aioabort.App) -> None:
+    """A record made by ``create()`` (or a scope) waits for a scope, not a worker: it has no
+    queue (on every store) and no worker is missing for it; queued work with no worker is."""
+    from datetime import timedelta
+
+    await app.create("made", name="made-by-create")
+    await app.create("made-nameless")
+
+    @app.task(name="orphan")
+    async def orphan() -> None: ...
+
+    await orphan.delay()
+    assert (await app.handle("made").record()).queue is None
+
+    async def listed() -> list[tuple[str, str, int]]:
+        groups = await app.unclaimed(queued_for=timedelta(0))
+        return [(u.queue, u.name, u.count) for u in groups]
+
+    await wait_until(lambda: _nonempty(listed()), what="the orphan listed")
+    assert await listed() == [("default", "orphan", 1)]
+
+
+async def _nonempty(listing: Awaitable[list[tuple[str, str, int]]]) -> bool:
+    return bool(await listing)
