@@ -427,3 +427,26 @@ async def test_unclaimed_counts_queued_work_only(app: aioabort.App) -> None:
 
 async def _nonempty(listing: Awaitable[list[tuple[str, str, int]]]) -> bool:
     return bool(await listing)
+
+
+async def test_creates_of_one_id_in_one_commit_keep_their_own_labels(app: aioabort.App) -> None:
+    """Two producers create the same id at once (one group commit): one wins, with its own
+    labels and arguments; the other gets TaskAlreadyExists and leaves no trace."""
+
+    @app.task(name="labelled")
+    async def labelled(who: str) -> None: ...
+
+    first, second = await asyncio.gather(
+        labelled.apply(["first"], task_id="same", labels={"who": "first"}),
+        labelled.apply(["second"], task_id="same", labels={"who": "second"}),
+        return_exceptions=True,
+    )
+    outcomes = {"first": first, "second": second}
+    won = [who for who, outcome in outcomes.items() if isinstance(outcome, aioabort.AbortHandle)]
+    lost = [who for who, outcome in outcomes.items() if who not in won]
+    assert len(won) == 1 and isinstance(outcomes[lost[0]], aioabort.TaskAlreadyExists)
+    record = await app.handle("same").record()
+    assert record.labels == {"who": won[0]}
+    assert record.args == {"args": [won[0]], "kwargs": {}}
+    assert [r.id for r in await app.tasks(labels={"who": won[0]})] == ["same"]
+    assert await app.tasks(labels={"who": lost[0]}) == []

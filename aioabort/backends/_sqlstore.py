@@ -287,12 +287,16 @@ class SQLStore(Store, abc.ABC):
         return await self._write(body, retry=False, changed=lambda r: (r.id,))
 
     async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
-        batch = [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in items]
-        if not any(i.labels for i in items):  # one statement
+        # An id twice in one batch (producers racing on it): the first is the one inserted,
+        # with its own labels; the others are refused as if they came a moment later.
+        first = {i.task_id: i for i in reversed(items)}
+        unique = [i for i in items if first[i.task_id] is i]
+        batch = [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in unique]
+        if not any(i.labels for i in unique):  # one statement
             rows = await self._one("insert_pending_batch", batch, write=True)
             made = {row[0]: self._record(row) for row in rows}
         else:
-            wanted = {i.task_id: i.labels for i in items if i.labels}
+            wanted = {i.task_id: i.labels for i in unique if i.labels}
 
             async def body(conn: Connection) -> dict[str, TaskRecord]:
                 rows = await self._rows(conn, "insert_pending_batch", batch)
@@ -308,7 +312,7 @@ class SQLStore(Store, abc.ABC):
             made = await self._write(body, retry=False, changed=lambda r: list(r))
         results: list[TaskRecord | BaseException] = []
         for item in items:
-            record = made.pop(item.task_id, None)
+            record = made.get(item.task_id) if first[item.task_id] is item else None
             results.append(record if record is not None else TaskAlreadyExists(item.task_id))
         return results
 
