@@ -375,6 +375,7 @@ class MemoryStore(Store):
             progress=current.progress if progress is None else progress,
             message=current.message if message is None else message,
         )
+        self._changed(task_id)  # its waiters wake (a stream shows the progress)
         return True
 
     async def mark_delivered(self, task_id: str, *, owner: str) -> None:

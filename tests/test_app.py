@@ -12,7 +12,7 @@ import pytest
 import aioabort
 from aioabort import TaskState
 
-from .conftest import wait_until
+from .conftest import has_state, wait_until
 
 
 async def test_closing_the_app_aborts_open_scopes_with_shutdown(store_url: str) -> None:
@@ -450,3 +450,33 @@ async def test_creates_of_one_id_in_one_commit_keep_their_own_labels(app: aioabo
     assert record.args == {"args": [won[0]], "kwargs": {}}
     assert [r.id for r in await app.tasks(labels={"who": won[0]})] == ["same"]
     assert await app.tasks(labels={"who": lost[0]}) == []
+
+
+async def test_watch_sees_every_progress_step(
+    app: aioabort.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A progress write wakes the task's waiters (``watch()``, SSE, ``show --follow``) on
+    every store: each step is seen while the task still runs."""
+    monkeypatch.setattr(aioabort.AbortScope, "report_interval", 0.0)
+    seen = {step: asyncio.Event() for step in (1, 2, 3)}
+
+    async def body() -> None:
+        async with aioabort.abortable("stepping", app=app) as scope:
+            for step, shown in seen.items():
+                await scope.report(step / 4, f"step {step}")
+                await shown.wait()
+
+    task = asyncio.create_task(body())
+    await wait_until(lambda: has_state(app, "stepping", TaskState.STARTED))
+    steps = []
+
+    async def follow() -> None:
+        async for record in app.handle("stepping").watch():
+            if record.message is not None and record.state is TaskState.STARTED:
+                step = int(record.message.split()[-1])
+                if step not in steps:
+                    steps.append(step)
+                    seen[step].set()
+
+    await asyncio.wait_for(asyncio.gather(follow(), task), 10)
+    assert steps == [1, 2, 3]
