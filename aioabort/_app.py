@@ -30,10 +30,12 @@ from ._shield import shielded
 from ._state import IGNORED_ABORT_AFTER, TaskRecord, TaskState
 from ._types import (
     MAX_OFFSET,
-    MAX_TASK_NAME_LENGTH,
+    MAX_TASK_ID_LENGTH,
     AbortReason,
     check_labels,
+    check_name,
     check_task_id,
+    check_text,
     coerce_reason,
 )
 from ._watcher import Watcher
@@ -487,10 +489,12 @@ class App:
 
         :param task_id: the id; a random one by default.
         :raises TaskAlreadyExists: if the id is taken (nothing is written).
+        :raises InvalidText: for a name that is not text every store holds (nothing is
+            written; creates committed together with this one are not affected).
         """
         task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
-        if name is not None and (not isinstance(name, str) or len(name) > MAX_TASK_NAME_LENGTH):
-            raise UsageError(f"name must be a str of at most {MAX_TASK_NAME_LENGTH} characters")
+        if name is not None:
+            check_name(name)
         await shielded(self.store.create(task_id, name=name))
         return AbortHandle(self, task_id)
 
@@ -506,13 +510,20 @@ class App:
     ) -> list[TaskRecord]:
         """Task records, newest first, optionally filtered by state, name, labels (every
         given label must match) and the start of their id (``id_prefix``: what a search box
-        finds)."""
+        finds).
+
+        :raises UsageError: for bad states, labels, limit or offset.
+        :raises InvalidText: for a ``name`` or ``id_prefix`` that is not text every store
+            holds (a NUL, a lone surrogate, too long).
+        """
         wanted_labels = check_labels(labels)
         wanted = None if states is None else _check_states(states)
         if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
             raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
-        if id_prefix is not None and not isinstance(id_prefix, str):
-            raise UsageError(f"id_prefix must be a string, got {id_prefix!r}")
+        if name is not None:
+            check_name(name)
+        if id_prefix is not None:
+            check_text(id_prefix, "id_prefix", MAX_TASK_ID_LENGTH)
         return await self.store.list_tasks(
             states=wanted,
             name=name,
@@ -552,6 +563,7 @@ class App:
         abort_reason = coerce_reason(reason, None)
         chosen = _check_states(["PENDING", "STARTED"] if states is None else states)
         chosen = chosen or list(TaskState)  # as in tasks(): no state given means every state
+        name = None if name is None else check_name(name)
         store = self.store
         matching: list[str] = []
         # The ids first (aborting changes states), page by page by id: a task that ends
