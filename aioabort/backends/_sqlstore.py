@@ -48,15 +48,16 @@ from .._state import (
 from .._types import AbortReason, ErrorInfo
 from . import _sql
 from ._batch import GroupCommit
+from ._ddl import table_columns
 
 T = TypeVar("T")
 
 #: The schema version both dialects create; a newer one in the database is refused, an older
-#: one migrated (every statement of the schema is "IF NOT EXISTS"). 2: an index on updated_at.
-#: 3: the reaper lease, and an index on the owners' last beat. 4: ``abort_delivered_at`` (a
-#: column: added by the dialect's ``migrate_4``, which only a store made before it runs).
-#: 5: an index on ``finished_at`` (retention). 6: labels (a column, ``migrate_6``, and the
-#: ``task_labels`` table their filters go through). 7: the ``workers`` table (what each live
+#: one migrated (columns the tables lack are added, then every statement of the schema runs:
+#: they are "IF NOT EXISTS"). 2: an index on updated_at. 3: the reaper lease, and an index
+#: on the owners' last beat. 4: ``abort_delivered_at`` (a column). 5: an index on
+#: ``finished_at`` (retention). 6: labels (a column, and the ``task_labels`` table their
+#: filters go through). 7: the ``workers`` table (what each live
 #: worker claims, for :meth:`~aioabort.Store.unclaimed`), and an index on ``created_at`` (a
 #: page of the newest records reads 51 rows, not the table).
 SCHEMA_VERSION = 7
@@ -229,6 +230,14 @@ class SQLStore(Store, abc.ABC):
     # -- schema ------------------------------------------------------------------------------
 
     async def _ensure_schema(self) -> None:
+        """Create the schema, or bring an older one up to date, before anything is written.
+
+        A store is judged by its columns, not only by its version stamp: a store stamped
+        with this version by a release that forgot a column (the oldest schema 1 had no
+        ``beats``) is repaired too. Every column the ``schema`` statements name and the
+        tables lack is added (with the definition written there), then the statements run
+        (``IF NOT EXISTS``: they add what is missing and leave the rest)."""
+
         async def body(conn: Connection) -> None:
             await self._rows(conn, "lock_schema")
             exists = await self._row(conn, "schema_exists")
@@ -240,11 +249,12 @@ class SQLStore(Store, abc.ABC):
                         f"the store {self.display_url} has schema version {version}, newer "
                         f"than this aioabort supports ({SCHEMA_VERSION}): upgrade aioabort"
                     )
-                if version == SCHEMA_VERSION:
+                missing, complete = await self._missing_columns(conn)
+                if version == SCHEMA_VERSION and complete and not missing:
                     return
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    if f"migrate_{step}" in self.queries:
-                        await self._rows(conn, f"migrate_{step}")
+                for table, definition in missing:  # (DDL from the dialect's own file)
+                    self._statements += 1
+                    await conn.fetch(f"ALTER TABLE {table} ADD COLUMN {definition}", [])
             for statement in self.queries["schema"].split(";"):
                 if statement.strip():
                     self._statements += 1
@@ -252,6 +262,22 @@ class SQLStore(Store, abc.ABC):
             await self._rows(conn, "set_schema_version", str(SCHEMA_VERSION))
 
         await self._transaction(body, retry=True)
+
+    async def _missing_columns(self, conn: Connection) -> tuple[list[tuple[str, str]], bool]:
+        """The columns the existing tables lack, as ``(table, definition)``, and whether every
+        table of the schema exists."""
+        present: dict[str, set[str]] = {}
+        for table, column in await self._rows(conn, "columns"):
+            present.setdefault(table, set()).add(column)
+        wanted = table_columns(self.queries["schema"])
+        missing = [
+            (table, definition)
+            for table, columns in wanted.items()
+            if table in present
+            for column, definition in columns.items()
+            if column not in present[table]
+        ]
+        return missing, wanted.keys() <= present.keys()
 
     # -- records -----------------------------------------------------------------------------
 

@@ -81,13 +81,10 @@ CREATE TABLE IF NOT EXISTS {schema}.leases (
     expires timestamptz NOT NULL
 );
 
--- name: migrate_4
--- Version 4: when an abort reached the running scope (a table made before it lacks it).
-ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS abort_delivered_at timestamptz;
-
--- name: migrate_6
--- Version 6: the labels of a record (read with it; filtered through task_labels).
-ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS labels text;
+-- name: columns
+-- aioabort's tables and their columns: a store is judged by them, not only by its version.
+SELECT '{schema}.' || table_name, column_name FROM information_schema.columns
+WHERE table_schema = '{schema}';
 
 -- name: lock_schema
 -- One process creates the schema; the others wait here, then find it.

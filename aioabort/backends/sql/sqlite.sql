@@ -79,13 +79,10 @@ CREATE TABLE IF NOT EXISTS aioabort_leases (
     expires REAL NOT NULL
 );
 
--- name: migrate_4
--- Version 4: when an abort reached the running scope (a table made before it lacks it).
-ALTER TABLE aioabort_tasks ADD COLUMN abort_delivered_at REAL;
-
--- name: migrate_6
--- Version 6: the labels of a record (read with it; filtered through aioabort_task_labels).
-ALTER TABLE aioabort_tasks ADD COLUMN labels TEXT;
+-- name: columns
+-- aioabort's tables and their columns: a store is judged by them, not only by its version.
+SELECT m.name, c.name FROM sqlite_master AS m, pragma_table_info(m.name) AS c
+WHERE m.type = 'table' AND m.name LIKE 'aioabort\_%' ESCAPE '\';
 
 -- name: lock_schema
 -- BEGIN IMMEDIATE already holds the database's write lock.
