@@ -11,76 +11,71 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING
 
-from ._backend import AbortOutcome, Store
+from ._backend import AbortOutcome
 from ._errors import AioabortError
 from ._shield import shielded
 from ._telemetry import abort_requested
 from ._types import AbortReason
 from ._watcher import Watcher
 
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
 logger = logging.getLogger("aioabort")
 
 
-class _Parts(Protocol):
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def watcher(self) -> Watcher: ...
-
-
-class Parts(NamedTuple):
-    """A store and a watcher, for callers that hold them apart (an App that is closing)."""
-
-    store: Store
-    watcher: Watcher
-
-
-async def record_and_deliver(runtime: _Parts, task_id: str, reason: AbortReason) -> AbortOutcome:
+async def record_and_deliver(runtime: Runtime, task_id: str, reason: AbortReason) -> AbortOutcome:
     """Record an abort of ``task_id`` (shielded), then deliver it to the scopes open here.
+
+    ``runtime`` stays usable while its App closes: an App that starts closing while the
+    request commits does not turn a recorded abort into an error (its own shutdown stops its
+    scopes; the delivery finds none left, or one already stopping).
 
     :raises StoreError: when the request cannot be recorded (nothing is delivered then).
     """
-    outcome = await shielded(runtime.store.request_abort(task_id, reason))
+    store, watcher = runtime.store, runtime.watcher
+    outcome = await shielded(store.request_abort(task_id, reason))
     if outcome.recorded:
         abort_requested(reason.code)
-        _deliver(runtime.watcher, task_id, reason, outcome)
+        _deliver(watcher, task_id, reason, outcome)
     return outcome
 
 
 async def record_and_deliver_many(
-    runtime: _Parts, task_ids: Sequence[str], reason: AbortReason
+    runtime: Runtime, task_ids: Sequence[str], reason: AbortReason
 ) -> list[str]:
     """:func:`record_and_deliver` for a batch (the store records it in one go); returns the
     ids whose abort this call recorded."""
-    outcomes = await shielded(runtime.store.request_aborts(task_ids, reason))
+    store, watcher = runtime.store, runtime.watcher
+    outcomes = await shielded(store.request_aborts(task_ids, reason))
     recorded = []
     for task_id, outcome in zip(task_ids, outcomes, strict=True):
         if outcome.recorded:
             abort_requested(reason.code)
-            _deliver(runtime.watcher, task_id, reason, outcome)
+            _deliver(watcher, task_id, reason, outcome)
             recorded.append(task_id)
     return recorded
 
 
-async def stop_here(runtime: _Parts, task_id: str, reason: AbortReason) -> None:
+async def stop_here(runtime: Runtime, task_id: str, reason: AbortReason) -> None:
     """An abort that must stop this process's scope for ``task_id`` even when the store cannot
     record it (a time limit, a shutdown): the failure is logged and the scope is stopped with
     ``reason`` all the same; a task already aborting is stopped with its first reason."""
+    store, watcher = runtime.store, runtime.watcher
     try:
-        outcome = await shielded(runtime.store.request_abort(task_id, reason))
+        outcome = await shielded(store.request_abort(task_id, reason))
     except AioabortError:
         logger.exception(
             "could not record the abort; stopping the task here all the same",
             extra={"action": "abort_failed", "task_id": task_id, "code": reason.code},
         )
-        runtime.watcher.deliver(task_id, reason)
+        watcher.deliver(task_id, reason)
         return
     if outcome.recorded:
         abort_requested(reason.code)
-    _deliver(runtime.watcher, task_id, reason, outcome)
+    _deliver(watcher, task_id, reason, outcome)
 
 
 def _deliver(watcher: Watcher, task_id: str, reason: AbortReason, outcome: AbortOutcome) -> None:

@@ -29,10 +29,12 @@ from ._shield import shielded
 from ._state import IGNORED_ABORT_AFTER, TaskRecord, TaskState
 from ._types import (
     MAX_OFFSET,
-    MAX_TASK_NAME_LENGTH,
+    MAX_TASK_ID_LENGTH,
     AbortReason,
     check_labels,
+    check_name,
     check_task_id,
+    check_text,
     coerce_reason,
 )
 from ._watcher import Watcher
@@ -495,10 +497,12 @@ class App:
 
         :param task_id: the id; a random one by default.
         :raises TaskAlreadyExists: if the id is taken (nothing is written).
+        :raises InvalidText: for a name that is not text every store holds (nothing is
+            written; creates committed together with this one are not affected).
         """
         task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
-        if name is not None and (not isinstance(name, str) or len(name) > MAX_TASK_NAME_LENGTH):
-            raise UsageError(f"name must be a str of at most {MAX_TASK_NAME_LENGTH} characters")
+        if name is not None:
+            check_name(name)
         await shielded(self.store.create(task_id, name=name))
         return AbortHandle(self, task_id)
 
@@ -514,19 +518,20 @@ class App:
     ) -> list[TaskRecord]:
         """Task records, newest first, optionally filtered by state, name, labels (every
         given label must match) and the start of their id (``id_prefix``: what a search box
-        finds)."""
+        finds).
+
+        :raises UsageError: for bad states, labels, limit or offset.
+        :raises InvalidText: for a ``name`` or ``id_prefix`` that is not text every store
+            holds (a NUL, a lone surrogate, too long).
+        """
         wanted_labels = check_labels(labels)
-        try:
-            wanted = None if states is None else [TaskState(s) for s in states]
-        except ValueError as exc:
-            raise UsageError(
-                f"unknown state in {list(states or [])!r}; states are "
-                + ", ".join(s.value for s in TaskState)
-            ) from exc
+        wanted = None if states is None else _check_states(states)
         if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
             raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
-        if id_prefix is not None and not isinstance(id_prefix, str):
-            raise UsageError(f"id_prefix must be a string, got {id_prefix!r}")
+        if name is not None:
+            check_name(name)
+        if id_prefix is not None:
+            check_text(id_prefix, "id_prefix", MAX_TASK_ID_LENGTH)
         return await self.store.list_tasks(
             states=wanted,
             name=name,
@@ -552,7 +557,9 @@ class App:
         :param labels: every given label must match.
         :param states: by default PENDING and STARTED (an ABORTING task has its request).
         :param dry_run: change nothing: return the ids that would be aborted.
-        :returns: the ids this call aborted (with ``dry_run``: that it would abort).
+        :returns: the ids this call aborted (with ``dry_run``: that it would abort), in id
+            order: they are read page after page by id, so tasks that end meanwhile shift no
+            page and every task that matched throughout the call is found.
         :raises UsageError: for a filter with neither labels nor a name (it would match the
             whole store: pass ``states=`` alone to mean it), or bad labels or states.
         """
@@ -562,21 +569,25 @@ class App:
                 "abort_many() needs a filter: labels=, name= or (to mean every task) states="
             )
         abort_reason = coerce_reason(reason, None)
-        chosen = ["PENDING", "STARTED"] if states is None else list(states)
+        chosen = _check_states(["PENDING", "STARTED"] if states is None else states)
+        chosen = chosen or list(TaskState)  # as in tasks(): no state given means every state
+        name = None if name is None else check_name(name)
+        store = self.store
         matching: list[str] = []
-        offset = 0
-        while True:  # the ids first: aborting changes states, and so the pages
-            page = await self.tasks(
-                states=chosen,
+        # The ids first (aborting changes states), page by page by id: a task that ends
+        # meanwhile shifts no page, so every task that matched all along is found.
+        unfinished = [state for state in chosen if not state.is_terminal]
+        while unfinished:
+            page = await store.list_ids(
+                states=unfinished,
                 name=name,
                 labels=wanted_labels or None,
+                after=matching[-1] if matching else None,
                 limit=ABORT_BATCH,
-                offset=offset,
             )
-            matching += [r.id for r in page if not r.state.is_terminal]
+            matching += page
             if len(page) < ABORT_BATCH:
                 break
-            offset += ABORT_BATCH
         if dry_run:
             return matching
         aborted: list[str] = []
@@ -626,3 +637,14 @@ class App:
         if self._liveness is None or not self.is_open:
             raise _runtime.not_open(self)
         return await self._liveness.reap()
+
+
+def _check_states(states: Collection[TaskState | str]) -> list[TaskState]:
+    """The states of a filter. :raises UsageError: for one that is not a state."""
+    try:
+        return [TaskState(s) for s in states]
+    except ValueError as exc:
+        raise UsageError(
+            f"unknown state in {list(states)!r}; states are "
+            + ", ".join(s.value for s in TaskState)
+        ) from exc

@@ -329,6 +329,22 @@ class Store(abc.ABC):
         of their id (``id_prefix``)."""
 
     @abc.abstractmethod
+    async def list_ids(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        after: str | None = None,
+        limit: int = 500,
+    ) -> list[str]:
+        """The ids of the records :meth:`list_tasks` would find with these filters, in id
+        order: up to ``limit`` of those after ``after`` (``None``: from the first). A cursor
+        that records changing or ending meanwhile cannot shift, so reading page after page
+        finds every record that matched all along (:meth:`App.abort_many` reads by it). A
+        read that is safe to repeat: a store may retry it after losing a connection."""
+
+    @abc.abstractmethod
     async def count_tasks(self) -> dict[TaskState, int]:
         """How many records are in each state (states with none are left out)."""
 

@@ -6,6 +6,7 @@
     ├── UsageError                  the caller did something wrong; nothing was written
     │   ├── InvalidTaskId           empty, oversized, non-string or non-text task id
     │   ├── InvalidReason           bad abort code, message or 'by'
+    │   ├── InvalidText             a name, id prefix or message no store could hold
     │   ├── InvalidURL              unknown scheme or unusable store location
     │   ├── MissingDriver           the store's driver is not installed (names the extra)
     │   ├── NotJSONSerializable     arguments or results that are not JSON
@@ -26,9 +27,9 @@
         ├── StoreUnavailable        cannot open or reach the store
         └── StoreBusy               the store stayed locked past the retry budget
 
-``InvalidTaskId``, ``InvalidReason``, ``InvalidURL`` and ``NotJSONSerializable`` are also
-``ValueError``; ``InvalidArguments`` is also ``TypeError``; ``TaskNotFound`` and
-``UnknownTask`` are also ``LookupError``.
+``InvalidTaskId``, ``InvalidReason``, ``InvalidText``, ``InvalidURL`` and
+``NotJSONSerializable`` are also ``ValueError``; ``InvalidArguments`` is also ``TypeError``;
+``TaskNotFound`` and ``UnknownTask`` are also ``LookupError``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ class InvalidTaskId(UsageError, ValueError):
 
 class InvalidReason(UsageError, ValueError):
     """An abort reason with a bad code, message or ``by``."""
+
+
+class InvalidText(UsageError, ValueError):
+    """Text that not every store could hold the same: a task name, a name or id prefix to
+    filter by, or a progress message that is not a ``str``, is too long, or holds a NUL or
+    an unpaired surrogate."""
 
 
 class InvalidURL(UsageError, ValueError):

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from ._errors import AioabortError, UsageError
 from ._shield import shielded
-from ._types import MAX_REASON_MESSAGE_LENGTH
+from ._types import MAX_REASON_MESSAGE_LENGTH, check_text
 
 logger = logging.getLogger("aioabort.scope")
 
@@ -24,17 +24,16 @@ _background: set[asyncio.Task[None]] = set()
 
 
 def check_report(progress: object, message: object) -> None:
-    """:raises UsageError: for progress outside 0..1 or a message over 2,000 characters."""
+    """:raises UsageError: for progress outside 0..1.
+    :raises InvalidText: for a message over 2,000 characters or not text (NUL...)."""
     if progress is not None and (
         isinstance(progress, bool)
         or not isinstance(progress, int | float)
         or not 0.0 <= progress <= 1.0
     ):
         raise UsageError(f"progress must be a number within 0..1, got {progress!r}")
-    if message is not None and (
-        not isinstance(message, str) or len(message) > MAX_REASON_MESSAGE_LENGTH
-    ):
-        raise UsageError("a progress message must be a str of at most 2000 characters")
+    if message is not None:
+        check_text(message, "a progress message", MAX_REASON_MESSAGE_LENGTH)
 
 
 class Progress:

@@ -21,7 +21,13 @@ from ._handle import AbortHandle
 from ._scope import AbortScope, _current_scope
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
-from ._types import MAX_TASK_NAME_LENGTH, check_labels, check_task_id, dump_json
+from ._types import (
+    MAX_TASK_NAME_LENGTH,
+    check_labels,
+    check_name,
+    check_task_id,
+    dump_json,
+)
 
 if TYPE_CHECKING:
     from ._runtime import Host, Runtime
@@ -271,6 +277,6 @@ async def fail_unknown(runtime: Runtime, record: TaskRecord, known: Sequence[str
 def task_name(fn: Callable[..., Any], name: str | None) -> str:
     if name is None:
         name = f"{fn.__module__}.{fn.__qualname__}"
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_TASK_NAME_LENGTH:
+    if not check_name(name):
         raise UsageError(f"a task name must be a str of 1-{MAX_TASK_NAME_LENGTH} characters")
     return name

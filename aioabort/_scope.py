@@ -37,7 +37,7 @@ from ._progress import Progress, check_report
 from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState, end_state
 from ._telemetry import TaskSpan
-from ._types import AbortReason, ErrorInfo, check_labels, check_task_id
+from ._types import AbortReason, ErrorInfo, check_labels, check_name, check_task_id
 
 T = TypeVar("T")
 
@@ -192,7 +192,7 @@ class AbortScope:
         self._result_json: str | None = None
         self._retryable = _retryable or (_claimed is not None and _claimed.retryable)
         self._suppress = suppress
-        self._name = name
+        self._name = None if name is None else check_name(name)
         self._detached = detached
         self._requested = False
         self._early: list[tuple[AbortReason, int]] = []

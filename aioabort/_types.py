@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
-from ._errors import InvalidReason, InvalidTaskId, NotJSONSerializable
+from ._errors import InvalidReason, InvalidTaskId, InvalidText, NotJSONSerializable, UsageError
 
 #: What aioabort stores as arguments, results and error details: plain JSON values.
 JSONValue: TypeAlias = (
@@ -67,8 +67,6 @@ def check_labels(labels: object) -> dict[str, str]:
 
     :raises UsageError: otherwise (before anything is written).
     """
-    from ._errors import UsageError
-
     if labels is None:
         return {}
     if not isinstance(labels, dict):
@@ -110,16 +108,28 @@ def check_task_id(task_id: object) -> str:
     return task_id
 
 
-def _check_text(value: object, what: str, limit: int, *, allow_none: bool) -> str | None:
-    if value is None and allow_none:
-        return None
+def check_text(
+    value: object, what: str, limit: int, *, error: type[UsageError] = InvalidText
+) -> str:
+    """Return ``value`` if it is text every store holds the same: a ``str`` of at most
+    ``limit`` characters with no NUL and no unpaired surrogate (SQLite cannot encode one,
+    PostgreSQL refuses NUL). Every place that takes text from a caller checks it here, at the
+    call, so bad input never reaches a store (nor fails another caller's write with it).
+
+    :raises InvalidText: otherwise (or ``error``, where the caller names another).
+    """
     if not isinstance(value, str):
-        raise InvalidReason(f"{what} must be a str, not {type(value).__name__}")
+        raise error(f"{what} must be a str, not {type(value).__name__}")
     if len(value) > limit:
-        raise InvalidReason(f"{what} must be at most {limit} characters, got {len(value)}")
+        raise error(f"{what} must be at most {limit} characters, got {len(value)}")
     if "\x00" in value or _has_surrogates(value):
-        raise InvalidReason(f"{what} must be valid text without NUL characters")
+        raise error(f"{what} must be valid text without NUL characters: {value!r}")
     return value
+
+
+def check_name(name: object) -> str:
+    """A task name (given to a task, a record, or a filter), checked by :func:`check_text`."""
+    return check_text(name, "a task name", MAX_TASK_NAME_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +164,9 @@ class AbortReason:
                 f"an abort code must be a lowercase word of 1-32 characters "
                 f"([a-z][a-z0-9_.-]*), got {self.code!r}"
             )
-        _check_text(self.message, "an abort message", MAX_REASON_MESSAGE_LENGTH, allow_none=False)
-        _check_text(self.by, "'by'", MAX_REASON_BY_LENGTH, allow_none=True)
+        check_text(self.message, "an abort message", MAX_REASON_MESSAGE_LENGTH, error=InvalidReason)
+        if self.by is not None:
+            check_text(self.by, "'by'", MAX_REASON_BY_LENGTH, error=InvalidReason)
         if not isinstance(self.at, datetime) or self.at.tzinfo is None:
             raise InvalidReason("'at' must be an aware datetime")
 

@@ -341,19 +341,22 @@ class MemoryStore(Store):
         labels: Mapping[str, str] | None = None,
         id_prefix: str | None = None,
     ) -> list[TaskRecord]:
-        tasks = self._step()
-        need = dict(labels or {})
-        wanted = [
-            r
-            for r in tasks.values()
-            if (not states or r.state in states)
-            and (name is None or r.name == name)
-            and all(r.labels.get(k) == v for k, v in need.items())
-            and r.id.startswith(id_prefix or "")
-        ]
+        wanted = _matching(self._step().values(), states, name, labels, id_prefix)
         wanted.sort(key=lambda r: r.id)
         wanted.sort(key=lambda r: r.created_at, reverse=True)
         return wanted[offset : offset + limit]
+
+    async def list_ids(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        after: str | None = None,
+        limit: int = 500,
+    ) -> list[str]:
+        found = _matching(self._step().values(), states, name, labels, None)
+        return sorted(r.id for r in found if after is None or r.id > after)[:limit]
 
     async def count_tasks(self) -> dict[TaskState, int]:
         counts: dict[TaskState, int] = {}
@@ -373,6 +376,7 @@ class MemoryStore(Store):
             progress=current.progress if progress is None else progress,
             message=current.message if message is None else message,
         )
+        self._changed(task_id)  # its waiters wake (a stream shows the progress)
         return True
 
     async def mark_delivered(self, task_id: str, *, owner: str) -> None:
@@ -482,7 +486,9 @@ class MemoryStore(Store):
         cutoff = _now().timestamp() - queued_for
         groups: dict[tuple[str, str], list[TaskRecord]] = {}
         for record in tasks.values():
-            key = (record.queue or "", record.name or "")
+            if record.queue is None:  # made by create(): it waits for a scope, not a worker
+                continue
+            key = (record.queue, record.name or "")
             if (
                 record.state is TaskState.PENDING
                 and record.created_at.timestamp() < cutoff
@@ -549,6 +555,25 @@ class MemoryStore(Store):
                     if record.state in ABORTABLE_STATES:
                         found.append(record.id)
         return found
+
+
+def _matching(
+    records: Iterable[TaskRecord],
+    states: Collection[TaskState] | None,
+    name: str | None,
+    labels: Mapping[str, str] | None,
+    id_prefix: str | None,
+) -> list[TaskRecord]:
+    """The records a listing's filters find (every given label must match)."""
+    need = dict(labels or {})
+    return [
+        r
+        for r in records
+        if (not states or r.state in states)
+        and (name is None or r.name == name)
+        and all(r.labels.get(k) == v for k, v in need.items())
+        and r.id.startswith(id_prefix or "")
+    ]
 
 
 def _claimable(record: TaskRecord, queues: Collection[str], names: Collection[str] | None) -> bool:

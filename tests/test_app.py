@@ -4,6 +4,7 @@ Runs against every store. (Closing while the store errors: test_reliability.py.)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 import aioabort
 from aioabort import TaskState
 
-from .conftest import wait_until
+from .conftest import has_state, wait_until
 
 
 async def test_closing_the_app_aborts_open_scopes_with_shutdown(store_url: str) -> None:
@@ -325,3 +326,157 @@ async def test_abort_many_goes_in_batches(app: aioabort.App) -> None:
     aborted = await app.abort_many(reason="all of them", labels={"batch": "b1"})
     assert len(aborted) == len(set(aborted)) == count
     assert (await app.counts())[TaskState.ABORTED] == count
+
+
+def after_each_read(
+    monkeypatch: pytest.MonkeyPatch, store: aioabort.Store, hook: Callable[[int], Awaitable[None]]
+) -> None:
+    """Run ``hook(n)`` after the n-th page a listing of ``store`` read (before it returns):
+    what other processes do between two pages of a bulk abort, made deterministic."""
+    reads = 0
+    for method in ("list_tasks", "list_ids"):
+        original = getattr(store, method, None)
+        if original is None:
+            continue
+
+        async def read(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            nonlocal reads
+            page = await _original(*args, **kwargs)
+            reads += 1
+            await hook(reads)
+            return page
+
+        monkeypatch.setattr(store, method, read)
+
+
+async def test_abort_many_misses_no_match_while_other_matches_end(
+    app: aioabort.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every task that matched for the whole call is aborted, however many other matching
+    tasks end while it reads its pages (paging by offset over a shrinking set skipped some:
+    3,000 queued and 600 newer ones ending left 529 queued on SQLite)."""
+    monkeypatch.setattr("aioabort._app.ABORT_BATCH", 4)
+
+    @app.task(name="waits")
+    async def waits() -> None: ...
+
+    queued = [(await waits.apply(labels={"team": "t"})).id for _ in range(12)]
+    entered: list[int] = []
+    release = asyncio.Event()
+
+    async def newer(i: int) -> None:
+        async with aioabort.abortable(f"newer-{i}", app=app, labels={"team": "t"}):
+            entered.append(i)
+            await release.wait()
+
+    running = [asyncio.create_task(newer(i)) for i in range(8)]
+    await wait_until(lambda: len(entered) == 8)
+
+    async def the_newer_ones_end(page: int) -> None:
+        if page == 1:
+            release.set()
+            await asyncio.gather(*running)
+
+    after_each_read(monkeypatch, app.store, the_newer_ones_end)
+    aborted = await app.abort_many(reason="team t stops", labels={"team": "t"})
+    assert set(queued) <= set(aborted)
+    assert {(await app.handle(i).record()).state for i in queued} == {TaskState.ABORTED}
+    assert {r.state for r in await app.tasks(name=None, limit=100)} == {
+        TaskState.ABORTED,
+        TaskState.SUCCESS,
+    }
+
+
+async def test_list_ids_pages_by_a_cursor(app: aioabort.App) -> None:
+    """The store's ``list_ids`` (what a bulk abort reads): the ids ``list_tasks`` would find,
+    in id order, a page at a time from a cursor, whatever changes behind it."""
+    for task_id in ("c", "a", "d", "b"):
+        await app.create(task_id, name="x" if task_id != "d" else "y")
+    await app.handle("b").abort()
+    pending = [TaskState.PENDING]
+    store = app.store
+    assert await store.list_ids(states=pending, name="x", limit=2) == ["a", "c"]
+    assert await store.list_ids(states=pending, name="x", after="a", limit=2) == ["c"]
+    await app.handle("a").abort()  # behind the cursor: changes nothing ahead of it
+    assert await store.list_ids(states=pending, after="a", limit=5) == ["c", "d"]
+    assert await store.list_ids(after="b", limit=5) == ["c", "d"]
+    assert await store.list_ids(states=[TaskState.ABORTED], limit=5) == ["a", "b"]
+
+
+async def test_unclaimed_counts_queued_work_only(app: aioabort.App) -> None:
+    """A record made by ``create()`` (or a scope) waits for a scope, not a worker: it has no
+    queue (on every store) and no worker is missing for it; queued work with no worker is."""
+    from datetime import timedelta
+
+    await app.create("made", name="made-by-create")
+    await app.create("made-nameless")
+
+    @app.task(name="orphan")
+    async def orphan() -> None: ...
+
+    await orphan.delay()
+    assert (await app.handle("made").record()).queue is None
+
+    async def listed() -> list[tuple[str, str, int]]:
+        groups = await app.unclaimed(queued_for=timedelta(0))
+        return [(u.queue, u.name, u.count) for u in groups]
+
+    await wait_until(lambda: _nonempty(listed()), what="the orphan listed")
+    assert await listed() == [("default", "orphan", 1)]
+
+
+async def _nonempty(listing: Awaitable[list[tuple[str, str, int]]]) -> bool:
+    return bool(await listing)
+
+
+async def test_creates_of_one_id_in_one_commit_keep_their_own_labels(app: aioabort.App) -> None:
+    """Two producers create the same id at once (one group commit): one wins, with its own
+    labels and arguments; the other gets TaskAlreadyExists and leaves no trace."""
+
+    @app.task(name="labelled")
+    async def labelled(who: str) -> None: ...
+
+    first, second = await asyncio.gather(
+        labelled.apply(["first"], task_id="same", labels={"who": "first"}),
+        labelled.apply(["second"], task_id="same", labels={"who": "second"}),
+        return_exceptions=True,
+    )
+    outcomes = {"first": first, "second": second}
+    won = [who for who, outcome in outcomes.items() if isinstance(outcome, aioabort.AbortHandle)]
+    lost = [who for who, outcome in outcomes.items() if who not in won]
+    assert len(won) == 1 and isinstance(outcomes[lost[0]], aioabort.TaskAlreadyExists)
+    record = await app.handle("same").record()
+    assert record.labels == {"who": won[0]}
+    assert record.args == {"args": [won[0]], "kwargs": {}}
+    assert [r.id for r in await app.tasks(labels={"who": won[0]})] == ["same"]
+    assert await app.tasks(labels={"who": lost[0]}) == []
+
+
+async def test_watch_sees_every_progress_step(
+    app: aioabort.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A progress write wakes the task's waiters (``watch()``, SSE, ``show --follow``) on
+    every store: each step is seen while the task still runs."""
+    monkeypatch.setattr(aioabort.AbortScope, "report_interval", 0.0)
+    seen = {step: asyncio.Event() for step in (1, 2, 3)}
+
+    async def body() -> None:
+        async with aioabort.abortable("stepping", app=app) as scope:
+            for step, shown in seen.items():
+                await scope.report(step / 4, f"step {step}")
+                await shown.wait()
+
+    task = asyncio.create_task(body())
+    await wait_until(lambda: has_state(app, "stepping", TaskState.STARTED))
+    steps = []
+
+    async def follow() -> None:
+        async for record in app.handle("stepping").watch():
+            if record.message is not None and record.state is TaskState.STARTED:
+                step = int(record.message.split()[-1])
+                if step not in steps:
+                    steps.append(step)
+                    seen[step].set()
+
+    await asyncio.wait_for(asyncio.gather(follow(), task), 10)
+    assert steps == [1, 2, 3]

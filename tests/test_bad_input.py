@@ -245,3 +245,73 @@ def test_the_cli_never_prints_the_password(postgres_database: str) -> None:
     broken = run_cli("--db", f"postgresql://alice:{SECRET}/x@127.0.0.1/db", "tasks")
     assert broken.returncode != 0
     assert "percent-encode" in broken.stderr and "x7Lm" not in broken.stdout + broken.stderr
+
+
+BAD_TEXT = ["nul\x00byte", "lone \ud800 surrogate"]
+
+
+@pytest.mark.parametrize("bad", BAD_TEXT, ids=["nul", "surrogate"])
+async def test_text_no_store_holds_is_refused_at_every_call(app: aioabort.App, bad: str) -> None:
+    """Names, filters and progress messages are checked at the call, the same on every store
+    (a NUL was a StoreError on PostgreSQL, a lone surrogate a raw UnicodeEncodeError on
+    SQLite, and MemoryStore took both): InvalidText, nothing written."""
+
+    async def job() -> None: ...
+
+    with pytest.raises(aioabort.InvalidText, match="name"):
+        await app.create("named", name=bad)
+    with pytest.raises(aioabort.InvalidText, match="name"):
+        async with aioabort.abortable("named", app=app, name=bad):
+            pytest.fail("the body must not run")  # pragma: no cover
+    with pytest.raises(aioabort.InvalidText, match="name"):
+        app.task(name=bad)(job)
+    with pytest.raises(aioabort.InvalidText, match="name"):
+        await app.tasks(name=bad)
+    with pytest.raises(aioabort.InvalidText, match="id_prefix"):
+        await app.tasks(id_prefix=bad)
+    with pytest.raises(aioabort.InvalidText, match="name"):
+        await app.abort_many(name=bad)
+    with pytest.raises(aioabort.UsageError, match="label"):
+        await app.tasks(labels={"key": bad})
+    async with aioabort.abortable("reporting", app=app) as scope:
+        with pytest.raises(aioabort.InvalidText, match="progress message"):
+            await scope.report(0.5, bad)
+    assert [r.id for r in await app.tasks()] == ["reporting"]
+    assert (await app.handle("reporting").record()).message is None
+
+
+async def test_a_bad_name_fails_its_own_create_only(app: aioabort.App) -> None:
+    """Creates that arrive together share one commit on the SQL stores: a bad name is
+    refused at its own call, and the good creates beside it are written."""
+    results = await asyncio.gather(
+        app.create("good-1", name="fine"),
+        app.create("bad", name="nul\x00"),
+        app.create("good-2", name="fine"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], aioabort.InvalidText)
+    assert [r.id for r in results if isinstance(r, aioabort.AbortHandle)] == ["good-1", "good-2"]
+    assert sorted(r.id for r in await app.tasks()) == ["good-1", "good-2"]
+
+
+async def test_text_in_arguments_and_results_is_json_on_every_store(app: aioabort.App) -> None:
+    """A NUL inside arguments or a result is JSON (``\\u0000``): every store keeps it and
+    gives it back. A lone surrogate is not valid text: refused as arguments, and a result
+    holding one ends the task FAILURE (NotJSONSerializable)."""
+
+    @app.task(name="echo")
+    async def echo(text: str) -> str:
+        return text
+
+    @app.task(name="surrogate")
+    async def surrogate() -> str:
+        return "lone \ud800"
+
+    handle = await echo.spawn("nul\x00byte")
+    assert await handle.result(timeout=10) == "nul\x00byte"
+    assert (await handle.record()).args == {"args": ["nul\x00byte"], "kwargs": {}}
+    with pytest.raises(aioabort.NotJSONSerializable):
+        await echo.delay("lone \ud800")
+    with pytest.raises(aioabort.TaskFailed) as failed:
+        await (await surrogate.spawn()).result(timeout=10)
+    assert failed.value.error is not None and failed.value.error.type == "NotJSONSerializable"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import asyncpg
 import pytest
@@ -409,3 +410,61 @@ async def test_ends_are_coalesced_into_few_notifications_yet_every_id_arrives(
     assert [r.id for r in records] == ids
     assert {r.state for r in records} == {TaskState.SUCCESS}
     assert notifications < count / 5, notifications
+
+
+async def test_abort_many_retries_a_read_whose_connection_dropped(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk abort's reads are safe to repeat, so they retry on a fresh connection as its
+    writes do: the server ends the connection in the middle of the second page's read (held
+    there by a lock), and every queued task is still aborted."""
+    from .test_app import after_each_read
+
+    monkeypatch.setattr("aioabort._app.ABORT_BATCH", 4)
+    async with aioabort.App(postgres_url, poll_interval=60) as app:
+        ids = [(await app.create(f"queued-{i:02}")).id for i in range(10)]
+        admin, schema = await raw(postgres_url)
+        killed: list[int] = []
+
+        async def drop_the_reader(pid: int) -> None:
+            killed.append(pid)
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid) is True
+
+        async def the_next_read_loses_its_connection(page: int) -> None:
+            if page != 1:
+                return
+            await admin.execute("BEGIN")
+            await admin.execute(f"LOCK TABLE {schema}.tasks IN ACCESS EXCLUSIVE MODE")
+
+            async def kill_then_unlock() -> None:
+                listener = store_of(app).listener_pid()
+
+                async def blocked() -> list[int]:
+                    rows = await admin.fetch(
+                        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database() AND pid <> $1",
+                        listener or 0,
+                    )
+                    return [row[0] for row in rows]
+
+                await wait_until(lambda: _any(blocked()), what="the read waiting for the lock")
+                for pid in await blocked():
+                    await drop_the_reader(pid)
+                await admin.execute("ROLLBACK")
+
+            unlock.append(asyncio.create_task(kill_then_unlock()))
+
+        unlock: list[asyncio.Task[None]] = []
+        after_each_read(monkeypatch, app.store, the_next_read_loses_its_connection)
+        try:
+            aborted = await app.abort_many(reason="all", states=["PENDING"])
+        finally:
+            await asyncio.gather(*unlock, return_exceptions=True)
+            await admin.close()
+        assert killed  # the read really lost its connection
+        assert sorted(aborted) == ids
+        assert {(await app.handle(i).record()).state for i in ids} == {TaskState.ABORTED}
+
+
+async def _any(rows: Awaitable[list[int]]) -> bool:
+    return bool(await rows)

@@ -365,3 +365,23 @@ def test_a_page_of_the_newest_reads_through_the_created_index(sqlite_url: str) -
 async def _open_once(url: str) -> None:
     async with aioabort.App(url):
         pass
+
+
+def test_a_page_of_ids_walks_the_primary_key_from_its_cursor(sqlite_url: str) -> None:
+    """``abort_many`` reads its ids by cursor: each page searches the primary key from the
+    last id read (a page costs a page), never a scan from the first id or a sort."""
+    from aioabort.backends.sqlite import QUERIES
+
+    asyncio.run(_open_once(sqlite_url))
+    conn = sqlite3.connect(path_of(sqlite_url))
+    try:
+        for states in (None, '["PENDING", "STARTED"]'):
+            params = [states, None, 500, "some-id", None, None]
+            rows = list(conn.execute("EXPLAIN QUERY PLAN " + QUERIES["list_ids"], params))
+            top = " | ".join(row[3] for row in rows if row[1] == 0)
+            assert "SEARCH aioabort_tasks USING INDEX sqlite_autoindex_aioabort_tasks_1 (id>?)" in (
+                top
+            ), top
+            assert "TEMP B-TREE" not in top, top
+    finally:
+        conn.close()

@@ -49,15 +49,16 @@ from .._state import (
 from .._types import AbortReason, ErrorInfo
 from . import _sql
 from ._batch import GroupCommit
+from ._ddl import table_columns
 
 T = TypeVar("T")
 
 #: The schema version both dialects create; a newer one in the database is refused, an older
-#: one migrated (every statement of the schema is "IF NOT EXISTS"). 2: an index on updated_at.
-#: 3: the reaper lease, and an index on the owners' last beat. 4: ``abort_delivered_at`` (a
-#: column: added by the dialect's ``migrate_4``, which only a store made before it runs).
-#: 5: an index on ``finished_at`` (retention). 6: labels (a column, ``migrate_6``, and the
-#: ``task_labels`` table their filters go through). 7: the ``workers`` table (what each live
+#: one migrated (columns the tables lack are added, then every statement of the schema runs:
+#: they are "IF NOT EXISTS"). 2: an index on updated_at. 3: the reaper lease, and an index
+#: on the owners' last beat. 4: ``abort_delivered_at`` (a column). 5: an index on
+#: ``finished_at`` (retention). 6: labels (a column, and the ``task_labels`` table their
+#: filters go through). 7: the ``workers`` table (what each live
 #: worker claims, for :meth:`~aioabort.Store.unclaimed`), and an index on ``created_at`` (a
 #: page of the newest records reads 51 rows, not the table).
 SCHEMA_VERSION = 7
@@ -80,7 +81,8 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 def load_queries(dialect: str, values: dict[str, str]) -> dict[str, str]:
     """The named queries of ``sql/<dialect>.sql``, with ``{placeholders}`` filled from
-    ``values`` (an unknown placeholder is a bug in the file, and fails loudly)."""
+    ``values``, or with a query named earlier in the file (a fragment several queries share,
+    such as their filters). An unknown placeholder is a bug in the file, and fails loudly."""
     text = resources.files(__package__).joinpath(f"sql/{dialect}.sql").read_text("utf-8")
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
@@ -90,9 +92,10 @@ def load_queries(dialect: str, values: dict[str, str]) -> dict[str, str]:
 
         def fill(match: re.Match[str], query: str = name) -> str:
             key = match.group(1)
-            if key not in values:
+            found = values.get(key, queries.get(key))
+            if found is None:
                 raise KeyError(f"{dialect}.sql, query {query}: unknown placeholder {{{key}}}")
-            return values[key]
+            return found
 
         queries[name] = _PLACEHOLDER.sub(fill, sql)
     return queries
@@ -228,6 +231,14 @@ class SQLStore(Store, abc.ABC):
     # -- schema ------------------------------------------------------------------------------
 
     async def _ensure_schema(self) -> None:
+        """Create the schema, or bring an older one up to date, before anything is written.
+
+        A store is judged by its columns, not only by its version stamp: a store stamped
+        with this version by a release that forgot a column (the oldest schema 1 had no
+        ``beats``) is repaired too. Every column the ``schema`` statements name and the
+        tables lack is added (with the definition written there), then the statements run
+        (``IF NOT EXISTS``: they add what is missing and leave the rest)."""
+
         async def body(conn: Connection) -> None:
             await self._rows(conn, "lock_schema")
             exists = await self._row(conn, "schema_exists")
@@ -239,11 +250,12 @@ class SQLStore(Store, abc.ABC):
                         f"the store {self.display_url} has schema version {version}, newer "
                         f"than this aioabort supports ({SCHEMA_VERSION}): upgrade aioabort"
                     )
-                if version == SCHEMA_VERSION:
+                missing, complete = await self._missing_columns(conn)
+                if version == SCHEMA_VERSION and complete and not missing:
                     return
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    if f"migrate_{step}" in self.queries:
-                        await self._rows(conn, f"migrate_{step}")
+                for table, definition in missing:  # (DDL from the dialect's own file)
+                    self._statements += 1
+                    await conn.fetch(f"ALTER TABLE {table} ADD COLUMN {definition}", [])
             for statement in self.queries["schema"].split(";"):
                 if statement.strip():
                     self._statements += 1
@@ -251,6 +263,22 @@ class SQLStore(Store, abc.ABC):
             await self._rows(conn, "set_schema_version", str(SCHEMA_VERSION))
 
         await self._transaction(body, retry=True)
+
+    async def _missing_columns(self, conn: Connection) -> tuple[list[tuple[str, str]], bool]:
+        """The columns the existing tables lack, as ``(table, definition)``, and whether every
+        table of the schema exists."""
+        present: dict[str, set[str]] = {}
+        for table, column in await self._rows(conn, "columns"):
+            present.setdefault(table, set()).add(column)
+        wanted = table_columns(self.queries["schema"])
+        missing = [
+            (table, definition)
+            for table, columns in wanted.items()
+            if table in present
+            for column, definition in columns.items()
+            if column not in present[table]
+        ]
+        return missing, wanted.keys() <= present.keys()
 
     # -- records -----------------------------------------------------------------------------
 
@@ -286,12 +314,16 @@ class SQLStore(Store, abc.ABC):
         return await self._write(body, retry=False, changed=lambda r: (r.id,))
 
     async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
-        batch = [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in items]
-        if not any(i.labels for i in items):  # one statement
+        # An id twice in one batch (producers racing on it): the first is the one inserted,
+        # with its own labels; the others are refused as if they came a moment later.
+        first = {i.task_id: i for i in reversed(items)}
+        unique = [i for i in items if first[i.task_id] is i]
+        batch = [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in unique]
+        if not any(i.labels for i in unique):  # one statement
             rows = await self._one("insert_pending_batch", batch, write=True)
             made = {row[0]: self._record(row) for row in rows}
         else:
-            wanted = {i.task_id: i.labels for i in items if i.labels}
+            wanted = {i.task_id: i.labels for i in unique if i.labels}
 
             async def body(conn: Connection) -> dict[str, TaskRecord]:
                 rows = await self._rows(conn, "insert_pending_batch", batch)
@@ -307,7 +339,7 @@ class SQLStore(Store, abc.ABC):
             made = await self._write(body, retry=False, changed=lambda r: list(r))
         results: list[TaskRecord | BaseException] = []
         for item in items:
-            record = made.pop(item.task_id, None)
+            record = made.get(item.task_id) if first[item.task_id] is item else None
             results.append(record if record is not None else TaskAlreadyExists(item.task_id))
         return results
 
@@ -555,6 +587,28 @@ class SQLStore(Store, abc.ABC):
             id_prefix or None,
         )
         return [self._record(row) for row in rows]
+
+    async def list_ids(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        after: str | None = None,
+        limit: int = 500,
+    ) -> list[str]:
+        wanted = [TaskState(s).value for s in states] if states else None
+        rows = await self._one(
+            "list_ids",
+            wanted,
+            name,
+            limit,
+            after or "",  # every id sorts after ""
+            json.dumps(dict(labels)) if labels else None,
+            None,
+            retry=True,  # a read, safe to repeat: a lost connection costs a retry, not the call
+        )
+        return [row[0] for row in rows]
 
     async def count_tasks(self) -> dict[TaskState, int]:
         return {TaskState(state): int(n) for state, n in await self._one("count_tasks")}

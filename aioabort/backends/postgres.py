@@ -601,8 +601,9 @@ class PostgresStore(SQLStore):
         """Run ``attempt``; if the connection or the server went away (a restart, a failover),
         try again on a fresh connection with backoff for up to :attr:`reconnect_budget`
         seconds. Used for writes that are safe to repeat (compare-and-set), so a task still
-        records how it ended across a restart; reads, creates and claims fail at once with
-        :class:`StoreUnavailable` instead."""
+        records how it ended across a restart, and for the reads of a bulk abort (one lost
+        connection must not fail the whole call); other reads, creates and claims fail at
+        once with :class:`StoreUnavailable` instead."""
         self._require()
         deadline = time.monotonic() + (self.reconnect_budget if retry else 0)
         delay = 0.05

@@ -81,13 +81,10 @@ CREATE TABLE IF NOT EXISTS {schema}.leases (
     expires timestamptz NOT NULL
 );
 
--- name: migrate_4
--- Version 4: when an abort reached the running scope (a table made before it lacks it).
-ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS abort_delivered_at timestamptz;
-
--- name: migrate_6
--- Version 6: the labels of a record (read with it; filtered through task_labels).
-ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS labels text;
+-- name: columns
+-- aioabort's tables and their columns: a store is judged by them, not only by its version.
+SELECT '{schema}.' || table_name, column_name FROM information_schema.columns
+WHERE table_schema = '{schema}';
 
 -- name: lock_schema
 -- One process creates the schema; the others wait here, then find it.
@@ -291,12 +288,11 @@ WITH back AS (
 )
 SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
 
--- name: list_tasks
--- $1: a JSON array of states, or NULL for every state; $2: a name, or NULL; $5: a JSON
--- object of labels that must all match (through the label index), or NULL; $6: the start
--- of the id, or NULL.
-SELECT {columns} FROM {schema}.tasks
-WHERE ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
+-- name: task_filter
+-- A fragment, not a statement: the filters of list_tasks and list_ids. $1: a JSON array of
+-- states, or NULL for every state; $2: a name, or NULL; $5: a JSON object of labels that
+-- must all match (through the label index), or NULL; $6: the start of the id, or NULL.
+($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
     AND ($2::text IS NULL OR name = $2::text)
     AND ($6::text IS NULL OR starts_with(id, $6::text))
     AND ($5::json IS NULL OR (id IN (
@@ -314,8 +310,22 @@ WHERE ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
         ) AS rarest ON l.key = rarest.key AND l.value = rarest.value
     ) AND ((SELECT count(*) FROM json_each_text($5::json)) = 1
         OR labels::jsonb @> $5::jsonb)))
+
+-- name: list_tasks
+-- A page of the records task_filter finds, newest first: $3 of them from the $4th.
+SELECT {columns} FROM {schema}.tasks
+WHERE {task_filter}
 ORDER BY created_at DESC, id
 LIMIT $3 OFFSET $4;
+
+-- name: list_ids
+-- The ids task_filter finds, in id order, the $3 after $4 ('': from the first): a cursor
+-- that records changing or ending meanwhile cannot shift (App.abort_many reads by it). The
+-- primary key's index finds the first after $4: each page costs a page.
+SELECT id FROM {schema}.tasks
+WHERE {task_filter} AND id > $4::text
+ORDER BY id
+LIMIT $3;
 
 -- name: count_tasks
 SELECT state, COUNT(*) FROM {schema}.tasks GROUP BY state;
@@ -431,9 +441,11 @@ WHERE owner = $1 AND queue IN (SELECT json_array_elements_text($2::json));
 
 -- name: unclaimed
 -- Tasks queued over $1 seconds that no owner seen in the last $2 seconds serves, by queue and
--- name (the workers table has a row per queue, name and owner: a handful per worker).
+-- name (the workers table has a row per queue, name and owner: a handful per worker). Only
+-- queued work counts: a record with no queue (create()) waits for a scope, not a worker.
 SELECT t.queue, t.name, count(*), min(t.created_at) FROM {schema}.tasks AS t
-WHERE t.state = 'PENDING' AND t.created_at < clock_timestamp() - make_interval(secs => $1)
+WHERE t.state = 'PENDING' AND t.queue IS NOT NULL
+    AND t.created_at < clock_timestamp() - make_interval(secs => $1)
     AND NOT EXISTS (
         SELECT 1 FROM {schema}.workers AS w JOIN {schema}.owners AS o ON o.id = w.owner
         WHERE w.queue = t.queue AND w.name = t.name

@@ -79,13 +79,10 @@ CREATE TABLE IF NOT EXISTS aioabort_leases (
     expires REAL NOT NULL
 );
 
--- name: migrate_4
--- Version 4: when an abort reached the running scope (a table made before it lacks it).
-ALTER TABLE aioabort_tasks ADD COLUMN abort_delivered_at REAL;
-
--- name: migrate_6
--- Version 6: the labels of a record (read with it; filtered through aioabort_task_labels).
-ALTER TABLE aioabort_tasks ADD COLUMN labels TEXT;
+-- name: columns
+-- aioabort's tables and their columns: a store is judged by them, not only by its version.
+SELECT m.name, c.name FROM sqlite_master AS m, pragma_table_info(m.name) AS c
+WHERE m.type = 'table' AND m.name LIKE 'aioabort\_%' ESCAPE '\';
 
 -- name: lock_schema
 -- BEGIN IMMEDIATE already holds the database's write lock.
@@ -224,12 +221,12 @@ UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}
 WHERE id = ?1 AND owner = ?2 AND state IN {running}
 RETURNING {columns};
 
--- name: list_tasks
--- ?1: a JSON array of states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON
--- object of labels that must all match (through the label index), or NULL; ?6: the start
--- of the id, or NULL (the lower bound lets the primary key's index find it).
-SELECT {columns} FROM aioabort_tasks
-WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
+-- name: task_filter
+-- A fragment, not a statement: the filters of list_tasks and list_ids. ?1: a JSON array of
+-- states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON object of labels that
+-- must all match (through the label index), or NULL; ?6: the start of the id, or NULL (the
+-- lower bound lets the primary key's index find it).
+(?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
     AND (?2 IS NULL OR name = ?2)
     AND (?6 IS NULL OR (id >= ?6 AND substr(id, 1, length(?6)) = ?6))
     AND (?5 IS NULL OR id IN (
@@ -252,8 +249,22 @@ WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
             )
         )
     ))
+
+-- name: list_tasks
+-- A page of the records task_filter finds, newest first: ?3 of them from the ?4th.
+SELECT {columns} FROM aioabort_tasks
+WHERE {task_filter}
 ORDER BY created_at DESC, id
 LIMIT ?3 OFFSET ?4;
+
+-- name: list_ids
+-- The ids task_filter finds, in id order, the ?3 after ?4 ('': from the first): a cursor
+-- that records changing or ending meanwhile cannot shift (App.abort_many reads by it). The
+-- primary key's index finds the first after ?4: each page costs a page.
+SELECT id FROM aioabort_tasks
+WHERE {task_filter} AND id > ?4
+ORDER BY id
+LIMIT ?3;
 
 -- name: count_tasks
 SELECT state, COUNT(*) FROM aioabort_tasks GROUP BY state;
@@ -331,9 +342,10 @@ DELETE FROM aioabort_workers WHERE owner = ?1 AND queue IN (SELECT value FROM js
 
 -- name: unclaimed
 -- Tasks queued over ?1 seconds that no owner seen in the last ?2 seconds serves, by queue and
--- name (the workers table has a row per queue, name and owner: a handful per worker).
+-- name (the workers table has a row per queue, name and owner: a handful per worker). Only
+-- queued work counts: a record with no queue (create()) waits for a scope, not a worker.
 SELECT t.queue, t.name, COUNT(*), MIN(t.created_at) FROM aioabort_tasks AS t
-WHERE t.state = 'PENDING' AND t.created_at < {now} - ?1
+WHERE t.state = 'PENDING' AND t.queue IS NOT NULL AND t.created_at < {now} - ?1
     AND NOT EXISTS (
         SELECT 1 FROM aioabort_workers AS w JOIN aioabort_owners AS o ON o.id = w.owner
         WHERE w.queue = t.queue AND w.name = t.name AND o.last_seen >= {now} - ?2
