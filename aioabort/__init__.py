@@ -8,7 +8,7 @@ Layout, lowest first; imports point one way:
                     URL scheme; testing.MemoryStore is the reference implementation
   _shield, _redo    aioabort's own writes: shielded from cancellation, retried until they land
   _scope, _progress, _watcher, _aborting, _handle
-                    the consumer, its progress, the per-process watcher, rule 10, the producer
+                    the consumer, its progress, the per-process watcher, aborting, the producer
   _liveness, _app, _runner, _worker
                     heartbeat and reaping, the App (composition root), tasks, the worker
   web, aiohttp, cli integrations on top

@@ -1,4 +1,4 @@
-"""Record an abort, then deliver it here and to the children: DESIGN rule 10, in one place.
+"""Record an abort, then deliver it here and to the children, in one place.
 
 The request commits before anything is cancelled, so the record never lags the body. Then
 the scope open in this process for that id (if any) and the scopes of every unfinished child

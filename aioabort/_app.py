@@ -83,7 +83,7 @@ class App:
         once a minute, in batches; never a running one); ``None`` (the default) keeps all.
     :param ignored_abort_after: seconds after an abort reached a running scope after which a
         task still running is shown as ignoring its abort (a warning in the log; the CLI, the
-        router and the dashboard say so; DESIGN rule 16).
+        router and the dashboard say so; [G16](semantics.md#g16)).
     :raises InvalidURL: for a missing or unknown URL.
     :raises MissingDriver: when the URL's driver is not installed.
     :raises UsageError: for both a URL and a store, or bad settings.
@@ -605,8 +605,9 @@ class App:
     async def unclaimed(self, *, queued_for: timedelta = timedelta(minutes=1)) -> list[Unclaimed]:
         """Tasks nobody can run: queued longer than ``queued_for`` on a queue where no live
         worker (one heard from within ``stale_after``) registered their name, grouped by queue
-        and name, oldest first. Workers claim only the names they registered (DESIGN rule
-        14): these wait for a worker that knows them, such as a newer version's.
+        and name, oldest first. Workers claim only the names they registered
+        ([G14](semantics.md#g14)): these wait for a worker that knows them, such as a newer
+        version's.
 
         :raises UsageError: when ``queued_for`` is not a non-negative timedelta.
         """

@@ -37,7 +37,7 @@ class Change:
     """Something was committed to the store; ``aborts`` lists abort requests among it.
 
     :ivar ids: the tasks whose records changed (the ids of ``aborts`` count too): only their
-        waiters wake (DESIGN rule 13). ``None`` means the store cannot tell (after a reconnect,
+        waiters wake (guarantee G13). ``None`` means the store cannot tell (after a reconnect,
         say): every waiter wakes and reads again. An empty set names no task (new work
         queued, say): only listeners of every change wake.
     """
@@ -98,7 +98,7 @@ class QuietOwner:
 @dataclass(frozen=True, slots=True)
 class Unclaimed:
     """Queued tasks of one queue and name that no live worker can run (no worker serving
-    that queue registered the name: DESIGN rule 14 leaves them queued).
+    that queue registered the name: [G14](semantics.md#g14) leaves them queued).
 
     :ivar queue: the queue they wait on.
     :ivar name: the registered name they need.
@@ -261,7 +261,7 @@ class Store(abc.ABC):
     ) -> list[TaskRecord]:
         """Atomically move up to ``limit`` PENDING tasks of ``queues`` (oldest first) to
         STARTED for ``owner``; no two callers ever claim the same task. With ``names``, only
-        tasks of those names (DESIGN rule 14: a worker claims only what it can run)."""
+        tasks of those names ([G14](semantics.md#g14): a worker claims only what it can run)."""
 
     @abc.abstractmethod
     async def has_pending(
@@ -350,8 +350,8 @@ class Store(abc.ABC):
 
     async def mark_delivered(self, task_id: str, *, owner: str) -> None:  # noqa: B027 - optional
         """Record, once, when an abort reached the scope running ``task_id`` for ``owner``
-        (``abort_delivered_at``: DESIGN rule 16 shows a task that ignores its abort). A store
-        that does not keep it leaves the field ``None``: the default."""
+        (``abort_delivered_at``: [G16](semantics.md#g16) shows a task that ignores its
+        abort). A store that does not keep it leaves the field ``None``: the default."""
 
     @abc.abstractmethod
     async def report(
@@ -367,9 +367,10 @@ class Store(abc.ABC):
         """Record that ``owner`` is alive: one write for all its tasks, which bumps its
         ``beats`` counter (liveness is judged by that counter changing, never by clocks).
 
-        :param lease: also take or renew the fleet's reaper lease for this many seconds (DESIGN
-            rule 13: one process reaps at a time). It is free when nobody holds it or it
-            expired by the store's own clock; its holder renews it; ``release_owner`` frees it.
+        :param lease: also take or renew the fleet's reaper lease for this many seconds
+            ([G13](semantics.md#g13): one process reaps at a time). It is free when nobody
+            holds it or it expired by the store's own clock; its holder renews it;
+            ``release_owner`` frees it.
         :param quiet: with ``lease``, the reaper's input is the owners whose last beat is older
             than this many seconds by the store's clock (so its cost grows with dead owners,
             not live ones; the counters, not the clock, then decide who is dead).

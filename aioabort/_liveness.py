@@ -1,7 +1,7 @@
-"""Heartbeats and reaping (DESIGN rule 9): a dead process cannot keep a task STARTED forever.
+"""Heartbeats and reaping (guarantee G9): a dead process cannot keep a task STARTED forever.
 
 Each open App heartbeats once per interval (one write for all its scopes). One process of the
-fleet reaps (DESIGN rule 13): the holder of the store's reaper lease, taken with the beat and
+fleet reaps (guarantee G13): the holder of the store's reaper lease, taken with the beat and
 renewed by it, which another process takes over when it expires (``LEASE_BEATS`` intervals
 after its holder's last beat). The holder reads the owners that have been quiet for
 ``QUIET_BEATS`` intervals by the store's clock, so the reaping costs what the dead cost, and

@@ -345,7 +345,7 @@ class AbortScope:
 
     def _watch_obedience(self) -> None:
         """The abort reached this scope: record when (``abort_delivered_at``), and warn if the
-        body is still running ``ignored_abort_after`` seconds later (DESIGN rule 16)."""
+        body is still running ``ignored_abort_after`` seconds later (guarantee G16)."""
         runtime, loop = self._runtime, self._loop
         assert runtime is not None and loop is not None
         task = loop.create_task(self._note_delivered(runtime))
@@ -610,7 +610,7 @@ def abortable(
     :param adopt: start a PENDING record of this id (a queued job, as a worker does). With
         ``adopt=False`` the scope runs only a record of its own making (or stops at once if its
         id was aborted before it started) and refuses a PENDING one with
-        :class:`TaskAlreadyExists`: the web middleware's mode (DESIGN rule 11).
+        :class:`TaskAlreadyExists`: the web middleware's mode ([G11](semantics.md#g11)).
     :param labels: ``{"user": "alice"}``, stored on a record this scope creates (for
         ``app.tasks(labels=...)`` and ``app.abort_many(labels=...)``).
     :raises InvalidTaskId: for a bad id (before anything is written).

@@ -1,4 +1,4 @@
-"""aioabort's own store calls run to completion, whatever cancels the caller (DESIGN rule 5)."""
+"""aioabort's own store calls run to completion, whatever cancels the caller (guarantee G5)."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ class StartDecision(enum.Enum):
     ALREADY_STARTED = "already_started"
     """STARTED/ABORTING: refuse; another scope owns it."""
     TAKEN = "taken"
-    """A PENDING record the caller may not adopt (DESIGN rule 11: a web request's id naming a
+    """A PENDING record the caller may not adopt (guarantee G11: a web request's id naming a
     queued job): refuse, write nothing."""
 
 
@@ -142,7 +142,7 @@ REQUEUE_CODES: frozenset[str] = frozenset({AbortReason.SHUTDOWN})
 #: States of a parent whose new children are born aborted (and started ones abort at once).
 PARENT_ABORTED_STATES: frozenset[TaskState] = frozenset({TaskState.ABORTING, TaskState.ABORTED})
 
-#: Abort codes that stop only the task they are sent to (DESIGN rule 15): a process's shutdown
+#: Abort codes that stop only the task they are sent to: a process's shutdown
 #: does not travel to children queued for, or running in, other processes (the ones running
 #: in the process that shuts down are stopped by its own shutdown).
 NON_CASCADING_CODES: frozenset[str] = frozenset({AbortReason.SHUTDOWN})
@@ -240,8 +240,9 @@ class TaskRecord:
     :ivar args: its JSON arguments (runner tasks), else ``None``.
     :ivar retryable: whether it goes back to PENDING when cut off by shutdown or a lost owner.
     :ivar attempts: how many times it was started.
-    :ivar abort_delivered_at: when the abort reached the scope running it (DESIGN rule 16: a
-        task still ABORTING long after this ignores its abort), or ``None``.
+    :ivar abort_delivered_at: when the abort reached the scope running it
+        ([G16](semantics.md#g16): a task still ABORTING long after this ignores its abort), or
+        ``None``.
     :ivar labels: the labels it was created with (``{"user": "alice"}``), for filters and bulk
         aborts.
     """
@@ -275,7 +276,8 @@ class TaskRecord:
         self, after: float = IGNORED_ABORT_AFTER, *, now: datetime | None = None
     ) -> float | None:
         """For how many seconds the task has ignored its abort: still ABORTING ``after``
-        seconds or more after the abort reached its scope (DESIGN rule 16); else ``None``."""
+        seconds or more after the abort reached its scope ([G16](semantics.md#g16)); else
+        ``None``."""
         delivered = self.abort_delivered_at
         if self.state is not TaskState.ABORTING or delivered is None:
             return None

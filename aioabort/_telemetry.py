@@ -4,7 +4,7 @@ Every call is a no-op until the application installs an OpenTelemetry SDK (a Met
 TracerProvider), and costs a ``None`` check when the API is not installed at all. aioabort
 never installs an SDK or an exporter itself.
 
-Instruments (DESIGN.md §1b):
+Instruments (public names: docs/observability.md):
 
 * ``aioabort.tasks.started`` — counter: a scope started its task in this process.
 * ``aioabort.tasks.finished`` — counter, attribute ``state``: a scope recorded its task's end.

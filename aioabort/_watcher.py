@@ -250,8 +250,8 @@ class Watcher:
     @contextlib.contextmanager
     def waiting(self, task_id: str) -> Iterator[Callable[[], asyncio.Event]]:
         """While inside, ``next_change()`` gives an event set at the next change of
-        ``task_id`` only (DESIGN rule 13): take it *before* reading, then wait on it. Waiters
-        on one id share one event, dropped when the last of them leaves."""
+        ``task_id`` only ([G13](semantics.md#g13)): take it *before* reading, then wait on
+        it. Waiters on one id share one event, dropped when the last of them leaves."""
         self._wait_counts[task_id] = self._wait_counts.get(task_id, 0) + 1
 
         def next_change() -> asyncio.Event:

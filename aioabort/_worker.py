@@ -185,7 +185,7 @@ class Worker:
                 changed = watcher.change_event()  # taken before we look, so no wake-up is lost
                 records = []
                 try:
-                    # DESIGN rule 14: only tasks this worker can run (another version's stay queued).
+                    # Only tasks this worker can run (another version's stay queued).
                     names = list(self.app.registry)
                     if await store.has_pending(self.queues, names):
                         records = await shielded(

@@ -90,7 +90,7 @@ TERMINAL = in_list(TERMINAL_STATES)
 
 #: The states of a parent whose children are born aborted.
 PARENT_ABORTED = in_list(PARENT_ABORTED_STATES)
-#: The abort codes that do not cascade to children (DESIGN rule 15), for ``code NOT IN ...``.
+#: The abort codes that do not cascade to children (shutdowns), for ``code NOT IN ...``.
 NON_CASCADING = "(" + ", ".join(f"'{code}'" for code in sorted(NON_CASCADING_CODES)) + ")"
 
 

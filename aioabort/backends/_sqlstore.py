@@ -204,7 +204,7 @@ class SQLStore(Store, abc.ABC):
         changed: Callable[[T], Collection[str]],
     ) -> T:
         """A flow's transaction; once committed, the ids ``changed(result)`` names are
-        announced here (DESIGN rule 13: only their waiters wake)."""
+        announced here (guarantee G13: only their waiters wake)."""
         result = await self._transaction(body, retry=retry)
         self._changed(changed(result))
         return result

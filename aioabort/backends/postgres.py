@@ -16,7 +16,7 @@ one-round-trip :meth:`PostgresStore.request_abort` is the named exception.
   keeps its cursor below any gap in the numbers it has seen until the gap fills or is older
   than ``gap_timeout``, so an abort whose transaction commits late is not skipped.
 * No NOTIFY on heartbeats or progress (NOTIFY takes a global lock at commit).
-* A listener hears only what its process needs (DESIGN rule 13): abort requests always; task
+* A listener hears only what its process needs (guarantee G13): abort requests always; task
   ends only while the process has waiters; new work only on the channels of the queues its
   workers claim from (one channel per queue).
 * Tables live in their own schema, ``aioabort`` by default; choose another with
@@ -433,7 +433,7 @@ _ENDS_PAYLOAD_BYTES = 7000
 
 def _notify_ended(channel: str) -> str:
     """The CTE ``notified`` that announces the ids of a CTE ``ended`` on ``channel``: JSON
-    arrays of ids, as few as fit (DESIGN rule 13: one notification per group commit, not per
+    arrays of ids, as few as fit (guarantee G13: one notification per group commit, not per
     task)."""
     return f"""notified AS (
     SELECT pg_notify('{channel}', json_agg(id)::text) FROM (
