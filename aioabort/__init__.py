@@ -17,6 +17,7 @@ Layout, lowest first; imports point one way:
 from __future__ import annotations
 
 from . import testing as testing  # aioabort.testing.MemoryStore, for tests of applications
+from ._abortable import abortable, current_scope
 from ._app import App
 from ._backend import Store, Unclaimed
 from ._errors import (
@@ -47,7 +48,7 @@ from ._errors import (
 )
 from ._handle import AbortHandle
 from ._runner import Task
-from ._scope import AbortScope, abortable, current_scope
+from ._scope import AbortScope
 from ._state import TaskRecord, TaskState
 from ._types import AbortReason, ErrorInfo
 from ._watcher import Watcher, WatcherStatistics
@@ -106,17 +107,3 @@ for _name in __all__:
         except (AttributeError, TypeError):  # pragma: no cover - builtins-like objects
             pass
 del _name, _obj, annotations
-
-
-def __getattr__(name: str) -> object:
-    if name == "TaskError":  # renamed: it is data (a record's error), not an exception
-        import warnings
-
-        warnings.warn(
-            "aioabort.TaskError is now aioabort.ErrorInfo (it is data, not an exception: "
-            "catch aioabort.TaskFailed); the old name goes in the next release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return ErrorInfo
-    raise AttributeError(f"module 'aioabort' has no attribute {name!r}")

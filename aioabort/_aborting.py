@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ._backend import AbortOutcome
 from ._errors import AioabortError
 from ._shield import shielded
+from ._state import TaskState
 from ._telemetry import abort_requested
 from ._types import AbortReason
 from ._watcher import Watcher
@@ -57,6 +58,42 @@ async def record_and_deliver_many(
             _deliver(watcher, task_id, reason, outcome)
             recorded.append(task_id)
     return recorded
+
+
+async def abort_matching(
+    runtime: Runtime,
+    *,
+    states: Sequence[TaskState],
+    name: str | None,
+    labels: dict[str, str],
+    reason: AbortReason,
+    dry_run: bool,
+    batch: int,
+) -> list[str]:
+    """Abort every task in ``states`` with that name and labels, ``batch`` at a time; returns
+    the ids aborted (with ``dry_run``, that would be), in id order.
+
+    The ids are read first (aborting changes states), page after page by id: a task that ends
+    meanwhile shifts no page, so every task that matched all along is found.
+    """
+    matching: list[str] = []
+    while states:
+        page = await runtime.store.list_ids(
+            states=states,
+            name=name,
+            labels=labels or None,
+            after=matching[-1] if matching else None,
+            limit=batch,
+        )
+        matching += page
+        if len(page) < batch:
+            break
+    if dry_run:
+        return matching
+    aborted: list[str] = []
+    for start in range(0, len(matching), batch):
+        aborted += await record_and_deliver_many(runtime, matching[start : start + batch], reason)
+    return aborted
 
 
 async def stop_here(runtime: Runtime, task_id: str, reason: AbortReason) -> None:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import os
-import socket
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
@@ -18,13 +15,15 @@ from typing import Any, ParamSpec, TypeVar, final, overload
 import anyio
 
 from . import _runtime
-from ._aborting import record_and_deliver_many, stop_here
+from ._aborting import abort_matching
 from ._backend import OwnerInfo, Store, Unclaimed
-from ._errors import AioabortError, InvalidURL, UnknownTask, UsageError
+from ._errors import InvalidURL, UnknownTask, UsageError
 from ._handle import AbortHandle
+from ._lifecycle import choose_store, close_parts, open_parts
 from ._liveness import Liveness
 from ._redo import Redo
-from ._runner import DEFAULT_QUEUE, Task, _check_queue, task_name
+from ._runner import DEFAULT_QUEUE, Task
+from ._settings import AppSettings
 from ._shield import shielded
 from ._state import IGNORED_ABORT_AFTER, TaskRecord, TaskState
 from ._types import (
@@ -38,7 +37,6 @@ from ._types import (
     coerce_reason,
 )
 from ._watcher import Watcher
-from .backends import redact, store_factory
 
 logger = logging.getLogger("aioabort")
 
@@ -106,46 +104,22 @@ class App:
         # Without a URL the App reads AIOABORT_URL each time it opens, so a module-level
         # ``app = aioabort.App()`` follows the environment (``aioabort --db URL worker ...``).
         self._url_from_env = url is None and store is None
-        if not heartbeat_interval > 0:
-            raise UsageError(f"heartbeat_interval must be positive, got {heartbeat_interval!r}")
-        if not stale_after > heartbeat_interval:
-            raise UsageError(
-                f"stale_after ({stale_after!r}) must be longer than heartbeat_interval "
-                f"({heartbeat_interval!r})"
-            )
-        if retention is not None and (
-            not isinstance(retention, timedelta) or retention.total_seconds() <= 0
-        ):
-            raise UsageError(f"retention must be a positive timedelta or None, got {retention!r}")
-        if not ignored_abort_after > 0:
-            raise UsageError(
-                f"ignored_abort_after must be positive seconds, got {ignored_abort_after!r}"
-            )
-        if poll_interval is not None and not 0 < poll_interval <= 60:
-            raise UsageError(f"poll_interval must be within (0, 60] seconds, got {poll_interval!r}")
-        self._make_store: Callable[[float | None], Store] | None = None
-        self.url: str = "$AIOABORT_URL"
-        if store is not None:
-            if url is not None:
-                raise UsageError("pass either a URL or store=, not both")
-            if not isinstance(store, Store):
-                raise UsageError(f"store= must be an aioabort.Store, got {type(store).__name__}")
-            if poll_interval is not None:
-                raise UsageError("with store=, set the poll interval on the store itself")
-            self._make_store = lambda _poll_interval: store
-            self.url = store.display_url
-        elif url is not None:
-            self._make_store = store_factory(url)
-            self.url = redact(url)
-        elif os.environ.get("AIOABORT_URL"):
-            self._make_store = store_factory(os.environ["AIOABORT_URL"])
-            self.url = redact(os.environ["AIOABORT_URL"])
-        self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval
-        self.stale_after = stale_after
-        self.shutdown_grace = shutdown_grace
-        self.ignored_abort_after = ignored_abort_after
-        self.retention = retention
+        #: The App's settings, checked (:class:`AppSettings`).
+        self.settings = settings = AppSettings(
+            heartbeat_interval=heartbeat_interval,
+            stale_after=stale_after,
+            shutdown_grace=shutdown_grace,
+            poll_interval=poll_interval,
+            ignored_abort_after=ignored_abort_after,
+            retention=retention,
+        )
+        self._make_store, self.url = choose_store(url, store, poll_interval)
+        self.poll_interval = settings.poll_interval
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.stale_after = settings.stale_after
+        self.shutdown_grace = settings.shutdown_grace
+        self.ignored_abort_after = settings.ignored_abort_after
+        self.retention = settings.retention
         self._parts: _runtime.Runtime | None = None
         self._owner: OwnerInfo | None = None
         self._tokens: list[object] = []
@@ -153,7 +127,6 @@ class App:
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._liveness: Liveness | None = None
         self._background: set[asyncio.Task[object]] = set()
-        self._redo = Redo()
 
     def __repr__(self) -> str:
         return f"<aioabort.App url={self.url!r} {self._state}>"
@@ -189,7 +162,7 @@ class App:
     @property
     def redo(self) -> Redo:
         """Writes of this process's records that failed and are being retried."""
-        return self._redo
+        return self.runtime.redo
 
     @property
     def owner(self) -> str:
@@ -204,55 +177,24 @@ class App:
         :raises StoreUnavailable: when the store cannot be opened.
         """
         _runtime.require_asyncio("App.open()")
-        if self._state == "open":
-            raise UsageError(f"{self!r} is already open")
-        if self._state == "opening":
-            raise UsageError(f"{self!r} is being opened")
+        if self._state in ("open", "opening"):
+            raise UsageError(f"{self!r} is already {self._state}")
+        if self._url_from_env:  # AIOABORT_URL as it is now
+            self._make_store, self.url = choose_store(None, None, None)
         make_store = self._make_store
-        if self._url_from_env:
-            env_url = os.environ.get("AIOABORT_URL")
-            if not env_url:
-                raise InvalidURL(
-                    "no store URL: pass one, e.g. App('sqlite:///aioabort.db'), or set AIOABORT_URL"
-                )
-            make_store = store_factory(env_url)
-            self._make_store, self.url = make_store, redact(env_url)
-        assert make_store is not None
+        if make_store is None:
+            raise InvalidURL(
+                "no store URL: pass one, e.g. App('sqlite:///aioabort.db'), or set AIOABORT_URL"
+            )
         self._state = "opening"
-        store = make_store(self.poll_interval)
         try:
-            await store.open()
-            owner = OwnerInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid())
-            await store.heartbeat(owner)
-            watcher = Watcher(store)
-            await watcher.start()
+            parts, self._owner, self._liveness = await open_parts(
+                make_store(self.poll_interval), self.settings, self._start_background
+            )
         except BaseException:
             self._state = "new"
-            with anyio.CancelScope(shield=True):
-                await store.aclose()
             raise
-        self._owner, self._redo = owner, Redo()
-        self._parts = _runtime.Runtime(
-            store=store,
-            watcher=watcher,
-            owner=owner.id,
-            redo=self._redo,
-            ignored_abort_after=self.ignored_abort_after,
-            spawn=self._start_background,
-            served=_runtime.ServedQueues(),
-        )
-        # The first cancel scope in a process loads anyio's asyncio backend (tens of ms): do it
-        # now so the first abort is not slow.
-        with anyio.CancelScope() as warm:  # noqa: ASYNC100 - entering it is the point
-            warm.cancel()
-        self._liveness = Liveness(
-            store,
-            owner,
-            interval=self.heartbeat_interval,
-            stale_after=self.stale_after,
-            retention=None if self.retention is None else self.retention.total_seconds(),
-        )
-        self._liveness.start()
+        self._parts = parts
         self._state = "open"
         _runtime.add_default(self)
         logger.debug("app opened", extra={"action": "app_opened", "url": self.url})
@@ -270,65 +212,12 @@ class App:
         with anyio.CancelScope(shield=True):
             self._state = "closing"
             _runtime.remove_default(self)
-            parts, owner = self._parts, self._owner
-            assert parts is not None and owner is not None
-            store, watcher = parts.store, parts.watcher
+            parts, owner, liveness = self._parts, self._owner, self._liveness
+            assert parts is not None and owner is not None and liveness is not None
             try:
-                await self._abort_open_scopes(parts)
-                await self._stop_background()
+                await close_parts(parts, owner, liveness, self._background, self.shutdown_grace)
             finally:
-                try:
-                    await self._stop_heartbeat()
-                    watcher.stop()
-                    await self._release(store, owner)
-                finally:
-                    self._state = "closed"
-                    await store.aclose()
-
-    async def _stop_heartbeat(self) -> None:
-        if self._liveness is not None:
-            await self._liveness.stop()
-
-    async def _release(self, store: Store, owner: OwnerInfo) -> None:
-        unsent = await self._redo.aclose()
-        if unsent:
-            logger.warning(
-                "the ends of some tasks could not be recorded before the App closed",
-                extra={"action": "ends_unsent", "task_ids": unsent},
-            )
-        try:
-            lost = await store.release_owner(owner.id)
-        except AioabortError as exc:
-            # Closing must not fail on bookkeeping: another App reaps this owner later.
-            logger.warning(
-                "could not release this process's tasks while closing",
-                extra={"action": "release_failed", "error": str(exc)},
-            )
-            return
-        if lost:
-            logger.warning(
-                "tasks still running when the App closed were ended as lost",
-                extra={"action": "tasks_lost", "task_ids": lost},
-            )
-
-    async def _abort_open_scopes(self, parts: _runtime.Runtime) -> None:
-        watcher = parts.watcher
-        scopes = watcher.scopes()
-        if not scopes:
-            return
-        reason = AbortReason(AbortReason.SHUTDOWN, "the aioabort App is closing")
-        for scope in scopes:
-            await stop_here(parts, scope.id, reason)
-        with anyio.move_on_after(self.shutdown_grace):
-            await watcher.wait_idle()
-
-    async def _stop_background(self) -> None:
-        """Spawned tasks that never entered their scope (or outlived the grace) are cancelled;
-        their records end as the scope records them, or are reaped as lost."""
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+                self._state = "closed"
 
     def _start_background(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         if not self.is_open:
@@ -376,29 +265,12 @@ class App:
         """
 
         def register(func: Callable[..., Awaitable[Any]]) -> Task[Any, Any]:
-            if not inspect.iscoroutinefunction(func):
-                raise UsageError(
-                    f"{getattr(func, '__qualname__', func)!r} is not an async def function; "
-                    "aioabort tasks are coroutines"
-                )
-            registered = task_name(func, name)
-            if registered in self._tasks:
-                raise UsageError(f"a task named {registered!r} is already registered")
-            if time_limit is not None and not (
-                isinstance(time_limit, int | float)
-                and not isinstance(time_limit, bool)
-                and 0 < time_limit < 10**7
-            ):
-                raise UsageError(f"time_limit must be a positive number of seconds: {time_limit!r}")
-            task: Task[Any, Any] = Task(
-                self,
-                func,
-                name=registered,
-                queue=_check_queue(queue),
-                time_limit=time_limit,
-                retryable=bool(retryable),
+            task = Task.of(
+                self, func, name=name, queue=queue, time_limit=time_limit, retryable=retryable
             )
-            self._tasks[registered] = task
+            if task.name in self._tasks:
+                raise UsageError(f"a task named {task.name!r} is already registered")
+            self._tasks[task.name] = task
             return task
 
         if fn is not None:
@@ -412,16 +284,6 @@ class App:
         (``app.task`` registers one; ``await app.tasks()`` lists task *records*.)
         """
         return dict(self._tasks)
-
-    @property
-    def registered_tasks(self) -> dict[str, Task[Any, Any]]:
-        """Deprecated: use :attr:`registry` (the old name read too much like ``tasks()``)."""
-        warnings.warn(
-            "App.registered_tasks is now App.registry; the old name goes in the next release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.registry
 
     async def send_task(
         self,
@@ -572,30 +434,15 @@ class App:
         chosen = _check_states(["PENDING", "STARTED"] if states is None else states)
         chosen = chosen or list(TaskState)  # as in tasks(): no state given means every state
         name = None if name is None else check_name(name)
-        store = self.store
-        matching: list[str] = []
-        # The ids first (aborting changes states), page by page by id: a task that ends
-        # meanwhile shifts no page, so every task that matched all along is found.
-        unfinished = [state for state in chosen if not state.is_terminal]
-        while unfinished:
-            page = await store.list_ids(
-                states=unfinished,
-                name=name,
-                labels=wanted_labels or None,
-                after=matching[-1] if matching else None,
-                limit=ABORT_BATCH,
-            )
-            matching += page
-            if len(page) < ABORT_BATCH:
-                break
-        if dry_run:
-            return matching
-        aborted: list[str] = []
-        runtime = self.runtime
-        for start in range(0, len(matching), ABORT_BATCH):
-            batch = matching[start : start + ABORT_BATCH]
-            aborted += await record_and_deliver_many(runtime, batch, abort_reason)
-        return aborted
+        return await abort_matching(
+            self.runtime,
+            states=[state for state in chosen if not state.is_terminal],
+            name=name,
+            labels=wanted_labels,
+            reason=abort_reason,
+            dry_run=dry_run,
+            batch=ABORT_BATCH,
+        )
 
     async def counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state (every state is present, zero or more)."""

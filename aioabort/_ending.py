@@ -10,13 +10,14 @@ reaper's (``_liveness``), written by the store in one statement.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ._errors import AioabortError
 from ._shield import shielded
-from ._state import TaskRecord, TaskState, should_requeue
+from ._state import TaskRecord, TaskState, end_state, should_requeue
 from ._types import MAX_REASON_MESSAGE_LENGTH, ErrorInfo
 
 if TYPE_CHECKING:
@@ -105,6 +106,39 @@ async def conclude(
     ):
         return await requeue(runtime, task_id)
     return await finish(runtime, task_id, state, error=error, result_json=result_json)
+
+
+async def end_of_body(
+    runtime: Runtime,
+    task_id: str,
+    exc: BaseException | None,
+    *,
+    stopped_by_abort: bool,
+    retryable: bool,
+    reason_code: str | None,
+    result_json: str | None,
+) -> tuple[TaskState, Written]:
+    """Record how a scope's body ended: stopped by its abort (ABORTED), raised ``exc`` (or was
+    cancelled from outside: FAILURE), else SUCCESS with ``result_json``; or requeue it."""
+    state = end_state(stopped_by_abort=stopped_by_abort, failed=exc is not None)
+    error = None
+    if state is TaskState.FAILURE and exc is not None:
+        error = (
+            cancelled("cancelled from outside the scope", type(exc).__qualname__)
+            if isinstance(exc, asyncio.CancelledError)
+            else ErrorInfo.from_exception(exc)
+        )
+    written = await conclude(
+        runtime,
+        task_id,
+        state,
+        retryable=retryable,
+        stopped_by_abort=stopped_by_abort,
+        reason_code=reason_code,
+        error=error,
+        result_json=result_json if state is TaskState.SUCCESS else None,
+    )
+    return state, written
 
 
 async def _write(

@@ -9,10 +9,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ._errors import AioabortError, UsageError
 from ._shield import shielded
 from ._types import MAX_REASON_MESSAGE_LENGTH, check_text
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
 
 logger = logging.getLogger("aioabort.scope")
 
@@ -40,6 +44,16 @@ class Progress:
     """One scope's progress writes, at most one per ``interval`` seconds."""
 
     __slots__ = ("_flush_handle", "_interval", "_last", "_pending", "_task_id", "_write")
+
+    @classmethod
+    def of(cls, runtime: Runtime, task_id: str, interval: float) -> Progress:
+        """The progress of this process's run of ``task_id``, written to its store."""
+        store, owner = runtime.store, runtime.owner
+
+        def write(progress: float | None, message: str | None) -> Awaitable[bool]:
+            return store.report(task_id, owner=owner, progress=progress, message=message)
+
+        return cls(task_id, write, interval)
 
     def __init__(self, task_id: str, write: Write, interval: float) -> None:
         self._task_id = task_id

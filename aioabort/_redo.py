@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from ._backoff import Backoff
 from ._errors import AioabortError
 from ._shield import shielded
 
@@ -55,11 +56,11 @@ class Redo:
             )
 
     async def _retry_forever(self) -> None:
-        delay = self.first_delay
+        backoff = Backoff(self.first_delay, self.max_delay)
         while self._writes:
-            await asyncio.sleep(delay)
-            failed = await self._round()
-            delay = min(delay * 2, self.max_delay) if failed else self.first_delay
+            await asyncio.sleep(backoff.next())
+            if not await self._round():
+                backoff.reset()
 
     async def _round(self) -> int:
         """One attempt at every kept write; returns how many failed again."""

@@ -19,6 +19,7 @@ from . import _ending, _runtime
 from ._errors import InvalidArguments, UsageError
 from ._handle import AbortHandle
 from ._scope import AbortScope, _current_scope
+from ._settings import check_time_limit
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
 from ._types import (
@@ -91,6 +92,35 @@ class Task(Generic[P, R]):
         self._signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+
+    @classmethod
+    def of(
+        cls,
+        host: Host,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        name: str | None,
+        queue: str,
+        time_limit: float | None,
+        retryable: bool,
+    ) -> Task[Any, Any]:
+        """A task for ``fn`` with its settings checked (what ``@app.task`` registers).
+
+        :raises UsageError: for a function that is not ``async def`` or a bad setting.
+        """
+        if not inspect.iscoroutinefunction(fn):
+            raise UsageError(
+                f"{getattr(fn, '__qualname__', fn)!r} is not an async def function; "
+                "aioabort tasks are coroutines"
+            )
+        return Task(
+            host,
+            fn,
+            name=task_name(fn, name),
+            queue=_check_queue(queue),
+            time_limit=check_time_limit(time_limit),
+            retryable=bool(retryable),
+        )
 
     def __repr__(self) -> str:
         return f"<aioabort.Task {self.name!r} queue={self.queue!r}>"

@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
@@ -20,12 +20,11 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from . import _ending, _runtime
+from . import _ending, _obedience, _runtime
 from ._aborting import stop_here
 from ._backend import StartResult
+from ._callbacks import Callbacks
 from ._errors import (
-    AioabortError,
-    NoCurrentScope,
     TaskAborted,
     TaskAlreadyExists,
     TaskAlreadyFinished,
@@ -34,10 +33,11 @@ from ._errors import (
     UsageError,
 )
 from ._progress import Progress, check_report
+from ._settings import check_time_limit
 from ._shield import shielded
-from ._state import StartDecision, TaskRecord, TaskState, end_state
+from ._state import StartDecision, TaskRecord, TaskState
 from ._telemetry import TaskSpan
-from ._types import AbortReason, ErrorInfo, check_labels, check_name, check_task_id
+from ._types import AbortReason, check_labels, check_name, check_task_id
 
 T = TypeVar("T")
 
@@ -52,19 +52,6 @@ _background: set[asyncio.Task[None]] = set()
 _current_scope: contextvars.ContextVar[AbortScope | None] = contextvars.ContextVar(
     "aioabort_current_scope", default=None
 )
-
-
-def current_scope() -> AbortScope:
-    """The innermost abort scope around the calling code (also in tasks and threads it started).
-
-    :raises NoCurrentScope: when called outside any :func:`abortable` block.
-    """
-    scope = _current_scope.get()
-    if scope is None:
-        raise NoCurrentScope(
-            "current_scope() was called outside any `async with aioabort.abortable(...)` block"
-        )
-    return scope
 
 
 def _parent_scope() -> AbortScope | None:
@@ -94,16 +81,6 @@ def _refuse(task_id: str, started: StartResult) -> None:
         )
     if decision is StartDecision.TAKEN:
         raise TaskAlreadyExists(task_id)
-
-
-class _Callback:
-    __slots__ = ("callback", "handle", "ran", "stopped")
-
-    def __init__(self, callback: Callable[[AbortReason], object]) -> None:
-        self.callback = callback
-        self.handle: asyncio.Handle | None = None
-        self.ran = False
-        self.stopped = False
 
 
 @final
@@ -170,12 +147,7 @@ class AbortScope:
         _retryable: bool = False,
     ) -> None:
         self.id: str = check_task_id(task_id)
-        if time_limit is not None and (
-            isinstance(time_limit, bool)
-            or not isinstance(time_limit, int | float)
-            or not 0 < time_limit < 10**7
-        ):
-            raise UsageError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+        time_limit = check_time_limit(time_limit)
         self.aborted = False
         self.reason: AbortReason | None = None
         self.record: TaskRecord | None = None
@@ -200,7 +172,7 @@ class AbortScope:
         self._preaborted = False
         self._body_running = False
         self._cancel_scope: anyio.CancelScope | None = None
-        self._callbacks: list[_Callback] = []
+        self._callbacks: Callbacks | None = None
         self._runtime: Runtime | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token: contextvars.Token[AbortScope | None] | None = None
@@ -247,37 +219,9 @@ class AbortScope:
         :returns: ``stop()``, which unregisters the callback and returns True if that prevented
             it from running.
         """
-        registration = _Callback(callback)
-        self._callbacks.append(registration)
-        if self._requested:
-            self._schedule(registration)
-
-        def stop() -> bool:
-            if registration.ran or registration.stopped:
-                return False
-            registration.stopped = True
-            if registration.handle is not None:
-                registration.handle.cancel()
-            self._callbacks.remove(registration)
-            return True
-
-        return stop
-
-    def _schedule(self, registration: _Callback) -> None:
-        loop = self._loop or asyncio.get_running_loop()
-        registration.handle = loop.call_soon(self._run_callback, registration)
-
-    def _run_callback(self, registration: _Callback) -> None:
-        if registration.stopped:
-            return
-        registration.ran = True
-        try:
-            registration.callback(self.reason or AbortReason())
-        except Exception:
-            logger.exception(
-                "on_abort callback failed",
-                extra={"action": "callback_failed", "task_id": self.id},
-            )
+        if self._callbacks is None:
+            self._callbacks = Callbacks(self.id, lambda: self.reason or AbortReason())
+        return self._callbacks.add(callback, now=self._requested)
 
     async def report(self, progress: float | None = None, message: str | None = None) -> None:
         """Store progress (0..1) and a short message on the task's record.
@@ -294,12 +238,7 @@ class AbortScope:
         if runtime is None or not self._body_running:
             raise UsageError("report() is only allowed inside the scope's body")
         if self._progress is None:  # made on first use: most scopes never report
-            store, task_id, owner = runtime.store, self.id, runtime.owner
-
-            def write(progress: float | None, message: str | None) -> Awaitable[bool]:
-                return store.report(task_id, owner=owner, progress=progress, message=message)
-
-            self._progress = Progress(self.id, write, self.report_interval)
+            self._progress = Progress.of(runtime, self.id, self.report_interval)
         await self._progress.report(progress, message)
 
     #: The shortest time between two progress writes, in seconds.
@@ -336,45 +275,16 @@ class AbortScope:
         self._requested = True
         self._telemetry.aborted(self.reason.code, self.reason.message)
         if not self._preaborted and self._runtime is not None and self._loop is not None:
-            self._watch_obedience()
+            self._ignored = _obedience.watch(
+                self._runtime,
+                self.id,
+                lambda: self._body_running,
+                lambda: self.reason.code if self.reason else None,
+            )
         if self._body_running and self._cancel_scope is not None:
             self._cancel_scope.cancel(f"aioabort: task {self.id!r} aborted: {self.reason}")
-        for registration in self._callbacks:
-            if registration.handle is None:
-                self._schedule(registration)
-
-    def _watch_obedience(self) -> None:
-        """The abort reached this scope: record when (``abort_delivered_at``), and warn if the
-        body is still running ``ignored_abort_after`` seconds later (guarantee G16)."""
-        runtime, loop = self._runtime, self._loop
-        assert runtime is not None and loop is not None
-        task = loop.create_task(self._note_delivered(runtime))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-        self._ignored = loop.call_later(runtime.ignored_abort_after, self._warn_ignored)
-
-    async def _note_delivered(self, runtime: Runtime) -> None:
-        try:
-            await shielded(runtime.store.mark_delivered(self.id, owner=runtime.owner))
-        except AioabortError:
-            logger.debug("could not record the abort's delivery", exc_info=True)
-
-    def _warn_ignored(self) -> None:
-        self._ignored = None
-        runtime = self._runtime
-        if runtime is None or not self._body_running:
-            return
-        logger.warning(
-            "task %s ignores its abort: still running %gs after it was delivered",
-            self.id,
-            runtime.ignored_abort_after,
-            extra={
-                "action": "abort_ignored",
-                "task_id": self.id,
-                "seconds": runtime.ignored_abort_after,
-                "code": self.reason.code if self.reason else None,
-            },
-        )
+        if self._callbacks is not None:
+            self._callbacks.fire()
 
     # -- the block ---------------------------------------------------------------------------
 
@@ -512,23 +422,14 @@ class AbortScope:
         self, runtime: Runtime, exc: BaseException | None, stopped: bool, *, failed: bool
     ) -> bool:
         """Record how the body ended (through ``_ending``); returns True if it was requeued."""
-        state = end_state(stopped_by_abort=stopped, failed=failed and exc is not None)
-        error = None
-        if state is TaskState.FAILURE and exc is not None:
-            error = (
-                _ending.cancelled("cancelled from outside the scope", type(exc).__qualname__)
-                if isinstance(exc, asyncio.CancelledError)
-                else ErrorInfo.from_exception(exc)
-            )
-        written = await _ending.conclude(
+        state, written = await _ending.end_of_body(
             runtime,
             self.id,
-            state,
-            retryable=self._retryable,
+            exc if failed else None,
             stopped_by_abort=stopped,
+            retryable=self._retryable,
             reason_code=self.reason.code if self.reason is not None else None,
-            error=error,
-            result_json=self._result_json if state is TaskState.SUCCESS else None,
+            result_json=self._result_json,
         )
         if written.requeued:
             self.requeued = True
@@ -575,60 +476,3 @@ class AbortScope:
         task = asyncio.get_running_loop().create_task(stop_here(runtime, self.id, reason))
         _background.add(task)
         task.add_done_callback(_background.discard)
-
-
-def abortable(
-    task_id: str,
-    *,
-    app: Any = None,
-    suppress: bool = False,
-    name: str | None = None,
-    detached: bool = False,
-    time_limit: float | None = None,
-    adopt: bool = True,
-    labels: dict[str, str] | None = None,
-) -> AbortScope:
-    """Run a block as the task ``task_id``, stoppable by ``await handle.abort()`` from anywhere.
-
-    ``async with abortable(task_id) as scope:`` reads the task's record and starts it (creating
-    it if there is none). When an abort is requested the body is cancelled at its next await,
-    and at every await after that until it leaves. On exit the scope records how the body ended
-    (SUCCESS, FAILURE or ABORTED) and, if an abort stopped it, raises :class:`TaskAborted`.
-    An id aborted before it started raises :class:`TaskAborted` on entry: the body never runs
-    (with ``suppress=True``, which never raises, the body runs until its first await and
-    stops there).
-
-    :param task_id: the task's id: a non-empty string of at most 200 characters.
-    :param app: the :class:`~aioabort.App` to use; by default the open one is found ambiently.
-    :param suppress: exit quietly instead of raising :class:`TaskAborted`; read
-        ``scope.aborted`` and ``scope.reason`` instead. Then an id aborted before it started
-        is entered too, and its body stops at its first await: code before that runs.
-    :param name: a name stored on the record (for listings).
-    :param detached: do not link this task to the enclosing scope as its child (by default a
-        scope entered inside another is its child: aborting the parent aborts it too).
-    :param time_limit: abort the task (reason code ``timeout``) after this many seconds.
-    :param adopt: start a PENDING record of this id (a queued job, as a worker does). With
-        ``adopt=False`` the scope runs only a record of its own making (or stops at once if its
-        id was aborted before it started) and refuses a PENDING one with
-        :class:`TaskAlreadyExists`: the web middleware's mode ([G11](semantics.md#g11)).
-    :param labels: ``{"user": "alice"}``, stored on a record this scope creates (for
-        ``app.tasks(labels=...)`` and ``app.abort_many(labels=...)``).
-    :raises InvalidTaskId: for a bad id (before anything is written).
-    :raises UsageError: for bad labels (before anything is written).
-    :raises NoAppOpen: when no App is open.
-    :raises TaskAborted: on entry, for an id aborted before it started (unless ``suppress``).
-    :raises TaskAlreadyFinished: when the record is already terminal.
-    :raises TaskAlreadyStarted: when the task already runs in another scope.
-    :raises ScopeAlreadyEntered: when a scope with this id is open in this process.
-    :raises TaskAlreadyExists: with ``adopt=False``, when a PENDING record has this id.
-    """
-    return AbortScope(
-        task_id,
-        app=app,
-        suppress=suppress,
-        name=name,
-        detached=detached,
-        time_limit=time_limit,
-        adopt=adopt,
-        labels=labels,
-    )

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from ._types import AbortReason, ErrorInfo, JSONValue
+from ._types import AbortReason, ErrorInfo, JSONValue, utcnow
 
 
 class TaskState(enum.StrEnum):
@@ -281,7 +281,7 @@ class TaskRecord:
         delivered = self.abort_delivered_at
         if self.state is not TaskState.ABORTING or delivered is None:
             return None
-        waited = ((now or datetime.now(UTC)) - delivered).total_seconds()
+        waited = ((now or utcnow()) - delivered).total_seconds()
         return waited if waited >= after else None
 
     def to_dict(self) -> dict[str, Any]:

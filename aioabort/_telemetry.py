@@ -19,8 +19,10 @@ the abort as an event ``aioabort.abort``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from ._types import utcnow
 
 try:
     from opentelemetry import context as _context, metrics as _metrics, trace as _trace
@@ -117,7 +119,7 @@ class TaskSpan:
             return
         _INSTRUMENTS.finished.add(1, {"state": state})
         if stopped_at_request is not None and code is not None:
-            took = (datetime.now(UTC) - stopped_at_request).total_seconds()
+            took = (utcnow() - stopped_at_request).total_seconds()
             _INSTRUMENTS.duration.record(max(took, 0.0), {"code": code})
         span, self._span = self._span, None
         if span is not None:

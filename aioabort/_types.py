@@ -204,7 +204,7 @@ def coerce_reason(reason: str | AbortReason | None, by: str | None) -> AbortReas
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """How a task that ended FAILURE failed: data, found on ``record.error`` (and on
-    :class:`TaskFailed`, the exception ``handle.result()`` raises). Formerly ``TaskError``.
+    :class:`TaskFailed`, the exception ``handle.result()`` raises).
 
     :param cause: ``exception`` (the body raised), ``cancelled`` (an outer cancellation such as a
         caller's timeout stopped it), ``lost`` (its owner process stopped heartbeating), or

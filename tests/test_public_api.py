@@ -52,15 +52,15 @@ def test_task_aborted_pickles_with_its_reason() -> None:
 
 
 def test_core_modules_import_no_sql_or_driver() -> None:
-    """Layering (DESIGN.md §3): nothing in the core imports a driver or the backends."""
+    """Layering: nothing in the core imports a driver or the backends."""
     import pathlib
 
     root = pathlib.Path(aioabort.__file__).parent
     for path in root.glob("_*.py"):
         text = path.read_text()
         for banned in ("import aiosqlite", "import asyncpg", "import sqlite3", "from .backends"):
-            if path.name == "_app.py" and banned == "from .backends":
-                continue  # the App loads a store by URL; it is the one layer allowed to
+            if path.name in ("_app.py", "_lifecycle.py") and banned == "from .backends":
+                continue  # the App (its life cycle) loads a store by URL: the one layer allowed to
             assert banned not in text, f"{path.name} must not contain {banned!r}"
 
 
@@ -83,13 +83,7 @@ def test_the_asgi_middleware_needs_no_web_framework() -> None:
     assert out.stdout.strip().endswith("[]")
 
 
-def test_renamed_names_still_work_for_one_release_with_a_warning() -> None:
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert aioabort.TaskError is aioabort.ErrorInfo
-        app = aioabort.App("sqlite:///unused.db")
-        assert app.registered_tasks == app.registry == {}
-    assert [w.category for w in caught] == [DeprecationWarning, DeprecationWarning]
-    assert "ErrorInfo" in str(caught[0].message) and "registry" in str(caught[1].message)
+def test_names_never_released_are_gone() -> None:
+    """``TaskError`` and ``App.registered_tasks`` were renamed before any release: no shims."""
+    assert not hasattr(aioabort, "TaskError")
+    assert not hasattr(aioabort.App("sqlite:///unused.db"), "registered_tasks")

@@ -19,9 +19,9 @@ import click
 from rich.console import Console
 from rich.live import Live
 
+from .._abortable import current_scope
 from .._app import App
 from .._errors import AioabortError
-from .._scope import current_scope
 from .._state import TaskRecord, TaskState
 from .._types import utcnow
 from .._worker import Worker

@@ -17,6 +17,7 @@ from typing import NoReturn
 import click
 
 from .._app import App
+from .._backoff import Backoff
 from .._errors import StoreUnavailable
 from .._worker import Worker
 from . import _output
@@ -223,20 +224,19 @@ async def _open_when_reachable(app: App, patience: float) -> None:
     """Open the App, retrying for ``patience`` seconds while the store is unreachable (a
     database restarting as the worker starts): a deploy's ordering must not kill workers."""
     deadline = time.monotonic() + patience
-    delay = 0.2
+    backoff = Backoff(0.2, 5.0)
     while True:
         try:
             await app.open()
             return
         except StoreUnavailable as exc:
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() + backoff.peek() > deadline:
                 raise
             logging.getLogger("aioabort.worker").warning(
                 "the store is unreachable; retrying",
                 extra={"action": "store_unreachable", "error": str(exc)},
             )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(backoff.next())
 
 
 @contextlib.asynccontextmanager

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .._abortable import abortable
 from .._app import App
 from .._errors import (
     ScopeAlreadyEntered,
@@ -33,7 +34,7 @@ from .._errors import (
     TaskAlreadyFinished,
     TaskAlreadyStarted,
 )
-from .._scope import AbortScope, abortable
+from .._scope import AbortScope
 from .._types import MAX_TASK_ID_LENGTH, MAX_TASK_NAME_LENGTH, AbortReason
 from ._api import Answer
 
