@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from ._types import AbortReason, ErrorInfo, JSONValue, utcnow
 
@@ -319,3 +319,18 @@ class TaskRecord:
     def abort_requested(self) -> bool:
         """Whether an abort was ever requested (Celery's ``is_aborted()`` meaning)."""
         return self.reason is not None
+
+
+#: What an abort request found: ``aborted`` (this request was recorded), ``already_aborting``
+#: (an earlier one was), ``already_finished`` (the task had ended), ``not_found``.
+AbortVerdict = Literal["aborted", "already_aborting", "already_finished", "not_found"]
+
+
+def abort_verdict(recorded: bool, state: TaskState | None) -> AbortVerdict:
+    """Classify an abort request by what ``abort()`` returned and the state read after it
+    (``None``: there is no such task): the CLI's exit codes and the router's statuses."""
+    if state is None:
+        return "not_found"
+    if recorded:
+        return "aborted"
+    return "already_finished" if state.is_terminal else "already_aborting"

@@ -9,7 +9,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -85,6 +85,21 @@ def check_labels(labels: object) -> dict[str, str]:
                 "printable characters"
             )
     return dict(labels)
+
+
+def parse_labels(values: Iterable[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings (the CLI's ``--label``, the router's ``label=``) as a dict: a
+    later key wins; the value may hold ``=`` or be empty.
+
+    :raises UsageError: for a string without ``=``, or with nothing before it.
+    """
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise UsageError(f"a label must be KEY=VALUE, got {value!r}")
+        labels[key] = text
+    return labels
 
 
 def check_task_id(task_id: object) -> str:

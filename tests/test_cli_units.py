@@ -7,9 +7,12 @@ from datetime import timedelta
 
 import pytest
 
+import aioabort
 from aioabort import TaskState
-from aioabort.cli._abort import Result, exit_code, outcome_of
-from aioabort.cli._common import parse_duration, parse_labels
+from aioabort._state import abort_verdict
+from aioabort._types import parse_labels
+from aioabort.cli._abort import Result, exit_code
+from aioabort.cli._common import parse_duration
 
 
 @pytest.mark.parametrize(
@@ -27,7 +30,7 @@ from aioabort.cli._common import parse_duration, parse_labels
 def test_an_abort_request_is_classified_by_its_answer_and_the_state_after(
     recorded: bool, state: TaskState | None, outcome: str
 ) -> None:
-    assert outcome_of(recorded, state) == outcome
+    assert abort_verdict(recorded, state) == outcome
 
 
 def _aborted(running: bool | None = None, state: str = "ABORTED") -> Result:
@@ -75,7 +78,7 @@ def test_labels_are_key_value_pairs() -> None:
         "empty": "",
     }
     for bad in ("nokey", "=value"):
-        with pytest.raises(ValueError, match="is not KEY=VALUE"):
+        with pytest.raises(aioabort.UsageError, match="must be KEY=VALUE"):
             parse_labels([bad])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import click
 from rich.text import Text
@@ -12,7 +12,7 @@ from rich.text import Text
 from .._app import App
 from .._errors import TaskNotFound
 from .._handle import AbortHandle
-from .._state import TaskState
+from .._state import AbortVerdict, TaskState, abort_verdict
 from . import _live, _output
 from ._common import (
     EXIT_ABORTED,
@@ -31,27 +31,13 @@ from ._common import (
     yes_option,
 )
 
-#: What an abort request found: ``aborted`` (this request was recorded), ``already_aborting``
-#: (an earlier one was), ``already_finished`` (the task had ended), ``not_found``.
-Outcome = Literal["aborted", "already_aborting", "already_finished", "not_found"]
-
-
-def outcome_of(recorded: bool, state: TaskState | None) -> Outcome:
-    """Classify an abort request by what ``abort()`` returned and the state read after it
-    (``None``: there is no such task)."""
-    if state is None:
-        return "not_found"
-    if recorded:
-        return "aborted"
-    return "already_finished" if state.is_terminal else "already_aborting"
-
 
 @dataclass
 class Result:
     """What ``abort`` did to one task; with ``--wait``, how it ended."""
 
     id: str
-    outcome: Outcome
+    outcome: AbortVerdict
     #: The state after the request (after ``--wait``: the one it ended in); ``None``: no task.
     state: str | None
     #: ``--wait``: still running when the wait ended; ``None``: no wait.
@@ -194,7 +180,7 @@ async def _abort_one(handle: AbortHandle, reason: str, by: str | None) -> Result
         state: TaskState | None = (await handle.record()).state
     except TaskNotFound:
         state = None
-    return Result(handle.id, outcome_of(recorded, state), None if state is None else state.value)
+    return Result(handle.id, abort_verdict(recorded, state), None if state is None else state.value)
 
 
 def _abort_matching(

@@ -11,7 +11,7 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -21,8 +21,9 @@ from rich.text import Text
 
 from .. import __version__
 from .._app import App
-from .._errors import AioabortError
+from .._errors import AioabortError, UsageError
 from .._state import TaskState
+from .._types import parse_labels
 from . import _output
 
 T = TypeVar("T")
@@ -177,22 +178,10 @@ def cli(ctx: click.Context, db: str | None) -> None:
     ctx.obj["db"] = db
 
 
-def parse_labels(values: Iterable[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings as a dict (a later key wins; the value may hold ``=`` or be
-    empty). :raises ValueError: a string without ``=``, or with nothing before it."""
-    labels: dict[str, str] = {}
-    for value in values:
-        key, sep, text = value.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{value!r} is not KEY=VALUE")
-        labels[key] = text
-    return labels
-
-
 def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     try:
         return parse_labels(values)
-    except ValueError as exc:
+    except UsageError as exc:
         raise click.BadParameter(str(exc)) from None
 
 

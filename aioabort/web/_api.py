@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from .._app import App
 from .._errors import AioabortError, TaskNotFound, UsageError
-from .._state import TaskRecord
-from .._types import MAX_OFFSET, AbortReason
+from .._state import TaskRecord, abort_verdict
+from .._types import MAX_OFFSET, AbortReason, parse_labels
 
 R = TypeVar("R")
 
@@ -165,17 +165,6 @@ async def guarded(run: Callable[[], Awaitable[R]]) -> R | Answer:
         )
 
 
-def parse_labels(values: Sequence[str]) -> dict[str, str] | Answer:
-    """``label=KEY=VALUE`` query parameters (repeatable) as a dict, or a 400 answer."""
-    labels: dict[str, str] = {}
-    for value in values:
-        key, sep, text = value.partition("=")
-        if not sep or not key:
-            return _bad(f"label must be KEY=VALUE, got {value!r}")
-        labels[key] = text
-    return labels
-
-
 async def list_tasks(
     aborts: App,
     *,
@@ -195,9 +184,10 @@ async def list_tasks(
         return _bad("limit and offset are integers")
     if not 1 <= count <= 500 or not 0 <= skip <= MAX_OFFSET:
         return _bad(f"limit must be within 1..500 and offset within 0..{MAX_OFFSET}")
-    wanted_labels = parse_labels(labels)
-    if isinstance(wanted_labels, Answer):
-        return wanted_labels
+    try:
+        wanted_labels = parse_labels(labels)
+    except UsageError as exc:
+        return _bad(str(exc))
     records = await aborts.tasks(
         states=wanted or None,
         name=name or None,
@@ -244,11 +234,14 @@ async def abort(aborts: App, task_id: str, raw: bytes | None, by: str) -> Answer
     handle = aborts.handle(task_id)
     recorded = await handle.abort(message, by=by, create=create)
     try:
-        record = await handle.record()
+        record: TaskRecord | None = await handle.record()
     except TaskNotFound:
-        return Answer(404, {"error": "not_found", "task_id": task_id})
-    if not recorded and record.state.is_terminal:
-        return Answer(409, {"error": "already_finished", "task": record_json(aborts, record)})
+        record = None
+    verdict = abort_verdict(recorded, None if record is None else record.state)
+    if record is None:
+        return Answer(404, {"error": verdict, "task_id": task_id})
+    if verdict == "already_finished":
+        return Answer(409, {"error": verdict, "task": record_json(aborts, record)})
     return Answer(202, {"aborted": recorded, "task": record_json(aborts, record)})
 
 
