@@ -49,6 +49,8 @@ from .._backend import (
     AbortOutcome,
     Change,
     ChangeCallback,
+    OwnerInfo,
+    QuietOwner,
     StoreStatistics,
     WatchedIds,
 )
@@ -57,7 +59,10 @@ from .._state import parent_reason
 from .._types import AbortReason
 from . import _sql, mangled_userinfo, redact
 from ._seqcursor import SeqCursor
-from ._sqlstore import Connection, Row, SQLStore, load_queries, rule_values
+from ._sqlbase import nothing_changed
+from ._sqlliveness import quiet_owners
+from ._sqlstore import Connection, Row, SQLStore
+from .sql import load_queries, rule_values
 
 logger = logging.getLogger("aioabort.postgres")
 
@@ -426,24 +431,6 @@ class _Listener:
                 await asyncio.wait_for(self.wake.wait(), store.poll_interval)
 
 
-#: A coalesced notification of task ends holds ids until its JSON passes this many bytes (an
-#: id's JSON is at most 803, so a payload stays under NOTIFY's 8,000).
-_ENDS_PAYLOAD_BYTES = 7000
-
-
-def _notify_ended(channel: str) -> str:
-    """The CTE ``notified`` that announces the ids of a CTE ``ended`` on ``channel``: JSON
-    arrays of ids, as few as fit (guarantee G13: one notification per group commit, not per
-    task)."""
-    return f"""notified AS (
-    SELECT pg_notify('{channel}', json_agg(id)::text) FROM (
-        SELECT id, floor((sum(octet_length(to_json(id)::text) + 1) OVER (ORDER BY id)
-            - octet_length(to_json(id)::text) - 1) / {_ENDS_PAYLOAD_BYTES}) AS chunk
-        FROM ended
-    ) AS c GROUP BY chunk
-)"""
-
-
 def _abort_notice(payload: str) -> tuple[AbortNotice | None, str]:
     """An abort notification's payload: the notice, when it carries the reason, and the id."""
     data = json.loads(payload)
@@ -515,7 +502,6 @@ class PostgresStore(SQLStore):
                 "schema": self.schema,
                 "abort_channel": self.abort_channel,
                 "end_channel": self.end_channel,
-                "notify_ended": _notify_ended(self.end_channel),
                 "queue_prefix": _QUEUE_PREFIX,
                 "qualified_columns": _sql.columns("t"),
             },
@@ -674,6 +660,27 @@ class PostgresStore(SQLStore):
         self._changed([task_id, *(kid for kid, _ in kids)])
         notices = tuple(AbortNotice(kid, child, attempts) for kid, attempts in kids)
         return AbortOutcome(True, self._record(row), notices)
+
+    async def heartbeat(
+        self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
+    ) -> dict[str, QuietOwner] | None:
+        """A named exception to the generic flow: with ``lease``, the beat, the lease and the
+        quiet owners in one statement (``beat_and_lease``): one round trip per interval."""
+        if lease is None:
+            return await super().heartbeat(owner)
+        rows = await self._one(
+            "beat_and_lease",
+            owner.id,
+            owner.host,
+            owner.pid,
+            lease,
+            quiet,
+            write=True,
+            retry=True,
+            changed=nothing_changed,
+        )
+        # The holder gets a row with a NULL id first, then the quiet owners; others no row.
+        return quiet_owners(row for row in rows if row[0] is not None) if rows else None
 
     # -- watching ----------------------------------------------------------------------------
 

@@ -35,7 +35,8 @@ import aiosqlite
 from .._backend import AbortNotice, Change, ChangeCallback, StoreStatistics, WatchedIds
 from .._errors import AppClosed, InvalidURL, StoreBusy, StoreError, StoreUnavailable
 from . import _sql
-from ._sqlstore import Connection, Row, SQLStore, load_queries, rule_values
+from ._sqlstore import Connection, Row, SQLStore
+from .sql import load_queries, rule_values
 
 logger = logging.getLogger("aioabort.sqlite")
 
@@ -487,6 +488,20 @@ class SQLiteStore(SQLStore):
         if _is_busy(exc):
             return StoreBusy(f"the SQLite store {self._path!r} is locked: {exc}")
         return StoreError(f"SQLite error: {exc}")
+
+    async def purge(self, older_than: float, *, limit: int) -> list[str]:
+        """A named exception to the generic flow: a SQLite ``DELETE`` reaches one table, so
+        the purged records' abort-log rows and labels go in two more statements
+        (``purge_abort_log``, ``purge_labels``) of the same transaction."""
+
+        async def body(conn: Connection) -> list[str]:
+            ids = [row[0] for row in await self._rows(conn, "purge", older_than, limit)]
+            if ids:
+                await self._rows(conn, "purge_abort_log", ids)
+                await self._rows(conn, "purge_labels", ids)
+            return ids
+
+        return await self._write(body, retry=True, changed=lambda ids: ids)
 
     # -- watching ----------------------------------------------------------------------------
 

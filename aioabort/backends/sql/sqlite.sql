@@ -1,8 +1,13 @@
 -- The SQLite dialect of aioabort's store: every statement the SQL store runs, by name.
 -- postgres.sql has the same names with the same numbered parameters, so the two can be read
--- side by side. {placeholders} are filled once at load time from aioabort._state (guards,
--- the requeue rule, the lost-task error) and from the dialect ({now}); never from input.
--- Times are REAL seconds since the epoch, from SQLite's own clock. Lists are JSON arrays.
+-- side by side, apart from the names each file declares as its own:
+-- dialect-only: purge_abort_log, purge_labels
+-- (SQLiteStore's named override of purge: a SQLite DELETE reaches one table, so the purged
+-- records' abort-log rows and labels go in two more statements of the same transaction.)
+-- {placeholders} are filled once at load time from aioabort._state (guards, the requeue
+-- rule, the lost-task error), from the dialect ({now}) or from a fragment named earlier in
+-- the file; never from input. Times are REAL seconds since the epoch, from SQLite's own
+-- clock. Lists are JSON arrays.
 
 -- name: schema
 CREATE TABLE IF NOT EXISTS aioabort_meta (
@@ -354,8 +359,8 @@ GROUP BY t.queue, t.name
 ORDER BY MIN(t.created_at), t.queue, t.name;
 
 -- name: purge
--- Up to ?2 finished records that ended before ?1 seconds ago, oldest first, and their
--- abort-log rows; never a running or queued one.
+-- Up to ?2 finished records that ended before ?1 seconds ago, oldest first; never a running
+-- or queued one. (Their abort-log rows and labels: purge_abort_log, purge_labels.)
 DELETE FROM aioabort_tasks WHERE id IN (
     SELECT id FROM aioabort_tasks
     WHERE finished_at IS NOT NULL AND finished_at < {now} - ?1 AND +state IN {terminal}
