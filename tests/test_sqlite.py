@@ -11,7 +11,7 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
-from aioabort.backends._sqlstore import SCHEMA_VERSION
+from aioabort.backends._sqlbase import SCHEMA_VERSION
 from aioabort.backends.sqlite import SQLiteStore
 
 from .conftest import wait_until

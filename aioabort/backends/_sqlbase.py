@@ -13,13 +13,13 @@ import abc
 import json
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, LiteralString, Protocol, TypeVar
+from typing import Any, ClassVar, LiteralString, Protocol, Self, TypeVar
 
 from .._backend import AbortNotice, Change, ChangeCallback, Store, StoreStatistics
 from .._errors import StoreUnavailable
 from .._state import TaskRecord
 from .._types import AbortReason
-from . import _sql
+from . import _sql, redact
 from ._ddl import table_columns
 
 T = TypeVar("T")
@@ -49,11 +49,18 @@ class SQLBase(Store, abc.ABC):
     #: The named-query file: ``sql/<dialect>.sql``.
     dialect: ClassVar[str]
 
-    def __init__(self) -> None:
+    def __init__(self, url: str, *, poll_interval: float | None = None) -> None:
+        self.display_url = redact(url)
+        if poll_interval is not None:
+            self.poll_interval = poll_interval
         #: The dialect's statements by name (:func:`aioabort.backends.sql.load_queries`).
         self.queries: dict[str, LiteralString] = {}
         self._statements = 0
         self._on_change: ChangeCallback | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, poll_interval: float | None = None) -> Self:
+        return cls(url, poll_interval=poll_interval)
 
     # -- what a driver provides --------------------------------------------------------------
 

@@ -44,8 +44,8 @@ class SQLStore(LivenessFlows):
     nothing else can be awaited (``sqlite.py``); a body that awaits anything else fails there.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, url: str, *, poll_interval: float | None = None) -> None:
+        super().__init__(url, poll_interval=poll_interval)
         self._finishes = GroupCommit(self._finish_batch)
         self._creates = GroupCommit(self._create_batch)
 

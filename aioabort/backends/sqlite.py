@@ -315,21 +315,14 @@ class SQLiteStore(SQLStore):
     write_budget = 30.0
 
     def __init__(self, url: str, *, poll_interval: float | None = None) -> None:
-        super().__init__()
-        if poll_interval is not None:
-            self.poll_interval = poll_interval
+        super().__init__(url, poll_interval=poll_interval)
         self.queries = QUERIES
-        self.display_url = url
         self._path = parse_path(url)
         self._memory = self._path == ":memory:"
         self._conn: aiosqlite.Connection | None = None
         self._poller: _ChangePoller | None = None
         self._identity: tuple[int, int] | None = None  # the file's (device, inode) once open
         self._lost_reported = False
-
-    @classmethod
-    def from_url(cls, url: str, *, poll_interval: float | None = None) -> SQLiteStore:
-        return cls(url, poll_interval=poll_interval)
 
     @classmethod
     def check_url(cls, url: str) -> None:
