@@ -21,6 +21,16 @@ def path_of(url: str) -> str:
     return url[len("sqlite:///") :]
 
 
+def delete_store_file(path: Path) -> None:
+    """The database file and its WAL and shared-memory files, as a cleanup script would."""
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def file_lost_logged(caplog: pytest.LogCaptureFixture) -> bool:
+    return any(r.__dict__.get("action") == "store_file_lost" for r in caplog.records)
+
+
 async def test_wal_mode_and_schema_version(sqlite_url: str) -> None:
     async with aioabort.App(sqlite_url):
         pass
@@ -258,16 +268,12 @@ async def test_a_store_file_deleted_under_a_running_process_fails_loudly(
     path = Path(path_of(sqlite_url))
     async with aioabort.App(sqlite_url) as app:
         await app.create("before")
-        for suffix in ("", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        delete_store_file(path)
         if how == "replaced":  # another process starts afresh on the same path
             async with aioabort.App(sqlite_url) as newcomer:
                 await newcomer.create("in-the-new-file")
         # Idle, the watcher notices and says so...
-        await wait_until(
-            lambda: any(r.__dict__.get("action") == "store_file_lost" for r in caplog.records),
-            what="the error log",
-        )
+        await wait_until(lambda: file_lost_logged(caplog), what="the error log")
         # ...and every call fails instead of writing to a file nobody else sees.
         with pytest.raises(aioabort.StoreUnavailable, match="deleted or replaced"):
             await app.create("after")
@@ -278,6 +284,49 @@ async def test_a_store_file_deleted_under_a_running_process_fails_loudly(
             assert await reader.handle("in-the-new-file").state() is TaskState.PENDING
             with pytest.raises(aioabort.TaskNotFound):
                 await reader.handle("after").state()
+
+
+async def test_a_watcher_that_first_runs_after_the_file_was_deleted_only_reports_it(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher's connection is made, and its file checked, before watching starts: its
+    thread, however late it first runs, never opens the path itself (it made a new, empty
+    file there, or died on SQLite's "disk I/O error" with nobody told)."""
+    import threading
+
+    from aioabort.backends._sqlitewatch import ChangePoller
+
+    late: list[ChangePoller] = []
+    monkeypatch.setattr(ChangePoller, "start", lambda self: late.append(self))
+    path = Path(path_of(sqlite_url))
+    async with aioabort.App(sqlite_url) as app:
+        [poller] = late
+        await app.create("before")
+        delete_store_file(path)
+        threading.Thread.start(poller)  # as a thread slow to get going would
+        await wait_until(lambda: file_lost_logged(caplog), what="the error log")
+        assert not await asyncio.to_thread(path.exists)  # not made again, empty
+        with pytest.raises(aioabort.StoreUnavailable, match="deleted or replaced"):
+            await app.create("after")
+
+
+async def test_a_call_that_fails_as_the_file_goes_away_says_so(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race inside one call: the file is there when the call checks it, gone when SQLite
+    runs the statement, and SQLite says "disk I/O error": the caller is told the file went
+    away, not a puzzle."""
+    path = Path(path_of(sqlite_url))
+
+    def read_as_the_file_goes(conn: sqlite3.Connection, sql: str, args: object) -> list[object]:
+        delete_store_file(path)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async with aioabort.App(sqlite_url) as app:
+        await app.create("before")
+        monkeypatch.setattr(SQLiteStore, "_run_read", staticmethod(read_as_the_file_goes))
+        with pytest.raises(aioabort.StoreUnavailable, match="deleted or replaced"):
+            await app.handle("before").state()
 
 
 async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: str) -> None:
