@@ -1,5 +1,5 @@
 """What is particular to the PostgreSQL store: NOTIFY, reconnects, the late-commit race,
-schemas and the watcher's cost."""
+schemas and what each listener hears. (The watcher's cost: test_store_cost.py.)"""
 
 from __future__ import annotations
 
@@ -223,42 +223,6 @@ async def test_schema_is_created_once_and_versioned(postgres_url: str) -> None:
         await asyncio.gather(*(a.aclose() for a in apps))
     with pytest.raises(aioabort.StoreUnavailable, match="schema version 99"):
         await aioabort.App(postgres_url).open()
-
-
-async def test_watcher_statements_do_not_grow_with_open_scopes(postgres_url: str) -> None:
-    async with (
-        aioabort.App(postgres_url, poll_interval=0.02) as app,
-        aioabort.App(postgres_url) as producer,
-    ):
-
-        async def measure(count: int) -> tuple[int, int]:
-            release = asyncio.Event()
-            entered = [asyncio.Event() for _ in range(count)]
-
-            async def body(i: int) -> None:
-                async with aioabort.abortable(f"s{count}-{i}", app=app):
-                    entered[i].set()
-                    await release.wait()
-
-            tasks = [asyncio.create_task(body(i)) for i in range(count)]
-            for ev in entered:
-                await ev.wait()
-            before = app.watcher.statistics()
-            for i in range(5):  # commits by another App, and aborts of tasks not watched here
-                await producer.create(f"noise-{count}-{i}")
-                await producer.handle(f"noise-{count}-{i}").abort()
-            polls = before.polls
-            await wait_until(lambda: app.watcher.statistics().polls >= polls + 20)
-            after = app.watcher.statistics()
-            release.set()
-            await asyncio.gather(*tasks)
-            return after.polls - before.polls, after.statements - before.statements
-
-        polls_1, statements_1 = await measure(1)
-        polls_1000, statements_1000 = await measure(1000)
-    # One statement per poll; notifications of aborts for tasks not open here cost nothing.
-    assert statements_1 == polls_1
-    assert statements_1000 == polls_1000
 
 
 async def test_owner_that_never_beats_again_is_reaped(postgres_url: str) -> None:

@@ -1,4 +1,4 @@
-"""What is particular to the SQLite store: WAL, schema versions, locks, change detection cost."""
+"""What is particular to the SQLite store: WAL, schema versions, locks, a lost file."""
 
 from __future__ import annotations
 
@@ -107,63 +107,6 @@ async def test_lock_held_briefly_is_waited_out(sqlite_url: str) -> None:
         blocker.execute("COMMIT")
         blocker.close()
         assert await asyncio.wait_for(abort, 10) is True
-
-
-async def test_watcher_statements_do_not_grow_with_open_scopes(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    """Per poll the watcher runs one statement, plus two when another connection committed,
-    with 1 open scope and with 1,000."""
-
-    async def measure(app: aioabort.App, producer: aioabort.App, count: int) -> tuple[int, int]:
-        entered: list[asyncio.Event] = []
-        release = asyncio.Event()
-
-        async def body(i: int, ev: asyncio.Event) -> None:
-            async with aioabort.abortable(f"scope-{count}-{i}", app=app):
-                ev.set()
-                await release.wait()
-
-        tasks = []
-        for i in range(count):
-            ev = asyncio.Event()
-            entered.append(ev)
-            tasks.append(asyncio.create_task(body(i, ev)))
-        for ev in entered:
-            await ev.wait()
-        assert app.watcher.statistics().open_scopes == count
-        before = app.watcher.statistics()
-        for i in range(10):  # ten commits by another connection, each seen by the watcher
-            seen = app.watcher.statistics().changes
-            await producer.create(f"noise-{count}-{i}")
-
-            def seen_change(before: int = seen) -> bool:
-                return app.watcher.statistics().changes > before
-
-            await wait_until(seen_change)
-        after = app.watcher.statistics()
-        release.set()
-        await asyncio.gather(*tasks)
-        polls = after.polls - before.polls
-        statements = after.statements - before.statements
-        return polls, statements
-
-    # Heartbeats a minute apart: each is a commit by another connection, which the watcher
-    # rightly reads; with the default 5 s, a busy machine fitted three into the count.
-    async with (
-        aioabort.App(sqlite_url, heartbeat_interval=60.0, stale_after=120.0) as app,
-        aioabort.App(sqlite_url, heartbeat_interval=60.0, stale_after=120.0) as producer,
-    ):
-        polls_1, statements_1 = await measure(app, producer, 1)
-        polls_1000, statements_1000 = await measure(app, producer, 1000)
-    # One statement per poll, plus two per poll that saw a change (the abort log, and which
-    # records changed, for their waiters).
-    for polls, statements in ((polls_1, statements_1), (polls_1000, statements_1000)):
-        assert polls > 0
-        assert polls <= statements <= polls + 2 * 12
-    # Reading 1,000 open scopes' worth of ids would show up here; it does not.
-    assert statements_1000 - polls_1000 <= 2 * 12
-    assert statements_1 - polls_1 <= 2 * 12
 
 
 async def test_memory_store_works_in_one_process() -> None:
