@@ -61,6 +61,7 @@ def rule_values(json_object: str) -> dict[str, str]:
         "non_cascading": _sql.NON_CASCADING,
         "terminal": _sql.TERMINAL,
         "abort_case": _sql.abort_case(),
+        "abort_ends": _sql.ABORT_ENDS,
         "columns": _sql.COLUMNS,
         "requeue_reset": _sql.requeue_reset(),
         "requeue_when": _sql.requeue_when(),

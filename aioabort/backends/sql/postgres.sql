@@ -169,10 +169,15 @@ RETURNING {columns};
 SELECT abort_code, abort_message, abort_by, abort_at FROM {schema}.tasks
 WHERE id = $1 AND state IN {parent_aborted} AND abort_code NOT IN {non_cascading};
 
+-- name: abort_state
+-- A fragment, not a statement: what an abort request sets besides its reason (the state it
+-- moves to; a task it ends at once, a queued one, is finished now).
+state = {abort_case}, updated_at = clock_timestamp(),
+    finished_at = CASE WHEN state IN {abort_ends} THEN clock_timestamp() ELSE finished_at END
+
 -- name: abort_task
-UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
-    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+UPDATE {schema}.tasks SET {abort_state},
+    abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5
 WHERE id = $1 AND state IN {abortable}
 RETURNING {columns};
 
@@ -181,17 +186,15 @@ WITH RECURSIVE family(id) AS (
     SELECT id FROM {schema}.tasks WHERE parent_id = $1
     UNION SELECT t.id FROM {schema}.tasks AS t JOIN family AS f ON t.parent_id = f.id
 )
-UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
-    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+UPDATE {schema}.tasks SET {abort_state},
+    abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5
 WHERE id IN (SELECT id FROM family) AND state IN {abortable}
 RETURNING id, attempts;
 
 -- name: abort_tasks
 -- abort_task for many: $1 is a JSON array of ids (a batch of App.abort_many).
-UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
-    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+UPDATE {schema}.tasks SET {abort_state},
+    abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5
 WHERE id IN (SELECT json_array_elements_text($1::json)) AND state IN {abortable}
 RETURNING {columns};
 
@@ -217,15 +220,13 @@ WITH RECURSIVE family(id) AS (
     SELECT id FROM {schema}.tasks WHERE parent_id = $1
     UNION SELECT t.id FROM {schema}.tasks AS t JOIN family AS f ON t.parent_id = f.id
 ), root AS (
-    UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
-        abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-        finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+    UPDATE {schema}.tasks SET {abort_state},
+        abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5
     WHERE id = $1 AND state IN {abortable}
     RETURNING {columns}
 ), kids AS (
-    UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $6, abort_message = $7,
-        abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-        finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+    UPDATE {schema}.tasks SET {abort_state},
+        abort_code = $6, abort_message = $7, abort_by = $4, abort_at = $5
     WHERE id IN (SELECT id FROM family) AND state IN {abortable}
         AND EXISTS (SELECT 1 FROM root) AND $2 NOT IN {non_cascading}
     RETURNING id, attempts
