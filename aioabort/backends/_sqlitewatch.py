@@ -171,10 +171,6 @@ class ChangePoller(threading.Thread):
         self.polls = 0
         self.statements = 1  # the data_version read when it connected
 
-    @property
-    def event_driven(self) -> bool:
-        return self._events is not None
-
     def stop(self) -> None:
         self._stopping.set()
         if self._events is not None:
