@@ -14,7 +14,7 @@ import pytest
 import aioabort
 from aioabort import TaskState
 from aioabort.backends._ddl import table_columns
-from aioabort.backends._sqlstore import SCHEMA_VERSION
+from aioabort.backends._sqlbase import SCHEMA_VERSION
 from aioabort.backends.postgres import PostgresStore, parse_url
 from aioabort.backends.sqlite import QUERIES
 

@@ -1,19 +1,23 @@
 """What is particular to the PostgreSQL store: NOTIFY, reconnects, the late-commit race,
-schemas and the watcher's cost."""
+schemas and what each listener hears. (The watcher's cost: test_store_cost.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 import aioabort
 from aioabort import TaskState
-from aioabort.backends._sqlstore import SCHEMA_VERSION
+from aioabort.backends._sqlbase import SCHEMA_VERSION
 from aioabort.backends.postgres import PostgresStore, parse_url
+from aioabort.backends.postgres._options import LISTENER_NAME
 
 from .conftest import wait_until
 from .test_cross_process import child, read_line
@@ -30,6 +34,41 @@ def store_of(app: aioabort.App) -> PostgresStore:
     store = app.store
     assert isinstance(store, PostgresStore)
     return store
+
+
+async def listener_pids(conn: asyncpg.Connection) -> set[int]:
+    """The server processes of the listeners connected to the test database now (each
+    listener's connection is named in ``pg_stat_activity``)."""
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
+        "AND datname = current_database()",
+        LISTENER_NAME,
+    )
+    return {row[0] for row in rows}
+
+
+async def hears(app: aioabort.App, channel: str) -> bool:
+    """Whether ``app``'s listener LISTENs to ``channel`` now, seen from outside: one
+    transaction notifies ``channel``, then sends an abort notice on the abort channel (which
+    every listener hears). They arrive in that order, so once the notice is seen the count of
+    notifications says whether the first came too. Nothing else may be notified meanwhile."""
+    store = store_of(app)
+    notice = {"id": f"probe-{uuid.uuid4().hex}", "code": "user", "message": "probe"}
+    notice |= {"by": "test", "at": datetime.now(UTC).isoformat()}
+    notices = app.watcher.statistics().notices
+    before = store.statistics().notifications
+    conn = await asyncpg.connect(store.dsn)
+    try:
+        await conn.execute(
+            "SELECT pg_notify($1, '[]'), pg_notify($2, $3)",
+            channel,
+            store.abort_channel,
+            json.dumps(notice),
+        )
+    finally:
+        await conn.close()
+    await wait_until(lambda: app.watcher.statistics().notices > notices, what="the probe")
+    return store.statistics().notifications - before >= 2
 
 
 async def test_abort_from_another_process_is_pushed_by_notify(postgres_url: str) -> None:
@@ -82,21 +121,22 @@ async def test_listener_killed_while_abort_is_sent_is_still_delivered(postgres_u
 
         task = asyncio.create_task(body())
         await entered.wait()
-        pid = store_of(consumer).listener_pid()
-        assert pid is not None
         admin, _ = await raw(postgres_url)
         try:
-            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid) is True
+            killed = await listener_pids(admin)  # the consumer's and the producer's
+            assert len(killed) >= 2
+            for pid in killed:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid) is True
+            # Sent while the listener is down: no NOTIFY reaches it; the re-read after the
+            # reconnect must deliver it (the 60 s poll would be far too late).
+            assert await producer.handle("killed-listener").abort("while down") is True
+            with pytest.raises(aioabort.TaskAborted) as info:
+                await asyncio.wait_for(task, 10)
+            assert info.value.reason is not None and info.value.reason.message == "while down"
+            await wait_until(lambda: consumer.watcher.statistics().reconnects >= 1)
+            assert (await listener_pids(admin)) - killed  # on a connection of its own again
         finally:
             await admin.close()
-        # Sent while the listener is down: no NOTIFY reaches it; the re-read after the
-        # reconnect must deliver it (the 60 s poll would be far too late).
-        assert await producer.handle("killed-listener").abort("while down") is True
-        with pytest.raises(aioabort.TaskAborted) as info:
-            await asyncio.wait_for(task, 10)
-        assert info.value.reason is not None and info.value.reason.message == "while down"
-        await wait_until(lambda: consumer.watcher.statistics().reconnects >= 1)
-        assert store_of(consumer).listener_pid() not in (None, pid)
 
 
 async def test_late_commit_is_not_skipped_by_the_poll(postgres_url: str) -> None:
@@ -185,42 +225,6 @@ async def test_schema_is_created_once_and_versioned(postgres_url: str) -> None:
         await aioabort.App(postgres_url).open()
 
 
-async def test_watcher_statements_do_not_grow_with_open_scopes(postgres_url: str) -> None:
-    async with (
-        aioabort.App(postgres_url, poll_interval=0.02) as app,
-        aioabort.App(postgres_url) as producer,
-    ):
-
-        async def measure(count: int) -> tuple[int, int]:
-            release = asyncio.Event()
-            entered = [asyncio.Event() for _ in range(count)]
-
-            async def body(i: int) -> None:
-                async with aioabort.abortable(f"s{count}-{i}", app=app):
-                    entered[i].set()
-                    await release.wait()
-
-            tasks = [asyncio.create_task(body(i)) for i in range(count)]
-            for ev in entered:
-                await ev.wait()
-            before = app.watcher.statistics()
-            for i in range(5):  # commits by another App, and aborts of tasks not watched here
-                await producer.create(f"noise-{count}-{i}")
-                await producer.handle(f"noise-{count}-{i}").abort()
-            polls = before.polls
-            await wait_until(lambda: app.watcher.statistics().polls >= polls + 20)
-            after = app.watcher.statistics()
-            release.set()
-            await asyncio.gather(*tasks)
-            return after.polls - before.polls, after.statements - before.statements
-
-        polls_1, statements_1 = await measure(1)
-        polls_1000, statements_1000 = await measure(1000)
-    # One statement per poll; notifications of aborts for tasks not open here cost nothing.
-    assert statements_1 == polls_1
-    assert statements_1000 == polls_1000
-
-
 async def test_owner_that_never_beats_again_is_reaped(postgres_url: str) -> None:
     async with aioabort.App(postgres_url, heartbeat_interval=0.1, stale_after=0.5) as app:
         conn, schema = await raw(postgres_url)
@@ -244,19 +248,19 @@ async def test_listener_survives_whatever_its_poll_raises(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A supervisor: an error the driver (or a bug) raises in the listener never ends it."""
-    from aioabort.backends import postgres
+    from aioabort.backends.postgres._listener import Listener
 
     polls = 0
-    original = postgres._Listener.poll
+    original = Listener.poll
 
-    async def poll(self: postgres._Listener) -> None:
+    async def poll(self: Listener) -> None:
         nonlocal polls
         polls += 1
         if polls == 2:
             raise RuntimeError("a surprise from the driver")
         await original(self)
 
-    monkeypatch.setattr(postgres._Listener, "poll", poll)
+    monkeypatch.setattr(Listener, "poll", poll)
     async with (
         aioabort.App(postgres_url, poll_interval=0.05) as consumer,
         aioabort.App(postgres_url) as producer,
@@ -344,7 +348,6 @@ async def test_a_process_hears_only_what_it_needs(postgres_url: str) -> None:
         @busy.task(queue="somewhere")
         async def queued() -> None: ...
 
-        assert store_of(quiet).listening() == {store_of(quiet).abort_channel}
         before = quiet.watcher.statistics().notifications
         for i in range(5):
             async with aioabort.abortable(f"ends-{i}", app=busy):
@@ -366,19 +369,19 @@ async def test_waiters_and_workers_subscribe_to_what_they_wait_for(
         store = store_of(app)
         await app.create("awaited")
         waiter = asyncio.create_task(app.handle("awaited").wait(timeout=30))
-        await wait_until(lambda: store.end_channel in store.listening(), what="LISTEN ends")
+        await wait_until(lambda: hears(app, store.end_channel), what="LISTEN ends")
         await other.handle("awaited").abort("seen through the end channel")
         assert (await waiter).state is TaskState.ABORTED
-        await wait_until(lambda: store.end_channel not in store.listening(), what="UNLISTEN")
+        await wait_until(lambda: _not(hears(app, store.end_channel)), what="UNLISTEN")
 
         worker = aioabort.Worker(app, queues=["mine"])
         running = asyncio.create_task(worker.run())
-        await wait_until(lambda: store.queue_channel("mine") in store.listening())
-        assert store.queue_channel("theirs") not in store.listening()
+        await wait_until(lambda: hears(app, store.queue_channel("mine")), what="LISTEN mine")
+        assert not await hears(app, store.queue_channel("theirs"))
         assert len({store.queue_channel(q) for q in ("mine", "theirs", "x" * 5000)}) == 3
         worker.stop()
         await running
-        await wait_until(lambda: store.queue_channel("mine") not in store.listening())
+        await wait_until(lambda: _not(hears(app, store.queue_channel("mine"))), what="UNLISTEN")
 
 
 async def test_ends_are_coalesced_into_few_notifications_yet_every_id_arrives(
@@ -437,13 +440,11 @@ async def test_abort_many_retries_a_read_whose_connection_dropped(
             await admin.execute(f"LOCK TABLE {schema}.tasks IN ACCESS EXCLUSIVE MODE")
 
             async def kill_then_unlock() -> None:
-                listener = store_of(app).listener_pid()
-
                 async def blocked() -> list[int]:
                     rows = await admin.fetch(
                         "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND datname = current_database() AND pid <> $1",
-                        listener or 0,
+                        "AND datname = current_database() AND application_name <> $1",
+                        LISTENER_NAME,
                     )
                     return [row[0] for row in rows]
 
@@ -468,3 +469,7 @@ async def test_abort_many_retries_a_read_whose_connection_dropped(
 
 async def _any(rows: Awaitable[list[int]]) -> bool:
     return bool(await rows)
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value

@@ -1,4 +1,4 @@
-"""What is particular to the SQLite store: WAL, schema versions, locks, change detection cost."""
+"""What is particular to the SQLite store: WAL, schema versions, locks, a lost file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
-from aioabort.backends._sqlstore import SCHEMA_VERSION
+from aioabort.backends._sqlbase import SCHEMA_VERSION
 from aioabort.backends.sqlite import SQLiteStore
 
 from .conftest import wait_until
@@ -19,6 +19,16 @@ from .conftest import wait_until
 
 def path_of(url: str) -> str:
     return url[len("sqlite:///") :]
+
+
+def delete_store_file(path: Path) -> None:
+    """The database file and its WAL and shared-memory files, as a cleanup script would."""
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def file_lost_logged(caplog: pytest.LogCaptureFixture) -> bool:
+    return any(r.__dict__.get("action") == "store_file_lost" for r in caplog.records)
 
 
 async def test_wal_mode_and_schema_version(sqlite_url: str) -> None:
@@ -97,63 +107,6 @@ async def test_lock_held_briefly_is_waited_out(sqlite_url: str) -> None:
         blocker.execute("COMMIT")
         blocker.close()
         assert await asyncio.wait_for(abort, 10) is True
-
-
-async def test_watcher_statements_do_not_grow_with_open_scopes(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    """Per poll the watcher runs one statement, plus two when another connection committed,
-    with 1 open scope and with 1,000."""
-
-    async def measure(app: aioabort.App, producer: aioabort.App, count: int) -> tuple[int, int]:
-        entered: list[asyncio.Event] = []
-        release = asyncio.Event()
-
-        async def body(i: int, ev: asyncio.Event) -> None:
-            async with aioabort.abortable(f"scope-{count}-{i}", app=app):
-                ev.set()
-                await release.wait()
-
-        tasks = []
-        for i in range(count):
-            ev = asyncio.Event()
-            entered.append(ev)
-            tasks.append(asyncio.create_task(body(i, ev)))
-        for ev in entered:
-            await ev.wait()
-        assert app.watcher.statistics().open_scopes == count
-        before = app.watcher.statistics()
-        for i in range(10):  # ten commits by another connection, each seen by the watcher
-            seen = app.watcher.statistics().changes
-            await producer.create(f"noise-{count}-{i}")
-
-            def seen_change(before: int = seen) -> bool:
-                return app.watcher.statistics().changes > before
-
-            await wait_until(seen_change)
-        after = app.watcher.statistics()
-        release.set()
-        await asyncio.gather(*tasks)
-        polls = after.polls - before.polls
-        statements = after.statements - before.statements
-        return polls, statements
-
-    # Heartbeats a minute apart: each is a commit by another connection, which the watcher
-    # rightly reads; with the default 5 s, a busy machine fitted three into the count.
-    async with (
-        aioabort.App(sqlite_url, heartbeat_interval=60.0, stale_after=120.0) as app,
-        aioabort.App(sqlite_url, heartbeat_interval=60.0, stale_after=120.0) as producer,
-    ):
-        polls_1, statements_1 = await measure(app, producer, 1)
-        polls_1000, statements_1000 = await measure(app, producer, 1000)
-    # One statement per poll, plus two per poll that saw a change (the abort log, and which
-    # records changed, for their waiters).
-    for polls, statements in ((polls_1, statements_1), (polls_1000, statements_1000)):
-        assert polls > 0
-        assert polls <= statements <= polls + 2 * 12
-    # Reading 1,000 open scopes' worth of ids would show up here; it does not.
-    assert statements_1000 - polls_1000 <= 2 * 12
-    assert statements_1 - polls_1 <= 2 * 12
 
 
 async def test_memory_store_works_in_one_process() -> None:
@@ -258,16 +211,12 @@ async def test_a_store_file_deleted_under_a_running_process_fails_loudly(
     path = Path(path_of(sqlite_url))
     async with aioabort.App(sqlite_url) as app:
         await app.create("before")
-        for suffix in ("", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        delete_store_file(path)
         if how == "replaced":  # another process starts afresh on the same path
             async with aioabort.App(sqlite_url) as newcomer:
                 await newcomer.create("in-the-new-file")
         # Idle, the watcher notices and says so...
-        await wait_until(
-            lambda: any(r.__dict__.get("action") == "store_file_lost" for r in caplog.records),
-            what="the error log",
-        )
+        await wait_until(lambda: file_lost_logged(caplog), what="the error log")
         # ...and every call fails instead of writing to a file nobody else sees.
         with pytest.raises(aioabort.StoreUnavailable, match="deleted or replaced"):
             await app.create("after")
@@ -278,6 +227,49 @@ async def test_a_store_file_deleted_under_a_running_process_fails_loudly(
             assert await reader.handle("in-the-new-file").state() is TaskState.PENDING
             with pytest.raises(aioabort.TaskNotFound):
                 await reader.handle("after").state()
+
+
+async def test_a_watcher_that_first_runs_after_the_file_was_deleted_only_reports_it(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher's connection is made, and its file checked, before watching starts: its
+    thread, however late it first runs, never opens the path itself (it made a new, empty
+    file there, or died on SQLite's "disk I/O error" with nobody told)."""
+    import threading
+
+    from aioabort.backends._sqlitewatch import ChangePoller
+
+    late: list[ChangePoller] = []
+    monkeypatch.setattr(ChangePoller, "start", lambda self: late.append(self))
+    path = Path(path_of(sqlite_url))
+    async with aioabort.App(sqlite_url) as app:
+        [poller] = late
+        await app.create("before")
+        delete_store_file(path)
+        threading.Thread.start(poller)  # as a thread slow to get going would
+        await wait_until(lambda: file_lost_logged(caplog), what="the error log")
+        assert not await asyncio.to_thread(path.exists)  # not made again, empty
+        with pytest.raises(aioabort.StoreUnavailable, match="deleted or replaced"):
+            await app.create("after")
+
+
+async def test_a_call_that_fails_as_the_file_goes_away_says_so(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race inside one call: the file is there when the call checks it, gone when SQLite
+    runs the statement, and SQLite says "disk I/O error": the caller is told the file went
+    away, not a puzzle."""
+    path = Path(path_of(sqlite_url))
+
+    def read_as_the_file_goes(conn: sqlite3.Connection, sql: str, args: object) -> list[object]:
+        delete_store_file(path)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async with aioabort.App(sqlite_url) as app:
+        await app.create("before")
+        monkeypatch.setattr(SQLiteStore, "_run_read", staticmethod(read_as_the_file_goes))
+        with pytest.raises(aioabort.StoreUnavailable, match="deleted or replaced"):
+            await app.handle("before").state()
 
 
 async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: str) -> None:

@@ -40,6 +40,8 @@ def abort_case() -> str:
 
 
 ABORTABLE = in_list(ABORTABLE_STATES)
+#: The states an abort request ends at once (a queued task never runs: ABORTED, finished now).
+ABORT_ENDS = in_list({s for s in ABORTABLE_STATES if after_abort_request(s) in TERMINAL_STATES})
 RUNNING = in_list(FINISHABLE_STATES)
 
 #: Columns read into a TaskRecord, in order.

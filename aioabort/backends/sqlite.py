@@ -9,7 +9,11 @@ statements are ``sql/sqlite.sql``.
   until a budget runs out (then :class:`StoreBusy`).
 * Cross-process change detection: a small thread polls ``PRAGMA data_version`` on its own
   connection (a few microseconds a poll) and, only when it changed, reads the abort log by
-  sequence number. Two statements at most per poll, however many scopes are open.
+  sequence number. Two statements at most per poll, however many scopes are open
+  (:mod:`._sqlitewatch`).
+* A file deleted or replaced under a running process fails every call with
+  :class:`StoreUnavailable`, whatever SQLite made of it (often "disk I/O error"): a process
+  never writes on into a file nobody else sees.
 * ``sqlite:///:memory:`` keeps everything in one connection of one process (tests).
 """
 
@@ -17,14 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
-import select
 import sqlite3
-import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -32,10 +31,12 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from .._backend import AbortNotice, Change, ChangeCallback, StoreStatistics, WatchedIds
+from .._backend import ChangeCallback, StoreStatistics, WatchedIds
 from .._errors import AppClosed, InvalidURL, StoreBusy, StoreError, StoreUnavailable
 from . import _sql
-from ._sqlstore import Connection, Row, SQLStore, load_queries, rule_values
+from ._sqlitewatch import ChangePoller, Identity, connect_watcher, file_identity
+from ._sqlstore import Connection, Row, SQLStore
+from .sql import load_queries, rule_values
 
 logger = logging.getLogger("aioabort.sqlite")
 
@@ -78,206 +79,6 @@ def parse_path(url: str) -> str:
     return path
 
 
-def _file_identity(path: str) -> tuple[int, int] | None:
-    """The file's (device, inode), or ``None`` if there is no file at ``path``."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-class _FileEvents:
-    """Linux inotify on the database's directory: wakes the watcher when any process writes
-    the WAL, so an idle watcher sleeps instead of polling. ``None`` where unavailable."""
-
-    _IN_MODIFY = 0x00000002
-    _IN_CREATE = 0x00000100
-    _IN_MOVED_TO = 0x00000080
-    _IN_MOVED_FROM = 0x00000040
-    _IN_DELETE = 0x00000200
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._wake_r, self._wake_w = os.pipe()
-
-    @classmethod
-    def open(cls, directory: str) -> _FileEvents | None:
-        if not sys.platform.startswith("linux"):
-            return None
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-            if fd < 0:
-                return None
-            mask = (
-                cls._IN_MODIFY
-                | cls._IN_CREATE
-                | cls._IN_MOVED_TO
-                | cls._IN_MOVED_FROM
-                | cls._IN_DELETE
-            )
-            if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-                os.close(fd)
-                return None
-        except (OSError, AttributeError):
-            return None
-        return cls(fd)
-
-    def wait(self, timeout: float) -> bool:
-        """Block until a file event (True), a wake-up, or ``timeout`` (False)."""
-        ready, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
-        if self._fd in ready:
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self._fd, 65536):
-                    pass
-            return True
-        return False
-
-    def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-
-    def close(self) -> None:
-        for fd in (self._fd, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-class _ChangePoller(threading.Thread):
-    """Checks ``PRAGMA data_version`` on its own connection; reads the abort log on change.
-
-    On Linux it sleeps until inotify reports a write in the database's directory, then checks
-    every ``interval`` seconds for :data:`_BURST` seconds (a commit's WAL write can be seen a
-    moment before its index update), and otherwise every :data:`_SAFETY` seconds. Elsewhere it
-    checks every ``interval`` seconds.
-    """
-
-    _BURST = 0.02
-    _SAFETY = 0.25
-
-    def __init__(
-        self,
-        path: str,
-        interval: float,
-        last_seq: int,
-        since: float,
-        loop: asyncio.AbstractEventLoop,
-        deliver: Callable[[Change], None],
-        on_lost: Callable[[], None],
-    ) -> None:
-        super().__init__(name="aioabort-sqlite-watcher", daemon=True)
-        self._on_lost = on_lost
-        self._identity = _file_identity(path)
-        self._path = path
-        self._interval = interval
-        self._last_seq = last_seq
-        #: Changes were reported up to this record time (inclusive: see _changed_ids), and
-        #: the rows reported at exactly that time.
-        self._since = since
-        self._at_since: set[tuple[Any, ...]] = set()
-        self._loop = loop
-        self._deliver = deliver
-        self._stopping = threading.Event()
-        self._events = _FileEvents.open(os.path.dirname(os.path.abspath(path)))
-        self.polls = 0
-        self.statements = 0
-
-    @property
-    def event_driven(self) -> bool:
-        return self._events is not None
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._events is not None:
-            self._events.wake()
-
-    def run(self) -> None:
-        try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
-        except sqlite3.Error:
-            logger.exception("the SQLite change watcher could not connect")
-            return
-        try:
-            self._loop_forever(conn)
-        finally:
-            conn.close()
-            if self._events is not None:
-                self._events.close()
-
-    def _sleep(self, burst_until: float) -> float:
-        """Wait for the next check; returns the new end of the fast-check burst."""
-        events = self._events
-        if events is None:
-            self._stopping.wait(self._interval)
-            return burst_until
-        now = time.monotonic()
-        if now < burst_until:
-            if events.wait(self._interval):
-                return time.monotonic() + self._BURST
-            return burst_until
-        if events.wait(self._SAFETY):
-            return time.monotonic() + self._BURST
-        return burst_until
-
-    def _loop_forever(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        self.statements += 1
-        burst_until = 0.0
-        while True:
-            burst_until = self._sleep(burst_until)
-            if self._stopping.is_set():
-                return
-            if _file_identity(self._path) != self._identity:
-                # Deleted or replaced: say so now, even if this process is idle.
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._on_lost)
-                return
-            self.polls += 1
-            try:
-                current = conn.execute("PRAGMA data_version").fetchone()[0]
-                self.statements += 1
-                if current == version:
-                    continue
-                rows = conn.execute(QUERIES["aborts_since"], (self._last_seq,)).fetchall()
-                changed = conn.execute(QUERIES["changed_since"], (self._since,)).fetchall()
-                self.statements += 2
-            except sqlite3.Error as exc:
-                logger.warning(
-                    "SQLite change poll failed; retrying",
-                    extra={"action": "poll_failed", "error": str(exc)},
-                )
-                continue
-            version = current
-            notices: list[AbortNotice] = []
-            for seq, task_id, code, message, by, at, attempt in rows:
-                self._last_seq = seq
-                reason = _sql.reason_from(code, message, by, _ts(at))
-                if reason is not None:
-                    notices.append(AbortNotice(task_id, reason, attempt))
-            ids = self._changed_ids(changed)
-            try:
-                self._loop.call_soon_threadsafe(self._deliver, Change(tuple(notices), ids=ids))
-            except RuntimeError:  # the event loop is closed: nobody is left to tell
-                return
-
-    def _changed_ids(self, rows: list[tuple[Any, ...]]) -> frozenset[str]:
-        """The ids of ``changed_since`` rows not reported before. A row at the very instant
-        of the last read is read again and told apart by what a waiter sees (state, progress,
-        message, abort), since a second change within one millisecond carries the same time."""
-        fresh = set()
-        for row in rows:
-            at = row[1]
-            if at > self._since:
-                self._since, self._at_since = at, set()
-            if at == self._since:
-                if row in self._at_since:
-                    continue
-                self._at_since.add(row)
-            fresh.add(row[0])
-        return frozenset(fresh)
-
-
 class _ThreadConn:
     """A flow's connection inside the driver's thread: each statement runs at once."""
 
@@ -314,21 +115,14 @@ class SQLiteStore(SQLStore):
     write_budget = 30.0
 
     def __init__(self, url: str, *, poll_interval: float | None = None) -> None:
-        super().__init__()
-        if poll_interval is not None:
-            self.poll_interval = poll_interval
+        super().__init__(url, poll_interval=poll_interval)
         self.queries = QUERIES
-        self.display_url = url
         self._path = parse_path(url)
         self._memory = self._path == ":memory:"
         self._conn: aiosqlite.Connection | None = None
-        self._poller: _ChangePoller | None = None
-        self._identity: tuple[int, int] | None = None  # the file's (device, inode) once open
+        self._poller: ChangePoller | None = None
+        self._identity: Identity | None = None  # the file's, once open
         self._lost_reported = False
-
-    @classmethod
-    def from_url(cls, url: str, *, poll_interval: float | None = None) -> SQLiteStore:
-        return cls(url, poll_interval=poll_interval)
 
     @classmethod
     def check_url(cls, url: str) -> None:
@@ -340,11 +134,7 @@ class SQLiteStore(SQLStore):
         if not self._memory:
             self._check_location()
         try:
-            conn = await aiosqlite.connect(self._path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open the SQLite store {self._path!r}: {exc}") from exc
-        self._conn = conn
-        try:
+            self._conn = conn = await aiosqlite.connect(self._path, isolation_level=None)
             await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if not self._memory:
                 mode = await conn.execute_fetchall("PRAGMA journal_mode = WAL")
@@ -353,13 +143,14 @@ class SQLiteStore(SQLStore):
             await conn.execute("PRAGMA synchronous = NORMAL")
             await self._ensure_schema()
             if not self._memory:
-                self._identity = _file_identity(self._path)
+                self._identity = file_identity(self._path)
         except BaseException as exc:
-            await conn.close()
-            self._conn = None
+            opened, self._conn = self._conn, None
+            if opened is not None:
+                await opened.close()
             if isinstance(exc, StoreUnavailable) or not isinstance(exc, StoreError | sqlite3.Error):
                 raise
-            raise StoreUnavailable(f"cannot use the SQLite store {self._path!r}: {exc}") from exc
+            raise StoreUnavailable(f"cannot open the SQLite store {self._path!r}: {exc}") from exc
 
     def _check_location(self) -> None:
         path = os.path.abspath(self._path)
@@ -394,12 +185,16 @@ class SQLiteStore(SQLStore):
     def _require(self) -> aiosqlite.Connection:
         if self._conn is None:
             raise AppClosed("the SQLite store is not open")
-        if self._identity is not None and _file_identity(self._path) != self._identity:
+        if self._file_lost():
             # Deleted or replaced under us: writes would go to a file nobody else sees (and
             # reads come from one), a silent split brain. Fail every call, loudly, instead.
             self._report_lost()
             raise StoreUnavailable(self._lost_message())
         return self._conn
+
+    def _file_lost(self) -> bool:
+        """Whether the file at the store's path is no longer the one this process opened."""
+        return self._identity is not None and file_identity(self._path) != self._identity
 
     def _lost_message(self) -> str:
         return (
@@ -443,11 +238,21 @@ class SQLiteStore(SQLStore):
             # aiosqlite runs each call in its connection's own thread; _execute is how its
             # public methods do it, and here it carries a whole transaction.
             result: T = await conn._execute(fn, conn._conn, *args)  # type: ignore[no-untyped-call]
-        except sqlite3.OperationalError as exc:
-            raise self._error(exc) from exc
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite error: {exc}") from exc
+            raise self._store_error(exc) from exc
         return result
+
+    def _store_error(self, exc: sqlite3.Error) -> StoreError:
+        """The aioabort error that the driver's error ``exc`` means: :class:`StoreUnavailable`
+        when the file was deleted or replaced meanwhile (whatever SQLite made of that, often
+        "disk I/O error"), :class:`StoreBusy` for a lock held past the busy timeout,
+        :class:`StoreError` otherwise."""
+        if self._file_lost():
+            self._report_lost()
+            return StoreUnavailable(self._lost_message())
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            return StoreBusy(f"the SQLite store {self._path!r} is locked: {exc}")
+        return StoreError(f"SQLite error: {exc}")
 
     @staticmethod
     def _run_read(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Row]:
@@ -483,10 +288,19 @@ class SQLiteStore(SQLStore):
             raise
         return result
 
-    def _error(self, exc: sqlite3.OperationalError) -> StoreError:
-        if _is_busy(exc):
-            return StoreBusy(f"the SQLite store {self._path!r} is locked: {exc}")
-        return StoreError(f"SQLite error: {exc}")
+    async def purge(self, older_than: float, *, limit: int) -> list[str]:
+        """A named exception to the generic flow: a SQLite ``DELETE`` reaches one table, so
+        the purged records' abort-log rows and labels go in two more statements
+        (``purge_abort_log``, ``purge_labels``) of the same transaction."""
+
+        async def body(conn: Connection) -> list[str]:
+            ids = [row[0] for row in await self._rows(conn, "purge", older_than, limit)]
+            if ids:
+                await self._rows(conn, "purge_abort_log", ids)
+                await self._rows(conn, "purge_labels", ids)
+            return ids
+
+        return await self._write(body, retry=True, changed=lambda ids: ids)
 
     # -- watching ----------------------------------------------------------------------------
 
@@ -494,16 +308,29 @@ class SQLiteStore(SQLStore):
         self._on_change = on_change
         if self._memory:
             return  # one connection, one process: every change is local
-        rows = await self._one("max_abort_seq")
-        since = await self._one("max_updated")
-        poller = _ChangePoller(
+        identity = self._identity
+        assert identity is not None  # set by open()
+        # Its connection first: a commit after this data_version is seen by its first check.
+        connected = await asyncio.to_thread(
+            connect_watcher, self._path, identity, self._lost_message()
+        )
+        try:
+            last_seq = int((await self._one("max_abort_seq"))[0][0])
+            since = float((await self._one("max_updated"))[0][0])
+        except BaseException:
+            connected[0].close()
+            raise
+        poller = ChangePoller(
+            connected,
             self._path,
-            self.poll_interval,
-            int(rows[0][0]),
-            float(since[0][0]),
-            asyncio.get_running_loop(),
-            on_change,
-            self._report_lost,
+            identity,
+            interval=self.poll_interval,
+            cursor=(last_seq, since),
+            queries=self.queries,
+            notices=self.notices,
+            loop=asyncio.get_running_loop(),
+            deliver=on_change,
+            on_lost=self._report_lost,
         )
         poller.start()
         self._poller = poller

@@ -1,12 +1,17 @@
 -- The PostgreSQL dialect of aioabort's store: every statement the SQL store runs, by name.
 -- sqlite.sql has the same names with the same numbered parameters, so the two can be read
--- side by side. {placeholders} are filled once at load time from aioabort._state (guards,
--- the requeue rule, the lost-task error) and from the store (the schema and the channels,
--- both checked identifiers); never from input. Times come from the server's clock. Lists
--- are JSON arrays. Notifications commit with the write that causes them (NOTIFY is sent at
--- commit, and only then), inside the same statement: one round trip. New work on a queue is
--- notified on that queue's own channel ({queue_prefix} and 20 hex digits of the md5 of
--- "schema:queue", as PostgresStore.queue_channel computes it), so only its workers hear it.
+-- side by side, apart from the names each file declares as its own:
+-- dialect-only: notify_ended, request_abort, beat_and_lease
+-- (PostgresStore's named overrides, request_abort and heartbeat, each one statement where
+-- the shared flow runs several; notify_ended is a fragment of this file's statements.)
+-- {placeholders} are filled once at load time from aioabort._state (guards, the requeue
+-- rule, the lost-task error), from the store (the schema and the channels, both checked
+-- identifiers) or from a fragment named earlier in the file; never from input. Times come
+-- from the server's clock. Lists are JSON arrays. Notifications commit with the write that
+-- causes them (NOTIFY is sent at commit, and only then), inside the same statement: one
+-- round trip. New work on a queue is notified on that queue's own channel ({queue_prefix}
+-- and 20 hex digits of the md5 of "schema:queue", as PostgresStore.queue_channel computes
+-- it), so only its workers hear it.
 
 -- name: schema
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -164,10 +169,15 @@ RETURNING {columns};
 SELECT abort_code, abort_message, abort_by, abort_at FROM {schema}.tasks
 WHERE id = $1 AND state IN {parent_aborted} AND abort_code NOT IN {non_cascading};
 
+-- name: abort_state
+-- A fragment, not a statement: what an abort request sets besides its reason (the state it
+-- moves to; a task it ends at once, a queued one, is finished now).
+state = {abort_case}, updated_at = clock_timestamp(),
+    finished_at = CASE WHEN state IN {abort_ends} THEN clock_timestamp() ELSE finished_at END
+
 -- name: abort_task
-UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
-    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+UPDATE {schema}.tasks SET {abort_state},
+    abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5
 WHERE id = $1 AND state IN {abortable}
 RETURNING {columns};
 
@@ -176,17 +186,15 @@ WITH RECURSIVE family(id) AS (
     SELECT id FROM {schema}.tasks WHERE parent_id = $1
     UNION SELECT t.id FROM {schema}.tasks AS t JOIN family AS f ON t.parent_id = f.id
 )
-UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
-    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+UPDATE {schema}.tasks SET {abort_state},
+    abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5
 WHERE id IN (SELECT id FROM family) AND state IN {abortable}
 RETURNING id, attempts;
 
 -- name: abort_tasks
 -- abort_task for many: $1 is a JSON array of ids (a batch of App.abort_many).
-UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
-    abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-    finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+UPDATE {schema}.tasks SET {abort_state},
+    abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5
 WHERE id IN (SELECT json_array_elements_text($1::json)) AND state IN {abortable}
 RETURNING {columns};
 
@@ -212,15 +220,13 @@ WITH RECURSIVE family(id) AS (
     SELECT id FROM {schema}.tasks WHERE parent_id = $1
     UNION SELECT t.id FROM {schema}.tasks AS t JOIN family AS f ON t.parent_id = f.id
 ), root AS (
-    UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $2, abort_message = $3,
-        abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-        finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+    UPDATE {schema}.tasks SET {abort_state},
+        abort_code = $2, abort_message = $3, abort_by = $4, abort_at = $5
     WHERE id = $1 AND state IN {abortable}
     RETURNING {columns}
 ), kids AS (
-    UPDATE {schema}.tasks SET state = {abort_case}, abort_code = $6, abort_message = $7,
-        abort_by = $4, abort_at = $5, updated_at = clock_timestamp(),
-        finished_at = CASE WHEN state = 'PENDING' THEN clock_timestamp() ELSE finished_at END
+    UPDATE {schema}.tasks SET {abort_state},
+        abort_code = $6, abort_message = $7, abort_by = $4, abort_at = $5
     WHERE id IN (SELECT id FROM family) AND state IN {abortable}
         AND EXISTS (SELECT 1 FROM root) AND $2 NOT IN {non_cascading}
     RETURNING id, attempts
@@ -244,9 +250,22 @@ SELECT root.*, (SELECT count(*) FROM notified) AS notified,
     (SELECT json_agg(json_build_array(id, attempts)) FROM kids)::text AS kids
 FROM root;
 
+-- name: notify_ended
+-- A fragment, not a statement: the CTE "notified" that announces the ids of a CTE "ended" on
+-- the end channel, as JSON arrays of ids, as few as fit (guarantee G13: one notification per
+-- group commit, not per task). An array holds ids until its JSON passes 7,000 bytes (an id's
+-- JSON is at most 803, so a payload stays under NOTIFY's 8,000).
+notified AS (
+    SELECT pg_notify('{end_channel}', json_agg(id)::text) FROM (
+        SELECT id, floor((sum(octet_length(to_json(id)::text) + 1) OVER (ORDER BY id)
+            - octet_length(to_json(id)::text) - 1) / 7000) AS chunk
+        FROM ended
+    ) AS c GROUP BY chunk
+)
+
 -- name: finish_batch
 -- $1: a JSON array of [id, owner, state, result, error]; the ids ended, coalesced into as few
--- notifications as fit (postgres.py: _notify_ended).
+-- notifications as fit (notify_ended).
 WITH v AS (
     SELECT e ->> 0 AS id, e ->> 1 AS owner, e ->> 2 AS state, e ->> 3 AS result,
         e ->> 4 AS error
@@ -355,7 +374,8 @@ ON CONFLICT (id) DO UPDATE SET last_seen = clock_timestamp(),
 
 -- name: take_lease
 -- The fleet's reaper lease: $1 takes it when it is free or expired, or renews it, for $2
--- seconds; a row comes back only to its holder.
+-- seconds; a row comes back only to its holder. (take_lease and quiet_owners are the shared
+-- heartbeat flow's; PostgresStore runs beat_and_lease instead.)
 INSERT INTO {schema}.leases (name, holder, expires)
 VALUES ('reaper', $1, clock_timestamp() + make_interval(secs => $2))
 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires

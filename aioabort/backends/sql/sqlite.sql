@@ -1,8 +1,13 @@
 -- The SQLite dialect of aioabort's store: every statement the SQL store runs, by name.
 -- postgres.sql has the same names with the same numbered parameters, so the two can be read
--- side by side. {placeholders} are filled once at load time from aioabort._state (guards,
--- the requeue rule, the lost-task error) and from the dialect ({now}); never from input.
--- Times are REAL seconds since the epoch, from SQLite's own clock. Lists are JSON arrays.
+-- side by side, apart from the names each file declares as its own:
+-- dialect-only: purge_abort_log, purge_labels
+-- (SQLiteStore's named override of purge: a SQLite DELETE reaches one table, so the purged
+-- records' abort-log rows and labels go in two more statements of the same transaction.)
+-- {placeholders} are filled once at load time from aioabort._state (guards, the requeue
+-- rule, the lost-task error), from the dialect ({now}) or from a fragment named earlier in
+-- the file; never from input. Times are REAL seconds since the epoch, from SQLite's own
+-- clock. Lists are JSON arrays.
 
 -- name: schema
 CREATE TABLE IF NOT EXISTS aioabort_meta (
@@ -148,10 +153,15 @@ RETURNING {columns};
 SELECT abort_code, abort_message, abort_by, abort_at FROM aioabort_tasks
 WHERE id = ?1 AND state IN {parent_aborted} AND abort_code NOT IN {non_cascading};
 
+-- name: abort_state
+-- A fragment, not a statement: what an abort request sets besides its reason (the state it
+-- moves to; a task it ends at once, a queued one, is finished now).
+state = {abort_case}, updated_at = {now},
+    finished_at = CASE WHEN state IN {abort_ends} THEN {now} ELSE finished_at END
+
 -- name: abort_task
-UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message = ?3,
-    abort_by = ?4, abort_at = ?5, updated_at = {now},
-    finished_at = CASE WHEN state = 'PENDING' THEN {now} ELSE finished_at END
+UPDATE aioabort_tasks SET {abort_state},
+    abort_code = ?2, abort_message = ?3, abort_by = ?4, abort_at = ?5
 WHERE id = ?1 AND state IN {abortable}
 RETURNING {columns};
 
@@ -160,18 +170,16 @@ WITH RECURSIVE family(id) AS (
     SELECT id FROM aioabort_tasks WHERE parent_id = ?1
     UNION SELECT t.id FROM aioabort_tasks AS t JOIN family AS f ON t.parent_id = f.id
 )
-UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message = ?3,
-    abort_by = ?4, abort_at = ?5, updated_at = {now},
-    finished_at = CASE WHEN state = 'PENDING' THEN {now} ELSE finished_at END
+UPDATE aioabort_tasks SET {abort_state},
+    abort_code = ?2, abort_message = ?3, abort_by = ?4, abort_at = ?5
 -- (+state: look the family up by id; the state index would scan every running task)
 WHERE id IN (SELECT id FROM family) AND +state IN {abortable}
 RETURNING id, attempts;
 
 -- name: abort_tasks
 -- abort_task for many: ?1 is a JSON array of ids (a batch of App.abort_many).
-UPDATE aioabort_tasks SET state = {abort_case}, abort_code = ?2, abort_message = ?3,
-    abort_by = ?4, abort_at = ?5, updated_at = {now},
-    finished_at = CASE WHEN state = 'PENDING' THEN {now} ELSE finished_at END
+UPDATE aioabort_tasks SET {abort_state},
+    abort_code = ?2, abort_message = ?3, abort_by = ?4, abort_at = ?5
 -- (+state: look the ids up by the primary key, never through the state index)
 WHERE id IN (SELECT value FROM json_each(?1)) AND +state IN {abortable}
 RETURNING {columns};
@@ -354,8 +362,8 @@ GROUP BY t.queue, t.name
 ORDER BY MIN(t.created_at), t.queue, t.name;
 
 -- name: purge
--- Up to ?2 finished records that ended before ?1 seconds ago, oldest first, and their
--- abort-log rows; never a running or queued one.
+-- Up to ?2 finished records that ended before ?1 seconds ago, oldest first; never a running
+-- or queued one. (Their abort-log rows and labels: purge_abort_log, purge_labels.)
 DELETE FROM aioabort_tasks WHERE id IN (
     SELECT id FROM aioabort_tasks
     WHERE finished_at IS NOT NULL AND finished_at < {now} - ?1 AND +state IN {terminal}

@@ -1,0 +1,258 @@
+"""The SQLite store's change watcher: a thread with a connection of its own.
+
+It checks ``PRAGMA data_version`` (a few microseconds) and, only when another connection
+committed, reads the abort log by sequence number and which records changed: two statements
+at most per check, however many scopes are open. On Linux it sleeps until inotify reports a
+write in the database's directory. It also checks that the file is still the one the store
+opened, so a file deleted or replaced under an idle process is reported at once.
+
+The watcher's connection is opened, and its file checked, before watching starts
+(:func:`connect_watcher`, on the event loop's side): a thread that first ran after the file
+was deleted would otherwise create an empty file at its path, or die on SQLite's "disk I/O
+error" with nobody told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from .._backend import AbortNotice, Change
+from .._errors import StoreUnavailable
+
+logger = logging.getLogger("aioabort.sqlite")
+
+#: A file's (device, inode): what tells it from another file at the same path.
+Identity = tuple[int, int]
+
+
+def file_identity(path: str) -> Identity | None:
+    """The file's (device, inode), or ``None`` if there is no file at ``path``."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def connect_watcher(path: str, identity: Identity, lost: str) -> tuple[sqlite3.Connection, int]:
+    """The watcher's own connection to the file the store opened, and its ``data_version``.
+
+    Opened read-write without creating anything (``mode=rw``): a file deleted meanwhile is
+    not made again, empty. A file that is gone or not the one the store opened is refused.
+
+    :param lost: the message of the :class:`StoreUnavailable` raised then.
+    """
+    uri = f"file:{quote(os.path.abspath(path))}?mode=rw"
+    conn, problem = None, None
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        if file_identity(path) == identity:
+            return conn, int(conn.execute("PRAGMA data_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        problem = exc
+    if conn is not None:
+        conn.close()
+    if problem is None or file_identity(path) != identity:
+        raise StoreUnavailable(lost) from problem
+    raise StoreUnavailable(f"cannot watch the SQLite store {path!r}: {problem}") from problem
+
+
+class _FileEvents:
+    """Linux inotify on the database's directory: wakes the watcher when any process writes
+    the WAL, so an idle watcher sleeps instead of polling. ``None`` where unavailable."""
+
+    _IN_MODIFY = 0x00000002
+    _IN_CREATE = 0x00000100
+    _IN_MOVED_TO = 0x00000080
+    _IN_MOVED_FROM = 0x00000040
+    _IN_DELETE = 0x00000200
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._wake_r, self._wake_w = os.pipe()
+
+    @classmethod
+    def open(cls, directory: str) -> _FileEvents | None:
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd < 0:
+                return None
+            mask = (
+                cls._IN_MODIFY
+                | cls._IN_CREATE
+                | cls._IN_MOVED_TO
+                | cls._IN_MOVED_FROM
+                | cls._IN_DELETE
+            )
+            if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
+                os.close(fd)
+                return None
+        except (OSError, AttributeError):
+            return None
+        return cls(fd)
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a file event (True), a wake-up, or ``timeout`` (False)."""
+        ready, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
+        if self._fd in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._fd, 65536):
+                    pass
+            return True
+        return False
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class ChangePoller(threading.Thread):
+    """Checks ``PRAGMA data_version`` on its own connection; reads the abort log on change.
+
+    On Linux it sleeps until inotify reports a write in the database's directory, then checks
+    every ``interval`` seconds for :data:`_BURST` seconds (a commit's WAL write can be seen a
+    moment before its index update), and otherwise every :data:`_SAFETY` seconds. Elsewhere it
+    checks every ``interval`` seconds.
+    """
+
+    _BURST = 0.02
+    _SAFETY = 0.25
+
+    def __init__(
+        self,
+        connected: tuple[sqlite3.Connection, int],
+        path: str,
+        identity: Identity,
+        *,
+        interval: float,
+        cursor: tuple[int, float],
+        queries: Mapping[str, str],
+        notices: Callable[[Sequence[Sequence[Any]]], list[AbortNotice]],
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[Change], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        """:param connected: :func:`connect_watcher`'s connection and data version.
+        :param cursor: the abort log's last sequence number and the newest change time, read
+            when watching started."""
+        super().__init__(name="aioabort-sqlite-watcher", daemon=True)
+        self._conn, self._version = connected
+        self._path, self._identity = path, identity
+        self._interval = interval
+        #: Changes were reported up to this record time (inclusive: see _changed_ids), and
+        #: the rows reported at exactly that time.
+        self._last_seq, self._since = cursor
+        self._at_since: set[tuple[Any, ...]] = set()
+        self._queries, self._notices = queries, notices
+        self._loop, self._deliver, self._on_lost = loop, deliver, on_lost
+        self._stopping = threading.Event()
+        self._events = _FileEvents.open(os.path.dirname(os.path.abspath(path)))
+        self.polls = 0
+        self.statements = 1  # the data_version read when it connected
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._events is not None:
+            self._events.wake()
+
+    def run(self) -> None:
+        try:
+            self._loop_forever()
+        finally:
+            self._conn.close()
+            if self._events is not None:
+                self._events.close()
+
+    def _sleep(self, burst_until: float) -> float:
+        """Wait for the next check; returns the new end of the fast-check burst."""
+        events = self._events
+        if events is None:
+            self._stopping.wait(self._interval)
+            return burst_until
+        now = time.monotonic()
+        if now < burst_until:
+            if events.wait(self._interval):
+                return time.monotonic() + self._BURST
+            return burst_until
+        if events.wait(self._SAFETY):
+            return time.monotonic() + self._BURST
+        return burst_until
+
+    def _loop_forever(self) -> None:
+        burst_until = 0.0
+        while True:
+            burst_until = self._sleep(burst_until)
+            if self._stopping.is_set():
+                return
+            if file_identity(self._path) != self._identity:
+                # Deleted or replaced: say so now, even if this process is idle.
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._on_lost)
+                return
+            self.polls += 1
+            try:
+                change = self._check()
+            except sqlite3.Error as exc:  # the next check says whether the file went away
+                logger.warning(
+                    "SQLite change poll failed; retrying",
+                    extra={"action": "poll_failed", "error": str(exc)},
+                )
+                continue
+            if change is None:
+                continue
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, change)
+            except RuntimeError:  # the event loop is closed: nobody is left to tell
+                return
+
+    def _check(self) -> Change | None:
+        """What other connections committed since the last check (``None``: nothing)."""
+        current = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        self.statements += 1
+        if current == self._version:
+            return None
+        rows = self._conn.execute(self._queries["aborts_since"], (self._last_seq,)).fetchall()
+        changed = self._conn.execute(self._queries["changed_since"], (self._since,)).fetchall()
+        self.statements += 2
+        self._version = current
+        if rows:
+            self._last_seq = rows[-1][0]
+        notices = self._notices([row[1:] for row in rows])
+        return Change(tuple(notices), ids=self._changed_ids(changed))
+
+    def _changed_ids(self, rows: list[tuple[Any, ...]]) -> frozenset[str]:
+        """The ids of ``changed_since`` rows not reported before. A row at the very instant
+        of the last read is read again and told apart by what a waiter sees (state, progress,
+        message, abort), since a second change within one millisecond carries the same time."""
+        fresh = set()
+        for row in rows:
+            at = row[1]
+            if at > self._since:
+                self._since, self._at_since = at, set()
+            if at == self._since:
+                if row in self._at_since:
+                    continue
+                self._at_since.add(row)
+            fresh.add(row[0])
+        return frozenset(fresh)

@@ -1,0 +1,81 @@
+"""The change watcher's cost does not grow with the scopes open in its process: one statement
+per poll, plus what each change costs its store to read, with 1 open scope and with 1,000."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import aioabort
+
+from .conftest import STORES, wait_until
+
+#: Statements a store's watcher runs to read one change another App committed, beyond its
+#: poll: SQLite reads the abort log and which records changed; PostgreSQL's notification
+#: carries the abort with its reason, so it reads nothing.
+COST_PER_CHANGE = {"sqlite": 2, "postgres": 0}
+#: Tasks another App creates and aborts while the scopes are open: two commits each.
+NOISE = 5
+
+
+@pytest.fixture(params=STORES)
+def kind_and_url(request: pytest.FixtureRequest) -> tuple[str, str]:
+    kind: str = request.param
+    return kind, request.getfixturevalue(f"{kind}_url")
+
+
+async def test_watcher_statements_do_not_grow_with_open_scopes(
+    kind_and_url: tuple[str, str],
+) -> None:
+    kind, url = kind_and_url
+    async with watched_app(url) as app, watched_app(url) as producer:
+        extra_1 = await extra_statements(app, producer, 1)
+        extra_1000 = await extra_statements(app, producer, 1000)
+    # Every commit may be read in a poll of its own, and the heartbeats of opening are allowed.
+    bound = COST_PER_CHANGE[kind] * (2 * NOISE + 2)
+    assert 0 <= extra_1 <= bound
+    assert 0 <= extra_1000 <= bound  # reading 1,000 open scopes' ids would show up here
+
+
+def watched_app(url: str) -> aioabort.App:
+    """An App whose watcher polls every 20 ms. Its heartbeats are a minute apart: each is a
+    commit the SQLite watcher rightly reads; at the default 5 s, a busy machine fitted three
+    into the count."""
+    return aioabort.App(url, poll_interval=0.02, heartbeat_interval=60.0, stale_after=120.0)
+
+
+async def extra_statements(app: aioabort.App, producer: aioabort.App, count: int) -> int:
+    """The statements ``app``'s watcher ran beyond one per poll while ``count`` scopes were
+    open in it and ``producer`` created and aborted :data:`NOISE` tasks of its own."""
+    release = asyncio.Event()
+    entered = 0
+
+    async def body(i: int) -> None:
+        nonlocal entered
+        async with aioabort.abortable(f"scope-{count}-{i}", app=app):
+            entered += 1
+            await release.wait()
+
+    tasks = [asyncio.create_task(body(i)) for i in range(count)]
+    try:
+        await wait_until(lambda: entered == count, what="the scopes to open")
+        before = app.watcher.statistics()
+        assert before.open_scopes == count
+        for i in range(NOISE):
+            await producer.create(f"noise-{count}-{i}")
+            await abort_seen(app, producer.handle(f"noise-{count}-{i}"))
+        await wait_until(lambda: app.watcher.statistics().polls >= before.polls + 5)
+        after = app.watcher.statistics()
+    finally:
+        release.set()
+        await asyncio.gather(*tasks)
+    return (after.statements - before.statements) - (after.polls - before.polls)
+
+
+async def abort_seen(app: aioabort.App, handle: aioabort.AbortHandle[Any]) -> None:
+    """Abort through another App's ``handle``; return once ``app``'s watcher saw it."""
+    notices = app.watcher.statistics().notices
+    assert await handle.abort() is True
+    await wait_until(lambda: app.watcher.statistics().notices > notices, what="the abort")
