@@ -218,7 +218,7 @@ async def layout_holds(page: Any) -> None:
         assert 0 <= button["left"] and button["right"] <= box["width"] and button["width"] > 20
 
 
-@pytest.mark.parametrize("n", [0, 5, 500, 10_000])
+@pytest.mark.parametrize("n", [0, 5, 500, pytest.param(10_000, marks=pytest.mark.slow)])
 async def test_the_layout_holds_with_any_number_of_tasks(
     chromium: str, sqlite_url: str, n: int
 ) -> None:
@@ -250,6 +250,7 @@ async def test_the_layout_holds_with_any_number_of_tasks(
             await browser.close()
 
 
+@pytest.mark.slow
 async def test_paging_search_details_and_live_updates_at_10000(
     chromium: str, sqlite_url: str
 ) -> None:
