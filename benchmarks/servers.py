@@ -1,4 +1,4 @@
-"""Real uvicorn processes on loopback, for the benchmarks and the test suite alike."""
+"""Real uvicorn processes on loopback, for the benchmarks."""
 
 from __future__ import annotations
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,17 +13,11 @@ import pytest
 import aioabort
 from aioabort.cli import main
 
+from ._processes import cli, environment, run, run_in_terminal
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aioabort", *args],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-    )
+    return run(cli(*args), env=environment(**(env or {})))
 
 
 @pytest.fixture
@@ -143,14 +135,7 @@ def test_db_init_creates_the_schema(tmp_path: Path) -> None:
 
 
 def test_missing_and_bad_urls(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "AIOABORT_URL"}
-    out = subprocess.run(
-        [sys.executable, "-m", "aioabort", "tasks"],
-        capture_output=True,
-        check=False,
-        text=True,
-        env=env,
-    )
+    out = run(cli("tasks"), env=environment(without=["AIOABORT_URL"]))
     assert out.returncode == 2 and "AIOABORT_URL" in out.stderr
     out = run_cli("--db", "mysql://x/y", "tasks")
     assert out.returncode == 2 and "unknown store URL" in out.stderr
@@ -170,28 +155,7 @@ HOSTILE_ID = "id-[/x]\x9b31m\u202eevil"
 
 def run_cli_tty(*args: str, columns: int = 400) -> tuple[int, str]:
     """Run the CLI with its stdout on a pseudo-terminal (rich draws its table there)."""
-    import pty
-
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aioabort", *args],
-        stdout=follower,
-        stderr=follower,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": str(columns), "TERM": "xterm"},
-    )
-    os.close(follower)
-    chunks: list[bytes] = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+    return run_in_terminal(cli(*args), columns=columns)
 
 
 @pytest.fixture
@@ -418,15 +382,7 @@ def test_the_cli_shows_the_sqlite_url_it_was_given(tmp_path: Path) -> None:
     out = run_cli("--db", url, "db", "init")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"store ready: {url}"
-    relative = subprocess.run(
-        [sys.executable, "-m", "aioabort", "--db", "sqlite:///here.db", "db", "init"],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-    )
+    relative = run(cli("--db", "sqlite:///here.db", "db", "init"), cwd=tmp_path)
     assert relative.stdout.strip() == "store ready: sqlite:///here.db", relative.stderr
     assert (tmp_path / "here.db").exists()
 

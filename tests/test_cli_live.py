@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import pty
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,21 +16,10 @@ import aioabort
 from aioabort import TaskState
 from aioabort.cli._live import REDRAW_INTERVAL
 
+from ._processes import cli, in_terminal, python, started
 from .conftest import has_state, wait_until
 
 pytestmark = pytest.mark.real_stores  # the command runs in another process
-
-
-async def cli(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioabort",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 @asynccontextmanager
@@ -66,16 +52,15 @@ async def running_task(
 
 
 async def test_show_follow_json_prints_each_change_and_exits_by_the_end(store_url: str) -> None:
-    async with aioabort.App(store_url) as app, running_task(app, "followed") as (task, steps):
-        proc = await cli("--db", store_url, "show", "followed", "--follow", "--json")
-        assert proc.stdout is not None
+    async with (
+        aioabort.App(store_url) as app,
+        running_task(app, "followed") as (task, steps),
+        started(cli("--db", store_url, "show", "followed", "--follow", "--json")) as proc,
+    ):
         lines: list[dict[str, object]] = []
 
         async def line() -> dict[str, object]:
-            assert proc.stdout is not None
-            raw = await asyncio.wait_for(proc.stdout.readline(), 30)
-            assert raw, (await proc.stderr.read()).decode() if proc.stderr else "EOF"
-            lines.append(json.loads(raw))
+            lines.append(json.loads(await proc.line()))
             return lines[-1]
 
         assert (await line())["state"] == "STARTED"
@@ -88,8 +73,8 @@ async def test_show_follow_json_prints_each_change_and_exits_by_the_end(store_ur
         await task
         while (await line())["state"] != "SUCCESS":
             pass
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-        assert await proc.stdout.read() == b""  # the terminal record was the last line
+        assert await proc.exit_code(30) == 0
+        assert await proc.rest() == ""  # the terminal record was the last line
     assert [entry["progress"] for entry in lines if entry["progress"]][:3] == [0.25, 0.5, 0.75]
 
 
@@ -110,23 +95,21 @@ async def test_show_follow_exit_code_says_how_it_ended(
 
         task = asyncio.create_task(body())
         await entered.wait()
-        proc = await cli("--db", store_url, "show", "ends", "--follow")
-        assert proc.stdout is not None
-        first = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert first.startswith(b"id"), first  # the record, as `show` prints it
-        if end is TaskState.ABORTED:
-            await app.handle("ends").abort("stop following")
-        await asyncio.gather(task, return_exceptions=True)
-        assert await asyncio.wait_for(proc.wait(), 30) == code
-        out = (await proc.stdout.read()).decode()
-        assert end.value in out
+        async with started(cli("--db", store_url, "show", "ends", "--follow")) as proc:
+            first = await proc.line()
+            assert first.startswith("id"), first  # the record, as `show` prints it
+            if end is TaskState.ABORTED:
+                await app.handle("ends").abort("stop following")
+            await asyncio.gather(task, return_exceptions=True)
+            assert await proc.exit_code(30) == code
+            assert end.value in await proc.rest()
 
 
 async def test_show_follow_of_an_unknown_task_exits_1(store_url: str) -> None:
     async with aioabort.App(store_url):
         pass
-    proc = await cli("--db", store_url, "show", "nobody", "--follow")
-    assert await asyncio.wait_for(proc.wait(), 30) == 1
+    async with started(cli("--db", store_url, "show", "nobody", "--follow")) as proc:
+        assert await proc.exit_code(30) == 1
 
 
 async def test_abort_wait_returns_after_the_cleanup(store_url: str) -> None:
@@ -134,88 +117,51 @@ async def test_abort_wait_returns_after_the_cleanup(store_url: str) -> None:
     async with (
         aioabort.App(store_url) as app,
         running_task(app, "slow-cleanup", cleanup=cleanup) as (task, _),
+        started(cli("--db", store_url, "abort", "slow-cleanup", "--yes", "--wait")) as proc,
     ):
-        proc = await cli("--db", store_url, "abort", "slow-cleanup", "--yes", "--wait")
         await wait_until(lambda: has_state(app, "slow-cleanup", TaskState.ABORTING))
         assert proc.returncode is None  # recorded, but the cleanup holds the task
         cleanup.set()
         await task
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-        assert proc.stdout is not None
-        out = (await proc.stdout.read()).decode()
-        assert "slow-cleanup: aborted, ended ABORTED" in out
+        assert await proc.exit_code(30) == 0
+        assert "slow-cleanup: aborted, ended ABORTED" in proc.stdout
         record = await app.handle("slow-cleanup").record()
         assert record.state is TaskState.ABORTED
 
 
 async def test_abort_wait_timeout_names_the_tasks_still_running(store_url: str) -> None:
     cleanup = asyncio.Event()
+    command = cli(
+        "--db", store_url, "abort", "stuck-cleanup", "--yes", "--wait", "--timeout", "0.5"
+    )
     async with (
         aioabort.App(store_url) as app,
         running_task(app, "stuck-cleanup", cleanup=cleanup),
+        started(command) as proc,
     ):
-        proc = await cli(
-            "--db", store_url, "abort", "stuck-cleanup", "--yes", "--wait", "--timeout", "0.5"
-        )
-        assert await asyncio.wait_for(proc.wait(), 30) == 7
-        assert proc.stderr is not None
-        assert "still running after 0.5s: stuck-cleanup" in (await proc.stderr.read()).decode()
+        assert await proc.exit_code(30) == 7
+        assert "still running after 0.5s: stuck-cleanup" in proc.stderr
         assert await app.handle("stuck-cleanup").state() is TaskState.ABORTING
         cleanup.set()
 
 
 async def test_tasks_watch_in_a_terminal_updates_in_place(store_url: str) -> None:
-    async with aioabort.App(store_url) as app, running_task(app, "watched") as (task, steps):
-        leader, follower = pty.openpty()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "aioabort",
-            "--db",
-            store_url,
-            "tasks",
-            "--watch",
-            stdin=follower,
-            stdout=follower,
-            stderr=follower,
-            env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
-        )
-        os.close(follower)
-        screen = bytearray()
-        loop = asyncio.get_running_loop()
-        arrived = asyncio.Event()
-
-        def readable() -> None:
-            try:
-                screen.extend(os.read(leader, 65536))
-            except OSError:
-                loop.remove_reader(leader)
-            arrived.set()
-
-        loop.add_reader(leader, readable)
-
-        async def shows(text: str) -> None:
-            async with asyncio.timeout(30):
-                while text.encode() not in screen:
-                    arrived.clear()
-                    await arrived.wait()
-
-        try:
-            await shows("watched")
-            await steps.put(0.5)
-            await shows("50%")
-            await app.handle("watched").abort("from the test")
-            await task
-            await shows("ABORTED")
-            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
-        finally:
-            loop.remove_reader(leader)
-            os.close(leader)
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGKILL)
-                await proc.wait()
-    text = screen.decode(errors="replace")
+    async with (
+        aioabort.App(store_url) as app,
+        running_task(app, "watched") as (task, steps),
+        in_terminal(
+            cli("--db", store_url, "tasks", "--watch"), columns=160, stdin=True
+        ) as terminal,
+    ):
+        await terminal.shows("watched")
+        await steps.put(0.5)
+        await terminal.shows("50%")
+        await app.handle("watched").abort("from the test")
+        await task
+        await terminal.shows("ABORTED")
+        terminal.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert await terminal.exit_code(30) == 0
+    text = terminal.text
     assert "\x1b[2J" not in text and "\x1b[?1049h" not in text  # never the whole screen
     frames = text.count("live: Ctrl-C to quit")
     # Redrawn when the listing changed (started, progress, aborting, aborted, and the safety
@@ -224,15 +170,16 @@ async def test_tasks_watch_in_a_terminal_updates_in_place(store_url: str) -> Non
 
 
 async def test_tasks_watch_in_a_pipe_prints_a_line_per_change(store_url: str) -> None:
-    async with aioabort.App(store_url) as app, running_task(app, "piped") as (task, steps):
-        proc = await cli("--db", store_url, "tasks", "--watch")
-        assert proc.stdout is not None
+    async with (
+        aioabort.App(store_url) as app,
+        running_task(app, "piped") as (task, steps),
+        started(cli("--db", store_url, "tasks", "--watch")) as proc,
+    ):
         seen: list[str] = []
 
         async def until(text: str) -> None:
-            assert proc.stdout is not None
             while not seen or text not in seen[-1]:
-                seen.append((await asyncio.wait_for(proc.stdout.readline(), 30)).decode())
+                seen.append(await proc.line())
 
         await until("STARTED")
         await steps.put(0.5)
@@ -247,7 +194,7 @@ async def test_tasks_watch_in_a_pipe_prints_a_line_per_change(store_url: str) ->
         await task
         await until("ABORTED")
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await proc.exit_code(30) == 0
     assert all("piped" in line for line in seen)
     shown = [line.split(None, 1)[1] for line in seen]  # without the time stamp
     assert len(shown) == len(set(shown)), seen
@@ -273,17 +220,15 @@ async def test_abort_wait_interrupted_exits_130(store_url: str) -> None:
 
         task = asyncio.create_task(stubborn())
         await asyncio.wait_for(entered.wait(), 10)
-        proc = await cli("--db", store_url, "abort", "stubborn", "--yes", "--wait")
         try:
-            await wait_until(lambda: has_state(app, "stubborn", TaskState.ABORTING), timeout=30)
-            proc.send_signal(signal.SIGINT)
-            assert await asyncio.wait_for(proc.wait(), 30) == 130
-            assert proc.stderr is not None
-            assert b"Traceback" not in await proc.stderr.read()
+            async with started(
+                cli("--db", store_url, "abort", "stubborn", "--yes", "--wait")
+            ) as proc:
+                await wait_until(lambda: has_state(app, "stubborn", TaskState.ABORTING), timeout=30)
+                proc.send_signal(signal.SIGINT)
+                assert await proc.exit_code(30) == 130
+                assert "Traceback" not in proc.stderr
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
             release.set()
             with pytest.raises(aioabort.TaskAborted):
                 await asyncio.wait_for(task, 10)
@@ -301,26 +246,11 @@ _IGNORING_SIGINT = (
 async def test_ctrl_c_stops_the_cli_even_when_sigint_was_ignored(store_url: str) -> None:
     """``aioabort`` takes SIGINT back (Python leaves an inherited "ignore" in place), so Ctrl-C
     still ends a live view."""
-    async with aioabort.App(store_url) as app, running_task(app, "ignored-sigint"):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _IGNORING_SIGINT,
-            "--db",
-            store_url,
-            "tasks",
-            "--watch",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            assert b"ignored-sigint" in line  # running, its first listing printed
-            proc.send_signal(signal.SIGINT)
-            assert await asyncio.wait_for(proc.wait(), 10) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    async with (
+        aioabort.App(store_url) as app,
+        running_task(app, "ignored-sigint"),
+        started(python("-c", _IGNORING_SIGINT, "--db", store_url, "tasks", "--watch")) as proc,
+    ):
+        assert "ignored-sigint" in await proc.line()  # running, its first listing printed
+        proc.send_signal(signal.SIGINT)
+        assert await proc.exit_code(10) == 0

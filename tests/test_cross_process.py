@@ -4,59 +4,35 @@ does not leave its task STARTED."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 
 import aioabort
 from aioabort import TaskState
 
+from ._processes import Process, child_scope
 from .conftest import has_state, wait_until
 
 pytestmark = pytest.mark.real_stores  # they start other processes
 
-CHILD = Path(__file__).with_name("child_scope.py")
+#: The launcher under the name tests/test_postgres.py and tests/test_pgbouncer.py import.
+child = child_scope
 
 
-@asynccontextmanager
-async def child(url: str, task_id: str, *extra: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CHILD),
-        url,
-        task_id,
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-
-
-async def read_line(proc: asyncio.subprocess.Process, timeout: float = 20) -> str:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    return line.decode().strip()
+async def read_line(proc: Process, timeout: float = 20) -> str:
+    """The child's next line (for the modules that import it; :meth:`Process.line`)."""
+    return await proc.line(timeout)
 
 
 async def test_abort_from_another_process(app: aioabort.App, store_url: str) -> None:
-    async with child(store_url, "remote-1") as proc:
-        assert await read_line(proc) == "READY"
+    async with child_scope(store_url, "remote-1") as proc:
+        assert await proc.line() == "READY"
         handle = app.handle("remote-1")
         assert await handle.state() is TaskState.STARTED
         assert await handle.abort("stop over there") is True
-        assert await read_line(proc) == "ABORTED user stop over there"
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await proc.line() == "ABORTED user stop over there"
+        assert await proc.exit_code(20) == 0
     record = await handle.wait(timeout=10)
     assert record.state is TaskState.ABORTED
     assert record.reason is not None and record.reason.message == "stop over there"
@@ -64,22 +40,22 @@ async def test_abort_from_another_process(app: aioabort.App, store_url: str) -> 
 
 
 async def test_level_triggered_across_processes(app: aioabort.App, store_url: str) -> None:
-    async with child(store_url, "remote-2", "--swallow") as proc:
-        assert await read_line(proc) == "READY"
+    async with child_scope(store_url, "remote-2", "--swallow") as proc:
+        assert await proc.line() == "READY"
         await app.handle("remote-2").abort()
-        assert await read_line(proc) == "SWALLOWED"
-        assert await read_line(proc) == "ABORTED user"
+        assert await proc.line() == "SWALLOWED"
+        assert await proc.line() == "ABORTED user"
     assert await app.handle("remote-2").state() is TaskState.ABORTED
 
 
 async def test_killed_owner_is_reaped_as_lost_keeping_the_abort(store_url: str) -> None:
     async with aioabort.App(store_url, heartbeat_interval=0.1, stale_after=1.0) as app:
-        async with child(store_url, "orphan", "--stubborn") as proc:
-            assert await read_line(proc) == "READY"
+        async with child_scope(store_url, "orphan", "--stubborn") as proc:
+            assert await proc.line() == "READY"
             await app.handle("orphan").abort("about to kill")
-            assert await read_line(proc) == "SWALLOWED"  # still inside its scope: ABORTING
+            assert await proc.line() == "SWALLOWED"  # still inside its scope: ABORTING
             proc.send_signal(signal.SIGKILL)
-            await proc.wait()
+            await proc.exit_code()
         assert await app.handle("orphan").state() is TaskState.ABORTING
         record = await app.handle("orphan").wait(timeout=15)
         assert record.state is TaskState.FAILURE
@@ -89,10 +65,10 @@ async def test_killed_owner_is_reaped_as_lost_keeping_the_abort(store_url: str) 
 
 async def test_killed_owner_without_abort_is_reaped(store_url: str) -> None:
     async with aioabort.App(store_url, heartbeat_interval=0.1, stale_after=1.0) as app:
-        async with child(store_url, "orphan-2") as proc:
-            assert await read_line(proc) == "READY"
+        async with child_scope(store_url, "orphan-2") as proc:
+            assert await proc.line() == "READY"
             proc.send_signal(signal.SIGKILL)
-            await proc.wait()
+            await proc.exit_code()
         assert await app.handle("orphan-2").state() is TaskState.STARTED
         record = await app.handle("orphan-2").wait(timeout=15)
         assert record.state is TaskState.FAILURE
@@ -103,10 +79,10 @@ async def test_killed_owner_without_abort_is_reaped(store_url: str) -> None:
 async def test_child_stopped_by_sigterm_has_no_record_left_running(store_url: str) -> None:
     """SIGTERM without a handler kills the child outright: the reaper still ends the task."""
     async with aioabort.App(store_url, heartbeat_interval=0.1, stale_after=1.0) as reaper:
-        async with child(store_url, "termed") as proc:
-            assert await read_line(proc) == "READY"
+        async with child_scope(store_url, "termed") as proc:
+            assert await proc.line() == "READY"
             proc.send_signal(signal.SIGTERM)
-            await proc.wait()
+            await proc.exit_code()
         record = await reaper.handle("termed").wait(timeout=15)
         assert record.state is TaskState.FAILURE
 
@@ -172,26 +148,13 @@ async def test_a_waiter_sees_every_end_of_tasks_run_in_another_process(store_url
     millisecond of the record's clock; the waiter must still wake for the end (a SQLite
     watcher that told changes apart by id and time alone missed about one in twenty)."""
     count = 60
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "benchmarks._consumer",
-        store_url,
-        "twice",
-        str(count),
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(CHILD.parent.parent)},
-    )
-    assert proc.stdout is not None
-    try:
-        async with aioabort.App(store_url) as app:
-            for i in range(count):
-                assert (await read_line(proc)).split() == ["READY", str(i)]
-                await app.handle(f"twice-{i}").abort("again")
-                record = await app.handle(f"twice-{i}").wait(timeout=10)
-                assert record.state is TaskState.ABORTED
-                assert (await read_line(proc)).startswith("CANCELLED")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+    async with (
+        child_scope(store_url, "twice", "--repeat", str(count)) as proc,
+        aioabort.App(store_url) as app,
+    ):
+        for i in range(count):
+            assert await proc.line() == f"READY {i}"
+            await app.handle(f"twice-{i}").abort("again")
+            record = await app.handle(f"twice-{i}").wait(timeout=10)
+            assert record.state is TaskState.ABORTED
+            assert await proc.line() == f"CANCELLED {i}"

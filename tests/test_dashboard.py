@@ -18,8 +18,8 @@ import pytest
 import aioabort
 from aioabort import TaskState
 
+from ._servers import fastapi_example
 from .conftest import wait_until
-from .test_web_servers import uvicorn
 
 if TYPE_CHECKING:
     from playwright.async_api import ViewportSize
@@ -55,7 +55,7 @@ async def test_dashboard_aborts_a_running_task(
 ) -> None:
     from playwright.async_api import async_playwright
 
-    async with uvicorn(sqlite_url) as base, httpx.AsyncClient(base_url=base) as client:
+    async with fastapi_example(sqlite_url) as base, httpx.AsyncClient(base_url=base) as client:
         job = (await client.post("/reports", params={"sections": 2000, "seconds": 0.05})).json()[
             "id"
         ]
@@ -97,7 +97,7 @@ async def test_dashboard_says_when_access_is_denied(chromium: str, sqlite_url: s
     """The example authorizes loopback only; the page explains a 403 instead of failing."""
     from playwright.async_api import async_playwright
 
-    async with uvicorn(sqlite_url) as base, async_playwright() as pw:
+    async with fastapi_example(sqlite_url) as base, async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
         )
@@ -128,7 +128,7 @@ async def test_the_operator_gives_the_reason(chromium: str, sqlite_url: str) -> 
         asked.append((dialog.type, dialog.default_value))
         await dialog.accept("the customer cancelled the order")
 
-    async with uvicorn(sqlite_url) as base, async_playwright() as pw:
+    async with fastapi_example(sqlite_url) as base, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium, args=ARGS)
         try:
             page = await browser.new_page(viewport=WIDE)
@@ -218,14 +218,14 @@ async def layout_holds(page: Any) -> None:
         assert 0 <= button["left"] and button["right"] <= box["width"] and button["width"] > 20
 
 
-@pytest.mark.parametrize("n", [0, 5, 500, 10_000])
+@pytest.mark.parametrize("n", [0, 5, 500, pytest.param(10_000, marks=pytest.mark.slow)])
 async def test_the_layout_holds_with_any_number_of_tasks(
     chromium: str, sqlite_url: str, n: int
 ) -> None:
     from playwright.async_api import async_playwright
 
     made = await populate(sqlite_url, n)
-    async with uvicorn(sqlite_url) as base, async_playwright() as pw:
+    async with fastapi_example(sqlite_url) as base, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium, args=ARGS)
         try:
             for viewport in (WIDE, PHONE):
@@ -250,6 +250,7 @@ async def test_the_layout_holds_with_any_number_of_tasks(
             await browser.close()
 
 
+@pytest.mark.slow
 async def test_paging_search_details_and_live_updates_at_10000(
     chromium: str, sqlite_url: str
 ) -> None:
@@ -259,7 +260,7 @@ async def test_paging_search_details_and_live_updates_at_10000(
 
     n = 10_000
     made = await populate(sqlite_url, n)
-    async with uvicorn(sqlite_url) as base, async_playwright() as pw:
+    async with fastapi_example(sqlite_url) as base, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium, args=ARGS)
         try:
             context = await browser.new_context(viewport=PHONE)
@@ -339,7 +340,7 @@ async def test_bulk_abort_of_the_filter_after_a_preview(chromium: str, sqlite_ur
     from playwright.async_api import async_playwright
 
     made = await populate(sqlite_url, 500)
-    async with uvicorn(sqlite_url) as base, async_playwright() as pw:
+    async with fastapi_example(sqlite_url) as base, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium, args=ARGS)
         try:
             page = await browser.new_page(viewport=WIDE)

@@ -11,8 +11,8 @@ import aioabort
 from aioabort import TaskState
 from aioabort._liveness import Liveness
 
+from ._processes import child_scope
 from .conftest import wait_until
-from .test_cross_process import child, read_line
 
 
 def liveness(app: aioabort.App) -> Liveness:
@@ -52,14 +52,14 @@ async def test_the_lease_passes_on_when_its_holder_closes(store_url: str) -> Non
 async def test_the_lease_passes_on_when_its_holder_is_killed(store_url: str) -> None:
     """The elected process is killed -9 while it runs a task: another App takes the lease
     once it expires and ends that task as lost."""
-    async with child(store_url, "reaper-kill", "--reaper") as proc:
-        assert await read_line(proc) == "REAPER"
-        assert await read_line(proc) == "READY"
+    async with child_scope(store_url, "reaper-kill", "--reaper") as proc:
+        assert await proc.line() == "REAPER"
+        assert await proc.line() == "READY"
         async with aioabort.App(store_url, heartbeat_interval=0.1, stale_after=1.0) as app:
             await wait_until(lambda: liveness(app).rounds >= 3)
             assert not liveness(app).reaping  # the child holds the lease and renews it
             proc.send_signal(signal.SIGKILL)
-            await proc.wait()
+            await proc.exit_code()
             record = await app.handle("reaper-kill").wait(timeout=20)
             assert liveness(app).reaping
     assert record.state is TaskState.FAILURE

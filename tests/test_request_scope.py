@@ -20,7 +20,7 @@ import pytest
 import aioabort
 from aioabort import TaskState
 
-from .test_web_servers import in_process
+from ._servers import in_process
 
 
 @dataclass

@@ -13,8 +13,8 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
-from benchmarks import servers
 
+from ._servers import uvicorn
 from .conftest import wait_until
 
 
@@ -57,7 +57,7 @@ async def test_an_abort_committed_while_the_app_closes_returns_normally(
 
 @pytest.mark.real_stores  # another process: the stores it can reach
 async def test_a_requests_job_dies_with_it_when_the_server_shuts_down(
-    store_url: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/web.md's pattern on a real uvicorn: the server is stopped (SIGTERM; its graceful
     timeout cancels the request, then its lifespan closes the App) while a request waits for
@@ -72,7 +72,7 @@ async def test_a_requests_job_dies_with_it_when_the_server_shuts_down(
             return found[0] if found else None
 
         async with (
-            servers.uvicorn(
+            uvicorn(
                 "tests.shutdown_app:api", store_url, ready="/ready", ready_status=200
             ) as server,
             httpx.AsyncClient(base_url=server.base, timeout=60) as client,
@@ -81,18 +81,18 @@ async def test_a_requests_job_dies_with_it_when_the_server_shuts_down(
                 client.post("/exports/inline", headers={"x-request-id": "inline-1"})
             )
             await wait_until(lambda: _exists(the_job()), timeout=30, what="the job queued")
-            server.proc.send_signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             # uvicorn answers the request it cancelled itself (a 500, or a cut connection)
             await asyncio.wait_for(asyncio.gather(request, return_exceptions=True), 30)
             # (uvicorn re-raises the signal once its shutdown is done)
-            assert await asyncio.wait_for(server.proc.wait(), 30) == -signal.SIGTERM
+            assert await server.process.exit_code(30) == -signal.SIGTERM
         job = await the_job()
         asked = await reader.handle("inline-1").record()
     assert job is not None and job.state is TaskState.ABORTED
     assert job.reason is not None and job.reason.message == "the request that queued it stopped"
     assert asked.state.is_terminal
     assert asked.error is None or asked.error.type != "AppClosed", asked.error
-    assert "AppClosed" not in capfd.readouterr().err
+    assert "AppClosed" not in server.process.stderr
 
 
 async def _exists(found: Any) -> bool:

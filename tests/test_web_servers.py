@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+import os
 from typing import Any
 
 import httpx
@@ -17,27 +15,18 @@ import pytest
 import aioabort
 from aioabort import TaskState
 from aioabort.web import AbortMiddleware
-from benchmarks import servers
 
-from .conftest import has_state, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@asynccontextmanager
-async def uvicorn(url: str) -> AsyncIterator[str]:
-    """docs/examples/fastapi_app.py in a uvicorn process of its own; yields its base URL."""
-    async with servers.uvicorn(
-        "docs.examples.fastapi_app:api", url, ready="/reports/none", ready_status=404
-    ) as server:
-        yield server.base
+from . import worker_app
+from ._processes import worker
+from ._servers import fastapi_example, in_process, uvicorn
+from .conftest import has_state, raw_http, read_to_eof, wait_until
 
 
 @pytest.mark.real_stores  # another process serves
 async def test_request_on_a_aborted_through_b(store_url: str) -> None:
     async with (
-        uvicorn(store_url) as a,
-        uvicorn(store_url) as b,
+        fastapi_example(store_url) as a,
+        fastapi_example(store_url) as b,
         httpx.AsyncClient(base_url=a, timeout=60) as on_a,
         httpx.AsyncClient(base_url=b, timeout=60) as on_b,
     ):
@@ -66,8 +55,8 @@ async def test_request_on_a_aborted_through_b(store_url: str) -> None:
 @pytest.mark.real_stores  # another process serves
 async def test_job_started_on_a_watched_and_aborted_on_b(store_url: str) -> None:
     async with (
-        uvicorn(store_url) as a,
-        uvicorn(store_url) as b,
+        fastapi_example(store_url) as a,
+        fastapi_example(store_url) as b,
         httpx.AsyncClient(base_url=a, timeout=60) as on_a,
         httpx.AsyncClient(base_url=b, timeout=60) as on_b,
     ):
@@ -106,14 +95,9 @@ async def test_a_request_cannot_take_over_a_queued_job(store_url: str) -> None:
     request with that id. It is refused (409, JSON) and writes nothing: the job still runs on
     a real worker and ends SUCCESS with its result. An id aborted before its request came
     answers 499 at once."""
-    import os
-
-    from . import worker_app
-    from .test_worker_process import worker_process
-
     os.environ["AIOABORT_URL"] = store_url
     try:
-        async with worker_app.app as producer, uvicorn(store_url) as base:
+        async with worker_app.app as producer, fastapi_example(store_url) as base:
             handle = await worker_app.add.apply([20, 22], task_id="export-bob-2")
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
                 hijack = await client.get("/render", headers={"x-request-id": "export-bob-2"})
@@ -124,7 +108,7 @@ async def test_a_request_cannot_take_over_a_queued_job(store_url: str) -> None:
                 early = await client.get("/render", headers={"x-request-id": "early-1"})
                 assert early.status_code == 499
                 assert early.json()["reason"]["message"] == "before it came"
-            async with worker_process(store_url):
+            async with worker(store_url):
                 assert await handle.result(timeout=30) == 42
             record = await handle.record()
     finally:
@@ -136,9 +120,7 @@ async def test_a_request_cannot_take_over_a_queued_job(store_url: str) -> None:
 async def test_an_aborted_stream_looks_cut(store_url: str) -> None:
     """DESIGN rule 12, on the wire of a real uvicorn: a complete export ends with the final
     chunk; an aborted one never does, and the connection closes."""
-    from .conftest import raw_http, read_to_eof
-
-    async with uvicorn(store_url) as base, aioabort.App(store_url) as app:
+    async with fastapi_example(store_url) as base, aioabort.App(store_url) as app:
         reader, writer, data = await raw_http(
             base, "/export?rows=3&seconds=0", {"x-request-id": "whole-1", "connection": "close"}
         )
@@ -170,7 +152,7 @@ async def test_the_middleware_under_other_frameworks(store_url: str, target: str
     ASGI handler on a real uvicorn: a request aborted from another App answers 499 with the
     reason and stops its view; an id naming a queued job is refused (409)."""
     async with (
-        servers.uvicorn(target, store_url, ready="/health", ready_status=200) as server,
+        uvicorn(target, store_url, ready="/health", ready_status=200) as server,
         httpx.AsyncClient(base_url=server.base, timeout=60) as client,
         aioabort.App(store_url) as elsewhere,
     ):
@@ -191,28 +173,6 @@ async def test_the_middleware_under_other_frameworks(store_url: str, target: str
 
 
 # -- the edges a client can reach, on a uvicorn in this process (so on every store) ----------
-
-
-@asynccontextmanager
-async def in_process(asgi: Any) -> AsyncIterator[str]:
-    """A real uvicorn server in this process on a free loopback port, lifespan on; yields its
-    base URL (the memory store can serve it: nothing crosses a process)."""
-    import uvicorn as uvicorn_server
-
-    server = uvicorn_server.Server(
-        uvicorn_server.Config(
-            asgi, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    try:
-        await wait_until(lambda: server.started or serving.done(), timeout=30, what="uvicorn")
-        assert server.started, "uvicorn did not start"
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 30)
 
 
 def effect_site(store_url: str, **options: Any) -> tuple[aioabort.App, Any, list[str]]:

@@ -7,11 +7,10 @@ import asyncio
 import functools
 import os
 import signal
-import sys
+import subprocess
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
@@ -19,91 +18,17 @@ import aioabort
 from aioabort import TaskAborted, TaskState
 
 from . import worker_app
+from ._processes import Process, cli, run, worker
 from .conftest import has_state, wait_until
 
 pytestmark = pytest.mark.real_stores  # they start other processes
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-class WorkerProcess:
-    """An ``aioabort worker`` subprocess whose stderr is read as it comes (a full pipe would
-    block the worker), so a failure can show what the worker said."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._said = asyncio.Event()
-        assert proc.stderr is not None
-        self._reader = asyncio.create_task(self._read(proc.stderr))
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        try:
-            async for line in stream:
-                self.lines.append(line.decode(errors="replace"))
-                self._said.set()
-        finally:
-            self._said.set()  # the end of the stream wakes a waiter too
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def send_signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    async def said(self, text: str, timeout: float = 30) -> None:
-        """Wait until the worker wrote ``text`` to stderr."""
-        async with asyncio.timeout(timeout):
-            while True:
-                self._said.clear()
-                if text in self.stderr:
-                    return
-                if self._reader.done():
-                    raise AssertionError(f"the worker ended without saying {text!r}")
-                await self._said.wait()
-
-    async def exit_code(self, timeout: float = 60) -> int:
-        """Wait for the worker to exit. The bound is longer than the worker's own 30 s wait
-        for aborted tasks, so a slow shutdown fails here with its stderr, not at random."""
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"the worker did not exit; it said:\n{self.stderr}") from None
-        await self._reader
-        return code
-
-
-@asynccontextmanager
-async def worker_process(
-    url: str, *extra: str, started: bool = True
-) -> AsyncIterator[WorkerProcess]:
-    """An ``aioabort worker`` on ``url``; with ``started``, once it printed its banner."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    level = [] if "--log-level" in extra else ["--log-level", "warning"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioabort",
-        "--db",
-        url,
-        "worker",
-        "tests.worker_app:app",
-        *level,
-        *extra,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
-    worker = WorkerProcess(proc)
-    try:
-        if started:
-            await worker.said("aioabort worker:")
-        yield worker
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+def worker_process(
+    url: str, *options: str, started: bool = True
+) -> AbstractAsyncContextManager[Process]:
+    """:func:`tests._processes.worker` under the name tests/test_postgres_restart.py imports."""
+    return worker(url, *options, ready=started)
 
 
 @pytest.fixture
@@ -119,7 +44,7 @@ async def producer(store_url: str) -> AsyncIterator[aioabort.App]:
 
 
 async def test_celery_flow_across_processes(producer: aioabort.App, store_url: str) -> None:
-    async with worker_process(store_url):
+    async with worker(store_url):
         assert await (await worker_app.add.delay(20, 22)).result(timeout=30) == 42
         handle = await worker_app.count.delay(10_000)
 
@@ -139,7 +64,7 @@ async def test_celery_flow_across_processes(producer: aioabort.App, store_url: s
 async def test_abort_while_pending_across_processes(producer: aioabort.App, store_url: str) -> None:
     handle = await worker_app.count.delay(3)
     assert await handle.abort("too late to start") is True
-    async with worker_process(store_url):
+    async with worker(store_url):
         follow = await worker_app.add.delay(1, 2)
         assert await follow.result(timeout=30) == 3
     record = await handle.record()
@@ -149,7 +74,7 @@ async def test_abort_while_pending_across_processes(producer: aioabort.App, stor
 async def test_abort_racing_completion_across_processes(
     producer: aioabort.App, store_url: str
 ) -> None:
-    async with worker_process(store_url, "--concurrency", "20"):
+    async with worker(store_url, "--concurrency", "20"):
         handles = [await worker_app.count.delay(1, step=0.001 * (i % 7)) for i in range(40)]
         recorded = await asyncio.gather(*(h.abort("race") for h in handles))
         records = [await h.wait(timeout=30) for h in handles]
@@ -162,7 +87,7 @@ async def test_abort_racing_completion_across_processes(
 
 
 async def test_swallowed_abort_across_processes(producer: aioabort.App, store_url: str) -> None:
-    async with worker_process(store_url):
+    async with worker(store_url):
         handle = await worker_app.stubborn.delay()
         await wait_until(lambda: has_state(producer, handle.id, TaskState.STARTED), timeout=30)
         await asyncio.sleep(0.1)
@@ -175,7 +100,7 @@ async def test_swallowed_abort_across_processes(producer: aioabort.App, store_ur
 async def test_sigterm_aborts_running_tasks_after_the_grace(
     producer: aioabort.App, store_url: str
 ) -> None:
-    async with worker_process(store_url, "--grace", "0.3") as proc:
+    async with worker(store_url, "--grace", "0.3") as proc:
         plain = await worker_app.count.delay(10_000)
         retry = await worker_app.retryable_count.delay(10_000)
         await wait_until(lambda: has_state(producer, plain.id, TaskState.STARTED), timeout=30)
@@ -192,12 +117,12 @@ async def test_sigterm_aborts_running_tasks_after_the_grace(
 
 
 async def test_second_sigint_stops_at_once(producer: aioabort.App, store_url: str) -> None:
-    async with worker_process(store_url, "--grace", "3600", "--log-level", "info") as proc:
+    async with worker(store_url, "--grace", "3600", "--log-level", "info") as proc:
         handle = await worker_app.count.delay(10_000)
         await wait_until(lambda: has_state(producer, handle.id, TaskState.STARTED), timeout=30)
         proc.send_signal(signal.SIGINT)
         await proc.said("waiting for running tasks")
-        assert proc.proc.returncode is None  # draining: the grace is an hour
+        assert proc.returncode is None  # draining: the grace is an hour
         proc.send_signal(signal.SIGINT)
         assert await proc.exit_code() == 0, proc.stderr
     record = await handle.record()
@@ -208,7 +133,7 @@ async def test_second_sigint_stops_at_once(producer: aioabort.App, store_url: st
 async def test_kill_9_ends_the_task_lost_or_requeues_it(
     producer: aioabort.App, store_url: str
 ) -> None:
-    async with worker_process(store_url) as proc:
+    async with worker(store_url) as proc:
         plain = await worker_app.count.delay(10_000)
         retry = await worker_app.retryable_count.delay(10_000)
         await wait_until(lambda: has_state(producer, plain.id, TaskState.STARTED), timeout=30)
@@ -228,7 +153,7 @@ async def test_kill_9_ends_the_task_lost_or_requeues_it(
 async def test_parent_abort_reaches_children_on_another_worker(
     producer: aioabort.App, store_url: str
 ) -> None:
-    async with worker_process(store_url, "--concurrency", "5"):
+    async with worker(store_url, "--concurrency", "5"):
         parent = await worker_app.parent.delay(2)
 
         async def children() -> list[aioabort.TaskRecord]:
@@ -247,25 +172,16 @@ async def test_parent_abort_reaches_children_on_another_worker(
 
 
 def test_worker_cli_errors() -> None:
-    import subprocess
+    def run_worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(cli("--db", "sqlite:///:memory:", "worker", *args), timeout=60)
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "aioabort", "--db", "sqlite:///:memory:", "worker", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-            timeout=60,
-        )
-
-    out = run("no_such_module:app")
+    out = run_worker("no_such_module:app")
     assert out.returncode == 2 and "cannot import" in out.stderr
-    out = run("tests.worker_app:nothing")
+    out = run_worker("tests.worker_app:nothing")
     assert out.returncode == 2 and "no attribute" in out.stderr
-    out = run("tests.worker_app:add")
+    out = run_worker("tests.worker_app:add")
     assert out.returncode == 2 and "not an aioabort.App" in out.stderr
-    out = run("tests.worker_app")
+    out = run_worker("tests.worker_app")
     assert out.returncode == 2 and "MODULE:APP" in out.stderr
 
 
@@ -276,37 +192,37 @@ async def test_a_second_signal_frees_a_worker_held_hostage(
     first SIGTERM they are aborted (``shutdown``) and ignore it; the second SIGTERM makes the
     worker give up on them and exit within seconds, recording them (FAILURE, cause
     ``killed``; the retryable one back on the queue): nothing is left STARTED or ABORTING."""
-    async with worker_process(store_url, "--grace", "0.5", "--kill-after", "600") as worker:
+    async with worker(store_url, "--grace", "0.5", "--kill-after", "600") as proc:
         held = await worker_app.hostage.delay()
         retried = await worker_app.retryable_hostage.delay()
         for task_id in (held.id, retried.id):
             await wait_until(functools.partial(has_state, producer, task_id, TaskState.STARTED))
-        worker.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         for task_id in (held.id, retried.id):  # aborted after the grace, and ignoring it
             await wait_until(functools.partial(has_state, producer, task_id, TaskState.ABORTING))
-        worker.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        code = await worker.exit_code(timeout=30)
+        code = await proc.exit_code(timeout=30)
         took = time.monotonic() - started
-    assert code == 130, worker.stderr
+    assert code == 130, proc.stderr
     assert took < 10, took
     record = await held.record()
     assert record.state is TaskState.FAILURE
     assert record.error is not None and record.error.cause == "killed"
     assert record.reason is not None and record.reason.code == "shutdown"
     assert (await retried.state()) is TaskState.PENDING
-    assert "gave up on 2 task(s)" in worker.stderr
+    assert "gave up on 2 task(s)" in proc.stderr
 
 
 async def test_kill_after_frees_the_worker_without_a_second_signal(
     producer: aioabort.App, store_url: str
 ) -> None:
-    async with worker_process(store_url, "--grace", "0", "--kill-after", "1") as worker:
+    async with worker(store_url, "--grace", "0", "--kill-after", "1") as proc:
         held = await worker_app.hostage.delay()
         await wait_until(lambda: has_state(producer, held.id, TaskState.STARTED))
-        worker.send_signal(signal.SIGTERM)
-        code = await worker.exit_code(timeout=30)
-    assert code == 1, worker.stderr
+        proc.send_signal(signal.SIGTERM)
+        code = await proc.exit_code(timeout=30)
+    assert code == 1, proc.stderr
     record = await held.record()
     assert record.state is TaskState.FAILURE
     assert record.error is not None and record.error.cause == "killed"
@@ -317,24 +233,24 @@ async def test_the_worker_logs_each_task_with_its_id_and_name(
 ) -> None:
     """The banner shows the store's URL as given; each task's end is one line with its id and
     name, an abort's reason and who asked, and a requeue said as such (not "ended PENDING")."""
-    async with worker_process(store_url, "--log-level", "info", "--grace", "0") as worker:
-        await worker.said(f"aioabort worker: {store_url}, queues default,")
+    async with worker(store_url, "--log-level", "info", "--grace", "0") as proc:
+        await proc.said(f"aioabort worker: {store_url}, queues default,")
         handle = await worker_app.add.delay(1, 2)
         assert await handle.result(timeout=30) == 3
-        await worker.said(f"task {handle.id} ({worker_app.add.name}) ended SUCCESS")
+        await proc.said(f"task {handle.id} ({worker_app.add.name}) ended SUCCESS")
         stopped = await worker_app.count.delay(100_000)
         await wait_until(lambda: has_state(producer, stopped.id, TaskState.STARTED))
         await stopped.abort("enough of it", by="alice")
-        await worker.said(
+        await proc.said(
             f"task {stopped.id} ({worker_app.count.name}) ended ABORTED: "
             "user: enough of it (by alice)"
         )
         again = await worker_app.retryable_count.delay(100_000)
         await wait_until(lambda: has_state(producer, again.id, TaskState.STARTED))
-        worker.send_signal(signal.SIGTERM)  # --grace 0: aborted at once, then requeued
-        assert await worker.exit_code() == 0
+        proc.send_signal(signal.SIGTERM)  # --grace 0: aborted at once, then requeued
+        assert await proc.exit_code() == 0
     assert await again.state() is TaskState.PENDING
     assert f"task {again.id} ({worker_app.retryable_count.name}) requeued: shutdown" in (
-        worker.stderr
-    ), worker.stderr
-    assert "ended PENDING" not in worker.stderr
+        proc.stderr
+    ), proc.stderr
+    assert "ended PENDING" not in proc.stderr
