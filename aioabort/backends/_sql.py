@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .._state import (
@@ -21,7 +21,7 @@ from .._state import (
     TaskState,
     after_abort_request,
 )
-from .._types import AbortReason, ErrorInfo
+from .._types import AbortReason, ErrorInfo, utcnow
 
 
 def in_list(states: Collection[TaskState]) -> str:
@@ -102,7 +102,7 @@ def reason_from(
     """The stored abort columns as an :class:`AbortReason` (``None`` when no abort was asked)."""
     if code is None:
         return None
-    return AbortReason(code, message or "", by, at or datetime.now(UTC))
+    return AbortReason(code, message or "", by, at or utcnow())
 
 
 def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) -> TaskRecord:

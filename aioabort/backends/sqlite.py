@@ -32,6 +32,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from .._backend import ChangeCallback, StoreStatistics, WatchedIds
+from .._backoff import Backoff
 from .._errors import AppClosed, InvalidURL, StoreBusy, StoreError, StoreUnavailable
 from . import _sql
 from ._sqlitewatch import ChangePoller, Identity, connect_watcher, file_identity
@@ -264,7 +265,7 @@ class SQLiteStore(SQLStore):
         """The driver's thread: BEGIN IMMEDIATE (retried while another writer holds the lock,
         up to :attr:`write_budget`), the flow, COMMIT; ROLLBACK on any error."""
         deadline = time.monotonic() + self.write_budget
-        delay = 0.005
+        backoff = Backoff(0.005, 0.5)
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -272,13 +273,12 @@ class SQLiteStore(SQLStore):
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + backoff.peek() > deadline:
                     raise StoreBusy(
                         f"the SQLite store {self._path!r} stayed locked by another writer "
                         f"for more than {self.write_budget:g}s"
                     ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                time.sleep(backoff.next())
         try:
             result = _run_to_end(body(_ThreadConn(conn)))
             conn.execute("COMMIT")

@@ -40,6 +40,7 @@ from ..._backend import (
     StoreStatistics,
     WatchedIds,
 )
+from ..._backoff import Backoff
 from ..._errors import AioabortError, AppClosed
 from ..._state import parent_reason
 from ..._types import AbortReason
@@ -197,7 +198,7 @@ class PostgresStore(SQLStore):
         once with :class:`StoreUnavailable` instead."""
         self._require()
         deadline = time.monotonic() + (self.reconnect_budget if retry else 0)
-        delay = 0.05
+        backoff = Backoff(0.05, 1.0)
         while True:
             try:
                 return await attempt()
@@ -207,15 +208,14 @@ class PostgresStore(SQLStore):
                 # Every error that leaves the store is an AioabortError raised from the
                 # driver's; only a connection that cannot be used any more is retried.
                 gone = connection_unusable(exc)
-                if not gone or time.monotonic() + delay > deadline or self._pool is None:
+                if not gone or time.monotonic() + backoff.peek() > deadline or self._pool is None:
                     raise store_error(exc, self.display_url) from exc
                 logger.warning(
                     "PostgreSQL connection lost; retrying",
                     extra={"action": "store_retry", "error": f"{type(exc).__name__}: {exc}"},
                 )
                 await self._pool.expire_connections()  # the others are as dead: replace them all
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await asyncio.sleep(backoff.next())
 
     # -- the SQL store's driver --------------------------------------------------------------
 

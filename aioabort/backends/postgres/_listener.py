@@ -32,6 +32,7 @@ from typing import Any, LiteralString
 import asyncpg
 
 from ..._backend import AbortNotice, Change, ChangeCallback, WatchedIds
+from ..._backoff import Backoff
 from .. import _sql
 from .._seqcursor import SeqCursor
 from .._sqlbase import Row
@@ -294,12 +295,12 @@ class Listener:
     async def _run(self) -> None:
         """A supervisor: whatever the driver (or a bug) raises, the listener reconnects and
         re-reads; it never dies while the App is open."""
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 if self.conn is None or self.conn.is_closed() or self.lost.is_set():
                     await self._reconnect()
-                    backoff = 0.1
+                    backoff.reset()
                 await self.poll()
             except Exception as exc:
                 logger.warning(
@@ -312,8 +313,7 @@ class Listener:
                     },
                 )
                 await self._close_conn()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff.next())
                 continue
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
