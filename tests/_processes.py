@@ -31,6 +31,9 @@ from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: The longest line read from a process (asyncio's default, 64 KiB, is short for JSON lines).
+_LINE_LIMIT = 2**20
+
 T = TypeVar("T")
 
 
@@ -190,7 +193,8 @@ class Process:
         """Wait for it to exit (and for the last of its output); its exit status."""
         try:
             code = await asyncio.wait_for(self._proc.wait(), timeout)
-            await asyncio.wait_for(asyncio.gather(*self._readers), timeout)
+            # (shielded: a reader the bound cuts short would lose the rest of the output)
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*self._readers)), timeout)
         except TimeoutError:
             raise self.failure(f"still running after {timeout:g}s") from None
         return code
@@ -228,6 +232,7 @@ async def spawn(
         stderr=asyncio.subprocess.PIPE,
         env=dict(environment() if env is None else env),
         cwd=cwd,
+        limit=_LINE_LIMIT,
     )
     return Process(proc, name or " ".join(command[1:])[:80])
 
