@@ -333,6 +333,20 @@ class _WriteBlocker:
             )
         self.held = True
 
+    async def queued(self, count: int) -> bool:
+        """Whether ``count`` writes wait on the lock. PostgreSQL: backends waiting on a lock
+        in this database; SQLite: after five loop turns (its writes run one at a time, in
+        order, on the store's own thread, so a write handed to it first commits first)."""
+        if self._pg is None:
+            for _ in range(5):  # loop turns, not time: the write -> its thread's queue
+                await asyncio.sleep(0)
+            return True
+        waiting = await self._pg.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return bool(waiting >= count)
+
     async def release(self) -> None:
         if self._sqlite is not None:
             self._sqlite.execute("COMMIT")
@@ -355,8 +369,9 @@ async def test_abort_during_the_final_write(app: aioabort.App, store_url: str) -
     task = asyncio.create_task(body())
     try:
         await wait_until(lambda: blocker.held, what="the lock to be taken")
-        for _ in range(5):  # loop turns, not time: the scope's exit -> its end write -> queued
-            await asyncio.sleep(0)
+        await wait_until(lambda: blocker.queued(1), what="the end write to wait on the lock")
+        # The abort comes after: behind the end write on the row lock, or on the pool's
+        # connection the end write holds; either way it runs after the end commits.
         abort = asyncio.create_task(app.handle("final-write").abort("late"))
         for _ in range(5):  # loop turns, not time: abort() -> its shielded store call -> queued
             await asyncio.sleep(0)
