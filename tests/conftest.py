@@ -26,6 +26,8 @@ import pytest
 
 import aioabort
 
+from ._brokers import REQUIRE as REQUIRE_BROKER, Broker, broker
+
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REQUIRE_POSTGRES = os.environ.get("AIOABORT_REQUIRE_POSTGRES") == "1"
 
@@ -171,12 +173,29 @@ def pgbouncer_url(pgbouncer: str) -> str:
     return f"{pgbouncer}?aioabort_schema=t_{uuid.uuid4().hex[:12]}&aioabort_pooler=transaction"
 
 
+@pytest.fixture
+def redis_server() -> Iterator[Broker]:
+    """A real ``redis-server`` of this test's own on a free loopback port."""
+    yield from broker("redis")
+
+
+@pytest.fixture
+def nats_server() -> Iterator[Broker]:
+    """A real ``nats-server`` of this test's own on a free loopback port."""
+    yield from broker("nats")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """With AIOABORT_REQUIRE_POSTGRES=1 a skipped PostgreSQL test fails the run."""
+    """With AIOABORT_REQUIRE_POSTGRES=1 a skipped PostgreSQL test fails the run (and the same
+    for Redis and NATS tests with AIOABORT_REQUIRE_REDIS=1 / AIOABORT_REQUIRE_NATS=1)."""
     report = yield
+    for kind, required in REQUIRE_BROKER.items():
+        if required and report.skipped and item.get_closest_marker(kind) is not None:
+            report.outcome = "failed"
+            report.longrepr = f"{kind} test skipped but it is required: {report.longrepr}"
     if REQUIRE_POSTGRES and report.skipped and item.get_closest_marker("postgres") is not None:
         report.outcome = "failed"
         report.longrepr = (
@@ -189,6 +208,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"postgres_url", "cluster", "pgbouncer_url"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
+        for kind in REQUIRE_BROKER:
+            if f"{kind}_server" in getattr(item, "fixturenames", ()):
+                item.add_marker(getattr(pytest.mark, kind))
 
 
 @pytest.fixture
