@@ -13,9 +13,10 @@ import aioabort
 from .conftest import STORES, wait_until
 
 #: Statements a store's watcher runs to read one change another App committed, beyond its
-#: poll: SQLite reads the abort log and which records changed; PostgreSQL's notification
-#: carries the abort with its reason, so it reads nothing.
-COST_PER_CHANGE = {"sqlite": 2, "postgres": 0}
+#: poll, in a process that waits on no task: SQLite reads the abort log (and which records
+#: changed only while something waits); PostgreSQL's notification carries the abort with
+#: its reason, so it reads nothing.
+COST_PER_CHANGE = {"sqlite": 1, "postgres": 0}
 #: Tasks another App creates and aborts while the scopes are open: two commits each.
 NOISE = 5
 
@@ -72,6 +73,37 @@ async def extra_statements(app: aioabort.App, producer: aioabort.App, count: int
         release.set()
         await asyncio.gather(*tasks)
     return (after.statements - before.statements) - (after.polls - before.polls)
+
+
+async def test_sqlite_reads_which_records_changed_only_while_something_waits(
+    sqlite_url: str,
+) -> None:
+    """A worker or a producer that waits on no task reads no rows of the other processes'
+    writes: each change costs it the abort log's read alone. A waiter adds the changed-ids
+    read, from the moment it starts waiting, and loses no change."""
+    async with watched_app(sqlite_url) as app, watched_app(sqlite_url) as producer:
+        alone = await statements_per_change(app, producer, "alone")
+        await producer.create("waited")
+        waiter = asyncio.create_task(app.handle("waited").wait(timeout=60))
+        await wait_until(lambda: app.watcher.statistics().waited_ids == 1, what="the waiter")
+        waiting = await statements_per_change(app, producer, "waiting")
+        await producer.handle("waited").abort("a change of its own")
+        assert (await waiter).state is aioabort.TaskState.ABORTED
+    assert alone == 1.0
+    assert waiting == 2.0
+
+
+async def statements_per_change(app: aioabort.App, producer: aioabort.App, tag: str) -> float:
+    """The statements ``app``'s watcher ran per change it saw, beyond one per poll, while
+    ``producer`` created and aborted :data:`NOISE` tasks."""
+    before = app.watcher.statistics()
+    for i in range(NOISE):
+        await producer.create(f"{tag}-{i}")
+        await abort_seen(app, producer.handle(f"{tag}-{i}"))
+    after = app.watcher.statistics()
+    changes = after.changes - before.changes
+    assert changes >= 1
+    return ((after.statements - before.statements) - (after.polls - before.polls)) / changes
 
 
 async def abort_seen(app: aioabort.App, handle: aioabort.AbortHandle[Any]) -> None:

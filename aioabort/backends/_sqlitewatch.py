@@ -128,7 +128,9 @@ class _FileEvents:
 
 
 class ChangePoller(threading.Thread):
-    """Checks ``PRAGMA data_version`` on its own connection; reads the abort log on change.
+    """Checks ``PRAGMA data_version`` on its own connection; reads the abort log on change,
+    and the ids of changed records only while this process has waiters (:meth:`want_ids`):
+    a worker or a producer that waits on nothing reads no rows of other processes' writes.
 
     On Linux it sleeps until inotify reports a write in the database's directory, then checks
     every ``interval`` seconds for :data:`_BURST` seconds (a commit's WAL write can be seen a
@@ -164,12 +166,31 @@ class ChangePoller(threading.Thread):
         #: the rows reported at exactly that time.
         self._last_seq, self._since = cursor
         self._at_since: set[tuple[Any, ...]] = set()
+        #: Whether changed ids are read; and a new start for them, handed over by want_ids().
+        self._ids_wanted = False
+        self._ids_from: tuple[float, list[tuple[Any, ...]]] | None = None
+        self._handover = threading.Lock()
         self._queries, self._notices = queries, notices
         self._loop, self._deliver, self._on_lost = loop, deliver, on_lost
         self._stopping = threading.Event()
         self._events = _FileEvents.open(os.path.dirname(os.path.abspath(path)))
         self.polls = 0
         self.statements = 1  # the data_version read when it connected
+
+    def want_ids(self, start: tuple[float, list[tuple[Any, ...]]] | None) -> None:
+        """Read the ids of changed records from ``start`` on, or stop reading them (``None``).
+        ``start`` is the store's newest change time and its ``changed_since`` rows from it,
+        read before this process's first waiter reads its record: what they show is known
+        to the waiter, and what comes after is read here. Any thread."""
+        with self._handover:
+            if start is None:
+                self._ids_wanted, self._ids_from = False, None
+            elif not self._ids_wanted:  # already reading: its place in the changes stays
+                self._ids_wanted, self._ids_from = True, start
+
+    @property
+    def ids_wanted(self) -> bool:
+        return self._ids_wanted
 
     def stop(self) -> None:
         self._stopping.set()
@@ -233,13 +254,25 @@ class ChangePoller(threading.Thread):
         if current == self._version:
             return None
         rows = self._conn.execute(self._queries["aborts_since"], (self._last_seq,)).fetchall()
-        changed = self._conn.execute(self._queries["changed_since"], (self._since,)).fetchall()
-        self.statements += 2
+        self.statements += 1
         self._version = current
         if rows:
             self._last_seq = rows[-1][0]
         notices = self._notices([row[1:] for row in rows])
-        return Change(tuple(notices), ids=self._changed_ids(changed))
+        return Change(tuple(notices), ids=self._read_changed_ids())
+
+    def _read_changed_ids(self) -> frozenset[str]:
+        """The ids changed since the last read, when this process waits on any (else none)."""
+        with self._handover:
+            wanted, start, self._ids_from = self._ids_wanted, self._ids_from, None
+        if not wanted:
+            return frozenset()
+        if start is not None:
+            self._since, self._at_since = start[0], set()
+            self._changed_ids(start[1])  # seen by the waiters' own first reads
+        changed = self._conn.execute(self._queries["changed_since"], (self._since,)).fetchall()
+        self.statements += 1
+        return self._changed_ids(changed)
 
     def _changed_ids(self, rows: list[tuple[Any, ...]]) -> frozenset[str]:
         """The ids of ``changed_since`` rows not reported before. A row at the very instant

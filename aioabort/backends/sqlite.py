@@ -335,6 +335,20 @@ class SQLiteStore(SQLStore):
         poller.start()
         self._poller = poller
 
+    async def subscribe(self, *, ends: bool, queues: frozenset[str]) -> None:
+        # Ends: the ids of changed records are read while this process has waiters, from
+        # the newest change time read now, before the first waiter reads its record.
+        poller = self._poller
+        if poller is None:
+            return
+        if not ends:
+            poller.want_ids(None)
+        elif not poller.ids_wanted:
+            since = float((await self._one("max_updated"))[0][0])
+            poller.want_ids(
+                (since, [tuple(row) for row in await self._one("changed_since", since)])
+            )
+
     def statistics(self) -> StoreStatistics:
         poller = self._poller
         return StoreStatistics(
