@@ -393,7 +393,9 @@ def test_hostile_urls_get_a_specific_error_or_an_app(url: str) -> None:
 def test_json_rejects_what_would_not_round_trip() -> None:
     from aioabort._types import dump_json
 
-    for bad in (float("nan"), math.inf, {1: 2}, {"a": {2: 3}}, b"bytes", {1, 2}):
+    deep = ("{", [{"ok": [1, {None: "a key json would turn into 'null'"}]}])
+    for bad in (float("nan"), math.inf, {1: 2}, {"a": {2: 3}}, b"bytes", {1, 2}, deep):
         with pytest.raises(aioabort.NotJSONSerializable):
             dump_json(bad, "value")
     assert dump_json((1, [2, (3,)]), "value") == "[1,[2,[3]]]"
+    assert dump_json(["{1: 2}", {"k": ("}",)}], "value") == '["{1: 2}",{"k":["}"]}]'
