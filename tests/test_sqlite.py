@@ -315,11 +315,14 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
     }
 
 
-@pytest.mark.parametrize("query", ["abort_descendants", "purge", "abort_tasks"])
+@pytest.mark.parametrize(
+    "query", ["abort_descendants", "purge", "abort_tasks", "finish_batch", "claim"]
+)
 def test_per_task_statements_do_not_scan_by_state(sqlite_url: str, query: str) -> None:
-    """An abort (its descendants) and a purge batch look their rows up by id: with the state
-    index SQLite scanned every running (finished) task instead — 11 ms per abort with 100,000
-    queued tasks, 0.4 ms since."""
+    """An abort (its descendants), a purge batch, a batch of ends and a claim's update look
+    their rows up by id: with the state index SQLite scanned every running (finished,
+    queued) task instead — 11 ms per abort with 100,000 queued tasks, 0.4 ms since; 43 ms per
+    claim of 50 with 100,000 queued, 1.5 ms since; 1.3 ms per task in a batch of ends."""
     from aioabort.backends.sqlite import QUERIES
 
     asyncio.run(_open_once(sqlite_url))
@@ -332,7 +335,9 @@ def test_per_task_statements_do_not_scan_by_state(sqlite_url: str, query: str) -
         )
     finally:
         conn.close()
-    assert "aioabort_tasks_state" not in plan, plan
+    # The claim finds its candidates through the state index (in queue order): that part may.
+    checked = plan.split(" | LIST SUBQUERY")[0] if query == "claim" else plan
+    assert "aioabort_tasks_state" not in checked, plan
 
 
 def test_a_page_of_the_newest_reads_through_the_created_index(sqlite_url: str) -> None:

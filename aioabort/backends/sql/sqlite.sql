@@ -194,8 +194,9 @@ WHERE parent_id IN (SELECT value FROM json_each(?1));
 INSERT INTO aioabort_abort_log (task_id, at) SELECT value, {now} FROM json_each(?1);
 
 -- name: finish_batch
--- ?1: a JSON array of [id, owner, state, result, error].
-WITH v(id, owner, state, result, error) AS (
+-- ?1: a JSON array of [id, owner, state, result, error]. Materialised, so each row is found
+-- by its id (inlined, SQLite walked every running task through the state index per row).
+WITH v(id, owner, state, result, error) AS MATERIALIZED (
     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?1)
 )
 UPDATE aioabort_tasks SET state = v.state, result = v.result, error = v.error,
@@ -213,7 +214,7 @@ WHERE id IN (
     WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?2))
         AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
     ORDER BY created_at, rowid LIMIT ?3
-) AND state = 'PENDING'
+) AND +state = 'PENDING'
 RETURNING {columns};
 
 -- name: has_pending
