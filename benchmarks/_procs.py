@@ -17,6 +17,7 @@ async def start_worker(
     *,
     capture_stdout: bool = False,
     log_level: str = "warning",
+    queue: str = "default",
 ) -> asyncio.subprocess.Process:
     """``aioabort worker TARGET`` on ``url``; returns once it prints its banner (claiming)."""
     proc = await asyncio.create_subprocess_exec(
@@ -29,6 +30,8 @@ async def start_worker(
         str(concurrency),
         "--log-level",
         log_level,
+        "--queue",
+        queue,
         stdout=asyncio.subprocess.PIPE if capture_stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": REPO, "AIOABORT_URL": url},

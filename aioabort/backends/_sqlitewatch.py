@@ -174,6 +174,8 @@ class ChangePoller(threading.Thread):
         self._loop, self._deliver, self._on_lost = loop, deliver, on_lost
         self._stopping = threading.Event()
         self._events = _FileEvents.open(os.path.dirname(os.path.abspath(path)))
+        #: When the last check ran, and when the file's identity is due to be checked again.
+        self._checked_at = self._identity_due = 0.0
         self.polls = 0
         self.statements = 1  # the data_version read when it connected
 
@@ -206,19 +208,21 @@ class ChangePoller(threading.Thread):
                 self._events.close()
 
     def _sleep(self, burst_until: float) -> float:
-        """Wait for the next check; returns the new end of the fast-check burst."""
+        """Wait for the next check; returns the new end of the fast-check burst. A file event
+        is checked at once, but no sooner than ``interval`` after the last check: one commit
+        writes the WAL and its index in several events, and a busy store writes all along."""
         events = self._events
         if events is None:
             self._stopping.wait(self._interval)
             return burst_until
-        now = time.monotonic()
-        if now < burst_until:
-            if events.wait(self._interval):
-                return time.monotonic() + self._BURST
+        bursting = time.monotonic() < burst_until
+        if not events.wait(self._interval if bursting else self._SAFETY):
             return burst_until
-        if events.wait(self._SAFETY):
-            return time.monotonic() + self._BURST
-        return burst_until
+        spacing = self._checked_at + self._interval - time.monotonic()
+        if spacing > 0:
+            self._stopping.wait(spacing)
+            events.wait(0)  # the events of that wait belong to this check
+        return time.monotonic() + self._BURST
 
     def _loop_forever(self) -> None:
         burst_until = 0.0
@@ -226,8 +230,7 @@ class ChangePoller(threading.Thread):
             burst_until = self._sleep(burst_until)
             if self._stopping.is_set():
                 return
-            if file_identity(self._path) != self._identity:
-                # Deleted or replaced: say so now, even if this process is idle.
+            if self._lost():
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._on_lost)
                 return
@@ -235,6 +238,7 @@ class ChangePoller(threading.Thread):
             try:
                 change = self._check()
             except sqlite3.Error as exc:  # the next check says whether the file went away
+                self._identity_due = 0.0
                 logger.warning(
                     "SQLite change poll failed; retrying",
                     extra={"action": "poll_failed", "error": str(exc)},
@@ -246,6 +250,15 @@ class ChangePoller(threading.Thread):
                 self._loop.call_soon_threadsafe(self._deliver, change)
             except RuntimeError:  # the event loop is closed: nobody is left to tell
                 return
+
+    def _lost(self) -> bool:
+        """Whether the file was deleted or replaced: looked at every :data:`_SAFETY` seconds
+        (a busy store is checked far more often), so an idle process says so too."""
+        self._checked_at = now = time.monotonic()
+        if now < self._identity_due:
+            return False
+        self._identity_due = now + self._SAFETY
+        return file_identity(self._path) != self._identity
 
     def _check(self) -> Change | None:
         """What other connections committed since the last check (``None``: nothing)."""
