@@ -31,7 +31,7 @@ _INSERT = (
 _CLAIM = (
     "UPDATE aioabort_tasks SET state = 'STARTED', owner = ?, started_at = ?, updated_at = ?,"
     " attempts = attempts + 1 WHERE id IN (SELECT id FROM aioabort_tasks WHERE state = 'PENDING'"
-    " AND queue = 'default' ORDER BY created_at, rowid LIMIT ?) AND state = 'PENDING' RETURNING id"
+    " AND queue = 'default' ORDER BY created_at, rowid LIMIT ?) AND +state = 'PENDING' RETURNING id"
 )
 _FINISH = (
     "UPDATE aioabort_tasks SET state = 'SUCCESS', result = 'null', finished_at = ?,"
