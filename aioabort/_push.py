@@ -26,6 +26,16 @@ logger = logging.getLogger("aioabort.notifier")
 _MAX_QUEUED = 50_000
 #: Seconds a connection attempt (and a subscription) may take.
 CONNECT_TIMEOUT = 2.0
+#: Seconds a closing App gives the messages still queued (the ends of its last tasks).
+_DRAIN_TIMEOUT = 1.0
+
+
+def _reraise_cancellation() -> None:
+    """A driver that turned our cancellation into an error of its own (a timeout while
+    connecting) must not keep a cancelled task alive: raise it again."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,7 @@ class Push:
         self._queue: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=_MAX_QUEUED)
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._lock = asyncio.Lock()  # one change of subscriptions at a time
         self.outages = self.reconnects = self.published = self.dropped = 0
         self.received = self.ignored = 0
@@ -90,7 +101,13 @@ class Push:
         ]
 
     async def stop(self) -> None:
+        """Send what is queued (for a second at most), then close."""
         tasks, self._tasks = self._tasks, []
+        self._stopping = True
+        self._queued.set()
+        if tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(tasks[1]), _DRAIN_TIMEOUT)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -110,6 +127,7 @@ class Push:
             try:
                 await self._sync_subscriptions()
             except Exception as exc:  # noqa: BLE001 - best effort: the reconnect subscribes
+                _reraise_cancellation()
                 self._mark_lost(exc)
 
     async def _sync_subscriptions(self) -> None:
@@ -135,7 +153,7 @@ class Push:
         self._queued.set()
 
     async def _send(self) -> None:
-        while True:
+        while not (self._stopping and not self._queue):
             await self._queued.wait()
             self._queued.clear()
             batch = list(self._queue)
@@ -148,6 +166,7 @@ class Push:
             try:
                 await self.notifier.publish(batch)
             except Exception as exc:  # noqa: BLE001 - hints lost: the store's poll finds them
+                _reraise_cancellation()
                 self.dropped += len(batch)
                 self._mark_lost(exc)
             else:
@@ -172,7 +191,10 @@ class Push:
         self.outages += 1
         _telemetry.notifier_outage(self.notifier.display_url)
         logger.warning(
+            "%s (%s: %s)",
             message,
+            type(exc).__name__,
+            exc,
             extra={
                 "action": "notifier_down",
                 "url": self.notifier.display_url,
@@ -190,6 +212,7 @@ class Push:
                 self._subscribed = set()
                 await self._sync_subscriptions()
         except Exception as exc:  # noqa: BLE001 - any failure: down, try again later
+            _reraise_cancellation()
             with contextlib.suppress(Exception):
                 await self.notifier.close()
             return self._failed(exc)

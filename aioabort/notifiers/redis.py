@@ -60,7 +60,6 @@ class RedisNotifier(Notifier):
             self.url,
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=timeout,
-            socket_timeout=timeout,
             socket_keepalive=True,
         )
         self._client = client
