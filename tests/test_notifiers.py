@@ -242,3 +242,64 @@ async def test_behind_pgbouncer_a_notifier_brings_push_back(
         record = await waiting
         assert record.state is aioabort.TaskState.SUCCESS
         assert await has_state(other, "ends", aioabort.TaskState.SUCCESS)
+
+
+# -- new work, and the outage counter ---------------------------------------------------------
+
+
+async def test_new_work_wakes_a_worker_of_another_process_through_the_notifier(
+    postgres_url: str, notifier: Broker
+) -> None:
+    ran = asyncio.Event()
+
+    async def job() -> None:
+        ran.set()
+
+    worker_app = aioabort.App(postgres_url, notifier=notifier.url, poll_interval=NO_POLL)
+    producer = aioabort.App(postgres_url, notifier=notifier.url, poll_interval=NO_POLL)
+    worker_app.task(job)
+    queued = producer.task(job)
+    async with worker_app, producer:
+        worker = aioabort.Worker(worker_app, poll_interval=NO_POLL)
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.started.wait(), 20)
+            handle = await queued.delay()
+            await asyncio.wait_for(ran.wait(), 20)  # long before the worker's own poll
+            record = await handle.wait(timeout=20)  # and its end reached the producer
+            assert record.state is aioabort.TaskState.SUCCESS
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 30)
+
+
+async def test_an_outage_is_counted_in_opentelemetry(store_url: str, redis_server: Broker) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from aioabort import _telemetry
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("aioabort")
+    counter = meter.create_counter("aioabort.notifier.outages")
+    assert _telemetry._INSTRUMENTS is not None
+    original, _telemetry._INSTRUMENTS.outages = _telemetry._INSTRUMENTS.outages, counter
+    try:
+        async with aioabort.App(store_url, notifier=redis_server.url) as app:
+            redis_server.kill()
+            await wait_until(lambda: stats(app).outages == 1, what="the outage seen")
+    finally:
+        _telemetry._INSTRUMENTS.outages = original
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "aioabort.notifier.outages"
+        for point in metric.data.data_points
+    ]
+    assert [(p.value, dict(p.attributes or {})) for p in points] == [
+        (1, {"notifier": redis_server.url})
+    ]
