@@ -292,7 +292,7 @@ async def test_an_outage_is_counted_in_opentelemetry(store_url: str, redis_serve
         _telemetry._INSTRUMENTS.outages = original
     data = reader.get_metrics_data()
     assert data is not None
-    points = [
+    points: list[Any] = [
         point
         for resource in data.resource_metrics
         for scope in resource.scope_metrics
