@@ -14,11 +14,10 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 
 from . import _telemetry
 from ._backoff import Backoff
-from .notifiers import Notifier, OnMessage
+from .notifiers import Notifier, NotifierStatistics, OnMessage
 
 logger = logging.getLogger("aioabort.notifier")
 
@@ -36,30 +35,6 @@ def _reraise_cancellation() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-@dataclass(frozen=True, slots=True)
-class NotifierStatistics:
-    """A snapshot of the notifier's counters (``watcher.statistics().notifier``).
-
-    :ivar url: the notifier's URL, without its password.
-    :ivar connected: whether it is connected now.
-    :ivar outages: times it was found down (at start, or a connection lost).
-    :ivar reconnects: times it connected again after an outage.
-    :ivar published: messages sent.
-    :ivar dropped: messages not sent because it was down.
-    :ivar received: messages received.
-    :ivar ignored: abort messages received for tasks this process does not run.
-    """
-
-    url: str
-    connected: bool
-    outages: int
-    reconnects: int
-    published: int
-    dropped: int
-    received: int
-    ignored: int
 
 
 class Push:

@@ -18,9 +18,9 @@ from typing import Protocol, TypeVar, cast
 
 from ._backend import Change, Store
 from ._errors import ScopeAlreadyEntered
-from ._push import NotifierStatistics
 from ._pushed import PushedStore
 from ._types import AbortReason
+from .notifiers import NotifierStatistics
 
 logger = logging.getLogger("aioabort.watcher")
 

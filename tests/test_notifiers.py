@@ -21,8 +21,8 @@ import pytest
 
 import aioabort
 from aioabort import notifiers
-from aioabort._push import NotifierStatistics
 from aioabort._pushed import owner_subject
+from aioabort.notifiers import NotifierStatistics
 
 from . import _processes
 from ._brokers import Broker

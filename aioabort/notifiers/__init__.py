@@ -19,11 +19,20 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from .._errors import InvalidURL, MissingDriver, UsageError
 
-__all__ = ["Notifier", "OnLost", "OnMessage", "check_url", "make", "register_scheme"]
+__all__ = [
+    "Notifier",
+    "NotifierStatistics",
+    "OnLost",
+    "OnMessage",
+    "check_url",
+    "make",
+    "register_scheme",
+]
 
 #: Called on the event loop thread with each message: its subject and its payload.
 OnMessage = Callable[[str, bytes], None]
@@ -73,6 +82,30 @@ class Notifier(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the connection; never raises, safe to call twice."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierStatistics:
+    """A snapshot of the notifier's counters (``watcher.statistics().notifier``).
+
+    :ivar url: the notifier's URL, without its password.
+    :ivar connected: whether it is connected now.
+    :ivar outages: times it was found down (at start, or a connection lost).
+    :ivar reconnects: times it connected again after an outage.
+    :ivar published: messages sent.
+    :ivar dropped: messages not sent because it was down.
+    :ivar received: messages received.
+    :ivar ignored: abort messages received for tasks this process does not run.
+    """
+
+    url: str
+    connected: bool
+    outages: int
+    reconnects: int
+    published: int
+    dropped: int
+    received: int
+    ignored: int
 
 
 class _Scheme(NamedTuple):
