@@ -89,7 +89,9 @@ class Servers:
 
 
 @asynccontextmanager
-async def member(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Any]:
+async def member(
+    *args: str, env: dict[str, str] | None = None, ready_within: float = 120
+) -> AsyncIterator[Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -101,7 +103,7 @@ async def member(*args: str, env: dict[str, str] | None = None) -> AsyncIterator
         limit=2**20,
     )
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 120)  # type: ignore[union-attr]
+        line = await asyncio.wait_for(proc.stdout.readline(), ready_within)  # type: ignore[union-attr]
         assert line.strip() == b"READY", line
         yield proc
     finally:
@@ -310,7 +312,9 @@ async def storm(store: str, servers: Servers, kind: str, count: int) -> Any:
     asked: dict[int, float] = {}
     got: dict[int, float] = {}
     async with (
-        member("listen", store, prefix, str(count), env=notifier_env(notifier)) as owner,
+        member(
+            "listen", store, prefix, str(count), env=notifier_env(notifier), ready_within=900
+        ) as owner,
         aioabort.App(store, notifier=notifier) as app,
     ):
 
@@ -328,7 +332,7 @@ async def storm(store: str, servers: Servers, kind: str, count: int) -> Any:
             asked[i] = time.perf_counter()
             await app.handle(f"{prefix}-{i}").abort("storm")
         try:
-            await asyncio.wait_for(reader, poll + 30)
+            await asyncio.wait_for(reader, poll + 120)
         except TimeoutError:
             reader.cancel()
     late = [i for i in got if got[i] - asked[i] > poll + 1.0]
@@ -366,16 +370,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 notifier = None if kind == "notify" else servers.url(kind)
                 print(f"latency through {kind}", file=sys.stderr, flush=True)
                 results["latency"][kind] = await latency(kind, store(), dsn, notifier, args.count)
+                _save(results)
             for kind in KINDS:
                 notifier = None if kind == "notify" else servers.url(kind)
                 print(f"16 writers with {kind}", file=sys.stderr, flush=True)
                 results["writers"][kind] = await writers(store(), notifier, 16, args.seconds)
+                _save(results)
             for kind in ("notify", "nats"):
                 notifier = None if kind == "notify" else servers.url(kind)
                 print(f"{args.listeners} listeners with {kind}", file=sys.stderr, flush=True)
                 results["cpu"][kind] = await listeners_cpu(
                     store(), notifier, args.listeners, args.aborts
                 )
+                _save(results)
             if args.storm:
                 print(f"storm of {args.storm} aborts", file=sys.stderr, flush=True)
                 results["storm"] = await storm(store(), servers, "redis", args.storm)
@@ -390,6 +397,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await conn.close()
     return results
+
+
+def _save(results: dict[str, Any]) -> None:
+    """What is measured so far (a later part that fails leaves the earlier ones)."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "notify.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
@@ -473,15 +486,19 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.notify")
     parser.add_argument("--quick", action="store_true", help="fewer samples")
-    parser.add_argument("--listeners", type=int, default=40)
+    parser.add_argument(
+        "--listeners",
+        type=int,
+        default=40,
+        help="listening processes (each holds 2 PostgreSQL connections: mind max_connections)",
+    )
     parser.add_argument("--storm", type=int, default=0, help="aborts in the storm (0: none)")
     args = parser.parse_args()
     args.count = 60 if args.quick else 200
     args.seconds = 5.0 if args.quick else 10.0
     args.aborts = 20 if args.quick else 50
     results = asyncio.run(run(args))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "notify.json").write_text(json.dumps(results, indent=2) + "\n")
+    _save(results)
     text = markdown(results, args)
     (RESULTS / "notify.md").write_text(text)
     print(text)

@@ -84,10 +84,10 @@ async def listen(url: str, prefix: str, count: int) -> None:
 
     async with aioabort.App(url):
         tasks = []
-        for i in range(count):
-            entered = asyncio.Event()
-            tasks.append(asyncio.create_task(scope(i, entered)))
-            await entered.wait()
+        for first in range(0, count, 100):  # entered a hundred at a time
+            events = [asyncio.Event() for _ in range(first, min(first + 100, count))]
+            tasks += [asyncio.create_task(scope(first + n, e)) for n, e in enumerate(events)]
+            await asyncio.gather(*(event.wait() for event in events))
         print("READY", flush=True)
         await asyncio.gather(*tasks)
         await asyncio.Event().wait()  # stay, as a listener, until killed
