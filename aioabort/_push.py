@@ -150,7 +150,6 @@ class Push:
     # -- the connection ----------------------------------------------------------------------
 
     def _handle(self, subject: str, payload: bytes) -> None:
-        self.received += 1
         try:
             self._on_message(subject, payload)
         except Exception:  # a malformed hint must not end the reader

@@ -8,7 +8,8 @@ What is published, and to whom:
   the reason, so that process alone wakes and reads nothing; a queued task needs no push (it
   never runs), and it ended: see below;
 * a task's end: on the subject of ends, which only processes with waiters subscribe to;
-* new work on a queue: on that queue's subject, which only its workers subscribe to.
+* new work on a queue: on that queue's subject, which only its workers subscribe to;
+  these two only while some process says it listens (:mod:`._interest`).
 
 The core knows the notifier only as :class:`aioabort.notifiers.Notifier`.
 """
@@ -16,11 +17,13 @@ The core knows the notifier only as :class:`aioabort.notifiers.Notifier`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
+from . import _interest as interest
 from ._backend import (
     AbortNotice,
     AbortOutcome,
@@ -34,10 +37,11 @@ from ._backend import (
     Unclaimed,
     WatchedIds,
 )
+from ._interest import Interest
 from ._push import Push
 from ._state import TaskRecord, TaskState
 from ._types import AbortReason, ErrorInfo
-from .notifiers import Notifier
+from .notifiers import Notifier, NotifierStatistics
 
 _PREFIX = "aioabort"
 _ENDS = f"{_PREFIX}.ends"
@@ -81,11 +85,15 @@ class PushedStore(Store):
         self.poll_interval = store.poll_interval
         store.push_elsewhere()
         self.push = Push(notifier, self._on_message, self._on_connected)
+        self.interest = Interest(owner, self.push.publish)
         self._subject = owner_subject(owner)
         self._on_change: ChangeCallback | None = None
         self._watched: WatchedIds = frozenset
         self._ends: list[str] = []
         self._checks: set[asyncio.Task[None]] = set()
+
+    def notifier_statistics(self) -> NotifierStatistics:
+        return dataclasses.replace(self.push.statistics(), held_back=self.interest.held_back)
 
     # -- life cycle and watching -------------------------------------------------------------
 
@@ -99,6 +107,7 @@ class PushedStore(Store):
 
     async def aclose(self) -> None:
         try:
+            self.interest.leave()
             for task in list(self._checks):
                 task.cancel()
             await self.push.stop()
@@ -108,14 +117,16 @@ class PushedStore(Store):
     async def start_watching(self, on_change: ChangeCallback, watched: WatchedIds) -> None:
         await self.store.start_watching(on_change, watched)
         self._on_change, self._watched = on_change, watched
-        await self.push.want({self._subject})
+        await self.push.want({self._subject, interest.SUBJECT})
+        self.interest.ask()
 
     async def subscribe(self, *, ends: bool, queues: frozenset[str]) -> None:
         await self.store.subscribe(ends=ends, queues=queues)
-        subjects = {self._subject, *map(queue_subject, queues)}
+        hinted = set(map(queue_subject, queues))
         if ends:
-            subjects.add(_ENDS)
-        await self.push.want(subjects)
+            hinted.add(_ENDS)
+        await self.push.want({self._subject, interest.SUBJECT, *hinted})
+        self.interest.mine(hinted)  # subscribed first, then said: nothing is missed
 
     def _on_connected(self) -> None:
         """Messages may have been missed: the store reads its changes now, and every waiter
@@ -123,11 +134,16 @@ class PushedStore(Store):
         self.store.poll_now()
         if self._on_change is not None:
             self._on_change(Change())
+        self.interest.ask()  # who listens may have changed meanwhile
 
     def _on_message(self, subject: str, payload: bytes) -> None:
         on_change = self._on_change
         if on_change is None:
             return
+        if subject == interest.SUBJECT:
+            self.interest.heard(payload)
+            return
+        self.push.received += 1
         if subject == self._subject:
             notice = read_abort(payload)
             if notice.task_id in self._watched():
@@ -175,7 +191,7 @@ class PushedStore(Store):
         elif record.state is TaskState.ABORTING and record.owner is not None:
             self.push.publish(owner_subject(record.owner), abort_message(record))
         elif record.state is TaskState.PENDING and record.queue is not None:
-            self.push.publish(queue_subject(record.queue), record.queue.encode())
+            self.interest.send(queue_subject(record.queue), record.queue.encode())
 
     def _ended(self, ids: Sequence[str]) -> None:
         """Ends are sent together: all those of one turn of the event loop in one message."""
@@ -188,7 +204,7 @@ class PushedStore(Store):
     def _send_ends(self) -> None:
         ids, self._ends = self._ends, []
         for at in range(0, len(ids), _ENDS_PER_MESSAGE):
-            self.push.publish(_ENDS, json.dumps(ids[at : at + _ENDS_PER_MESSAGE]).encode())
+            self.interest.send(_ENDS, json.dumps(ids[at : at + _ENDS_PER_MESSAGE]).encode())
 
     def _aborted(self, outcome: AbortOutcome) -> None:
         if not outcome.recorded:

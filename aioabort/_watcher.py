@@ -318,6 +318,6 @@ class Watcher:
             waited_ids=len(self._wait_counts),
             shared_reads=self._shared_reads,
             notifier=(
-                self._store.push.statistics() if isinstance(self._store, PushedStore) else None
+                self._store.notifier_statistics() if isinstance(self._store, PushedStore) else None
             ),
         )

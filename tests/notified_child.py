@@ -1,10 +1,12 @@
 """A child process for the notifier tests: an App with a notifier, COUNT scopes open at once.
 
-usage: python -m tests.notified_child URL NOTIFIER PREFIX COUNT [POLL_INTERVAL]
+usage: python -m tests.notified_child URL NOTIFIER PREFIX COUNT [POLL_INTERVAL [EXPECT]]
 
 Says (on stderr) ``READY`` once the scopes ``PREFIX-0`` to ``PREFIX-{COUNT-1}`` are all entered, then
 ``ABORTED i`` as each is stopped by its abort. On SIGTERM it closes its App and prints
-``STATS`` and its watcher's statistics as JSON (the notifier's counters under ``notifier``).
+``STATS`` and its watcher's statistics as JSON (the notifier's counters under ``notifier``),
+once its notifier received EXPECT messages (or 20 s passed): on SQLite the store's own file
+events may deliver an abort before the notifier's message arrives.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import sys
 import aioabort
 
 
-async def main(url: str, notifier: str, prefix: str, count: int, poll: float | None) -> int:
+async def main(
+    url: str, notifier: str, prefix: str, count: int, poll: float | None, expect: int
+) -> int:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     entered = 0
@@ -41,6 +45,12 @@ async def main(url: str, notifier: str, prefix: str, count: int, poll: float | N
         await ready.wait()
         print("READY", file=sys.stderr, flush=True)
         await stop.wait()
+        deadline = asyncio.get_running_loop().time() + 20
+        while asyncio.get_running_loop().time() < deadline:
+            received = app.watcher.statistics().notifier
+            if received is None or received.received >= expect:
+                break
+            await asyncio.sleep(0.01)
         statistics = app.watcher.statistics()
         for task in tasks:
             task.cancel()
@@ -52,4 +62,5 @@ async def main(url: str, notifier: str, prefix: str, count: int, poll: float | N
 if __name__ == "__main__":
     args = sys.argv[1:]
     poll = float(args[4]) if len(args) > 4 else None
-    sys.exit(asyncio.run(main(args[0], args[1], args[2], int(args[3]), poll)))
+    expect = int(args[5]) if len(args) > 5 else 0
+    sys.exit(asyncio.run(main(args[0], args[1], args[2], int(args[3]), poll, expect)))

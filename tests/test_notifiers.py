@@ -54,10 +54,11 @@ def stats(app: aioabort.App) -> NotifierStatistics:
 
 @asynccontextmanager
 async def child(
-    store: str, server: Broker, prefix: str, count: int = 1, poll: float = NO_POLL
+    store: str, server: Broker, prefix: str, count: int = 1, poll: float = NO_POLL, expect: int = 0
 ) -> AsyncIterator[_processes.Process]:
+    """The child reports its statistics once its notifier received ``expect`` messages."""
     command = _processes.module(
-        "tests.notified_child", store, server.url, prefix, str(count), str(poll)
+        "tests.notified_child", store, server.url, prefix, str(count), str(poll), str(expect)
     )
     async with _processes.started(command) as proc:
         await proc.said("READY")
@@ -106,7 +107,7 @@ async def test_an_abort_reaches_another_process_through_the_notifier(
 ) -> None:
     prefix = f"x-{uuid.uuid4().hex[:8]}"
     async with (
-        child(real_store, notifier, prefix) as proc,
+        child(real_store, notifier, prefix, expect=1) as proc,
         aioabort.App(real_store, notifier=notifier.url, poll_interval=NO_POLL) as app,
     ):
         assert await app.handle(f"{prefix}-0").abort("through the notifier")
@@ -123,7 +124,7 @@ async def test_an_abort_wakes_only_the_process_that_owns_the_task(
 ) -> None:
     prefix = f"o-{uuid.uuid4().hex[:8]}"
     async with (
-        child(real_store, notifier, f"{prefix}-a") as owner,
+        child(real_store, notifier, f"{prefix}-a", expect=1) as owner,
         child(real_store, notifier, f"{prefix}-b") as other,
         child(real_store, notifier, f"{prefix}-c") as third,
         aioabort.App(real_store, notifier=notifier.url, poll_interval=NO_POLL) as app,
@@ -219,6 +220,24 @@ async def test_an_abort_message_for_a_task_not_ours_is_ignored(
         await wait_until(lambda: stats(app).ignored == 1, what="the message judged")
         assert not mine.aborted and app.watcher.statistics().deliveries == 0
         assert not theirs.aborted
+
+
+async def test_ends_are_published_only_while_some_process_waits(
+    postgres_url: str, notifier: Broker
+) -> None:
+    async with (
+        aioabort.App(postgres_url, notifier=notifier.url, poll_interval=NO_POLL) as app,
+        aioabort.App(postgres_url, notifier=notifier.url, poll_interval=NO_POLL) as other,
+    ):
+        async with aioabort.abortable("unwatched", app=app):
+            pass
+        await wait_until(lambda: stats(app).held_back == 1, what="the end held back")
+        async with aioabort.abortable("watched", app=app):
+            waiting = asyncio.ensure_future(other.handle("watched").wait(timeout=20))
+            listening = app.runtime.store.interest.listening  # type: ignore[attr-defined]
+            await wait_until(lambda: listening("aioabort.ends"), what="the waiter known")
+        assert (await waiting).state is aioabort.TaskState.SUCCESS  # through the notifier
+        assert stats(app).held_back == 1 and stats(other).received >= 1
 
 
 # -- a transaction pooler ----------------------------------------------------------------------

@@ -92,10 +92,11 @@ class NotifierStatistics:
     :ivar connected: whether it is connected now.
     :ivar outages: times it was found down (at start, or a connection lost).
     :ivar reconnects: times it connected again after an outage.
-    :ivar published: messages sent.
+    :ivar published: messages sent (with those that say who listens to what).
     :ivar dropped: messages not sent because it was down.
-    :ivar received: messages received.
+    :ivar received: messages received about tasks (aborts, ends, new work).
     :ivar ignored: abort messages received for tasks this process does not run.
+    :ivar held_back: task ends and new work not sent because no process listened for them.
     """
 
     url: str
@@ -106,6 +107,7 @@ class NotifierStatistics:
     dropped: int
     received: int
     ignored: int
+    held_back: int = 0
 
 
 class _Scheme(NamedTuple):
