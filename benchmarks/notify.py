@@ -312,8 +312,14 @@ async def storm(store: str, servers: Servers, kind: str, count: int) -> Any:
     asked: dict[int, float] = {}
     got: dict[int, float] = {}
     async with (
-        member(
-            "listen", store, prefix, str(count), env=notifier_env(notifier), ready_within=900
+        member(  # the bodies sleep: 10,000 bodies waking every 10 ms would be the benchmark
+            "listen",
+            store,
+            prefix,
+            str(count),
+            "3600",
+            env=notifier_env(notifier),
+            ready_within=900,
         ) as owner,
         aioabort.App(store, notifier=notifier) as app,
     ):

@@ -5,9 +5,10 @@ usage:
   python -m benchmarks.notify_member floor-redis URL CHANNEL
   python -m benchmarks.notify_member floor-nats URL SUBJECT
       a bare subscriber: prints ``READY``, then ``GOT <time.perf_counter()>`` per message.
-  python -m benchmarks.notify_member listen URL PREFIX COUNT
+  python -m benchmarks.notify_member listen URL PREFIX COUNT [STEP]
       an App (notifier from ``$AIOABORT_NOTIFIER``, if set) with COUNT scopes open
-      (PREFIX-0...): prints ``READY``, then ``CANCELLED i <perf_counter>`` as each is aborted.
+      (PREFIX-0...), each awaiting in STEP-second steps (default 0.01): prints ``READY``, then
+      ``CANCELLED i <perf_counter>`` as each is aborted.
   python -m benchmarks.notify_member write URL SECONDS
       an App that starts and ends tasks one after the other for SECONDS once it reads a line
       on stdin: prints ``READY``, then ``DONE <tasks>``.
@@ -68,14 +69,14 @@ async def floor_nats(url: str, subject: str) -> None:
     await asyncio.Event().wait()
 
 
-async def listen(url: str, prefix: str, count: int) -> None:
+async def listen(url: str, prefix: str, count: int, step: float) -> None:
     async def scope(i: int, entered: asyncio.Event) -> None:
         cancelled_at = 0.0
         try:
             async with aioabort.abortable(f"{prefix}-{i}"):
                 entered.set()
                 try:
-                    await work_forever()
+                    await work_forever(step)
                 finally:
                     cancelled_at = time.perf_counter()
         except aioabort.TaskAborted:
@@ -115,6 +116,7 @@ if __name__ == "__main__":
     elif mode == "floor-nats":
         asyncio.run(floor_nats(args[0], args[1]))
     elif mode == "listen":
-        asyncio.run(listen(args[0], args[1], int(args[2])))
+        step = float(args[3]) if len(args) > 3 else 0.01
+        asyncio.run(listen(args[0], args[1], int(args[2]), step))
     else:
         asyncio.run(write(args[0], float(args[1])))
