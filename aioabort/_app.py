@@ -23,7 +23,7 @@ from ._lifecycle import choose_store, close_parts, open_parts
 from ._liveness import Liveness
 from ._redo import Redo
 from ._runner import DEFAULT_QUEUE, Task
-from ._settings import AppSettings
+from ._settings import AppSettings, notifier_url
 from ._shield import shielded
 from ._state import IGNORED_ABORT_AFTER, TaskRecord, TaskState
 from ._types import (
@@ -82,7 +82,8 @@ class App:
     :param ignored_abort_after: seconds after an abort reached a running scope after which a
         task still running is shown as ignoring its abort (a warning in the log; the CLI, the
         router and the dashboard say so; [G16](semantics.md#g16)).
-    :raises InvalidURL: for a missing or unknown URL.
+    :param notifier: ``redis://...`` or ``nats://...``: push beside the store ([how](notifiers.md)).
+    :raises InvalidURL: for a missing or unknown URL (store or notifier).
     :raises MissingDriver: when the URL's driver is not installed.
     :raises UsageError: for both a URL and a store, or bad settings.
     """
@@ -100,9 +101,8 @@ class App:
         poll_interval: float | None = None,
         ignored_abort_after: float = IGNORED_ABORT_AFTER,
         retention: timedelta | None = None,
+        notifier: str | None = None,
     ) -> None:
-        # Without a URL the App reads AIOABORT_URL each time it opens, so a module-level
-        # ``app = aioabort.App()`` follows the environment (``aioabort --db URL worker ...``).
         self._url_from_env = url is None and store is None
         #: The App's settings, checked (:class:`AppSettings`).
         self.settings = settings = AppSettings(
@@ -112,6 +112,7 @@ class App:
             poll_interval=poll_interval,
             ignored_abort_after=ignored_abort_after,
             retention=retention,
+            notifier=notifier_url(notifier),
         )
         self._make_store, self.url = choose_store(url, store, poll_interval)
         self.poll_interval = settings.poll_interval
@@ -123,7 +124,6 @@ class App:
         self._parts: _runtime.Runtime | None = None
         self._owner: OwnerInfo | None = None
         self._tokens: list[object] = []
-        self._state = "new"
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._liveness: Liveness | None = None
         self._background: set[asyncio.Task[object]] = set()
@@ -194,8 +194,7 @@ class App:
         except BaseException:
             self._state = "new"
             raise
-        self._parts = parts
-        self._state = "open"
+        self._parts, self._state = parts, "open"
         _runtime.add_default(self)
         logger.debug("app opened", extra={"action": "app_opened", "url": self.url})
 

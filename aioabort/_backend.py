@@ -429,6 +429,16 @@ class Store(abc.ABC):
         a change naming every id, ``Change()``, once it can). A store that sees every change
         anyway (a poll, a shared memory) has nothing to do: the default."""
 
+    def push_elsewhere(self) -> None:  # noqa: B027 - optional: most stores push nothing
+        """A notifier carries this store's pushes from now on (``App(notifier=...)``; called
+        before :meth:`open`): a store that pushes through its database (PostgreSQL NOTIFY)
+        stops doing so, and finds what others changed by its poll alone. The default: nothing
+        to stop."""
+
+    def poll_now(self) -> None:  # noqa: B027 - optional: a store that sees every change at once
+        """Look for changes now instead of at the next poll: a push may have been missed
+        (the notifier was down). The default: nothing to do."""
+
     @abc.abstractmethod
     def statistics(self) -> StoreStatistics:
         """Counters for tests and benchmarks."""

@@ -14,10 +14,12 @@ from typing import Any
 
 import anyio
 
+from . import notifiers
 from ._aborting import stop_here
 from ._backend import OwnerInfo, Store
 from ._errors import AioabortError, UsageError
 from ._liveness import Liveness
+from ._pushed import PushedStore
 from ._redo import Redo
 from ._runtime import Runtime, ServedQueues
 from ._settings import AppSettings
@@ -59,10 +61,13 @@ async def open_parts(
     settings: AppSettings,
     spawn: Callable[[Coroutine[Any, Any, object], str], None],
 ) -> tuple[Runtime, OwnerInfo, Liveness]:
-    """Open ``store`` and start what runs beside it; on any failure the store is closed."""
+    """Open ``store`` (with the notifier of ``settings`` beside it, if any) and start what
+    runs beside it; on any failure the store is closed."""
+    owner = OwnerInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid())
+    if settings.notifier is not None:
+        store = PushedStore(store, notifiers.make(settings.notifier), owner.id)
     try:
         await store.open()
-        owner = OwnerInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid())
         await store.heartbeat(owner)
         watcher = Watcher(store)
         await watcher.start()

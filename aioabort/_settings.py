@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+from . import notifiers
 from ._errors import UsageError
 from ._state import IGNORED_ABORT_AFTER
 
@@ -28,6 +30,12 @@ def check_time_limit(time_limit: object) -> float | None:
     return float(time_limit)
 
 
+def notifier_url(notifier: str | None) -> str | None:
+    """The notifier an App uses: ``notifier=`` if given, else ``$AIOABORT_NOTIFIER`` (what
+    ``aioabort --notifier URL worker`` sets), else none."""
+    return notifier if notifier is not None else os.environ.get("AIOABORT_NOTIFIER") or None
+
+
 @dataclass(frozen=True, slots=True)
 class AppSettings:
     """The knobs of an :class:`~aioabort.App` (its keyword arguments), checked when made.
@@ -41,8 +49,12 @@ class AppSettings:
     poll_interval: float | None = None
     ignored_abort_after: float = IGNORED_ABORT_AFTER
     retention: timedelta | None = None
+    #: A notifier's URL (``redis://...``, ``nats://...``), checked and its engine loaded.
+    notifier: str | None = None
 
     def __post_init__(self) -> None:
+        if self.notifier is not None:
+            notifiers.check_url(self.notifier)
         if not self.heartbeat_interval > 0:
             raise UsageError(
                 f"heartbeat_interval must be positive, got {self.heartbeat_interval!r}"

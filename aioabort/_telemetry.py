@@ -9,6 +9,8 @@ Instruments (public names: docs/observability.md):
 * ``aioabort.tasks.started`` — counter: a scope started its task in this process.
 * ``aioabort.tasks.finished`` — counter, attribute ``state``: a scope recorded its task's end.
 * ``aioabort.aborts.requested`` — counter, attribute ``code``: this process recorded an abort.
+* ``aioabort.notifier.outages`` — counter, attribute ``notifier`` (its URL without password):
+  the notifier was found down (at start, or its connection lost).
 * ``aioabort.abort.duration`` — histogram, seconds from the abort request (its ``at``) to the
   moment the body stopped, attribute ``code``.
 
@@ -65,6 +67,11 @@ class _Instruments:
         self.aborts = meter.create_counter(
             "aioabort.aborts.requested", unit="{abort}", description="Abort requests recorded"
         )
+        self.outages = meter.create_counter(
+            "aioabort.notifier.outages",
+            unit="{outage}",
+            description="Times the notifier was found down",
+        )
         self.duration = meter.create_histogram(
             "aioabort.abort.duration",
             unit="s",
@@ -81,6 +88,11 @@ _INSTRUMENTS: _Instruments | None = _Instruments() if _metrics is not None else 
 def abort_requested(code: str) -> None:
     if _INSTRUMENTS is not None:
         _INSTRUMENTS.aborts.add(1, {"code": code})
+
+
+def notifier_outage(url: str) -> None:
+    if _INSTRUMENTS is not None:
+        _INSTRUMENTS.outages.add(1, {"notifier": url})
 
 
 class TaskSpan:

@@ -18,7 +18,9 @@ from typing import Protocol, TypeVar, cast
 
 from ._backend import Change, Store
 from ._errors import ScopeAlreadyEntered
+from ._pushed import PushedStore
 from ._types import AbortReason
+from .notifiers import NotifierStatistics
 
 logger = logging.getLogger("aioabort.watcher")
 
@@ -59,6 +61,8 @@ class WatcherStatistics:
     :ivar wakeups: per-id wake-ups of waiters (``handle.wait()``, ``watch()``).
     :ivar waited_ids: ids with a waiter now.
     :ivar shared_reads: reads of a record that a waiter shared with another one.
+    :ivar notifier: the notifier's counters (is it connected, its outages, messages sent and
+        received), or ``None`` without a notifier.
     """
 
     open_scopes: int
@@ -72,6 +76,7 @@ class WatcherStatistics:
     wakeups: int = 0
     waited_ids: int = 0
     shared_reads: int = 0
+    notifier: NotifierStatistics | None = None
 
 
 class Watcher:
@@ -312,4 +317,7 @@ class Watcher:
             wakeups=self._wakeups,
             waited_ids=len(self._wait_counts),
             shared_reads=self._shared_reads,
+            notifier=(
+                self._store.notifier_statistics() if isinstance(self._store, PushedStore) else None
+            ),
         )

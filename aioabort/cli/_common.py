@@ -99,7 +99,7 @@ def make_app(ctx: click.Context, *, create: bool = False) -> App:
     if not url:
         raise click.UsageError("no store given: pass --db URL or set AIOABORT_URL")
     try:
-        app = App(url)
+        app = App(url, notifier=ctx.obj.get("notifier"))
     except AioabortError as exc:
         raise click.UsageError(str(exc)) from exc
     if not create and url.lower().startswith("sqlite:"):
@@ -167,15 +167,23 @@ class Commands(click.Group):
     metavar="URL",
     help="The store: sqlite:///path.db or postgresql://user@host/db  [env: AIOABORT_URL]",
 )
+@click.option(
+    "--notifier",
+    envvar="AIOABORT_NOTIFIER",
+    metavar="URL",
+    help="A push channel beside the store: redis://host:6379/0 or nats://host:4222  "
+    "[env: AIOABORT_NOTIFIER]",
+)
 @click.version_option(__version__, prog_name="aioabort")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None) -> None:
+def cli(ctx: click.Context, db: str | None, notifier: str | None) -> None:
     """Stop running coroutines from anywhere, and see why they stopped.
 
     Start with `aioabort demo`: a 20-second tour on a throwaway SQLite file.
     """
     ctx.ensure_object(dict)
     ctx.obj["db"] = db
+    ctx.obj["notifier"] = notifier
 
 
 def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:

@@ -128,6 +128,8 @@ def worker(
     """
     if ctx.obj.get("db"):
         os.environ["AIOABORT_URL"] = ctx.obj["db"]
+    if ctx.obj.get("notifier"):  # an App() built without notifier= reads it
+        os.environ["AIOABORT_NOTIFIER"] = ctx.obj["notifier"]
     app = _load_app(target)
     logs = _batched_logs(log_level)
 

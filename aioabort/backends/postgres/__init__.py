@@ -25,9 +25,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar
 
 import asyncpg
 
@@ -76,6 +76,12 @@ T = TypeVar("T")
 
 #: The default poll interval when nothing can LISTEN (``aioabort_pooler=transaction``).
 POLL_ONLY_INTERVAL = 0.5
+
+
+def without_notify(queries: Mapping[str, LiteralString]) -> dict[str, LiteralString]:
+    """The statements with every ``pg_notify(channel, payload)`` made a no-op of the same
+    shape (``concat(channel, payload)``: a text, where the statements count or cast it)."""
+    return {name: sql.replace("pg_notify(", "concat(") for name, sql in queries.items()}
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -140,6 +146,8 @@ class PostgresStore(SQLStore):
                 "qualified_columns": _sql.columns("t"),
             },
         )
+        #: Whether writes NOTIFY (no: a notifier carries the pushes, :meth:`push_elsewhere`).
+        self.notifies = True
         self._pool: asyncpg.Pool | None = None
         self._listener: Listener | None = None
         #: What the watcher asked to hear besides aborts (see :meth:`subscribe`).
@@ -312,13 +320,23 @@ class PostgresStore(SQLStore):
             connect_options=options,
             poll_interval=self.poll_interval,
             gap_timeout=self.gap_timeout,
-            poll_only=self.poll_only,
+            poll_only=self.poll_only or not self.notifies,
             abort_channel=self.abort_channel,
             end_channel=self.end_channel,
             queue_channel=self.queue_channel,
             queries=self.queries,
             notices=self.notices,
         )
+
+    def push_elsewhere(self) -> None:
+        """No NOTIFY (so no commit waits for PostgreSQL's notification lock) and no LISTEN:
+        the listener polls, as behind a transaction pooler."""
+        self.notifies = False
+        self.queries = without_notify(self.queries)
+
+    def poll_now(self) -> None:
+        if self._listener is not None:
+            self._listener.wake.set()
 
     async def subscribe(self, *, ends: bool, queues: frozenset[str]) -> None:
         self._wants = (ends, queues)
