@@ -94,14 +94,14 @@ class _Run:
     problem: str | None = None
     producer: asyncio.Task[None] | None = None
 
-    def counting(self) -> bool:
-        """Whether the run's scope is open here (the body runs inside it)."""
+    def scope(self) -> AbortScope | None:
+        """The run's scope, when it is open here (the body runs inside it)."""
         scope = _current_scope.get()
         while scope is not None:
             if scope.id == self.task_id:
-                return True
+                return scope
             scope = scope._enclosing
-        return False
+        return None
 
     def count(self, coro: Any) -> bool:
         """One more suspension point; True when it is the one to abort at."""
@@ -122,7 +122,7 @@ class _Run:
         except asyncio.CancelledError as exc:
             if isinstance(awaited, asyncio.Future) and not awaited.done():
                 awaited.cancel(msg=exc.args[0] if exc.args else None)
-            self.reached = True
+            self.thrown(exc)
             return exc
         return None
 
@@ -138,8 +138,26 @@ class _Run:
                 gate.set_result(None)
 
     def thrown(self, exc: BaseException) -> None:
-        if self.aborted and isinstance(exc, asyncio.CancelledError) and self.counting():
-            self.reached = True
+        """Note when the abort's own cancellation is thrown into the body (not one of the
+        body's own timeouts)."""
+        if self.aborted and isinstance(exc, asyncio.CancelledError):
+            scope = self.scope()
+            if scope is not None and _cancels(exc, scope):
+                self.reached = True
+
+
+def _cancels(exc: asyncio.CancelledError, scope: AbortScope) -> bool:
+    """Whether ``exc`` is the cancellation of ``scope``'s abort: anyio names the cancel scope
+    in the message (as it does to tell its own cancellations from others)."""
+    if scope._cancel_scope is None:
+        return False
+    mark = f"Cancelled via cancel scope {id(scope._cancel_scope):x}"
+    error: BaseException | None = exc
+    while isinstance(error, asyncio.CancelledError):
+        if error.args and isinstance(error.args[0], str) and error.args[0].startswith(mark):
+            return True
+        error = error.__context__
+    return False
 
 
 @types.coroutine
@@ -154,7 +172,7 @@ def _drive(run: _Run, coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any
         except StopIteration as stop:
             return stop.value
         value = error = None
-        if run.counting() and run.count(coro):
+        if run.scope() is not None and run.count(coro):
             error = yield from run.hold(yielded)
             if error is not None:
                 continue
