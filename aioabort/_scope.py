@@ -216,14 +216,17 @@ class AbortScope:
 
         The thread sees this scope (:func:`current_scope` works there, so ``fn`` can call
         :meth:`raise_if_aborted` or :meth:`is_aborted`). No abort can stop a thread, so this
-        call waits for ``fn`` to return, whatever happens meanwhile, and the abort's
-        cancellation arrives at the body's next await after it: the record never says
-        ABORTED while the thread still runs. (``asyncio.to_thread`` returns at once when
-        cancelled, leaving the thread running behind an ABORTED record.)
+        call waits for ``fn`` to return, whatever happens meanwhile — an abort, or a
+        cancellation from outside (``asyncio.timeout``, a TaskGroup) — and the cancellation
+        arrives at the body's next await after it: the record never says ABORTED while the
+        thread still runs. (``asyncio.to_thread`` returns at once when cancelled, leaving the
+        thread running behind an ABORTED record.)
         """
         call = functools.partial(fn, *args, **kwargs)
         track = _thread_calls.get()
-        return await anyio.to_thread.run_sync(call if track is None else track(call))
+        # In a task of its own, waited for to its end: an anyio shield alone holds off an
+        # abort but not a native Task.cancel().
+        return await shielded(anyio.to_thread.run_sync(call if track is None else track(call)))
 
     def on_abort(self, callback: Callable[[AbortReason], object]) -> Callable[[], bool]:
         """Run ``callback(reason)`` on the event loop when an abort arrives.
