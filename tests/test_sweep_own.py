@@ -7,11 +7,17 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 import aioabort
-from aioabort.testing import MemoryStore, abort_sweep
+from aioabort._runner import execute, make_scope
+from aioabort._sweep import sweep
+from aioabort._sweep_frames import CodeRule
+from aioabort.testing import MemoryStore, SweepRun, abort_sweep
 
 # -- scope.to_thread ---------------------------------------------------------------------------
 
@@ -52,3 +58,145 @@ async def test_to_thread_waits_for_its_thread_when_its_task_is_cancelled() -> No
         with pytest.raises(asyncio.CancelledError):
             await task
         assert finished.is_set()
+
+
+# -- helpers: aioabort's own frames count as the code under test ------------------------------
+
+#: aioabort's own frames count as the code under test here: its tasks and its lines.
+OWN = CodeRule(own=True)
+
+
+@dataclass(frozen=True)
+class _Body:
+    body: Callable[[aioabort.AbortScope], Coroutine[Any, Any, object]]
+
+    async def run(self, app: aioabort.App, task_id: str) -> None:
+        async with aioabort.abortable(task_id, app=app, detached=True) as scope:
+            await self.body(scope)
+
+    def without_scope(self) -> str:
+        return "no record"
+
+
+# -- scope.cleanup() ---------------------------------------------------------------------------
+
+
+class Connection:
+    """A stand-in for a pooled connection: a transaction must be rolled back, the connection
+    returned; each step awaits."""
+
+    def __init__(self) -> None:
+        self.in_transaction = False
+        self.checked_out = False
+
+    async def begin(self) -> None:
+        await asyncio.sleep(0)
+        self.checked_out = self.in_transaction = True
+
+    async def execute(self) -> None:
+        await asyncio.sleep(0)
+
+    async def rollback(self) -> None:
+        await asyncio.sleep(0)
+        self.in_transaction = False
+
+    async def release(self) -> None:
+        await asyncio.sleep(0)
+        self.checked_out = False
+
+    def check(self, run: SweepRun) -> None:
+        assert not self.in_transaction, "transaction left open"
+        assert not self.checked_out, "connection not returned"
+
+
+async def test_scope_cleanup_runs_its_awaits_to_the_end_wherever_the_abort_lands() -> None:
+    conn = Connection()
+
+    async def body(scope: aioabort.AbortScope) -> None:
+        await conn.begin()
+        try:
+            await conn.execute()
+            await conn.execute()
+            await conn.rollback()
+        finally:
+            async with scope.cleanup(timeout=5):
+                if conn.in_transaction:
+                    await conn.rollback()
+                await conn.release()
+
+    report = await sweep(_Body(body), conn.check, None, 10.0, OWN)
+    assert report.ok, str(report)
+
+
+async def test_awaits_in_a_plain_finally_are_cancelled_again_and_the_sweep_says_where() -> None:
+    """Without scope.cleanup(), the cleanup's own awaits meet the abort again (delivery is
+    level-triggered): the connection is never returned."""
+    conn = Connection()
+
+    async def body(scope: aioabort.AbortScope) -> None:
+        await conn.begin()
+        try:
+            await conn.execute()
+        finally:
+            await conn.rollback()
+            await conn.release()
+
+    report = await abort_sweep(body, check=conn.check)
+    assert [run.point for run in report.failures] == [2, 3, 4]
+    assert report.runs[1].error == "check() raised AssertionError: transaction left open"
+    assert report.runs[3].error == "check() raised AssertionError: connection not returned"
+    conn.in_transaction = conn.checked_out = False
+
+
+# -- the worker's task wrapper ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A queued run of ``task``, claimed and executed as the worker does."""
+
+    task: aioabort.Task[Any, Any]
+    returned: dict[str, object] = field(default_factory=dict)
+
+    async def run(self, app: aioabort.App, task_id: str) -> None:
+        await self.task.apply((3,), task_id=task_id)
+        runtime = app.runtime
+        (record,) = await runtime.store.claim(
+            owner=runtime.owner, queues=[self.task.queue], limit=1, names=[self.task.name]
+        )
+        scope = make_scope(app, self.task, record, claimed=True)
+        self.returned[task_id] = await execute(scope, self.task, record)
+
+    def without_scope(self) -> str:
+        return "no record"
+
+
+async def test_the_worker_task_wrapper_records_every_abort() -> None:
+    app = aioabort.App(store=MemoryStore())
+    released: list[int] = []
+
+    @app.task(queue="swept")
+    async def job(n: int) -> int:
+        scope = aioabort.current_scope()
+        try:
+            for i in range(n):
+                await scope.report((i + 1) / n)
+                await asyncio.sleep(0)
+        finally:
+            released.append(n)
+        return n
+
+    target = _Claimed(job)
+
+    async def check(run: SweepRun) -> None:
+        scope = target.returned.pop(run.task_id)
+        assert isinstance(scope, aioabort.AbortScope), scope
+        record = await app.handle(run.task_id).record()
+        assert scope.record is not None and scope.record.state is record.state
+        assert scope.aborted is (record.state is aioabort.TaskState.ABORTED)
+        assert record.result == (3 if record.state is aioabort.TaskState.SUCCESS else None)
+        assert released.pop() == 3, "the task's finally did not run"
+
+    report = await sweep(target, check, app, 10.0, OWN)
+    assert report.ok, str(report)
+    assert report.points >= 3
