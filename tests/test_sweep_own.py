@@ -16,8 +16,10 @@ import pytest
 import aioabort
 from aioabort._runner import execute, make_scope
 from aioabort._sweep import sweep
+from aioabort._sweep_asgi import AsgiRequest, Response
 from aioabort._sweep_frames import CodeRule
-from aioabort.testing import MemoryStore, SweepRun, abort_sweep
+from aioabort.testing import MemoryStore, SweepRun, abort_sweep, asgi_request
+from aioabort.web import AbortMiddleware
 
 # -- scope.to_thread ---------------------------------------------------------------------------
 
@@ -200,3 +202,63 @@ async def test_the_worker_task_wrapper_records_every_abort() -> None:
     report = await sweep(target, check, app, 10.0, OWN)
     assert report.ok, str(report)
     assert report.points >= 3
+
+
+# -- the web middleware, in each of its modes --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    """``asgi_request`` that keeps each run's response for the check."""
+
+    request: AsgiRequest
+    responses: dict[str, Response] = field(default_factory=dict)
+
+    async def run(self, app: aioabort.App, task_id: str) -> None:
+        self.responses[task_id] = await self.request.run(app, task_id)
+
+    def without_scope(self) -> str:
+        return self.request.without_scope()
+
+
+def raw_app(held: set[str]) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        held.add("lock")
+        try:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        finally:
+            held.discard("lock")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [{}, {"abort_on_disconnect": True}],
+    ids=["plain", "abort_on_disconnect"],
+)
+async def test_the_middleware_answers_every_aborted_request_as_aborted(
+    mode: dict[str, Any],
+) -> None:
+    """Wherever the abort lands, the application's cleanup ran, the client got a whole
+    answer, and the answer agrees with the record: 200 for SUCCESS (the abort came too late
+    to stop anything), 499 for ABORTED — never a complete 200 recorded ABORTED."""
+    aborts = aioabort.App(store=MemoryStore())
+    held: set[str] = set()
+    api = AbortMiddleware(raw_app(held), aborts=aborts, **mode)
+    target = _Request(asgi_request(api, "POST", "/report"))
+
+    async def check(run: SweepRun) -> None:
+        response = target.responses.pop(run.task_id)
+        assert not held, "the application's lock is still held"
+        assert response.complete, "the response was left incomplete"
+        state = (await aborts.handle(run.task_id).record()).state
+        expected = 200 if state is aioabort.TaskState.SUCCESS else 499
+        assert response.status == expected, f"{state.value} answered {response.status}"
+
+    report = await sweep(target, check, aborts, 10.0, OWN)
+    assert report.ok, str(report)

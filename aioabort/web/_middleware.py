@@ -113,7 +113,10 @@ async def _watch_disconnect(app: ASGIApp, abort_scope: AbortScope, exchange: _Ex
         await app(exchange.scope, inbox.get, exchange.send)
     finally:
         pump_task.cancel()
-        await asyncio.gather(pump_task, return_exceptions=True)
+        # Shielded: an abort that comes once the application is done must not make the
+        # pump's teardown the request's end (a complete answer recorded ABORTED).
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(pump_task, return_exceptions=True)
 
 
 async def _as_disconnect(app: ASGIApp, abort_scope: AbortScope, exchange: _Exchange) -> None:
