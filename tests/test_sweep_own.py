@@ -238,8 +238,8 @@ def raw_app(held: set[str]) -> Any:
 
 @pytest.mark.parametrize(
     "mode",
-    [{}, {"abort_on_disconnect": True}],
-    ids=["plain", "abort_on_disconnect"],
+    [{}, {"abort_on_disconnect": True}, {"abort_as_disconnect": True}],
+    ids=["plain", "abort_on_disconnect", "abort_as_disconnect"],
 )
 async def test_the_middleware_answers_every_aborted_request_as_aborted(
     mode: dict[str, Any],
