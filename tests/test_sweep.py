@@ -549,3 +549,31 @@ def test_the_sweep_is_public_in_aioabort_testing() -> None:
     for name in aioabort.testing.__all__:
         assert getattr(aioabort.testing, name).__module__ == "aioabort.testing", name
     assert time.monotonic() > 0
+
+
+# -- the docs ---------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_docs_show_the_reports_the_example_prints(tmp_path: Path) -> None:
+    """docs/testing.md shows the reports of docs/examples/sweep_export.py verbatim: they are
+    what a run of it prints."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "sweep_export.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    page = (ROOT / "docs" / "testing.md").read_text("utf-8")
+    shown = re.findall(r"^```text\n(abort_sweep:.*?)^```", page, re.DOTALL | re.MULTILINE)
+    assert len(shown) == 3
+    assert "".join(shown) == done.stdout
