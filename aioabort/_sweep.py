@@ -34,6 +34,7 @@ from ._abortable import abortable
 from ._app import App
 from ._errors import TaskAborted, TaskNotFound, UsageError
 from ._memory import MemoryStore
+from ._progress import Progress
 from ._scope import AbortScope, _current_scope, _thread_calls
 from ._state import TaskState
 from ._sweep_asgi import AsgiRequest
@@ -103,8 +104,10 @@ class _Run:
             scope = scope._enclosing
         return None
 
-    def count(self, coro: Any) -> bool:
+    def count(self, coro: Any, scope: AbortScope) -> bool:
         """One more suspension point; True when it is the one to abort at."""
+        if self.points == 0:
+            _every_report_writes(scope)
         self.points += 1
         if self.target is None or self.points <= self.target:
             self.locations.append(location(coro, self.rule))
@@ -146,6 +149,15 @@ class _Run:
                 self.reached = True
 
 
+def _every_report_writes(scope: AbortScope) -> None:
+    """Under the sweep each ``scope.report()`` writes (so each is a suspension point): its
+    rate limit would make the points depend on the clock."""
+    if scope._progress is not None:
+        scope._progress._interval = 0.0
+    elif scope._runtime is not None:
+        scope._progress = Progress.of(scope._runtime, scope.id, 0.0)
+
+
 def _cancels(exc: asyncio.CancelledError, scope: AbortScope) -> bool:
     """Whether ``exc`` is the cancellation of ``scope``'s abort: anyio names the cancel scope
     in the message (as it does to tell its own cancellations from others)."""
@@ -172,7 +184,8 @@ def _drive(run: _Run, coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any
         except StopIteration as stop:
             return stop.value
         value = error = None
-        if run.scope() is not None and run.count(coro):
+        scope = run.scope()
+        if scope is not None and run.count(coro, scope):
             error = yield from run.hold(yielded)
             if error is not None:
                 continue

@@ -577,3 +577,20 @@ def test_the_docs_show_the_reports_the_example_prints(tmp_path: Path) -> None:
     shown = re.findall(r"^```text\n(abort_sweep:.*?)^```", page, re.DOTALL | re.MULTILINE)
     assert len(shown) == 3
     assert "".join(shown) == done.stdout
+
+
+async def test_every_report_is_a_point_under_the_sweep() -> None:
+    """scope.report() writes at most every 0.25 s, which would make the points depend on the
+    clock; under the sweep each report writes, so each is a point, on every run."""
+
+    async def reports(scope: aioabort.AbortScope) -> None:
+        for i in range(5):
+            await scope.report((i + 1) / 5)  # report
+            await asyncio.sleep(0)
+
+    async with aioabort.App(store=MemoryStore()) as app:
+        report = await abort_sweep(reports, app=app)
+        last = await app.handle(report.runs[-1].task_id).record()
+    assert report.ok and report.points == 10
+    assert [run.location for run in report.runs][::2] == [at("report")] * 5
+    assert last.progress == 1.0
