@@ -6,7 +6,7 @@ code stands, and which tasks and threads the body started.
 test, code run from a string. A location is the ``file.py:LINE`` (the file's base name) of the
 innermost frame of your code on the chain a suspended coroutine awaits through
 (``cr_await``); where none is there (a framework's await before your handler runs), of the
-innermost frame of all.
+innermost frame of an installed package, else of the innermost frame of all.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal
 
-Kind = Literal["user", "library", "aioabort"]
+#: Whose code a file is: yours, an installed package's, the standard library's, aioabort's,
+#: or the sweep's own (never the body's, even when aioabort sweeps itself).
+Kind = Literal["user", "package", "stdlib", "aioabort", "sweep"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 #: The sweep's own files: never the body's code, even when aioabort sweeps itself.
@@ -34,27 +36,30 @@ _SWEEP_FILES = tuple(
 )
 
 
-def _library_roots() -> tuple[str, ...]:
-    roots = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-    roots.update(site.getsitepackages())
-    roots.add(site.getusersitepackages())
-    return tuple(os.path.abspath(root) + os.sep for root in roots if root)
+def _roots(*paths: str) -> tuple[str, ...]:
+    return tuple(sorted({os.path.abspath(path) + os.sep for path in paths if path}))
 
 
-_LIBRARY = _library_roots()
+_PATHS = sysconfig.get_paths()
+_PACKAGES = _roots(
+    _PATHS["purelib"], _PATHS["platlib"], *site.getsitepackages(), site.getusersitepackages()
+)
+_STDLIB = _roots(_PATHS["stdlib"], _PATHS["platstdlib"])
 
 
 @functools.lru_cache(maxsize=4096)
 def kind_of(filename: str) -> Kind:
     """Whose code the file ``filename`` is."""
     if filename.startswith("<frozen"):
-        return "library"
+        return "stdlib"
     if filename.startswith("<"):
         return "user"  # code run from a string: python -c, exec()
     path = os.path.abspath(filename)
     if path.startswith(_PACKAGE):
-        return "library" if path in _SWEEP_FILES else "aioabort"
-    return "library" if path.startswith(_LIBRARY) else "user"
+        return "sweep" if path in _SWEEP_FILES else "aioabort"
+    if path.startswith(_PACKAGES):  # before the stdlib: site-packages may lie inside it
+        return "package"
+    return "stdlib" if path.startswith(_STDLIB) else "user"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +98,15 @@ def awaited_frames(coro: Any) -> Iterator[FrameType]:
 
 def location(coro: Any, rule: CodeRule) -> str:
     """Where the suspended ``coro`` stands in the body's own code (see the module's text)."""
-    innermost = mine = None
+    innermost = mine = package = None
     for frame in awaited_frames(coro):
         innermost = frame
-        if rule.is_user(frame.f_code.co_filename):
+        filename = frame.f_code.co_filename
+        if rule.is_user(filename):
             mine = frame
-    chosen = mine or innermost
+        elif kind_of(filename) == "package":
+            package = frame
+    chosen = mine or package or innermost
     return "?" if chosen is None else where(chosen)
 
 
