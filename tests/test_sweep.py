@@ -154,7 +154,7 @@ async def test_a_body_that_swallows_the_cancellation_is_reported() -> None:
     (run,) = report.failures
     assert run.location == at("swallowed here")
     assert run.state is aioabort.TaskState.SUCCESS
-    assert run.error == "did not stop: the body caught the cancellation and returned (SUCCESS)"
+    assert run.error == "did not stop: the cancellation was caught and the body returned (SUCCESS)"
 
 
 async def test_a_body_that_swallows_once_is_cancelled_again_and_passes() -> None:
