@@ -262,3 +262,55 @@ async def test_the_middleware_answers_every_aborted_request_as_aborted(
 
     report = await sweep(target, check, aborts, 10.0, OWN)
     assert report.ok, str(report)
+
+
+# -- the aiohttp middleware ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _AiohttpRequest:
+    """A request through ``aioabort.aiohttp.abort_middleware``, called as aiohttp does."""
+
+    handler: Callable[[Any], Coroutine[Any, Any, Any]]
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    async def run(self, app: aioabort.App, task_id: str) -> None:
+        from aiohttp.test_utils import make_mocked_request
+
+        from aioabort.aiohttp import abort_middleware
+
+        middleware = abort_middleware(app)
+        request = make_mocked_request("POST", "/report", headers={"X-Request-Id": task_id})
+        response = await middleware(request, self.handler)
+        self.statuses[task_id] = response.status
+
+    def without_scope(self) -> str:
+        return "no record"
+
+
+async def test_the_aiohttp_middleware_answers_every_aborted_request_as_aborted() -> None:
+    from aiohttp import web
+
+    aborts = aioabort.App(store=MemoryStore())
+    held: set[str] = set()
+
+    async def handler(request: Any) -> Any:
+        held.add("lock")
+        try:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        finally:
+            held.discard("lock")
+        return web.json_response({"done": True})
+
+    target = _AiohttpRequest(handler)
+
+    async def check(run: SweepRun) -> None:
+        status = target.statuses.pop(run.task_id)
+        assert not held, "the handler's lock is still held"
+        state = (await aborts.handle(run.task_id).record()).state
+        assert status == (200 if state is aioabort.TaskState.SUCCESS else 499), (state, status)
+
+    report = await sweep(target, check, aborts, 10.0, OWN)
+    assert report.ok, str(report)
+    assert report.points == 2
