@@ -298,7 +298,10 @@ class _Sweep:
         if exc is not None and not own:
             return state, f"raised {_describe(exc)}{_raised_at(exc, self.rule)}"
         if state is TaskState.SUCCESS and run.reached:
-            return state, "did not stop: the cancellation was caught and the body returned (SUCCESS)"
+            return (
+                state,
+                "did not stop: the cancellation was caught and the body returned (SUCCESS)",
+            )
         if state is TaskState.FAILURE and record.error is not None:
             return state, f"ended FAILURE: {record.error.type}: {record.error.message}"
         if state not in (TaskState.ABORTED, TaskState.SUCCESS):
