@@ -13,16 +13,22 @@ Use it in an application's tests, with no database::
 :class:`MemoryDatabase`.
 
 :func:`abort_sweep` aborts a body at each of its suspension points in turn and reports where
-its cleanup breaks; :func:`asgi_request` sweeps a web request through the middleware.
+its cleanup breaks; :func:`asgi_request` sweeps a web request through the middleware. They
+load on first use, so ``import aioabort`` does not pay for them.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 from ._memory import MemoryStore
 from ._memory_records import MemoryDatabase
-from ._sweep import abort_sweep
-from ._sweep_asgi import AsgiRequest, asgi_request
-from ._sweep_report import SweepError, SweepReport, SweepRun
+
+if TYPE_CHECKING:
+    from ._sweep import abort_sweep
+    from ._sweep_asgi import AsgiRequest, asgi_request
+    from ._sweep_report import SweepError, SweepReport, SweepRun
 
 __all__ = [
     "AsgiRequest",
@@ -35,15 +41,31 @@ __all__ = [
     "asgi_request",
 ]
 
-for _public in (
-    AsgiRequest,
-    MemoryDatabase,
-    MemoryStore,
-    SweepError,
-    SweepReport,
-    SweepRun,
-    abort_sweep,
-    asgi_request,
-):
+#: The abort sweep's names, by the private module each comes from.
+_SWEEP = {
+    "AsgiRequest": "_sweep_asgi",
+    "SweepError": "_sweep_report",
+    "SweepReport": "_sweep_report",
+    "SweepRun": "_sweep_report",
+    "abort_sweep": "_sweep",
+    "asgi_request": "_sweep_asgi",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _SWEEP.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    value.__module__ = __name__
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+for _public in (MemoryDatabase, MemoryStore):
     _public.__module__ = __name__
 del _public
