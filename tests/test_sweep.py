@@ -594,3 +594,20 @@ async def test_every_report_is_a_point_under_the_sweep() -> None:
     assert report.ok and report.points == 10
     assert [run.location for run in report.runs][::2] == [at("report")] * 5
     assert last.progress == 1.0
+
+
+async def test_a_task_group_the_body_waits_for_leaves_nothing_running() -> None:
+    async def child(steps: int) -> None:
+        for _ in range(steps):
+            await asyncio.sleep(0)
+
+    async def body(scope: aioabort.AbortScope) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(child(3))
+            group.create_task(child(2))
+            await asyncio.sleep(0)  # in the group
+        await asyncio.sleep(0)
+
+    report = await abort_sweep(body)
+    assert report.ok and report.points == 3
+    assert report.runs[0].location == at("in the group")
