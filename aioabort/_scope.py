@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -51,6 +51,19 @@ _background: set[asyncio.Task[None]] = set()
 
 _current_scope: contextvars.ContextVar[AbortScope | None] = contextvars.ContextVar(
     "aioabort_current_scope", default=None
+)
+
+
+class ThreadCalls(Protocol):
+    """Told of each ``to_thread`` call as it starts: wraps it to learn when it returns."""
+
+    def __call__(self, call: Callable[[], T], /) -> Callable[[], T]: ...
+
+
+#: Set by the abort sweep around a body it runs (``None`` everywhere else): the sweep reports
+#: a ``to_thread`` call still running when the body has ended.
+_thread_calls: contextvars.ContextVar[ThreadCalls | None] = contextvars.ContextVar(
+    "aioabort_thread_calls", default=None
 )
 
 
@@ -203,12 +216,17 @@ class AbortScope:
 
         The thread sees this scope (:func:`current_scope` works there, so ``fn`` can call
         :meth:`raise_if_aborted` or :meth:`is_aborted`). No abort can stop a thread, so this
-        call waits for ``fn`` to return, whatever happens meanwhile, and the abort's
-        cancellation arrives at the body's next await after it: the record never says
-        ABORTED while the thread still runs. (``asyncio.to_thread`` returns at once when
-        cancelled, leaving the thread running behind an ABORTED record.)
+        call waits for ``fn`` to return, whatever happens meanwhile — an abort, or a
+        cancellation from outside (``asyncio.timeout``, a TaskGroup) — and the cancellation
+        arrives at the body's next await after it: the record never says ABORTED while the
+        thread still runs. (``asyncio.to_thread`` returns at once when cancelled, leaving the
+        thread running behind an ABORTED record.)
         """
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        call = functools.partial(fn, *args, **kwargs)
+        track = _thread_calls.get()
+        # In a task of its own, waited for to its end: an anyio shield alone holds off an
+        # abort but not a native Task.cancel().
+        return await shielded(anyio.to_thread.run_sync(call if track is None else track(call)))
 
     def on_abort(self, callback: Callable[[AbortReason], object]) -> Callable[[], bool]:
         """Run ``callback(reason)`` on the event loop when an abort arrives.

@@ -113,13 +113,16 @@ async def _watch_disconnect(app: ASGIApp, abort_scope: AbortScope, exchange: _Ex
         await app(exchange.scope, inbox.get, exchange.send)
     finally:
         pump_task.cancel()
-        await asyncio.gather(pump_task, return_exceptions=True)
+        # Shielded: an abort that comes once the application is done must not make the
+        # pump's teardown the request's end (a complete answer recorded ABORTED).
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(pump_task, return_exceptions=True)
 
 
 async def _as_disconnect(app: ASGIApp, abort_scope: AbortScope, exchange: _Exchange) -> None:
     """``abort_as_disconnect``: the application runs shielded from the abort; an abort makes
     its ``receive()`` answer ``http.disconnect``, so it stops its own view. Then the abort
-    stops the scope."""
+    stops the scope, unless the application had answered in full."""
     aborted = asyncio.Event()
     abort_scope.on_abort(lambda reason: aborted.set())
 
@@ -140,7 +143,10 @@ async def _as_disconnect(app: ASGIApp, abort_scope: AbortScope, exchange: _Excha
 
     with anyio.CancelScope(shield=True):
         await app(exchange.scope, receive_or_abort, exchange.send)
-    await anyio.lowlevel.checkpoint()  # an abort that came stops the scope here
+    if not exchange.complete:
+        # An abort that came stops the scope here. An application that answered in full
+        # did its work: the abort came too late, the request ended SUCCESS.
+        await anyio.lowlevel.checkpoint()
 
 
 class AbortMiddleware:
@@ -171,7 +177,8 @@ class AbortMiddleware:
     :param abort_as_disconnect: deliver an abort to the application as the client's
         disconnect (its ``receive()`` answers ``http.disconnect``) instead of cancelling it
         from outside: for frameworks that run the view in a task of their own and cancel it
-        on a disconnect — Django's ASGI handler. The scope records ABORTED all the same.
+        on a disconnect — Django's ASGI handler. The scope records ABORTED all the same,
+        unless the application still answered in full (then SUCCESS, the abort kept).
     """
 
     def __init__(
