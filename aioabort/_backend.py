@@ -151,6 +151,29 @@ class NewTask:
     args_json: str | None
     retryable: bool
     labels: Mapping[str, str] | None = None
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    time_limit: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """When a worker has something to do (see :meth:`Store.next_due`), in seconds from now by
+    the store's clock: zero or less means now; ``None``, nothing of the kind is queued.
+
+    :ivar claimable: until the first queued task of the worker's queues and names that it
+        may claim (past its ``not_before``, not expired).
+    :ivar expiring: until the first queued task of any queue expires (to be ended then).
+    """
+
+    claimable: float | None
+    expiring: float | None
+
+    def wait(self, longest: float) -> float:
+        """How long a worker with nothing to do now sleeps: until the first of these times,
+        at most ``longest``."""
+        ahead = [t for t in (self.claimable, self.expiring) if t is not None and t > 0]
+        return min([longest, *ahead])
 
 
 #: Called on the event loop thread with each change the store sees.
@@ -223,9 +246,16 @@ class Store(abc.ABC):
         parent_id: str | None = None,
         retryable: bool = False,
         labels: Mapping[str, str] | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+        time_limit: float | None = None,
     ) -> TaskRecord:
         """Record a new PENDING task (with ``labels``, checked by the caller). Raises
         :class:`TaskAlreadyExists` if the id is taken (and writes nothing to that record).
+
+        ``not_before``, ``expires_at`` and ``time_limit`` are stored on the record as given
+        (checked by the caller): no claim before ``not_before``; :meth:`expire` ends it once
+        ``expires_at`` has passed.
 
         A task whose parent is already aborting is born ABORTED (code ``parent``). A task with
         a ``queue`` wakes the workers of that queue (PostgreSQL: NOTIFY).
@@ -259,16 +289,33 @@ class Store(abc.ABC):
         limit: int,
         names: Collection[str] | None = None,
     ) -> list[TaskRecord]:
-        """Atomically move up to ``limit`` PENDING tasks of ``queues`` (oldest first) to
-        STARTED for ``owner``; no two callers ever claim the same task. With ``names``, only
-        tasks of those names ([G14](semantics.md#g14): a worker claims only what it can run)."""
+        """Atomically move up to ``limit`` PENDING tasks of ``queues`` (the earliest due
+        first: by ``not_before``, else by when they were queued) to STARTED for ``owner``; no
+        two callers ever claim the same task. Never a task before its ``not_before``, nor one
+        past its ``expires_at``. With ``names``, only tasks of those names
+        ([G14](semantics.md#g14): a worker claims only what it can run)."""
 
     @abc.abstractmethod
     async def has_pending(
         self, queues: Collection[str], names: Collection[str] | None = None
     ) -> bool:
-        """Whether any PENDING task (of ``names``, if given) waits in ``queues`` (a read; no
-        lock taken)."""
+        """Whether any PENDING task (of ``names``, if given) that :meth:`claim` would take now
+        waits in ``queues`` (a read; no lock taken)."""
+
+    @abc.abstractmethod
+    async def next_due(self, queues: Collection[str], names: Collection[str] | None) -> Due:
+        """When a worker of ``queues`` (running ``names``) next has something to do: a task to
+        claim, or one to expire. One read through indexes, whatever the number of tasks queued
+        for later: an idle worker sleeps until then (or until new work is pushed)."""
+
+    @abc.abstractmethod
+    async def expire(
+        self, task_ids: Collection[str] | None = None, *, by: str, limit: int = 1000
+    ) -> list[str]:
+        """End queued tasks past their ``expires_at`` (of ``task_ids``, or any, up to
+        ``limit``): ABORTED with code ``expired`` (``by`` who saw it), logged for watchers
+        like any abort, in one transaction. Compare-and-set: a task claimed meanwhile is
+        left alone. Returns the ids."""
 
     @abc.abstractmethod
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:

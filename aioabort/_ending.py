@@ -1,11 +1,14 @@
-"""How a run ends: the one writer of every end and every requeue of a run of this process.
+"""How a run ends: the one writer of every end and every requeue of a run of this process,
+and of the expiry of queued tasks.
 
 A scope's exit, a task name this worker does not know, a task the worker gives up on: each
 decides here whether the run goes back to the queue (:func:`_state.should_requeue`, here only)
 and writes its end through :func:`_write`, shielded (a cancelled caller still records it). A
 write the store cannot take now is kept on the App's redo list and retried until it lands: a
 live owner's record must not stay running. Ends of runs owned by a process that died are the
-reaper's (``_liveness``), written by the store in one statement.
+reaper's (``_liveness``), written by the store in one statement. A queued task past its
+``expires_at`` is ended here (:func:`expire`) by whichever process sees it first: a worker
+whose timer found it, the fleet's reaper, a waiter on that task.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ._state import TaskRecord, TaskState, end_state, should_requeue
 from ._types import MAX_REASON_MESSAGE_LENGTH, ErrorInfo
 
 if TYPE_CHECKING:
+    from ._backend import Store
     from ._runtime import Runtime
 
 logger = logging.getLogger("aioabort")
@@ -139,6 +143,28 @@ async def end_of_body(
         result_json=result_json if state is TaskState.SUCCESS else None,
     )
     return state, written
+
+
+async def expire(store: Store, owner: str, task_ids: Sequence[str] | None = None) -> list[str]:
+    """End queued tasks past their ``expires_at`` (``task_ids``, or any): ABORTED, code
+    ``expired``; they never run. A compare-and-set, safe for any number of processes at once;
+    a store that cannot take it now is asked again by the next one to look."""
+    try:
+        ids = await shielded(store.expire(task_ids, by=f"expiry@{owner}"))
+    except AioabortError:
+        logger.warning(
+            "could not end expired tasks; they are ended at the next look",
+            exc_info=True,
+            extra={"action": "expire_failed"},
+        )
+        return []
+    if ids:
+        logger.info(
+            "%d queued task(s) expired before they started",
+            len(ids),
+            extra={"action": "tasks_expired", "task_ids": ids},
+        )
+    return ids
 
 
 async def _write(

@@ -13,30 +13,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
-import time
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any
 
 from ._backend import (
     AbortNotice,
     AbortOutcome,
     ChangeCallback,
-    OwnerInfo,
-    QuietOwner,
+    Due,
     StartResult,
-    Store,
     StoreStatistics,
-    Unclaimed,
     WatchedIds,
 )
 from ._errors import AppClosed, InvalidURL, TaskAlreadyExists
-from ._memory_records import NAMED, MemoryDatabase, claimable, matching, new_record
+from ._memory_liveness import MemoryLiveness
+from ._memory_records import NAMED, MemoryDatabase, claimable, due_at, matching, new_record
 from ._state import (
     ABORTABLE_STATES,
+    EXPIRED_MESSAGE,
     FINISHABLE_STATES,
     PARENT_ABORTED_STATES,
-    REAPABLE_STATES,
     REQUEUE_CLEARS,
     StartDecision,
     TaskRecord,
@@ -44,15 +41,13 @@ from ._state import (
     after_abort_request,
     cascades,
     decide_start,
+    is_expired,
     parent_reason,
-    reaped_error,
-    released_error,
-    requeue_after_loss,
 )
 from ._types import AbortReason, ErrorInfo, utcnow
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryLiveness):
     """The reference store: every record in memory, shared through a :class:`MemoryDatabase`.
 
     :param database: the database to share with other stores (a new one by default).
@@ -120,6 +115,9 @@ class MemoryStore(Store):
         parent_id: str | None = None,
         retryable: bool = False,
         labels: Mapping[str, str] | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+        time_limit: float | None = None,
     ) -> TaskRecord:
         tasks = self._step()
         if task_id in tasks:
@@ -133,6 +131,9 @@ class MemoryStore(Store):
             args=None if args_json is None else json.loads(args_json),
             retryable=retryable,
             labels=dict(labels or {}),
+            not_before=not_before,
+            expires_at=expires_at,
+            time_limit=time_limit,
         )
         self.db.insert(record)
         inherited = self._aborted_parent(parent_id)
@@ -199,12 +200,11 @@ class MemoryStore(Store):
         limit: int,
         names: Collection[str] | None = None,
     ) -> list[TaskRecord]:
-        tasks = self._step()
+        tasks, now = self._step(), utcnow()
         waiting = sorted(
-            (r for r in tasks.values() if claimable(r, queues, names)),
-            key=lambda r: (r.created_at, self.db.order[r.id]),
+            (r for r in tasks.values() if claimable(r, queues, names, now)),
+            key=lambda r: (due_at(r), self.db.order[r.id]),
         )
-        now = utcnow()
         claimed = [
             self._put(
                 r, state=TaskState.STARTED, owner=owner, started_at=now, attempts=r.attempts + 1
@@ -218,8 +218,40 @@ class MemoryStore(Store):
     async def has_pending(
         self, queues: Collection[str], names: Collection[str] | None = None
     ) -> bool:
-        tasks = self._step()
-        return any(claimable(r, queues, names) for r in tasks.values())
+        tasks, now = self._step(), utcnow()
+        return any(claimable(r, queues, names, now) for r in tasks.values())
+
+    async def next_due(self, queues: Collection[str], names: Collection[str] | None) -> Due:
+        tasks, now = self._step(), utcnow()
+        queued = [r for r in tasks.values() if r.state is TaskState.PENDING]
+        due = [
+            due_at(r)
+            for r in queued
+            if claimable(r, queues, names, due_at(r)) and not is_expired(r, now)
+        ]
+        expiring = [r.expires_at for r in queued if r.expires_at is not None]
+
+        def seconds(times: list[datetime]) -> float | None:
+            return None if not times else (min(times) - now).total_seconds()
+
+        return Due(seconds(due), seconds(expiring))
+
+    async def expire(
+        self, task_ids: Collection[str] | None = None, *, by: str, limit: int = 1000
+    ) -> list[str]:
+        tasks, now = self._step(), utcnow()
+        wanted = tasks.values() if task_ids is None else (tasks.get(i) for i in set(task_ids))
+        expired = sorted(
+            (r for r in wanted if r is not None and is_expired(r, now)),
+            key=lambda r: (r.expires_at, self.db.order[r.id]),
+        )[:limit]
+        notices = []
+        for record in expired:
+            reason = AbortReason(AbortReason.EXPIRED, EXPIRED_MESSAGE, by, now)
+            notices.append(AbortNotice(record.id, reason, self._abort(record.id, reason).attempts))
+        if notices:
+            self.db.announce((), tuple(notices))
+        return [r.id for r in expired]
 
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
         tasks = self._step()
@@ -331,131 +363,6 @@ class MemoryStore(Store):
             return
         self._put(current, abort_delivered_at=utcnow())
         self._changed(task_id)
-
-    # -- liveness ----------------------------------------------------------------------------
-
-    async def heartbeat(
-        self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
-    ) -> dict[str, QuietOwner] | None:
-        self._step()
-        db, now = self.db, time.monotonic()
-        db.beats[owner.id] = db.beats.get(owner.id, 0) + 1
-        db.last_seen[owner.id] = now
-        if lease is None:
-            return None
-        if db.lease is not None and db.lease[0] != owner.id and db.lease[1] >= now:
-            return None
-        db.lease = (owner.id, now + lease)
-        seen = {o: db.last_seen.get(o, now) for o in db.beats}
-        return {
-            o: QuietOwner(n, now - seen[o]) for o, n in db.beats.items() if seen[o] < now - quiet
-        }
-
-    async def owner_beats(self) -> dict[str, int]:
-        self._step()
-        return dict(self.db.beats)
-
-    async def reap(self, dead: Collection[str]) -> list[str]:
-        tasks = self._step()
-        gone = set(dead)
-        lost = [
-            r
-            for r in tasks.values()
-            if r.state in REAPABLE_STATES
-            and (r.owner is None or r.owner in gone or r.owner not in self.db.beats)
-        ]
-        ids = []
-        for record in lost:
-            if requeue_after_loss(record):
-                self._back_to_queue(record)
-            else:
-                self._put(
-                    record,
-                    state=TaskState.FAILURE,
-                    error=reaped_error(record.owner),
-                    finished_at=utcnow(),
-                )
-            ids.append(record.id)
-        for owner in gone:
-            self.db.beats.pop(owner, None)
-            self.db.last_seen.pop(owner, None)
-            self.db.serving.pop(owner, None)
-        if ids:
-            self.db.announce(ids)
-        return ids
-
-    async def purge(self, older_than: float, *, limit: int) -> list[str]:
-        tasks = self._step()
-        cutoff = utcnow().timestamp() - older_than
-        old = sorted(
-            (
-                r
-                for r in tasks.values()
-                if r.state.is_terminal
-                and r.finished_at is not None
-                and r.finished_at.timestamp() < cutoff
-            ),
-            key=lambda r: r.finished_at or utcnow(),
-        )[:limit]
-        for record in old:
-            del tasks[record.id]
-            self.db.order.pop(record.id, None)
-        if old:
-            self.db.announce(r.id for r in old)
-        return [r.id for r in old]
-
-    async def serve(self, owner: str, *, queues: Collection[str], names: Collection[str]) -> None:
-        self._step()
-        self.db.serving.setdefault(owner, set()).update((q, n) for q in queues for n in names)
-
-    async def unserve(self, owner: str, *, queues: Collection[str]) -> None:
-        self._step()
-        stopped = set(queues)
-        mine = self.db.serving.get(owner, set())
-        mine.difference_update({pair for pair in mine if pair[0] in stopped})
-
-    async def unclaimed(self, *, queued_for: float, quiet: float) -> list[Unclaimed]:
-        tasks, db = self._step(), self.db
-        seen_after = time.monotonic() - quiet
-        served = {
-            pair
-            for owner, pairs in db.serving.items()
-            if db.last_seen.get(owner, -math.inf) >= seen_after
-            for pair in pairs
-        }
-        cutoff = utcnow().timestamp() - queued_for
-        groups: dict[tuple[str, str], list[TaskRecord]] = {}
-        for record in tasks.values():
-            if record.queue is None:  # made by create(): it waits for a scope, not a worker
-                continue
-            key = (record.queue, record.name or "")
-            if (
-                record.state is TaskState.PENDING
-                and record.created_at.timestamp() < cutoff
-                and key not in served
-            ):
-                groups.setdefault(key, []).append(record)
-        found = [
-            Unclaimed(queue, name, len(group), min(r.created_at for r in group))
-            for (queue, name), group in groups.items()
-        ]
-        return sorted(found, key=lambda u: (u.oldest, u.queue, u.name))
-
-    async def release_owner(self, owner: str) -> list[str]:
-        tasks = self._step()
-        mine = [r for r in tasks.values() if r.owner == owner and r.state in FINISHABLE_STATES]
-        for record in mine:
-            self._put(
-                record, state=TaskState.FAILURE, error=released_error(owner), finished_at=utcnow()
-            )
-        self.db.beats.pop(owner, None)
-        self.db.last_seen.pop(owner, None)
-        self.db.serving.pop(owner, None)
-        if self.db.lease is not None and self.db.lease[0] == owner:
-            self.db.lease = None
-        if mine:
-            self.db.announce(r.id for r in mine)
-        return [r.id for r in mine]
 
     # -- the rules, applied to records -------------------------------------------------------
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Collection, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from ._backend import AbortNotice, Change, ChangeCallback
-from ._state import TaskRecord, TaskState
+from ._state import TaskRecord, TaskState, is_due
 from ._types import utcnow
 
 
@@ -78,9 +79,15 @@ def matching(
     ]
 
 
-def claimable(record: TaskRecord, queues: Collection[str], names: Collection[str] | None) -> bool:
+def claimable(
+    record: TaskRecord, queues: Collection[str], names: Collection[str] | None, now: datetime
+) -> bool:
+    """Whether a worker of ``queues`` running ``names`` may claim ``record`` at ``now``."""
     return (
-        record.state is TaskState.PENDING
-        and record.queue in queues
-        and (names is None or record.name in names)
+        is_due(record, now) and record.queue in queues and (names is None or record.name in names)
     )
+
+
+def due_at(record: TaskRecord) -> datetime:
+    """When a queued record may first be claimed: the order claims take them in."""
+    return record.created_at if record.not_before is None else record.not_before

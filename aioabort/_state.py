@@ -188,6 +188,30 @@ REQUEUE_CLEARS: tuple[str, ...] = (
     "message",
 )
 
+#: The message of the reason a queued task that expired ends with (code ``expired``).
+EXPIRED_MESSAGE = "it was still queued when it expired"
+
+
+def is_due(record: TaskRecord, now: datetime) -> bool:
+    """Whether a worker may claim ``record`` at ``now``: PENDING, past its ``not_before``, and
+    not expired (an expired one is ended, never run)."""
+    return (
+        record.state is TaskState.PENDING
+        and (record.not_before is None or record.not_before <= now)
+        and not is_expired(record, now)
+    )
+
+
+def is_expired(record: TaskRecord, now: datetime) -> bool:
+    """Whether ``record`` is a queued task past its ``expires_at``: it ends ABORTED (code
+    ``expired``) whichever process sees it first."""
+    return (
+        record.state is TaskState.PENDING
+        and record.expires_at is not None
+        and record.expires_at <= now
+    )
+
+
 #: The messages of a lost task's error; ``{owner}`` is the owner's id (``?`` if none).
 REAPED_MESSAGE = "owner {owner} stopped heartbeating"
 RELEASED_MESSAGE = "owner {owner} closed while the task was running"
@@ -245,6 +269,12 @@ class TaskRecord:
         ``None``.
     :ivar labels: the labels it was created with (``{"user": "alice"}``), for filters and bulk
         aborts.
+    :ivar not_before: no worker claims it before this time (``countdown=``/``eta=``), or
+        ``None``.
+    :ivar expires_at: still queued at this time, it ends ABORTED (code ``expired``) and never
+        runs (``expires=``), or ``None``.
+    :ivar time_limit: this call's time limit in seconds (``apply(time_limit=)``, over the
+        task's own), or ``None``.
     """
 
     id: str
@@ -266,6 +296,9 @@ class TaskRecord:
     attempts: int = 0
     abort_delivered_at: datetime | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    time_limit: float | None = None
 
     @property
     def is_finished(self) -> bool:
@@ -313,6 +346,9 @@ class TaskRecord:
             "labels": dict(self.labels),
             "retryable": self.retryable,
             "attempts": self.attempts,
+            "not_before": iso(self.not_before),
+            "expires_at": iso(self.expires_at),
+            "time_limit": self.time_limit,
         }
 
     @property

@@ -154,7 +154,7 @@ class AbortReason:
     """Why a task was asked to stop: structured data, stored on the record.
 
     :param code: a short machine-readable word; aioabort itself uses ``user``, ``timeout``,
-        ``shutdown``, ``disconnect`` and ``parent``.
+        ``shutdown``, ``disconnect``, ``parent`` and ``expired``.
     :param message: free text for people.
     :param by: who asked (a user, a host and pid); filled in by :meth:`AbortHandle.abort`.
     :param at: when the abort was requested, an aware UTC datetime.
@@ -174,6 +174,7 @@ class AbortReason:
     SHUTDOWN = "shutdown"
     DISCONNECT = "disconnect"
     PARENT = "parent"
+    EXPIRED = "expired"
 
     def __post_init__(self) -> None:
         if not isinstance(self.code, str) or not _CODE_RE.fullmatch(self.code):

@@ -48,7 +48,7 @@ RUNNING = in_list(FINISHABLE_STATES)
 COLUMNS = (
     "id, name, queue, parent_id, state, args, result, error, abort_code, abort_message, "
     "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at, "
-    "retryable, attempts, abort_delivered_at, labels"
+    "retryable, attempts, abort_delivered_at, labels, not_before, expires_at, time_limit"
 )
 
 
@@ -130,6 +130,9 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         attempts,
         delivered_at,
         labels,
+        not_before,
+        expires_at,
+        time_limit,
     ) = row
     created = ts(created_at)
     assert created is not None
@@ -153,4 +156,7 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         attempts=int(attempts or 0),
         abort_delivered_at=ts(delivered_at),
         labels={} if labels is None else json.loads(labels),
+        not_before=ts(not_before),
+        expires_at=ts(expires_at),
+        time_limit=None if time_limit is None else float(time_limit),
     )

@@ -31,8 +31,11 @@ T = TypeVar("T")
 #: ``finished_at`` (retention). 6: labels (a column, and the ``task_labels`` table their
 #: filters go through). 7: the ``workers`` table (what each live
 #: worker claims, for :meth:`~aioabort.Store.unclaimed`), and an index on ``created_at`` (a
-#: page of the newest records reads 51 rows, not the table).
-SCHEMA_VERSION = 7
+#: page of the newest records reads 51 rows, not the table). 8: ``not_before``,
+#: ``expires_at`` and ``time_limit`` (columns), the index on the due time that claims and a
+#: worker's timer read (it replaces the index of queued tasks by ``created_at``), and one on
+#: the expiry of queued tasks.
+SCHEMA_VERSION = 8
 
 Row = Sequence[Any]
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 
-from .._backend import AbortNotice, AbortOutcome, Finish, NewTask, StartResult
+from .._backend import AbortNotice, AbortOutcome, Due, Finish, NewTask, StartResult
 from .._errors import TaskAlreadyExists
 from .._state import StartDecision, TaskRecord, TaskState, cascades, decide_start, parent_reason
 from .._types import AbortReason, ErrorInfo
@@ -61,16 +62,39 @@ class SQLStore(LivenessFlows):
         parent_id: str | None = None,
         retryable: bool = False,
         labels: Mapping[str, str] | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+        time_limit: float | None = None,
     ) -> TaskRecord:
         if parent_id is None:
             return await self._creates(
-                NewTask(task_id, name, queue, args_json, retryable, labels or None)
+                NewTask(
+                    task_id,
+                    name,
+                    queue,
+                    args_json,
+                    retryable,
+                    labels or None,
+                    not_before,
+                    expires_at,
+                    time_limit,
+                )
             )
 
         async def body(conn: Connection) -> TaskRecord:
             inherited = await self._parent_abort(conn, parent_id)
             row = await self._row(
-                conn, "insert_pending", task_id, name, queue, parent_id, args_json, retryable
+                conn,
+                "insert_pending",
+                task_id,
+                name,
+                queue,
+                parent_id,
+                args_json,
+                retryable,
+                not_before,
+                expires_at,
+                time_limit,
             )
             if row is None:
                 raise TaskAlreadyExists(task_id)
@@ -87,7 +111,19 @@ class SQLStore(LivenessFlows):
         # with its own labels; the others are refused as if they came a moment later.
         first = {i.task_id: i for i in reversed(items)}
         unique = [i for i in items if first[i.task_id] is i]
-        batch = [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in unique]
+        batch = [
+            [
+                i.task_id,
+                i.name,
+                i.queue,
+                i.args_json,
+                i.retryable,
+                _epoch(i.not_before),
+                _epoch(i.expires_at),
+                i.time_limit,
+            ]
+            for i in unique
+        ]
         if not any(i.labels for i in unique):  # one statement
             rows = await self._one("insert_pending_batch", batch, write=True)
             made = {row[0]: self._record(row) for row in rows}
@@ -312,8 +348,29 @@ class SQLStore(LivenessFlows):
     async def has_pending(
         self, queues: Collection[str], names: Collection[str] | None = None
     ) -> bool:
-        rows = await self._one("has_pending", list(queues), None if names is None else list(names))
-        return bool(rows[0][0])
+        due = await self.next_due(queues, names)  # the same indexed read a worker makes
+        return due.claimable is not None and due.claimable <= 0
+
+    async def next_due(self, queues: Collection[str], names: Collection[str] | None) -> Due:
+        rows = await self._one("next_due", list(queues), None if names is None else list(names))
+        claimable, expiring = rows[0]
+        return Due(
+            None if claimable is None else float(claimable),
+            None if expiring is None else float(expiring),
+        )
+
+    async def expire(
+        self, task_ids: Collection[str] | None = None, *, by: str, limit: int = 1000
+    ) -> list[str]:
+        wanted = None if task_ids is None else list(task_ids)
+
+        async def body(conn: Connection) -> list[str]:
+            ids = [row[0] for row in await self._rows(conn, "expire_tasks", wanted, by, limit)]
+            if ids:  # logged like any abort: watchers and waiters of every process learn it
+                await self._rows(conn, "log_aborts", ids)
+            return ids
+
+        return await self._write(body, retry=True, changed=lambda ids: ids)
 
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
         rows = await self._one(
@@ -382,6 +439,11 @@ class SQLStore(LivenessFlows):
             "report", task_id, owner, progress, message, write=True, retry=True
         )  # its waiters wake (a stream shows the progress)
         return bool(rows)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    """A time as seconds since the epoch, as the stores' JSON batches carry it."""
+    return None if value is None else value.timestamp()
 
 
 def _abort_ids(outcome: AbortOutcome) -> list[str]:

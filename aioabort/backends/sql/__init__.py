@@ -13,7 +13,8 @@ import re
 from importlib import resources
 from typing import LiteralString
 
-from ..._state import TaskState
+from ..._state import EXPIRED_MESSAGE, TaskState
+from ..._types import AbortReason
 from .. import _sql
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -67,4 +68,6 @@ def rule_values(json_object: str) -> dict[str, str]:
         "requeue_when": _sql.requeue_when(),
         "reaped_error": _sql.lost_error(json_object, reaped=True),
         "released_error": _sql.lost_error(json_object, reaped=False),
+        "expired_code": f"'{AbortReason.EXPIRED}'",
+        "expired_message": f"'{EXPIRED_MESSAGE}'",
     }

@@ -39,10 +39,16 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
     retryable boolean NOT NULL DEFAULT false,
     attempts integer NOT NULL DEFAULT 0,
     abort_delivered_at timestamptz,
-    labels text
+    labels text,
+    not_before timestamptz,
+    expires_at timestamptz,
+    time_limit double precision
 );
-CREATE INDEX IF NOT EXISTS tasks_pending ON {schema}.tasks (queue, created_at)
-    WHERE state = 'PENDING';
+DROP INDEX IF EXISTS {schema}.tasks_pending;
+CREATE INDEX IF NOT EXISTS tasks_due
+    ON {schema}.tasks (queue, (COALESCE(not_before, created_at))) WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS tasks_expiring ON {schema}.tasks (expires_at)
+    WHERE state = 'PENDING' AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_state ON {schema}.tasks (state, created_at);
 CREATE INDEX IF NOT EXISTS tasks_created ON {schema}.tasks (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS tasks_running_owner ON {schema}.tasks (owner)
@@ -112,9 +118,11 @@ SELECT {columns} FROM {schema}.tasks WHERE id = $1;
 SELECT {columns} FROM {schema}.tasks WHERE id = $1 FOR UPDATE;
 
 -- name: insert_pending
+-- $7, $8: not_before and expires_at or NULL; $9: the time limit.
 WITH ins AS (
-    INSERT INTO {schema}.tasks (id, name, queue, parent_id, state, args, retryable)
-    VALUES ($1, $2, $3, $4, 'PENDING', $5, $6)
+    INSERT INTO {schema}.tasks (id, name, queue, parent_id, state, args, retryable,
+        not_before, expires_at, time_limit)
+    VALUES ($1, $2, $3, $4, 'PENDING', $5, $6, $7, $8, $9)
     ON CONFLICT (id) DO NOTHING
     RETURNING {columns}
 ), notified AS (
@@ -124,14 +132,18 @@ WITH ins AS (
 SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins;
 
 -- name: insert_pending_batch
--- $1: a JSON array of [id, name, queue, args, retryable]; one NOTIFY per queue with work.
+-- $1: a JSON array of [id, name, queue, args, retryable, not_before, expires_at, time_limit]
+-- (times in seconds since the epoch); one NOTIFY per queue with work.
 WITH v AS (
     SELECT e ->> 0 AS id, e ->> 1 AS name, e ->> 2 AS queue, e ->> 3 AS args,
-        (e ->> 4)::boolean AS retryable, n
+        (e ->> 4)::boolean AS retryable, to_timestamp((e ->> 5)::float8) AS not_before,
+        to_timestamp((e ->> 6)::float8) AS expires_at, (e ->> 7)::float8 AS time_limit, n
     FROM json_array_elements($1::json) WITH ORDINALITY AS x(e, n)
 ), ins AS (
-    INSERT INTO {schema}.tasks (id, name, queue, state, args, retryable, created_at, updated_at)
-    SELECT id, name, queue, 'PENDING', args, retryable, clock_timestamp(), clock_timestamp()
+    INSERT INTO {schema}.tasks (id, name, queue, state, args, retryable, created_at, updated_at,
+        not_before, expires_at, time_limit)
+    SELECT id, name, queue, 'PENDING', args, retryable, clock_timestamp(), clock_timestamp(),
+        not_before, expires_at, time_limit
     FROM v ORDER BY n
     ON CONFLICT (id) DO NOTHING
     RETURNING {columns}
@@ -279,25 +291,57 @@ WITH v AS (
 ), {notify_ended}
 SELECT ended.*, (SELECT count(*) FROM notified) AS notified FROM ended;
 
+-- name: due
+-- A fragment, not a statement: a queued task a worker may claim now (past its not_before,
+-- through the index on the due time; not expired). statement_timestamp(), not the volatile
+-- clock_timestamp(): only a stable bound can be an index condition.
+state = 'PENDING' AND COALESCE(not_before, created_at) <= statement_timestamp()
+    AND (expires_at IS NULL OR expires_at > statement_timestamp())
+
 -- name: claim
+-- The earliest due first (by not_before, else by when they were queued).
 UPDATE {schema}.tasks SET state = 'STARTED', owner = $1, started_at = clock_timestamp(),
     updated_at = clock_timestamp(), attempts = attempts + 1
 WHERE id IN (
     SELECT id FROM {schema}.tasks
-    WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($2::json))
+    WHERE {due} AND queue IN (SELECT json_array_elements_text($2::json))
         AND ($4::json IS NULL OR name IN (SELECT json_array_elements_text($4::json)))
-    ORDER BY created_at LIMIT $3
+    ORDER BY COALESCE(not_before, created_at) LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 RETURNING {columns};
 
--- name: has_pending
--- $2: a JSON array of the names the worker runs, or NULL for any name.
-SELECT EXISTS (
-    SELECT 1 FROM {schema}.tasks
-    WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($1::json))
-        AND ($2::json IS NULL OR name IN (SELECT json_array_elements_text($2::json)))
-);
+-- name: next_due
+-- Seconds until the first task of the queues $1 (of the names $2, or NULL for any) may be
+-- claimed, and until the first queued task of any queue expires (NULL: none). Two index
+-- lookups per queue, however many tasks wait for later.
+SELECT
+    extract(epoch FROM (SELECT min(first.due)
+        FROM json_array_elements_text($1::json) AS q(queue),
+        LATERAL (
+            SELECT COALESCE(t.not_before, t.created_at) AS due FROM {schema}.tasks AS t
+            WHERE t.state = 'PENDING' AND t.queue = q.queue
+                AND (t.expires_at IS NULL OR t.expires_at > statement_timestamp())
+                AND ($2::json IS NULL OR t.name IN (SELECT json_array_elements_text($2::json)))
+            ORDER BY COALESCE(t.not_before, t.created_at) LIMIT 1
+        ) AS first) - statement_timestamp())::float8,
+    extract(epoch FROM (SELECT min(expires_at) FROM {schema}.tasks
+        WHERE state = 'PENDING' AND expires_at IS NOT NULL) - statement_timestamp())::float8;
+
+-- name: expire_tasks
+-- Queued tasks past their expires_at end ABORTED (code expired) and never run: those of $1
+-- (a JSON array of ids), or any (NULL), the $3 that expired first; $2: who saw it.
+UPDATE {schema}.tasks SET state = 'ABORTED', finished_at = clock_timestamp(),
+    updated_at = clock_timestamp(), abort_code = {expired_code},
+    abort_message = {expired_message}, abort_by = $2, abort_at = clock_timestamp()
+WHERE id IN (
+    SELECT id FROM {schema}.tasks
+    WHERE state = 'PENDING' AND expires_at IS NOT NULL AND expires_at <= statement_timestamp()
+        AND ($1::json IS NULL OR id IN (SELECT json_array_elements_text($1::json)))
+    ORDER BY expires_at LIMIT $3
+    FOR UPDATE SKIP LOCKED
+) AND state = 'PENDING'
+RETURNING id;
 
 -- name: requeue
 WITH back AS (

@@ -37,10 +37,16 @@ CREATE TABLE IF NOT EXISTS aioabort_tasks (
     retryable INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     abort_delivered_at REAL,
-    labels TEXT
+    labels TEXT,
+    not_before REAL,
+    expires_at REAL,
+    time_limit REAL
 );
-CREATE INDEX IF NOT EXISTS aioabort_tasks_pending ON aioabort_tasks (queue, created_at)
-    WHERE state = 'PENDING';
+DROP INDEX IF EXISTS aioabort_tasks_pending;
+CREATE INDEX IF NOT EXISTS aioabort_tasks_due
+    ON aioabort_tasks (queue, COALESCE(not_before, created_at)) WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS aioabort_tasks_expiring ON aioabort_tasks (expires_at)
+    WHERE state = 'PENDING' AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS aioabort_tasks_state ON aioabort_tasks (state, created_at);
 CREATE INDEX IF NOT EXISTS aioabort_tasks_created ON aioabort_tasks (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner)
@@ -111,16 +117,20 @@ SELECT {columns} FROM aioabort_tasks WHERE id = ?1;
 SELECT {columns} FROM aioabort_tasks WHERE id = ?1;
 
 -- name: insert_pending
+-- ?7, ?8: not_before and expires_at (seconds since the epoch) or NULL; ?9: the time limit.
 INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, retryable, created_at,
-    updated_at)
-VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, {now}, {now})
+    updated_at, not_before, expires_at, time_limit)
+VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, {now}, {now}, ?7, ?8, ?9)
 ON CONFLICT (id) DO NOTHING
 RETURNING {columns};
 
 -- name: insert_pending_batch
--- ?1: a JSON array of [id, name, queue, args, retryable]; the rowid keeps their order.
-INSERT INTO aioabort_tasks (id, name, queue, state, args, retryable, created_at, updated_at)
-SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, {now}, {now}
+-- ?1: a JSON array of [id, name, queue, args, retryable, not_before, expires_at,
+-- time_limit]; the rowid keeps their order.
+INSERT INTO aioabort_tasks (id, name, queue, state, args, retryable, created_at, updated_at,
+    not_before, expires_at, time_limit)
+SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, {now}, {now},
+    value ->> 5, value ->> 6, value ->> 7
 FROM json_each(?1) WHERE true
 ON CONFLICT (id) DO NOTHING
 RETURNING {columns};
@@ -205,24 +215,53 @@ WHERE aioabort_tasks.id = v.id AND aioabort_tasks.owner = v.owner
     AND aioabort_tasks.state IN {running}
 RETURNING {qualified_columns};
 
+-- name: due
+-- A fragment, not a statement: a queued task a worker may claim now (past its not_before,
+-- through the index on the due time; not expired).
+state = 'PENDING' AND COALESCE(not_before, created_at) <= {now}
+    AND (expires_at IS NULL OR expires_at > {now})
+
 -- name: claim
+-- The earliest due first (by not_before, else by when they were queued).
 UPDATE aioabort_tasks SET state = 'STARTED', owner = ?1, started_at = {now}, updated_at = {now},
     attempts = attempts + 1
 WHERE id IN (
-    SELECT id FROM aioabort_tasks
-    WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?2))
+    -- (the due index: the state index would read every queued task, due or not)
+    SELECT id FROM aioabort_tasks INDEXED BY aioabort_tasks_due
+    WHERE {due} AND queue IN (SELECT value FROM json_each(?2))
         AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
-    ORDER BY created_at, rowid LIMIT ?3
-) AND state = 'PENDING'
+    ORDER BY COALESCE(not_before, created_at), rowid LIMIT ?3
+) AND +state = 'PENDING'
 RETURNING {columns};
 
--- name: has_pending
--- ?2: a JSON array of the names the worker runs, or NULL for any name.
-SELECT EXISTS (
-    SELECT 1 FROM aioabort_tasks
-    WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?1))
-        AND (?2 IS NULL OR name IN (SELECT value FROM json_each(?2)))
-);
+-- name: next_due
+-- Seconds until the first task of the queues ?1 (of the names ?2, or NULL for any) may be
+-- claimed, and until the first queued task of any queue expires (NULL: none). Two index
+-- lookups per queue, however many tasks wait for later.
+SELECT
+    (SELECT MIN((
+        SELECT COALESCE(t.not_before, t.created_at) FROM aioabort_tasks AS t
+        WHERE t.state = 'PENDING' AND t.queue = q.value
+            AND (t.expires_at IS NULL OR t.expires_at > {now})
+            AND (?2 IS NULL OR t.name IN (SELECT value FROM json_each(?2)))
+        ORDER BY COALESCE(t.not_before, t.created_at) LIMIT 1
+    )) FROM json_each(?1) AS q) - {now},
+    (SELECT MIN(expires_at) FROM aioabort_tasks
+        WHERE state = 'PENDING' AND expires_at IS NOT NULL) - {now};
+
+-- name: expire_tasks
+-- Queued tasks past their expires_at end ABORTED (code expired) and never run: those of ?1
+-- (a JSON array of ids), or any (NULL), the ?3 that expired first; ?2: who saw it.
+UPDATE aioabort_tasks SET state = 'ABORTED', finished_at = {now}, updated_at = {now},
+    abort_code = {expired_code}, abort_message = {expired_message}, abort_by = ?2,
+    abort_at = {now}
+WHERE id IN (
+    SELECT id FROM aioabort_tasks
+    WHERE state = 'PENDING' AND expires_at IS NOT NULL AND expires_at <= {now}
+        AND (?1 IS NULL OR id IN (SELECT value FROM json_each(?1)))
+    ORDER BY expires_at LIMIT ?3
+) AND state = 'PENDING'
+RETURNING id;
 
 -- name: requeue
 UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}
