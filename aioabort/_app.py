@@ -25,15 +25,18 @@ from ._redo import Redo
 from ._runner import DEFAULT_QUEUE, Task
 from ._settings import AppSettings
 from ._shield import shielded
-from ._state import IGNORED_ABORT_AFTER, TaskRecord, TaskState
+from ._state import (
+    IGNORED_ABORT_AFTER,
+    TaskRecord,
+    TaskState,
+    check_states,
+    listing_filters,
+)
 from ._types import (
-    MAX_OFFSET,
-    MAX_TASK_ID_LENGTH,
     AbortReason,
     check_labels,
     check_name,
     check_task_id,
-    check_text,
     coerce_reason,
 )
 from ._watcher import Watcher
@@ -377,30 +380,18 @@ class App:
         offset: int = 0,
         labels: dict[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         """Task records, newest first, optionally filtered by state, name, labels (every
-        given label must match) and the start of their id (``id_prefix``: what a search box
-        finds).
+        given label must match), the start of their id (``id_prefix``: what a search box
+        finds) and the ``key`` they were queued with.
 
-        :raises UsageError: for bad states, labels, limit or offset.
+        :raises UsageError: for bad states, labels, key, limit or offset.
         :raises InvalidText: for a ``name`` or ``id_prefix`` that is not text every store
             holds (a NUL, a lone surrogate, too long).
         """
-        wanted_labels = check_labels(labels)
-        wanted = None if states is None else _check_states(states)
-        if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
-            raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
-        if name is not None:
-            check_name(name)
-        if id_prefix is not None:
-            check_text(id_prefix, "id_prefix", MAX_TASK_ID_LENGTH)
         return await self.store.list_tasks(
-            states=wanted,
-            name=name,
-            limit=limit,
-            offset=offset,
-            labels=wanted_labels or None,
-            id_prefix=id_prefix or None,
+            **listing_filters(states, name, limit, offset, labels, id_prefix, key)
         )
 
     async def abort_many(
@@ -431,7 +422,7 @@ class App:
                 "abort_many() needs a filter: labels=, name= or (to mean every task) states="
             )
         abort_reason = coerce_reason(reason, None)
-        chosen = _check_states(["PENDING", "STARTED"] if states is None else states)
+        chosen = check_states(["PENDING", "STARTED"] if states is None else states)
         chosen = chosen or list(TaskState)  # as in tasks(): no state given means every state
         name = None if name is None else check_name(name)
         return await abort_matching(
@@ -485,14 +476,3 @@ class App:
         if self._liveness is None or not self.is_open:
             raise _runtime.not_open(self)
         return await self._liveness.reap()
-
-
-def _check_states(states: Collection[TaskState | str]) -> list[TaskState]:
-    """The states of a filter. :raises UsageError: for one that is not a state."""
-    try:
-        return [TaskState(s) for s in states]
-    except ValueError as exc:
-        raise UsageError(
-            f"unknown state in {list(states)!r}; states are "
-            + ", ".join(s.value for s in TaskState)
-        ) from exc

@@ -154,6 +154,7 @@ class NewTask:
     not_before: datetime | None = None
     expires_at: datetime | None = None
     time_limit: float | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,13 +250,18 @@ class Store(abc.ABC):
         not_before: datetime | None = None,
         expires_at: datetime | None = None,
         time_limit: float | None = None,
+        key: str | None = None,
+        supersede: bool = False,
     ) -> TaskRecord:
         """Record a new PENDING task (with ``labels``, checked by the caller). Raises
-        :class:`TaskAlreadyExists` if the id is taken (and writes nothing to that record).
+        :class:`TaskAlreadyExists` if the id is taken (and writes nothing at all).
 
-        ``not_before``, ``expires_at`` and ``time_limit`` are stored on the record as given
-        (checked by the caller): no claim before ``not_before``; :meth:`expire` ends it once
-        ``expires_at`` has passed.
+        ``not_before``, ``expires_at``, ``time_limit`` and ``key`` are stored on the record as
+        given (checked by the caller): no claim before ``not_before``; :meth:`expire` ends it
+        once ``expires_at`` has passed. With ``supersede``, in the same transaction, every
+        unfinished earlier task of ``key`` is aborted as by :meth:`request_abort` (reason
+        :func:`~aioabort._state.superseded_reason`, children included), serialised per key:
+        producers racing on one key leave exactly one task without an abort request.
 
         A task whose parent is already aborting is born ABORTED (code ``parent``). A task with
         a ``queue`` wakes the workers of that queue (PostgreSQL: NOTIFY).
@@ -370,10 +376,11 @@ class Store(abc.ABC):
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         """Records, newest first, optionally filtered by state, name, labels (every given
-        label must match; through an index, so the filter costs what it finds) and the start
-        of their id (``id_prefix``)."""
+        label must match; through an index, so the filter costs what it finds), the start
+        of their id (``id_prefix``) and their ``key``."""
 
     @abc.abstractmethod
     async def list_ids(

@@ -43,8 +43,9 @@ from ._state import (
     decide_start,
     is_expired,
     parent_reason,
+    superseded_reason,
 )
-from ._types import AbortReason, ErrorInfo, utcnow
+from ._types import AbortReason, ErrorInfo, default_by, utcnow
 
 
 class MemoryStore(MemoryLiveness):
@@ -118,10 +119,17 @@ class MemoryStore(MemoryLiveness):
         not_before: datetime | None = None,
         expires_at: datetime | None = None,
         time_limit: float | None = None,
+        key: str | None = None,
+        supersede: bool = False,
     ) -> TaskRecord:
         tasks = self._step()
         if task_id in tasks:
             raise TaskAlreadyExists(task_id)
+        earlier = [
+            r.id
+            for r in tasks.values()
+            if supersede and key is not None and r.key == key and r.state in ABORTABLE_STATES
+        ]
         record = new_record(
             task_id,
             name=name,
@@ -134,12 +142,16 @@ class MemoryStore(MemoryLiveness):
             not_before=not_before,
             expires_at=expires_at,
             time_limit=time_limit,
+            key=key,
         )
         self.db.insert(record)
         inherited = self._aborted_parent(parent_id)
         if inherited is not None:  # born into an aborted family: never runs
             record = self._abort(task_id, inherited)
             self.db.announce((), (AbortNotice(task_id, inherited, record.attempts),))
+        if earlier:  # the same step: producers racing on the key leave one live task
+            reason = superseded_reason(task_id, default_by())
+            self.db.announce((), tuple(n for i in earlier for n in self._abort_family(i, reason)))
         self._changed(task_id)
         return record
 
@@ -267,15 +279,9 @@ class MemoryStore(MemoryLiveness):
         current = tasks.get(task_id)
         if current is None or current.state not in ABORTABLE_STATES:
             return AbortOutcome(False, current)
-        record = self._abort(task_id, reason)
-        child = parent_reason(task_id, reason)
-        family = self._descendants(task_id) if cascades(reason) else []
-        children = tuple(
-            AbortNotice(kid.id, child, kid.attempts)
-            for kid in (self._abort(d, child) for d in family)
-        )
-        self.db.announce((), (AbortNotice(task_id, reason, record.attempts), *children))
-        return AbortOutcome(True, record, children)
+        notices = self._abort_family(task_id, reason)
+        self.db.announce((), notices)
+        return AbortOutcome(True, self.db.tasks[task_id], notices[1:])
 
     async def finish(
         self,
@@ -312,8 +318,9 @@ class MemoryStore(MemoryLiveness):
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
-        wanted = matching(self._step().values(), states, name, labels, id_prefix)
+        wanted = matching(self._step().values(), states, name, labels, id_prefix, key)
         wanted.sort(key=lambda r: r.id)
         wanted.sort(key=lambda r: r.created_at, reverse=True)
         return wanted[offset : offset + limit]
@@ -377,6 +384,18 @@ class MemoryStore(MemoryLiveness):
         assert target is not None, "only abortable records are aborted"
         finished = utcnow() if target.is_terminal else record.finished_at
         return self._put(record, state=target, reason=reason, finished_at=finished)
+
+    def _abort_family(self, task_id: str, reason: AbortReason) -> tuple[AbortNotice, ...]:
+        """Abort ``task_id`` and (unless the reason stays put) its unfinished descendants;
+        the notices, the task's first."""
+        record = self._abort(task_id, reason)
+        child = parent_reason(task_id, reason)
+        family = self._descendants(task_id) if cascades(reason) else []
+        children = tuple(
+            AbortNotice(kid.id, child, kid.attempts)
+            for kid in (self._abort(d, child) for d in family)
+        )
+        return (AbortNotice(task_id, reason, record.attempts), *children)
 
     def _back_to_queue(self, record: TaskRecord) -> TaskRecord:
         cleared: dict[str, Any] = dict.fromkeys(REQUEUE_CLEARS)

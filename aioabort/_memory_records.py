@@ -66,6 +66,7 @@ def matching(
     name: str | None,
     labels: Mapping[str, str] | None,
     id_prefix: str | None,
+    key: str | None = None,
 ) -> list[TaskRecord]:
     """The records a listing's filters find (every given label must match)."""
     need = dict(labels or {})
@@ -76,6 +77,7 @@ def matching(
         and (name is None or r.name == name)
         and all(r.labels.get(k) == v for k, v in need.items())
         and r.id.startswith(id_prefix or "")
+        and (key is None or r.key == key)
     ]
 
 

@@ -18,7 +18,7 @@ from ._errors import InvalidOption, UsageError
 from ._settings import check_time_limit
 from ._shield import shielded
 from ._state import TaskRecord
-from ._types import utcnow
+from ._types import check_key, utcnow
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -34,11 +34,16 @@ class QueueOptions:
     :ivar not_before: no worker claims the task before this time (``countdown``/``eta``).
     :ivar expires_at: still queued then, the task ends ABORTED (code ``expired``).
     :ivar time_limit: seconds for this run, over the task's own.
+    :ivar key: the task's key, for ``app.tasks(key=...)`` and ``supersede``.
+    :ivar supersede: abort the key's unfinished earlier tasks in the transaction that queues
+        this one (code ``superseded``).
     """
 
     not_before: datetime | None = None
     expires_at: datetime | None = None
     time_limit: float | None = None
+    key: str | None = None
+    supersede: bool = False
 
 
 def _seconds(value: object, what: str) -> float:
@@ -64,31 +69,13 @@ def _aware(value: object, what: str) -> datetime:
     return value
 
 
-def queue_options(
-    *,
-    countdown: float | timedelta | None = None,
-    eta: datetime | None = None,
-    expires: float | timedelta | datetime | None = None,
-    time_limit: float | None = None,
-    spawn: bool = False,
-    now: datetime | None = None,
-) -> QueueOptions:
-    """Check a call's options and turn them into times.
-
-    :param countdown: seconds (or a ``timedelta``) from now before a worker may start it.
-    :param eta: the aware datetime before which no worker starts it (not with ``countdown``).
-    :param expires: seconds or a ``timedelta`` from now, or an aware datetime: still queued
-        then, it ends ABORTED (code ``expired``) and never runs. It must come after the time
-        the task may start.
-    :param time_limit: seconds for this run, over the task's own.
-    :param spawn: the run starts now in this process (no time options then).
-    :raises InvalidOption: for any option out of its range (nothing is written).
-    """
-    if spawn and (countdown, eta, expires) != (None, None, None):
-        raise InvalidOption(
-            "spawn=True runs the task now: countdown, eta and expires are for queued tasks"
-        )
-    now = utcnow() if now is None else now
+def _times(
+    countdown: float | timedelta | None,
+    eta: datetime | None,
+    expires: float | timedelta | datetime | None,
+    now: datetime,
+) -> tuple[datetime | None, datetime | None]:
+    """``not_before`` and ``expires_at`` from a call's options (see :func:`queue_options`)."""
     if countdown is not None and eta is not None:
         raise InvalidOption("give countdown or eta, not both")
     not_before = None
@@ -112,11 +99,50 @@ def queue_options(
             )
         if (expires_at - now).total_seconds() > MAX_DELAY:
             raise InvalidOption(f"expires must be within {MAX_DELAY:.0f} seconds of now")
+    return not_before, expires_at
+
+
+def queue_options(
+    countdown: float | timedelta | None = None,
+    eta: datetime | None = None,
+    expires: float | timedelta | datetime | None = None,
+    time_limit: float | None = None,
+    key: str | None = None,
+    supersede: bool = False,
+    *,
+    spawn: bool = False,
+    now: datetime | None = None,
+) -> QueueOptions:
+    """Check a call's options and turn them into times.
+
+    :param countdown: seconds (or a ``timedelta``) from now before a worker may start it.
+    :param eta: the aware datetime before which no worker starts it (not with ``countdown``).
+    :param expires: seconds or a ``timedelta`` from now, or an aware datetime: still queued
+        then, it ends ABORTED (code ``expired``) and never runs. It must come after the time
+        the task may start.
+    :param time_limit: seconds for this run, over the task's own.
+    :param key: a short printable text (``"report:alice"``) the task is known by.
+    :param supersede: with ``key``: the key's unfinished earlier tasks are aborted (code
+        ``superseded``, the reason naming the new task) when this one is queued.
+    :param spawn: the run starts now in this process (no time options then).
+    :raises InvalidOption: for any option out of its range (nothing is written).
+    """
+    if spawn and (countdown, eta, expires) != (None, None, None):
+        raise InvalidOption(
+            "spawn=True runs the task now: countdown, eta and expires are for queued tasks"
+        )
+    not_before, expires_at = _times(countdown, eta, expires, utcnow() if now is None else now)
     try:
         limit = check_time_limit(time_limit)
     except UsageError as exc:  # the same check as @app.task's, raised as this call's error
         raise InvalidOption(str(exc)) from None
-    return QueueOptions(not_before, expires_at, limit)
+    if not isinstance(supersede, bool):
+        raise InvalidOption(f"supersede must be True or False, got {supersede!r}")
+    if supersede and key is None:
+        raise InvalidOption("supersede=True needs a key: the tasks it replaces are the key's")
+    return QueueOptions(
+        not_before, expires_at, limit, None if key is None else check_key(key), supersede
+    )
 
 
 async def enqueue(
@@ -147,5 +173,7 @@ async def enqueue(
             not_before=options.not_before,
             expires_at=options.expires_at,
             time_limit=options.time_limit,
+            key=options.key,
+            supersede=options.supersede,
         )
     )

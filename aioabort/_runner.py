@@ -160,6 +160,8 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         expires: float | timedelta | datetime | None = None,
         time_limit: float | None = None,
+        key: str | None = None,
+        supersede: bool = False,
     ) -> AbortHandle[R]:
         """``delay()``/``spawn()`` with options.
 
@@ -171,20 +173,19 @@ class Task(Generic[P, R]):
         :param spawn: run it in this process instead of queueing it.
         :param labels: ``{"user": "alice"}``: for ``app.tasks(labels=...)`` and
             ``app.abort_many(labels=...)``.
-        :param countdown: seconds (or a ``timedelta``) before a worker may start it.
-        :param eta: an aware datetime before which no worker starts it (not with
-            ``countdown``).
+        :param countdown: seconds (or a ``timedelta``) before a worker may start it; or
+            ``eta``, an aware datetime.
         :param expires: seconds or a ``timedelta`` from now, or an aware datetime: if it has
             not started by then, it ends ABORTED (code ``expired``) and never runs.
         :param time_limit: seconds for this run, over the task's own ``time_limit``.
+        :param key: a short text it is known by (``app.tasks(key=...)``); with
+            ``supersede=True`` the key's unfinished earlier tasks are aborted (code
+            ``superseded``) in the transaction that queues this one.
         :raises TaskAlreadyExists: if ``task_id`` is taken.
-        :raises UsageError: for bad labels or options (:class:`InvalidOption`); nothing is
-            written.
+        :raises UsageError: for bad labels or options (``InvalidOption``); nothing is written.
         """
         checked = check_labels(labels)
-        options = queue_options(
-            countdown=countdown, eta=eta, expires=expires, time_limit=time_limit, spawn=spawn
-        )
+        options = queue_options(countdown, eta, expires, time_limit, key, supersede, spawn=spawn)
         args_json = self._arguments(args, kwargs)
         task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
         queue = None if spawn else _check_queue(self.queue if queue is None else queue)

@@ -48,7 +48,7 @@ RUNNING = in_list(FINISHABLE_STATES)
 COLUMNS = (
     "id, name, queue, parent_id, state, args, result, error, abort_code, abort_message, "
     "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at, "
-    "retryable, attempts, abort_delivered_at, labels, not_before, expires_at, time_limit"
+    "retryable, attempts, abort_delivered_at, labels, not_before, expires_at, time_limit, key"
 )
 
 
@@ -133,6 +133,7 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         not_before,
         expires_at,
         time_limit,
+        key,
     ) = row
     created = ts(created_at)
     assert created is not None
@@ -159,4 +160,5 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         not_before=ts(not_before),
         expires_at=ts(expires_at),
         time_limit=None if time_limit is None else float(time_limit),
+        key=key,
     )

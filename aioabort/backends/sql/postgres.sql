@@ -42,13 +42,15 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
     labels text,
     not_before timestamptz,
     expires_at timestamptz,
-    time_limit double precision
+    time_limit double precision,
+    key text
 );
 DROP INDEX IF EXISTS {schema}.tasks_pending;
 CREATE INDEX IF NOT EXISTS tasks_due
     ON {schema}.tasks (queue, (COALESCE(not_before, created_at))) WHERE state = 'PENDING';
 CREATE INDEX IF NOT EXISTS tasks_expiring ON {schema}.tasks (expires_at)
     WHERE state = 'PENDING' AND expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_key ON {schema}.tasks (key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_state ON {schema}.tasks (state, created_at);
 CREATE INDEX IF NOT EXISTS tasks_created ON {schema}.tasks (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS tasks_running_owner ON {schema}.tasks (owner)
@@ -118,11 +120,11 @@ SELECT {columns} FROM {schema}.tasks WHERE id = $1;
 SELECT {columns} FROM {schema}.tasks WHERE id = $1 FOR UPDATE;
 
 -- name: insert_pending
--- $7, $8: not_before and expires_at or NULL; $9: the time limit.
+-- $7, $8: not_before and expires_at or NULL; $9: the time limit; $10: the key.
 WITH ins AS (
     INSERT INTO {schema}.tasks (id, name, queue, parent_id, state, args, retryable,
-        not_before, expires_at, time_limit)
-    VALUES ($1, $2, $3, $4, 'PENDING', $5, $6, $7, $8, $9)
+        not_before, expires_at, time_limit, key)
+    VALUES ($1, $2, $3, $4, 'PENDING', $5, $6, $7, $8, $9, $10)
     ON CONFLICT (id) DO NOTHING
     RETURNING {columns}
 ), notified AS (
@@ -132,18 +134,19 @@ WITH ins AS (
 SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins;
 
 -- name: insert_pending_batch
--- $1: a JSON array of [id, name, queue, args, retryable, not_before, expires_at, time_limit]
--- (times in seconds since the epoch); one NOTIFY per queue with work.
+-- $1: a JSON array of [id, name, queue, args, retryable, not_before, expires_at, time_limit,
+-- key] (times in seconds since the epoch); one NOTIFY per queue with work.
 WITH v AS (
     SELECT e ->> 0 AS id, e ->> 1 AS name, e ->> 2 AS queue, e ->> 3 AS args,
         (e ->> 4)::boolean AS retryable, to_timestamp((e ->> 5)::float8) AS not_before,
-        to_timestamp((e ->> 6)::float8) AS expires_at, (e ->> 7)::float8 AS time_limit, n
+        to_timestamp((e ->> 6)::float8) AS expires_at, (e ->> 7)::float8 AS time_limit,
+        e ->> 8 AS key, n
     FROM json_array_elements($1::json) WITH ORDINALITY AS x(e, n)
 ), ins AS (
     INSERT INTO {schema}.tasks (id, name, queue, state, args, retryable, created_at, updated_at,
-        not_before, expires_at, time_limit)
+        not_before, expires_at, time_limit, key)
     SELECT id, name, queue, 'PENDING', args, retryable, clock_timestamp(), clock_timestamp(),
-        not_before, expires_at, time_limit
+        not_before, expires_at, time_limit, key
     FROM v ORDER BY n
     ON CONFLICT (id) DO NOTHING
     RETURNING {columns}
@@ -176,6 +179,15 @@ UPDATE {schema}.tasks SET state = 'STARTED', owner = $2, started_at = clock_time
     updated_at = clock_timestamp(), name = COALESCE(name, $3), attempts = attempts + 1
 WHERE id = $1 AND state = 'PENDING'
 RETURNING {columns};
+
+-- name: lock_key
+-- Producers of one key queue one at a time: the second waits here until the first commits,
+-- then sees its task (READ COMMITTED: each statement reads what was committed before it).
+SELECT pg_advisory_xact_lock(hashtext('aioabort:{schema}:key:' || $1::text));
+
+-- name: keyed_live
+-- The unfinished tasks of the key $1 that a new task $2 supersedes (through the key index).
+SELECT id FROM {schema}.tasks WHERE key = $1 AND state IN {abortable} AND id <> $2;
 
 -- name: parent_abort
 SELECT abort_code, abort_message, abort_by, abort_at FROM {schema}.tasks
@@ -354,8 +366,10 @@ SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue)
 -- name: task_filter
 -- A fragment, not a statement: the filters of list_tasks and list_ids. $1: a JSON array of
 -- states, or NULL for every state; $2: a name, or NULL; $5: a JSON object of labels that
--- must all match (through the label index), or NULL; $6: the start of the id, or NULL.
+-- must all match (through the label index), or NULL; $6: the start of the id, or NULL; $7: a
+-- key, or NULL.
 ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
+    AND ($7::text IS NULL OR key = $7::text)
     AND ($2::text IS NULL OR name = $2::text)
     AND ($6::text IS NULL OR starts_with(id, $6::text))
     AND ($5::json IS NULL OR (id IN (

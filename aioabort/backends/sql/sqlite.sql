@@ -40,13 +40,15 @@ CREATE TABLE IF NOT EXISTS aioabort_tasks (
     labels TEXT,
     not_before REAL,
     expires_at REAL,
-    time_limit REAL
+    time_limit REAL,
+    key TEXT
 );
 DROP INDEX IF EXISTS aioabort_tasks_pending;
 CREATE INDEX IF NOT EXISTS aioabort_tasks_due
     ON aioabort_tasks (queue, COALESCE(not_before, created_at)) WHERE state = 'PENDING';
 CREATE INDEX IF NOT EXISTS aioabort_tasks_expiring ON aioabort_tasks (expires_at)
     WHERE state = 'PENDING' AND expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS aioabort_tasks_key ON aioabort_tasks (key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS aioabort_tasks_state ON aioabort_tasks (state, created_at);
 CREATE INDEX IF NOT EXISTS aioabort_tasks_created ON aioabort_tasks (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner)
@@ -117,20 +119,21 @@ SELECT {columns} FROM aioabort_tasks WHERE id = ?1;
 SELECT {columns} FROM aioabort_tasks WHERE id = ?1;
 
 -- name: insert_pending
--- ?7, ?8: not_before and expires_at (seconds since the epoch) or NULL; ?9: the time limit.
+-- ?7, ?8: not_before and expires_at (seconds since the epoch) or NULL; ?9: the time limit;
+-- ?10: the key.
 INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, retryable, created_at,
-    updated_at, not_before, expires_at, time_limit)
-VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, {now}, {now}, ?7, ?8, ?9)
+    updated_at, not_before, expires_at, time_limit, key)
+VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, {now}, {now}, ?7, ?8, ?9, ?10)
 ON CONFLICT (id) DO NOTHING
 RETURNING {columns};
 
 -- name: insert_pending_batch
 -- ?1: a JSON array of [id, name, queue, args, retryable, not_before, expires_at,
--- time_limit]; the rowid keeps their order.
+-- time_limit, key]; the rowid keeps their order.
 INSERT INTO aioabort_tasks (id, name, queue, state, args, retryable, created_at, updated_at,
-    not_before, expires_at, time_limit)
+    not_before, expires_at, time_limit, key)
 SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, {now}, {now},
-    value ->> 5, value ->> 6, value ->> 7
+    value ->> 5, value ->> 6, value ->> 7, value ->> 8
 FROM json_each(?1) WHERE true
 ON CONFLICT (id) DO NOTHING
 RETURNING {columns};
@@ -158,6 +161,15 @@ UPDATE aioabort_tasks SET state = 'STARTED', owner = ?2, started_at = {now}, upd
     name = COALESCE(name, ?3), attempts = attempts + 1
 WHERE id = ?1 AND state = 'PENDING'
 RETURNING {columns};
+
+-- name: lock_key
+-- Producers of one key queue one at a time (BEGIN IMMEDIATE already holds the database's
+-- write lock).
+SELECT ?1;
+
+-- name: keyed_live
+-- The unfinished tasks of the key ?1 that a new task ?2 supersedes (through the key index).
+SELECT id FROM aioabort_tasks WHERE key = ?1 AND +state IN {abortable} AND id <> ?2;
 
 -- name: parent_abort
 SELECT abort_code, abort_message, abort_by, abort_at FROM aioabort_tasks
@@ -237,16 +249,18 @@ RETURNING {columns};
 -- name: next_due
 -- Seconds until the first task of the queues ?1 (of the names ?2, or NULL for any) may be
 -- claimed, and until the first queued task of any queue expires (NULL: none). Two index
--- lookups per queue, however many tasks wait for later.
+-- lookups per queue, however many tasks wait for later (the indexes are named: without
+-- statistics the planner would read the state index, every queued task).
 SELECT
     (SELECT MIN((
         SELECT COALESCE(t.not_before, t.created_at) FROM aioabort_tasks AS t
+            INDEXED BY aioabort_tasks_due
         WHERE t.state = 'PENDING' AND t.queue = q.value
             AND (t.expires_at IS NULL OR t.expires_at > {now})
             AND (?2 IS NULL OR t.name IN (SELECT value FROM json_each(?2)))
         ORDER BY COALESCE(t.not_before, t.created_at) LIMIT 1
     )) FROM json_each(?1) AS q) - {now},
-    (SELECT MIN(expires_at) FROM aioabort_tasks
+    (SELECT MIN(expires_at) FROM aioabort_tasks INDEXED BY aioabort_tasks_expiring
         WHERE state = 'PENDING' AND expires_at IS NOT NULL) - {now};
 
 -- name: expire_tasks
@@ -256,11 +270,11 @@ UPDATE aioabort_tasks SET state = 'ABORTED', finished_at = {now}, updated_at = {
     abort_code = {expired_code}, abort_message = {expired_message}, abort_by = ?2,
     abort_at = {now}
 WHERE id IN (
-    SELECT id FROM aioabort_tasks
+    SELECT id FROM aioabort_tasks INDEXED BY aioabort_tasks_expiring
     WHERE state = 'PENDING' AND expires_at IS NOT NULL AND expires_at <= {now}
         AND (?1 IS NULL OR id IN (SELECT value FROM json_each(?1)))
     ORDER BY expires_at LIMIT ?3
-) AND state = 'PENDING'
+) AND +state = 'PENDING'
 RETURNING id;
 
 -- name: requeue
@@ -272,8 +286,10 @@ RETURNING {columns};
 -- A fragment, not a statement: the filters of list_tasks and list_ids. ?1: a JSON array of
 -- states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON object of labels that
 -- must all match (through the label index), or NULL; ?6: the start of the id, or NULL (the
--- lower bound lets the primary key's index find it).
+-- lower bound lets the primary key's index find it); ?7: a key, or NULL (through the key
+-- index).
 (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
+    AND (?7 IS NULL OR id IN (SELECT k.id FROM aioabort_tasks AS k WHERE k.key = ?7))
     AND (?2 IS NULL OR name = ?2)
     AND (?6 IS NULL OR (id >= ?6 AND substr(id, 1, length(?6)) = ?6))
     AND (?5 IS NULL OR id IN (
