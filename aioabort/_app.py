@@ -244,6 +244,9 @@ class App:
         queue: str = DEFAULT_QUEUE,
         time_limit: float | None = None,
         retryable: bool = False,
+        retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
     ) -> Callable[[Callable[P, Awaitable[R]]], Task[P, R]]: ...
 
     def task(
@@ -255,6 +258,9 @@ class App:
         queue: str = DEFAULT_QUEUE,
         time_limit: float | None = None,
         retryable: bool = False,
+        retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
     ) -> Any:
         """Register an ``async def`` function as a task: ``@app.task`` or
         ``@app.task(name=..., queue=..., time_limit=..., retryable=...)``.
@@ -264,12 +270,23 @@ class App:
         :param time_limit: abort a run after this many seconds (reason code ``timeout``).
         :param retryable: a run cut off by a worker's shutdown, or by a worker that died,
             goes back to PENDING instead of ending.
-        :raises UsageError: for a function that is not ``async def``, or a name taken.
+        :param retry_on: exception classes a queued run is retried on: the same record goes
+            back to the queue up to ``max_retries`` times, the first retry ``retry_backoff``
+            seconds later, each later one twice as long. An abort is never retried.
+        :raises UsageError: for a function that is not ``async def``, a name taken, or a bad
+            retry setting.
         """
+        retries = {"retry_on": retry_on, "max_retries": max_retries, "retry_backoff": retry_backoff}
 
         def register(func: Callable[..., Awaitable[Any]]) -> Task[Any, Any]:
             task = Task.of(
-                self, func, name=name, queue=queue, time_limit=time_limit, retryable=retryable
+                self,
+                func,
+                name=name,
+                queue=queue,
+                time_limit=time_limit,
+                retryable=retryable,
+                **retries,
             )
             if task.name in self._tasks:
                 raise UsageError(f"a task named {task.name!r} is already registered")

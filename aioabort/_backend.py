@@ -329,6 +329,15 @@ class Store(abc.ABC):
         shutdown). Returns the record afterwards."""
 
     @abc.abstractmethod
+    async def retry(
+        self, task_id: str, *, owner: str, not_before: datetime, error: ErrorInfo
+    ) -> TaskRecord | None:
+        """Put a STARTED task owned by ``owner`` back to PENDING for another attempt, not
+        before ``not_before``, with ``error`` (the attempt's) kept on the record; a task with
+        an abort request (ABORTING) is left as it is (an abort is never retried). Returns the
+        record afterwards. A task with a queue wakes that queue's workers."""
+
+    @abc.abstractmethod
     async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
         """Record an abort request; the first one wins.
 

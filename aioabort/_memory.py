@@ -274,6 +274,17 @@ class MemoryStore(MemoryLiveness):
         self._changed(task_id)
         return record
 
+    async def retry(
+        self, task_id: str, *, owner: str, not_before: datetime, error: ErrorInfo
+    ) -> TaskRecord | None:
+        tasks = self._step()
+        current = tasks.get(task_id)
+        if current is None or current.owner != owner or current.state is not TaskState.STARTED:
+            return current
+        record = self._put(self._back_to_queue(current), not_before=not_before, error=error)
+        self._changed(task_id)
+        return record
+
     async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
         tasks = self._step()
         current = tasks.get(task_id)

@@ -20,6 +20,7 @@ from . import _ending, _runtime
 from ._errors import InvalidArguments, UsageError
 from ._handle import AbortHandle
 from ._queueing import enqueue, queue_options
+from ._retry import RetryPolicy, retry_policy
 from ._scope import AbortScope, _current_scope
 from ._settings import check_time_limit
 from ._state import TaskRecord, TaskState
@@ -72,6 +73,7 @@ class Task(Generic[P, R]):
     :ivar time_limit: seconds before it is aborted with reason code ``timeout``, or ``None``.
     :ivar retryable: whether a run cut off by a worker's shutdown or a lost worker goes back
         to PENDING instead of ending.
+    :ivar retry: when a queued run that raised is tried again (``retry_on=``), or ``None``.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class Task(Generic[P, R]):
         queue: str,
         time_limit: float | None,
         retryable: bool,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._host = host
         self.fn = fn
@@ -90,6 +93,7 @@ class Task(Generic[P, R]):
         self.queue = queue
         self.time_limit = time_limit
         self.retryable = retryable
+        self.retry = retry
         self._signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -104,6 +108,9 @@ class Task(Generic[P, R]):
         queue: str,
         time_limit: float | None,
         retryable: bool,
+        retry_on: object = None,
+        max_retries: object = 3,
+        retry_backoff: object = 1.0,
     ) -> Task[Any, Any]:
         """A task for ``fn`` with its settings checked (what ``@app.task`` registers).
 
@@ -121,6 +128,7 @@ class Task(Generic[P, R]):
             queue=_check_queue(queue),
             time_limit=check_time_limit(time_limit),
             retryable=bool(retryable),
+            retry=retry_policy(retry_on, max_retries, retry_backoff),
         )
 
     def __repr__(self) -> str:
@@ -246,6 +254,7 @@ def make_scope(
         detached=True,  # the parent link is on the record already
         _claimed=record if claimed else None,
         _retryable=task.retryable,
+        _retry=task.retry if record.queue is not None else None,  # a spawned run has no queue
     )
 
 

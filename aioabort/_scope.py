@@ -33,6 +33,7 @@ from ._errors import (
     UsageError,
 )
 from ._progress import Progress, check_report
+from ._retry import RetryPolicy
 from ._settings import check_time_limit
 from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState
@@ -118,6 +119,7 @@ class AbortScope:
         "_progress",
         "_requested",
         "_result_json",
+        "_retry",
         "_retryable",
         "_runtime",
         "_suppress",
@@ -145,6 +147,7 @@ class AbortScope:
         labels: dict[str, str] | None = None,
         _claimed: TaskRecord | None = None,
         _retryable: bool = False,
+        _retry: RetryPolicy | None = None,
     ) -> None:
         self.id: str = check_task_id(task_id)
         time_limit = check_time_limit(time_limit)
@@ -163,6 +166,7 @@ class AbortScope:
         self._claimed = _claimed
         self._result_json: str | None = None
         self._retryable = _retryable or (_claimed is not None and _claimed.retryable)
+        self._retry = _retry
         self._suppress = suppress
         self._name = None if name is None else check_name(name)
         self._detached = detached
@@ -430,6 +434,8 @@ class AbortScope:
             retryable=self._retryable,
             reason_code=self.reason.code if self.reason is not None else None,
             result_json=self._result_json,
+            retry=self._retry,
+            attempts=self.record.attempts if self.record is not None else 0,
         )
         if written.requeued:
             self.requeued = True

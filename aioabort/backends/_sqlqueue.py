@@ -4,14 +4,16 @@ claim of due tasks, the expiry of queued ones, and a requeue."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
 
 from .._backend import Due
 from .._state import TaskRecord
+from .._types import ErrorInfo
 from ._sqlbase import Connection, SQLBase
 
 
 class QueueFlows(SQLBase):
-    """Claim, next_due, expire and requeue, each written once."""
+    """Claim, next_due, expire, requeue and retry, each written once."""
 
     async def claim(
         self,
@@ -56,5 +58,20 @@ class QueueFlows(SQLBase):
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
         rows = await self._one(
             "requeue", task_id, owner, write=True, retry=True, changed=lambda _: (task_id,)
+        )
+        return self._record(rows[0]) if rows else await self.get(task_id)
+
+    async def retry(
+        self, task_id: str, *, owner: str, not_before: datetime, error: ErrorInfo
+    ) -> TaskRecord | None:
+        rows = await self._one(
+            "retry",
+            task_id,
+            owner,
+            not_before,
+            error.to_json(),
+            write=True,
+            retry=True,
+            changed=lambda _: (task_id,),
         )
         return self._record(rows[0]) if rows else await self.get(task_id)

@@ -363,6 +363,17 @@ WITH back AS (
 )
 SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
 
+-- name: retry
+-- Another attempt of a STARTED task (never an ABORTING one: an abort is never retried), not
+-- before $3, with the attempt's error $4; its queue's workers are told (to set their timer).
+WITH back AS (
+    UPDATE {schema}.tasks SET {requeue_reset}, updated_at = clock_timestamp(),
+        not_before = $3, error = $4
+    WHERE id = $1 AND owner = $2 AND state = 'STARTED'
+    RETURNING {columns}
+)
+SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
+
 -- name: task_filter
 -- A fragment, not a statement: the filters of list_tasks and list_ids. $1: a JSON array of
 -- states, or NULL for every state; $2: a name, or NULL; $5: a JSON object of labels that

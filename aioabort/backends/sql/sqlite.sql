@@ -282,6 +282,13 @@ UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}
 WHERE id = ?1 AND owner = ?2 AND state IN {running}
 RETURNING {columns};
 
+-- name: retry
+-- Another attempt of a STARTED task (never an ABORTING one: an abort is never retried), not
+-- before ?3, with the attempt's error ?4.
+UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}, not_before = ?3, error = ?4
+WHERE id = ?1 AND owner = ?2 AND state = 'STARTED'
+RETURNING {columns};
+
 -- name: task_filter
 -- A fragment, not a statement: the filters of list_tasks and list_ids. ?1: a JSON array of
 -- states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON object of labels that
