@@ -15,6 +15,7 @@ from datetime import datetime
 
 from ._errors import InvalidURL
 from ._state import StartDecision, TaskRecord, TaskState
+from ._timeline import TaskEvent
 from ._types import AbortReason, ErrorInfo
 
 
@@ -374,6 +375,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get(self, task_id: str) -> TaskRecord | None:
         """The record with this id, or ``None``."""
+
+    @abc.abstractmethod
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        """The timeline of ``task_id``, oldest first (empty for an unknown id): the events
+        :func:`aioabort._timeline.events_of` derives from each change of its record, written
+        in the transaction of that change and deleted with the record."""
 
     @abc.abstractmethod
     async def list_tasks(

@@ -14,6 +14,7 @@ from ._aborting import record_and_deliver
 from ._errors import TaskAborted, TaskAlreadyExists, TaskFailed, TaskNotFound
 from ._runtime import resolve
 from ._state import TaskRecord, TaskState, is_expired
+from ._timeline import TaskEvent
 from ._types import AbortReason, JSONValue, check_task_id, coerce_reason, utcnow
 
 if TYPE_CHECKING:
@@ -112,6 +113,19 @@ class AbortHandle(Generic[R]):
         if record is None:
             raise TaskNotFound(self.id)
         return record
+
+    async def events(self) -> list[TaskEvent]:
+        """The task's timeline, oldest first: queued, started, abort requested (who, why),
+        delivered, retried, expired, superseded, ended (see :class:`TaskEvent`). Each was
+        written with the change it describes; a purge removes them with the record.
+
+        :raises TaskNotFound: if there is no record.
+        """
+        runtime = self._runtime()
+        events = await runtime.store.events(self.id)
+        if not events and await runtime.store.get(self.id) is None:
+            raise TaskNotFound(self.id)
+        return events
 
     async def state(self) -> TaskState:
         """The task's :class:`TaskState`. :raises TaskNotFound: if there is no record."""

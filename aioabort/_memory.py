@@ -45,6 +45,7 @@ from ._state import (
     parent_reason,
     superseded_reason,
 )
+from ._timeline import TaskEvent
 from ._types import AbortReason, ErrorInfo, default_by, utcnow
 
 
@@ -281,7 +282,7 @@ class MemoryStore(MemoryLiveness):
         current = tasks.get(task_id)
         if current is None or current.owner != owner or current.state is not TaskState.STARTED:
             return current
-        record = self._put(self._back_to_queue(current), not_before=not_before, error=error)
+        record = self._back_to_queue(current, not_before=not_before, error=error)
         self._changed(task_id)
         return record
 
@@ -319,6 +320,10 @@ class MemoryStore(MemoryLiveness):
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return self._step().get(task_id)
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        self._step()
+        return list(self.db.events.get(task_id, ()))
 
     async def list_tasks(
         self,
@@ -387,6 +392,7 @@ class MemoryStore(MemoryLiveness):
     def _put(self, record: TaskRecord, **changes: Any) -> TaskRecord:
         updated = dataclasses.replace(record, **changes)
         self.db.tasks[record.id] = updated
+        self.db.log_events(record, updated)  # the timeline, in the same step
         return updated
 
     def _abort(self, task_id: str, reason: AbortReason) -> TaskRecord:
@@ -408,9 +414,9 @@ class MemoryStore(MemoryLiveness):
         )
         return (AbortNotice(task_id, reason, record.attempts), *children)
 
-    def _back_to_queue(self, record: TaskRecord) -> TaskRecord:
+    def _back_to_queue(self, record: TaskRecord, **more: Any) -> TaskRecord:
         cleared: dict[str, Any] = dict.fromkeys(REQUEUE_CLEARS)
-        return self._put(record, state=TaskState.PENDING, **cleared)
+        return self._put(record, state=TaskState.PENDING, **cleared, **more)
 
     def _aborted_parent(self, parent_id: str | None) -> AbortReason | None:
         parent = None if parent_id is None else self.db.tasks.get(parent_id)

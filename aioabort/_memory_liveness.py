@@ -37,7 +37,7 @@ class MemoryLiveness(Store, abc.ABC):
     def _put(self, record: TaskRecord, **changes: Any) -> TaskRecord: ...
 
     @abc.abstractmethod
-    def _back_to_queue(self, record: TaskRecord) -> TaskRecord: ...
+    def _back_to_queue(self, record: TaskRecord, **more: Any) -> TaskRecord: ...
 
     async def heartbeat(
         self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
@@ -104,6 +104,7 @@ class MemoryLiveness(Store, abc.ABC):
         )[:limit]
         for record in old:
             del tasks[record.id]
+            self.db.events.pop(record.id, None)  # the timeline goes with its record
             self.db.order.pop(record.id, None)
         if old:
             self.db.announce(r.id for r in old)

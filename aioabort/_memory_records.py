@@ -11,6 +11,7 @@ from typing import Any
 
 from ._backend import AbortNotice, Change, ChangeCallback
 from ._state import TaskRecord, TaskState, is_due
+from ._timeline import TaskEvent, events_of
 from ._types import utcnow
 
 
@@ -42,11 +43,22 @@ class MemoryDatabase:
         self.lease: tuple[str, float] | None = None  # the reaper's: (holder, expires)
         self.serving: dict[str, set[tuple[str, str]]] = {}  # owner: its workers' (queue, name)
         self.watchers: list[tuple[asyncio.AbstractEventLoop, ChangeCallback]] = []
+        self.events: dict[str, list[TaskEvent]] = {}  # each task's timeline
         self._counter = itertools.count()
 
     def insert(self, record: TaskRecord) -> None:
         self.tasks[record.id] = record
         self.order[record.id] = next(self._counter)
+        self.log_events(None, record)
+
+    def log_events(self, old: TaskRecord | None, new: TaskRecord) -> None:
+        """Append the events of a change of a record to its timeline."""
+        found = events_of(old, new)
+        if found:
+            at = utcnow()
+            self.events.setdefault(new.id, []).extend(
+                TaskEvent(at, kind, by, detail) for kind, by, detail in found
+            )
 
     def announce(self, ids: Iterable[str], notices: tuple[AbortNotice, ...] = ()) -> None:
         """Tell every watcher which records changed, on its own loop, after the current step

@@ -13,7 +13,7 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
-from aioabort.backends._ddl import table_columns
+from aioabort.backends._ddl import statements, table_columns
 from aioabort.backends._sqlbase import SCHEMA_VERSION
 from aioabort.backends.postgres import PostgresStore, parse_url
 from aioabort.backends.sqlite import QUERIES
@@ -74,6 +74,7 @@ async def works_today(url: str) -> None:
         assert queued.time_limit == 5
         assert (await app.runtime.store.next_due(["default"], None)).claimable is not None
         await later.abort()
+        assert [e.kind for e in await later.events()] == ["queued", "abort_requested", "ended"]
         entered = asyncio.Event()
 
         async def running() -> None:
@@ -151,3 +152,30 @@ def test_the_columns_of_a_schema_are_read_from_its_create_table_statements() -> 
         },
         "u": {"key": "key TEXT", "value": "value TEXT"},
     }
+
+
+def test_a_schema_is_split_into_statements_but_not_inside_a_body() -> None:
+    schema = """CREATE TABLE IF NOT EXISTS t (a text);
+CREATE INDEX IF NOT EXISTS t_a ON t (a)
+    WHERE a IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS t_log AFTER INSERT ON t
+BEGIN
+    INSERT INTO log VALUES (NEW.a);
+    INSERT INTO log VALUES (NEW.a);
+END;
+CREATE OR REPLACE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO log VALUES (NEW.a);
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS g ON t"""
+    found = statements(schema)
+    assert [s.split()[0:2] for s in found] == [
+        ["CREATE", "TABLE"],
+        ["CREATE", "INDEX"],
+        ["CREATE", "TRIGGER"],
+        ["CREATE", "OR"],
+        ["DROP", "TRIGGER"],
+    ]
+    assert found[2].endswith("END") and found[3].endswith("$$")

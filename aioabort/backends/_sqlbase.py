@@ -20,7 +20,7 @@ from .._errors import StoreUnavailable
 from .._state import TaskRecord
 from .._types import AbortReason
 from . import _sql, redact
-from ._ddl import table_columns
+from ._ddl import statements, table_columns
 
 T = TypeVar("T")
 
@@ -185,10 +185,9 @@ class SQLBase(Store, abc.ABC):
                 for table, definition in missing:  # (DDL from the dialect's own file)
                     self._statements += 1
                     await conn.fetch(f"ALTER TABLE {table} ADD COLUMN {definition}", [])
-            for statement in self.queries["schema"].split(";"):
-                if statement.strip():
-                    self._statements += 1
-                    await conn.fetch(statement, [])
+            for statement in statements(self.queries["schema"]):
+                self._statements += 1
+                await conn.fetch(statement, [])
             await self._rows(conn, "set_schema_version", str(SCHEMA_VERSION))
 
         await self._transaction(body, retry=True)

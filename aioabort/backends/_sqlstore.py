@@ -33,7 +33,8 @@ from .._state import (
     parent_reason,
     superseded_reason,
 )
-from .._types import AbortReason, ErrorInfo, default_by
+from .._timeline import TaskEvent
+from .._types import AbortReason, ErrorInfo, default_by, utcnow
 from ._batch import GroupCommit
 from ._sqlbase import SCHEMA_VERSION, Connection, Row
 from ._sqlliveness import LivenessFlows
@@ -358,6 +359,10 @@ class SQLStore(LivenessFlows, QueueFlows):
     async def get(self, task_id: str) -> TaskRecord | None:
         rows = await self._one("get_task", task_id)
         return self._record(rows[0]) if rows else None
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        rows = await self._one("events", task_id)
+        return [TaskEvent(self._timestamp(at) or utcnow(), k, by, d) for at, k, by, d in rows]
 
     async def list_tasks(
         self,

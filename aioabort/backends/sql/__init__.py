@@ -48,11 +48,13 @@ def load_queries(dialect: str, values: dict[str, str]) -> dict[str, LiteralStrin
     return queries
 
 
-def rule_values(json_object: str) -> dict[str, str]:
-    """The placeholders both dialects share, generated from :mod:`aioabort._state`.
+def rule_values(json_object: str, error_type: str) -> dict[str, str]:
+    """The placeholders both dialects share, generated from :mod:`aioabort._state` (and the
+    timeline's rule, :mod:`aioabort._timeline`).
 
     :param json_object: the dialect's JSON object constructor, ``{}`` standing for its
         arguments (``json_object({})``, ``json_build_object({})::text``).
+    :param error_type: the dialect's expression for the type in a trigger's ``NEW.error``.
     """
     return {
         "all_states": _sql.in_list(list(TaskState)),
@@ -70,4 +72,6 @@ def rule_values(json_object: str) -> dict[str, str]:
         "released_error": _sql.lost_error(json_object, reaped=False),
         "expired_code": f"'{AbortReason.EXPIRED}'",
         "expired_message": f"'{EXPIRED_MESSAGE}'",
+        "timeline_created": _sql.timeline_created(),
+        "timeline_changed": _sql.timeline_changed(error_type),
     }

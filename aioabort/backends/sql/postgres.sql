@@ -93,6 +93,31 @@ CREATE TABLE IF NOT EXISTS {schema}.leases (
     holder text NOT NULL,
     expires timestamptz NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {schema}.events (
+    seq bigserial PRIMARY KEY,
+    task_id text NOT NULL,
+    at timestamptz NOT NULL,
+    kind text NOT NULL,
+    actor text,
+    detail text
+);
+CREATE INDEX IF NOT EXISTS events_task ON {schema}.events (task_id, seq);
+CREATE OR REPLACE FUNCTION {schema}.timeline() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {schema}.events (task_id, at, kind, actor, detail)
+        SELECT NEW.id, NEW.updated_at, {timeline_created};
+    ELSE
+        INSERT INTO {schema}.events (task_id, at, kind, actor, detail)
+        SELECT NEW.id, NEW.updated_at, e.kind, e.actor, e.detail FROM ({timeline_changed}) AS e
+        ORDER BY e.n;
+    END IF;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS timeline ON {schema}.tasks;
+CREATE TRIGGER timeline AFTER INSERT OR UPDATE ON {schema}.tasks
+    FOR EACH ROW EXECUTE FUNCTION {schema}.timeline();
 
 -- name: columns
 -- aioabort's tables and their columns: a store is judged by them, not only by its version.
@@ -545,7 +570,7 @@ ORDER BY min(t.created_at), t.queue, t.name;
 
 -- name: purge
 -- Up to $2 finished records that ended before $1 seconds ago, oldest first, and their
--- abort-log rows and labels, in one statement; never a running or queued one. The ids are
+-- abort-log rows, labels and timelines, in one statement; never a running or queued one. The ids are
 -- locked first (a materialized CTE), then deleted by id: a plan that ran the subquery per
 -- row of the table (stale statistics) took seconds.
 WITH doomed AS (
@@ -560,8 +585,14 @@ WITH doomed AS (
     DELETE FROM {schema}.abort_log WHERE task_id IN (SELECT id FROM gone)
 ), unlabelled AS (
     DELETE FROM {schema}.task_labels WHERE task_id IN (SELECT id FROM gone)
+), forgotten AS (
+    DELETE FROM {schema}.events WHERE task_id IN (SELECT id FROM gone)
 )
 SELECT id FROM gone;
+
+-- name: events
+-- The timeline of $1, oldest first (the trigger of the schema writes it).
+SELECT at, kind, actor, detail FROM {schema}.events WHERE task_id = $1 ORDER BY seq;
 
 -- name: prune_abort_log
 DELETE FROM {schema}.abort_log WHERE seq <= (SELECT MAX(seq) FROM {schema}.abort_log) - $1;

@@ -1,9 +1,10 @@
 -- The SQLite dialect of aioabort's store: every statement the SQL store runs, by name.
 -- postgres.sql has the same names with the same numbered parameters, so the two can be read
 -- side by side, apart from the names each file declares as its own:
--- dialect-only: purge_abort_log, purge_labels
+-- dialect-only: purge_abort_log, purge_labels, purge_events
 -- (SQLiteStore's named override of purge: a SQLite DELETE reaches one table, so the purged
--- records' abort-log rows and labels go in two more statements of the same transaction.)
+-- records' abort-log rows, labels and timelines go in three more statements of the same
+-- transaction.)
 -- {placeholders} are filled once at load time from aioabort._state (guards, the requeue
 -- rule, the lost-task error), from the dialect ({now}) or from a fragment named earlier in
 -- the file; never from input. Times are REAL seconds since the epoch, from SQLite's own
@@ -91,6 +92,25 @@ CREATE TABLE IF NOT EXISTS aioabort_leases (
     holder TEXT NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS aioabort_events (
+    task_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS aioabort_events_task ON aioabort_events (task_id);
+CREATE TRIGGER IF NOT EXISTS aioabort_timeline_created AFTER INSERT ON aioabort_tasks
+BEGIN
+    INSERT INTO aioabort_events (task_id, at, kind, actor, detail)
+    SELECT NEW.id, NEW.updated_at, {timeline_created};
+END;
+CREATE TRIGGER IF NOT EXISTS aioabort_timeline_changed AFTER UPDATE ON aioabort_tasks
+BEGIN
+    INSERT INTO aioabort_events (task_id, at, kind, actor, detail)
+    SELECT NEW.id, NEW.updated_at, e.kind, e.actor, e.detail FROM ({timeline_changed}) AS e
+    ORDER BY e.n;
+END;
 
 -- name: columns
 -- aioabort's tables and their columns: a store is judged by them, not only by its version.
@@ -438,6 +458,13 @@ DELETE FROM aioabort_abort_log WHERE task_id IN (SELECT value FROM json_each(?1)
 
 -- name: purge_labels
 DELETE FROM aioabort_task_labels WHERE task_id IN (SELECT value FROM json_each(?1));
+
+-- name: purge_events
+DELETE FROM aioabort_events WHERE task_id IN (SELECT value FROM json_each(?1));
+
+-- name: events
+-- The timeline of ?1, oldest first (the triggers of the schema write it).
+SELECT at, kind, actor, detail FROM aioabort_events WHERE task_id = ?1 ORDER BY rowid;
 
 -- name: prune_abort_log
 DELETE FROM aioabort_abort_log WHERE seq <= (SELECT MAX(seq) FROM aioabort_abort_log) - ?1;
