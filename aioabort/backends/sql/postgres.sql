@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
 );
 DROP INDEX IF EXISTS {schema}.tasks_pending;
 CREATE INDEX IF NOT EXISTS tasks_due
-    ON {schema}.tasks (queue, (COALESCE(not_before, created_at))) WHERE state = 'PENDING';
+    ON {schema}.tasks ((COALESCE(not_before, created_at))) WHERE state = 'PENDING';
 CREATE INDEX IF NOT EXISTS tasks_expiring ON {schema}.tasks (expires_at)
     WHERE state = 'PENDING' AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_key ON {schema}.tasks (key) WHERE key IS NOT NULL;
@@ -350,18 +350,16 @@ RETURNING {columns};
 
 -- name: next_due
 -- Seconds until the first task of the queues $1 (of the names $2, or NULL for any) may be
--- claimed, and until the first queued task of any queue expires (NULL: none). Two index
--- lookups per queue, however many tasks wait for later.
+-- claimed, and until the first queued task of any queue expires (NULL: none): the first
+-- entries of two indexes, however many tasks wait for later.
 SELECT
-    extract(epoch FROM (SELECT min(first.due)
-        FROM json_array_elements_text($1::json) AS q(queue),
-        LATERAL (
-            SELECT COALESCE(t.not_before, t.created_at) AS due FROM {schema}.tasks AS t
-            WHERE t.state = 'PENDING' AND t.queue = q.queue
-                AND (t.expires_at IS NULL OR t.expires_at > statement_timestamp())
-                AND ($2::json IS NULL OR t.name IN (SELECT json_array_elements_text($2::json)))
-            ORDER BY COALESCE(t.not_before, t.created_at) LIMIT 1
-        ) AS first) - statement_timestamp())::float8,
+    extract(epoch FROM (
+        SELECT COALESCE(not_before, created_at) FROM {schema}.tasks
+        WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($1::json))
+            AND (expires_at IS NULL OR expires_at > statement_timestamp())
+            AND ($2::json IS NULL OR name IN (SELECT json_array_elements_text($2::json)))
+        ORDER BY COALESCE(not_before, created_at) LIMIT 1
+    ) - statement_timestamp())::float8,
     extract(epoch FROM (SELECT min(expires_at) FROM {schema}.tasks
         WHERE state = 'PENDING' AND expires_at IS NOT NULL) - statement_timestamp())::float8;
 

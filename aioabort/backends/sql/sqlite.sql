@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS aioabort_tasks (
 );
 DROP INDEX IF EXISTS aioabort_tasks_pending;
 CREATE INDEX IF NOT EXISTS aioabort_tasks_due
-    ON aioabort_tasks (queue, COALESCE(not_before, created_at)) WHERE state = 'PENDING';
+    ON aioabort_tasks (COALESCE(not_before, created_at)) WHERE state = 'PENDING';
 CREATE INDEX IF NOT EXISTS aioabort_tasks_expiring ON aioabort_tasks (expires_at)
     WHERE state = 'PENDING' AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS aioabort_tasks_key ON aioabort_tasks (key) WHERE key IS NOT NULL;
@@ -268,18 +268,15 @@ RETURNING {columns};
 
 -- name: next_due
 -- Seconds until the first task of the queues ?1 (of the names ?2, or NULL for any) may be
--- claimed, and until the first queued task of any queue expires (NULL: none). Two index
--- lookups per queue, however many tasks wait for later (the indexes are named: without
+-- claimed, and until the first queued task of any queue expires (NULL: none): the first
+-- entries of two indexes, however many tasks wait for later (the indexes are named: without
 -- statistics the planner would read the state index, every queued task).
 SELECT
-    (SELECT MIN((
-        SELECT COALESCE(t.not_before, t.created_at) FROM aioabort_tasks AS t
-            INDEXED BY aioabort_tasks_due
-        WHERE t.state = 'PENDING' AND t.queue = q.value
-            AND (t.expires_at IS NULL OR t.expires_at > {now})
-            AND (?2 IS NULL OR t.name IN (SELECT value FROM json_each(?2)))
-        ORDER BY COALESCE(t.not_before, t.created_at) LIMIT 1
-    )) FROM json_each(?1) AS q) - {now},
+    (SELECT COALESCE(not_before, created_at) FROM aioabort_tasks INDEXED BY aioabort_tasks_due
+        WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?1))
+            AND (expires_at IS NULL OR expires_at > {now})
+            AND (?2 IS NULL OR name IN (SELECT value FROM json_each(?2)))
+        ORDER BY COALESCE(not_before, created_at) LIMIT 1) - {now},
     (SELECT MIN(expires_at) FROM aioabort_tasks INDEXED BY aioabort_tasks_expiring
         WHERE state = 'PENDING' AND expires_at IS NOT NULL) - {now};
 
