@@ -160,13 +160,9 @@ class NewTask:
 
 @dataclass(frozen=True, slots=True)
 class Due:
-    """When a worker has something to do (see :meth:`Store.next_due`), in seconds from now by
-    the store's clock: zero or less means now; ``None``, nothing of the kind is queued.
-
-    :ivar claimable: until the first queued task of the worker's queues and names that it
-        may claim (past its ``not_before``, not expired).
-    :ivar expiring: until the first queued task of any queue expires (to be ended then).
-    """
+    """When a worker has something to do (:meth:`Store.next_due`), in seconds from now by the
+    store's clock (zero or less: now; ``None``: nothing of the kind is queued): a task of its
+    queues and names to claim (``claimable``), a queued task of any queue to expire."""
 
     claimable: float | None
     expiring: float | None
@@ -379,8 +375,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def events(self, task_id: str) -> list[TaskEvent]:
         """The timeline of ``task_id``, oldest first (empty for an unknown id): the events
-        :func:`aioabort._timeline.events_of` derives from each change of its record, written
-        in the transaction of that change and deleted with the record."""
+        of :func:`aioabort._timeline.events_of`, written with each change, purged with it."""
 
     @abc.abstractmethod
     async def list_tasks(
