@@ -374,8 +374,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def events(self, task_id: str) -> list[TaskEvent]:
-        """The timeline of ``task_id``, oldest first (empty for an unknown id): the events
-        of :func:`aioabort._timeline.events_of`, written with each change, purged with it."""
+        """The timeline of ``task_id``, oldest first (empty for an unknown id): the rows of
+        :func:`aioabort._timeline.stored_events`, then the record's own (``timeline()``)."""
 
     @abc.abstractmethod
     async def list_tasks(

@@ -45,7 +45,7 @@ from ._state import (
     parent_reason,
     superseded_reason,
 )
-from ._timeline import TaskEvent
+from ._timeline import TaskEvent, timeline
 from ._types import AbortReason, ErrorInfo, default_by, utcnow
 
 
@@ -322,8 +322,8 @@ class MemoryStore(MemoryLiveness):
         return self._step().get(task_id)
 
     async def events(self, task_id: str) -> list[TaskEvent]:
-        self._step()
-        return list(self.db.events.get(task_id, ()))
+        tasks = self._step()
+        return timeline(list(self.db.events.get(task_id, ())), tasks.get(task_id))
 
     async def list_tasks(
         self,

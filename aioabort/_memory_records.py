@@ -11,7 +11,7 @@ from typing import Any
 
 from ._backend import AbortNotice, Change, ChangeCallback
 from ._state import TaskRecord, TaskState, is_due
-from ._timeline import TaskEvent, events_of
+from ._timeline import TaskEvent, stored_events
 from ._types import utcnow
 
 
@@ -52,13 +52,10 @@ class MemoryDatabase:
         self.log_events(None, record)
 
     def log_events(self, old: TaskRecord | None, new: TaskRecord) -> None:
-        """Append the events of a change of a record to its timeline."""
-        found = events_of(old, new)
+        """Store the events of a change of a record that the record will not tell later."""
+        found = stored_events(old, new, utcnow())
         if found:
-            at = utcnow()
-            self.events.setdefault(new.id, []).extend(
-                TaskEvent(at, kind, by, detail) for kind, by, detail in found
-            )
+            self.events.setdefault(new.id, []).extend(found)
 
     def announce(self, ids: Iterable[str], notices: tuple[AbortNotice, ...] = ()) -> None:
         """Tell every watcher which records changed, on its own loop, after the current step

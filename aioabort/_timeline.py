@@ -1,7 +1,11 @@
-"""The timeline of a task: what happened to it, as events, derived from the changes of its
-record (pure). Every store writes them in the transaction of the change they describe
-(MemoryStore applies :func:`events_of` to each change; the SQL stores' triggers mirror it),
-and a purge removes them with their record.
+"""The timeline of a task: what happened to it, as events (pure).
+
+Every event is written in the transaction of the change it describes, at no cost on the hot
+path: the current attempt's events are the record's own fields (``started_at``, the reason,
+``abort_delivered_at``, ``finished_at``), and only what the record will not tell later is
+stored as rows (:func:`stored_events`: its creation as a queued task, and an attempt that a
+retry or requeue clears from the record). MemoryStore applies that rule to each change; the
+SQL stores' triggers mirror it. A purge removes the rows with their record.
 """
 
 from __future__ import annotations
@@ -57,25 +61,37 @@ def _abort_kind(reason: AbortReason) -> str:
     return "abort_requested"
 
 
-def events_of(old: TaskRecord | None, new: TaskRecord) -> list[tuple[str, str | None, str | None]]:
-    """The events (kind, by, detail) a change of a record from ``old`` (``None``: created)
-    to ``new`` makes, in order. The SQL stores' triggers write the same."""
-    if old is None:
-        if new.state is TaskState.PENDING:
-            return [("queued", None, new.queue)]
-        return [("started", new.owner, None)]
-    found: list[tuple[str, str | None, str | None]] = []
-    if old.state is TaskState.PENDING and new.state is TaskState.STARTED:
-        found.append(("started", new.owner, None))
-    if old.reason is None and new.reason is not None:
-        reason = new.reason
+def _attempt(record: TaskRecord) -> list[TaskEvent]:
+    """The events of the record's current attempt, read from its own fields (written in the
+    transaction of each change): started, the abort (who, why), its delivery, the end."""
+    found = []
+    if record.started_at is not None:
+        found.append(TaskEvent(record.started_at, "started", record.owner, None))
+    reason = record.reason
+    if reason is not None:
         detail = reason.code if not reason.message else f"{reason.code}: {reason.message}"
-        found.append((_abort_kind(reason), reason.by, detail))
-    if old.abort_delivered_at is None and new.abort_delivered_at is not None:
-        found.append(("abort_delivered", new.owner, None))
+        found.append(TaskEvent(reason.at, _abort_kind(reason), reason.by, detail))
+    if record.abort_delivered_at is not None:
+        found.append(TaskEvent(record.abort_delivered_at, "abort_delivered", record.owner, None))
+    if record.finished_at is not None and record.state.is_terminal:
+        found.append(TaskEvent(record.finished_at, "ended", record.owner, record.state.value))
+    return found
+
+
+def stored_events(old: TaskRecord | None, new: TaskRecord, at: datetime) -> list[TaskEvent]:
+    """The events a change of a record (from ``old``; ``None``: created) stores as rows: what
+    the record will not tell later. Its creation as a queued task; and, when a run goes back
+    to the queue (a retry, a requeue), that attempt's events, which the requeue clears from
+    the record, and the ``retried`` itself. The SQL stores' triggers write the same."""
+    if old is None:
+        return [TaskEvent(at, "queued", None, new.queue)] if new.state is TaskState.PENDING else []
     if old.state in RUNNING_STATES and new.state is TaskState.PENDING:
         cause = new.error.type if new.error is not None else None
-        found.append(("retried", old.owner, cause or (old.reason.code if old.reason else None)))
-    if not old.state.is_terminal and new.state.is_terminal:
-        found.append(("ended", new.owner, new.state.value))
-    return found
+        detail = cause or (old.reason.code if old.reason is not None else None)
+        return [*_attempt(old), TaskEvent(at, "retried", old.owner, detail)]
+    return []
+
+
+def timeline(stored: list[TaskEvent], record: TaskRecord | None) -> list[TaskEvent]:
+    """A task's timeline, oldest first: its stored events, then its current attempt's."""
+    return [*stored, *([] if record is None else _attempt(record))]

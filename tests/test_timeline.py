@@ -76,7 +76,12 @@ async def test_an_abort_shows_who_asked_why_and_when_it_reached_the_code(lab: La
     assert await handle.abort("user pressed stop", by="alice")
     await handle.wait(timeout=10)
     events = await handle.events()
-    assert kinds(events) == ["queued", "started", "abort_requested", "abort_delivered", "ended"]
+    # The delivery is noted beside the run, not before its end: a body that stops at once
+    # may end first (then the end itself says the abort was obeyed).
+    assert kinds(events) in (
+        ["queued", "started", "abort_requested", "abort_delivered", "ended"],
+        ["queued", "started", "abort_requested", "ended"],
+    )
     requested = events[2]
     assert requested.by == "alice" and requested.detail == "user: user pressed stop"
     assert events[-1].detail == "ABORTED"

@@ -164,46 +164,31 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
     )
 
 
-def timeline_created() -> str:
-    """The kind, actor and detail of the event a new record makes (a trigger's
-    ``NEW``): :func:`aioabort._timeline.events_of` for a created record."""
-    pending = f"NEW.state = '{TaskState.PENDING.value}'"
-    return (
-        f"CASE WHEN {pending} THEN 'queued' ELSE 'started' END, "
-        f"CASE WHEN {pending} THEN NULL ELSE NEW.owner END, "
-        f"CASE WHEN {pending} THEN NEW.queue END"
-    )
-
-
-def timeline_changed(error_type: str) -> str:
-    """A query of the events (n, kind, actor, detail) a change of a record from ``OLD`` to
-    ``NEW`` makes, in the order ``n``: :func:`aioabort._timeline.events_of` in SQL.
+def timeline_requeued(error_type: str) -> str:
+    """A query of the events (n, at, kind, actor, detail) a run that goes back to the queue
+    (``OLD`` running, ``NEW`` PENDING) stores: the attempt's own, which the requeue clears from
+    the record, then ``retried``: :func:`aioabort._timeline.stored_events` in SQL.
 
     :param error_type: the dialect's expression for the type in ``NEW.error`` (JSON text).
     """
     named = ", ".join(f"'{c}'" for c in (AbortReason.EXPIRED, AbortReason.SUPERSEDED))
-    pending, started_ = TaskState.PENDING.value, TaskState.STARTED.value
     started = (
-        f"SELECT 1 AS n, 'started' AS kind, NEW.owner AS actor, NULL AS detail "
-        f"WHERE OLD.state = '{pending}' AND NEW.state = '{started_}'"
+        "SELECT 1 AS n, OLD.started_at AS at, 'started' AS kind, OLD.owner AS actor, "
+        "NULL AS detail WHERE OLD.started_at IS NOT NULL"
     )
     requested = (
-        f"SELECT 2, CASE WHEN NEW.abort_code IN ({named}) THEN NEW.abort_code "
-        "ELSE 'abort_requested' END, NEW.abort_by, NEW.abort_code || CASE WHEN "
-        "COALESCE(NEW.abort_message, '') = '' THEN '' ELSE ': ' || NEW.abort_message END "
-        "WHERE OLD.abort_code IS NULL AND NEW.abort_code IS NOT NULL"
+        f"SELECT 2, OLD.abort_at, CASE WHEN OLD.abort_code IN ({named}) THEN OLD.abort_code "
+        "ELSE 'abort_requested' END, OLD.abort_by, OLD.abort_code || CASE WHEN "
+        "COALESCE(OLD.abort_message, '') = '' THEN '' ELSE ': ' || OLD.abort_message END "
+        "WHERE OLD.abort_code IS NOT NULL"
     )
     delivered = (
-        "SELECT 3, 'abort_delivered', NEW.owner, NULL "
-        "WHERE OLD.abort_delivered_at IS NULL AND NEW.abort_delivered_at IS NOT NULL"
+        "SELECT 3, OLD.abort_delivered_at, 'abort_delivered', OLD.owner, NULL "
+        "WHERE OLD.abort_delivered_at IS NOT NULL"
     )
     retried = (
-        f"SELECT 4, 'retried', OLD.owner, COALESCE(NULLIF({error_type}, ''), OLD.abort_code) "
-        f"WHERE OLD.state IN {RUNNING} AND NEW.state = '{pending}'"
+        "SELECT 4, NEW.updated_at, 'retried', OLD.owner, "
+        f"COALESCE(NULLIF({error_type}, ''), OLD.abort_code)"
     )
-    ended = (
-        "SELECT 5, 'ended', NEW.owner, NEW.state "
-        f"WHERE OLD.state NOT IN {TERMINAL} AND NEW.state IN {TERMINAL}"
-    )
-    parts = (started, requested, delivered, retried, ended)
+    parts = (started, requested, delivered, retried)
     return " UNION ALL ".join(parts)

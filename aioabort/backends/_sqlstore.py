@@ -33,7 +33,7 @@ from .._state import (
     parent_reason,
     superseded_reason,
 )
-from .._timeline import TaskEvent
+from .._timeline import TaskEvent, timeline
 from .._types import AbortReason, ErrorInfo, default_by, utcnow
 from ._batch import GroupCommit
 from ._sqlbase import SCHEMA_VERSION, Connection, Row
@@ -362,7 +362,8 @@ class SQLStore(LivenessFlows, QueueFlows):
 
     async def events(self, task_id: str) -> list[TaskEvent]:
         rows = await self._one("events", task_id)
-        return [TaskEvent(self._timestamp(at) or utcnow(), k, by, d) for at, k, by, d in rows]
+        stored = [TaskEvent(self._timestamp(at) or utcnow(), k, by, d) for at, k, by, d in rows]
+        return timeline(stored, await self.get(task_id))
 
     async def list_tasks(
         self,

@@ -72,6 +72,5 @@ def rule_values(json_object: str, error_type: str) -> dict[str, str]:
         "released_error": _sql.lost_error(json_object, reaped=False),
         "expired_code": f"'{AbortReason.EXPIRED}'",
         "expired_message": f"'{EXPIRED_MESSAGE}'",
-        "timeline_created": _sql.timeline_created(),
-        "timeline_changed": _sql.timeline_changed(error_type),
+        "timeline_requeued": _sql.timeline_requeued(error_type),
     }

@@ -102,22 +102,27 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     detail text
 );
 CREATE INDEX IF NOT EXISTS events_task ON {schema}.events (task_id, seq);
+-- The timeline's rows: what a record will not tell later (aioabort._timeline.stored_events).
 CREATE OR REPLACE FUNCTION {schema}.timeline() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO {schema}.events (task_id, at, kind, actor, detail)
-        SELECT NEW.id, NEW.updated_at, {timeline_created};
+        VALUES (NEW.id, NEW.updated_at, 'queued', NULL, NEW.queue);
     ELSE
         INSERT INTO {schema}.events (task_id, at, kind, actor, detail)
-        SELECT NEW.id, NEW.updated_at, e.kind, e.actor, e.detail FROM ({timeline_changed}) AS e
+        SELECT NEW.id, e.at, e.kind, e.actor, e.detail FROM ({timeline_requeued}) AS e
         ORDER BY e.n;
     END IF;
     RETURN NULL;
 END
 $$;
-DROP TRIGGER IF EXISTS timeline ON {schema}.tasks;
-CREATE TRIGGER timeline AFTER INSERT OR UPDATE ON {schema}.tasks
-    FOR EACH ROW EXECUTE FUNCTION {schema}.timeline();
+DROP TRIGGER IF EXISTS timeline_queued ON {schema}.tasks;
+CREATE TRIGGER timeline_queued AFTER INSERT ON {schema}.tasks
+    FOR EACH ROW WHEN (NEW.state = 'PENDING') EXECUTE FUNCTION {schema}.timeline();
+DROP TRIGGER IF EXISTS timeline_requeued ON {schema}.tasks;
+CREATE TRIGGER timeline_requeued AFTER UPDATE OF state ON {schema}.tasks
+    FOR EACH ROW WHEN (OLD.state IN {running} AND NEW.state = 'PENDING')
+    EXECUTE FUNCTION {schema}.timeline();
 
 -- name: columns
 -- aioabort's tables and their columns: a store is judged by them, not only by its version.

@@ -100,15 +100,18 @@ CREATE TABLE IF NOT EXISTS aioabort_events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS aioabort_events_task ON aioabort_events (task_id);
-CREATE TRIGGER IF NOT EXISTS aioabort_timeline_created AFTER INSERT ON aioabort_tasks
+-- The timeline's rows: what a record will not tell later (aioabort._timeline.stored_events).
+CREATE TRIGGER IF NOT EXISTS aioabort_timeline_queued AFTER INSERT ON aioabort_tasks
+    WHEN NEW.state = 'PENDING'
 BEGIN
     INSERT INTO aioabort_events (task_id, at, kind, actor, detail)
-    SELECT NEW.id, NEW.updated_at, {timeline_created};
+    VALUES (NEW.id, NEW.updated_at, 'queued', NULL, NEW.queue);
 END;
-CREATE TRIGGER IF NOT EXISTS aioabort_timeline_changed AFTER UPDATE ON aioabort_tasks
+CREATE TRIGGER IF NOT EXISTS aioabort_timeline_requeued AFTER UPDATE OF state ON aioabort_tasks
+    WHEN OLD.state IN {running} AND NEW.state = 'PENDING'
 BEGIN
     INSERT INTO aioabort_events (task_id, at, kind, actor, detail)
-    SELECT NEW.id, NEW.updated_at, e.kind, e.actor, e.detail FROM ({timeline_changed}) AS e
+    SELECT NEW.id, e.at, e.kind, e.actor, e.detail FROM ({timeline_requeued}) AS e
     ORDER BY e.n;
 END;
 
