@@ -24,6 +24,7 @@ from ._errors import (
     AioabortError,
     AppClosed,
     InvalidArguments,
+    InvalidOption,
     InvalidReason,
     InvalidTaskId,
     InvalidText,
@@ -50,6 +51,7 @@ from ._handle import AbortHandle
 from ._runner import Task
 from ._scope import AbortScope
 from ._state import TaskRecord, TaskState
+from ._timeline import TaskEvent
 from ._types import AbortReason, ErrorInfo
 from ._watcher import Watcher, WatcherStatistics
 from ._worker import Worker, WorkerStatistics
@@ -65,6 +67,7 @@ __all__ = [
     "AppClosed",
     "ErrorInfo",
     "InvalidArguments",
+    "InvalidOption",
     "InvalidReason",
     "InvalidTaskId",
     "InvalidText",
@@ -83,6 +86,7 @@ __all__ = [
     "TaskAlreadyExists",
     "TaskAlreadyFinished",
     "TaskAlreadyStarted",
+    "TaskEvent",
     "TaskFailed",
     "TaskNotFound",
     "TaskRecord",

@@ -25,15 +25,18 @@ from ._redo import Redo
 from ._runner import DEFAULT_QUEUE, Task
 from ._settings import AppSettings, notifier_url
 from ._shield import shielded
-from ._state import IGNORED_ABORT_AFTER, TaskRecord, TaskState
+from ._state import (
+    IGNORED_ABORT_AFTER,
+    TaskRecord,
+    TaskState,
+    check_states,
+    listing_filters,
+)
 from ._types import (
-    MAX_OFFSET,
-    MAX_TASK_ID_LENGTH,
     AbortReason,
     check_labels,
     check_name,
     check_task_id,
-    check_text,
     coerce_reason,
 )
 from ._watcher import Watcher
@@ -240,6 +243,9 @@ class App:
         queue: str = DEFAULT_QUEUE,
         time_limit: float | None = None,
         retryable: bool = False,
+        retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
     ) -> Callable[[Callable[P, Awaitable[R]]], Task[P, R]]: ...
 
     def task(
@@ -251,6 +257,9 @@ class App:
         queue: str = DEFAULT_QUEUE,
         time_limit: float | None = None,
         retryable: bool = False,
+        retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
     ) -> Any:
         """Register an ``async def`` function as a task: ``@app.task`` or
         ``@app.task(name=..., queue=..., time_limit=..., retryable=...)``.
@@ -260,12 +269,23 @@ class App:
         :param time_limit: abort a run after this many seconds (reason code ``timeout``).
         :param retryable: a run cut off by a worker's shutdown, or by a worker that died,
             goes back to PENDING instead of ending.
-        :raises UsageError: for a function that is not ``async def``, or a name taken.
+        :param retry_on: exception classes a queued run is retried on: the same record goes
+            back to the queue up to ``max_retries`` times, the first retry ``retry_backoff``
+            seconds later, each later one twice as long. An abort is never retried.
+        :raises UsageError: for a function that is not ``async def``, a name taken, or a bad
+            retry setting.
         """
+        retries = {"retry_on": retry_on, "max_retries": max_retries, "retry_backoff": retry_backoff}
 
         def register(func: Callable[..., Awaitable[Any]]) -> Task[Any, Any]:
             task = Task.of(
-                self, func, name=name, queue=queue, time_limit=time_limit, retryable=retryable
+                self,
+                func,
+                name=name,
+                queue=queue,
+                time_limit=time_limit,
+                retryable=retryable,
+                **retries,
             )
             if task.name in self._tasks:
                 raise UsageError(f"a task named {task.name!r} is already registered")
@@ -376,30 +396,18 @@ class App:
         offset: int = 0,
         labels: dict[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         """Task records, newest first, optionally filtered by state, name, labels (every
-        given label must match) and the start of their id (``id_prefix``: what a search box
-        finds).
+        given label must match), the start of their id (``id_prefix``: what a search box
+        finds) and the ``key`` they were queued with.
 
-        :raises UsageError: for bad states, labels, limit or offset.
+        :raises UsageError: for bad states, labels, key, limit or offset.
         :raises InvalidText: for a ``name`` or ``id_prefix`` that is not text every store
             holds (a NUL, a lone surrogate, too long).
         """
-        wanted_labels = check_labels(labels)
-        wanted = None if states is None else _check_states(states)
-        if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
-            raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
-        if name is not None:
-            check_name(name)
-        if id_prefix is not None:
-            check_text(id_prefix, "id_prefix", MAX_TASK_ID_LENGTH)
         return await self.store.list_tasks(
-            states=wanted,
-            name=name,
-            limit=limit,
-            offset=offset,
-            labels=wanted_labels or None,
-            id_prefix=id_prefix or None,
+            **listing_filters(states, name, limit, offset, labels, id_prefix, key)
         )
 
     async def abort_many(
@@ -430,7 +438,7 @@ class App:
                 "abort_many() needs a filter: labels=, name= or (to mean every task) states="
             )
         abort_reason = coerce_reason(reason, None)
-        chosen = _check_states(["PENDING", "STARTED"] if states is None else states)
+        chosen = check_states(["PENDING", "STARTED"] if states is None else states)
         chosen = chosen or list(TaskState)  # as in tasks(): no state given means every state
         name = None if name is None else check_name(name)
         return await abort_matching(
@@ -484,14 +492,3 @@ class App:
         if self._liveness is None or not self.is_open:
             raise _runtime.not_open(self)
         return await self._liveness.reap()
-
-
-def _check_states(states: Collection[TaskState | str]) -> list[TaskState]:
-    """The states of a filter. :raises UsageError: for one that is not a state."""
-    try:
-        return [TaskState(s) for s in states]
-    except ValueError as exc:
-        raise UsageError(
-            f"unknown state in {list(states)!r}; states are "
-            + ", ".join(s.value for s in TaskState)
-        ) from exc

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from ._errors import InvalidURL
 from ._state import StartDecision, TaskRecord, TaskState
+from ._timeline import TaskEvent
 from ._types import AbortReason, ErrorInfo
 
 
@@ -131,26 +132,19 @@ class StoreStatistics:
 
 
 @dataclass(frozen=True, slots=True)
-class Finish:
-    """One end-state write (see :meth:`Store.finish`)."""
+class Due:
+    """When a worker has something to do (:meth:`Store.next_due`), in seconds from now by the
+    store's clock (zero or less: now; ``None``: nothing of the kind is queued): a task of its
+    queues and names to claim (``claimable``), a queued task of any queue to expire."""
 
-    task_id: str
-    owner: str
-    state: TaskState
-    result_json: str | None
-    error_json: str | None
+    claimable: float | None
+    expiring: float | None
 
-
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    """One PENDING record to create (see :meth:`Store.create`), with no parent."""
-
-    task_id: str
-    name: str | None
-    queue: str | None
-    args_json: str | None
-    retryable: bool
-    labels: Mapping[str, str] | None = None
+    def wait(self, longest: float) -> float:
+        """How long a worker with nothing to do now sleeps: until the first of these times,
+        at most ``longest``."""
+        ahead = [t for t in (self.claimable, self.expiring) if t is not None and t > 0]
+        return min([longest, *ahead])
 
 
 #: Called on the event loop thread with each change the store sees.
@@ -223,9 +217,21 @@ class Store(abc.ABC):
         parent_id: str | None = None,
         retryable: bool = False,
         labels: Mapping[str, str] | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+        time_limit: float | None = None,
+        key: str | None = None,
+        supersede: bool = False,
     ) -> TaskRecord:
         """Record a new PENDING task (with ``labels``, checked by the caller). Raises
-        :class:`TaskAlreadyExists` if the id is taken (and writes nothing to that record).
+        :class:`TaskAlreadyExists` if the id is taken (and writes nothing at all).
+
+        ``not_before``, ``expires_at``, ``time_limit`` and ``key`` are stored on the record as
+        given (checked by the caller): no claim before ``not_before``; :meth:`expire` ends it
+        once ``expires_at`` has passed. With ``supersede``, in the same transaction, every
+        unfinished earlier task of ``key`` is aborted as by :meth:`request_abort` (reason
+        :func:`~aioabort._state.superseded_reason`, children included), serialised per key:
+        producers racing on one key leave exactly one task without an abort request.
 
         A task whose parent is already aborting is born ABORTED (code ``parent``). A task with
         a ``queue`` wakes the workers of that queue (PostgreSQL: NOTIFY).
@@ -259,21 +265,47 @@ class Store(abc.ABC):
         limit: int,
         names: Collection[str] | None = None,
     ) -> list[TaskRecord]:
-        """Atomically move up to ``limit`` PENDING tasks of ``queues`` (oldest first) to
-        STARTED for ``owner``; no two callers ever claim the same task. With ``names``, only
-        tasks of those names ([G14](semantics.md#g14): a worker claims only what it can run)."""
+        """Atomically move up to ``limit`` PENDING tasks of ``queues`` (the earliest due
+        first: by ``not_before``, else by when they were queued) to STARTED for ``owner``; no
+        two callers ever claim the same task. Never a task before its ``not_before``, nor one
+        past its ``expires_at``. With ``names``, only tasks of those names
+        ([G14](semantics.md#g14): a worker claims only what it can run)."""
 
     @abc.abstractmethod
     async def has_pending(
         self, queues: Collection[str], names: Collection[str] | None = None
     ) -> bool:
-        """Whether any PENDING task (of ``names``, if given) waits in ``queues`` (a read; no
-        lock taken)."""
+        """Whether any PENDING task (of ``names``, if given) that :meth:`claim` would take now
+        waits in ``queues`` (a read; no lock taken)."""
+
+    @abc.abstractmethod
+    async def next_due(self, queues: Collection[str], names: Collection[str] | None) -> Due:
+        """When a worker of ``queues`` (running ``names``) next has something to do: a task to
+        claim, or one to expire. One read through indexes, whatever the number of tasks queued
+        for later: an idle worker sleeps until then (or until new work is pushed)."""
+
+    @abc.abstractmethod
+    async def expire(
+        self, task_ids: Collection[str] | None = None, *, by: str, limit: int = 1000
+    ) -> list[str]:
+        """End queued tasks past their ``expires_at`` (of ``task_ids``, or any, up to
+        ``limit``): ABORTED with code ``expired`` (``by`` who saw it), logged for watchers
+        like any abort, in one transaction. Compare-and-set: a task claimed meanwhile is
+        left alone. Returns the ids."""
 
     @abc.abstractmethod
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
         """Put a running task owned by ``owner`` back to PENDING (a retryable task cut off by
         shutdown). Returns the record afterwards."""
+
+    @abc.abstractmethod
+    async def retry(
+        self, task_id: str, *, owner: str, not_before: datetime, error: ErrorInfo
+    ) -> TaskRecord | None:
+        """Put a STARTED task owned by ``owner`` back to PENDING for another attempt, not
+        before ``not_before``, with ``error`` (the attempt's) kept on the record; a task with
+        an abort request (ABORTING) is left as it is (an abort is never retried). Returns the
+        record afterwards. A task with a queue wakes that queue's workers."""
 
     @abc.abstractmethod
     async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
@@ -314,6 +346,11 @@ class Store(abc.ABC):
         """The record with this id, or ``None``."""
 
     @abc.abstractmethod
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        """The timeline of ``task_id``, oldest first (empty for an unknown id): the rows of
+        :func:`aioabort._timeline.stored_events`, then the record's own (``timeline()``)."""
+
+    @abc.abstractmethod
     async def list_tasks(
         self,
         *,
@@ -323,10 +360,11 @@ class Store(abc.ABC):
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         """Records, newest first, optionally filtered by state, name, labels (every given
-        label must match; through an index, so the filter costs what it finds) and the start
-        of their id (``id_prefix``)."""
+        label must match; through an index, so the filter costs what it finds), the start
+        of their id (``id_prefix``) and their ``key``."""
 
     @abc.abstractmethod
     async def list_ids(

@@ -11,6 +11,7 @@
     │   ├── MissingDriver           the store's driver is not installed (names the extra)
     │   ├── NotJSONSerializable     arguments or results that are not JSON
     │   ├── InvalidArguments        arguments that do not fit the task's signature
+    │   ├── InvalidOption           a queueing option out of its range (countdown, eta, ...)
     │   ├── UnknownTask             a task name that was never registered
     │   ├── NoAppOpen               abortable() / handle() with no App open
     │   ├── AppClosed               using an App that is not open (or already closed)
@@ -27,7 +28,7 @@
         ├── StoreUnavailable        cannot open or reach the store
         └── StoreBusy               the store stayed locked past the retry budget
 
-``InvalidTaskId``, ``InvalidReason``, ``InvalidText``, ``InvalidURL`` and
+``InvalidTaskId``, ``InvalidReason``, ``InvalidText``, ``InvalidURL``, ``InvalidOption`` and
 ``NotJSONSerializable`` are also ``ValueError``; ``InvalidArguments`` is also ``TypeError``;
 ``TaskNotFound`` and ``UnknownTask`` are also ``LookupError``.
 """
@@ -76,6 +77,11 @@ class NotJSONSerializable(UsageError, ValueError):
 
 class InvalidArguments(UsageError, TypeError):
     """Arguments that do not fit the task function's signature."""
+
+
+class InvalidOption(UsageError, ValueError):
+    """A queueing option of ``apply()`` out of its range: a negative ``countdown``, a naive
+    ``eta``, ``expires`` not after the time the task may start, a bad ``time_limit``."""
 
 
 class UnknownTask(UsageError, LookupError):

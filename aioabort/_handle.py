@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Generic, cast, final
 
 import anyio
 
+from . import _ending
 from ._aborting import record_and_deliver
 from ._errors import TaskAborted, TaskAlreadyExists, TaskFailed, TaskNotFound
 from ._runtime import resolve
-from ._state import TaskRecord, TaskState
-from ._types import AbortReason, JSONValue, check_task_id, coerce_reason
+from ._state import TaskRecord, TaskState, is_expired
+from ._timeline import TaskEvent
+from ._types import AbortReason, JSONValue, check_task_id, coerce_reason, utcnow
 
 if TYPE_CHECKING:
     # The default (PEP 696) matters to type checkers only: typing has it from Python 3.13,
@@ -106,10 +109,23 @@ class AbortHandle(Generic[R]):
 
     async def record(self) -> TaskRecord:
         """The task's record. :raises TaskNotFound: if there is none."""
-        record = await self._runtime().store.get(self.id)
+        record = await _read(self._runtime(), self.id)
         if record is None:
             raise TaskNotFound(self.id)
         return record
+
+    async def events(self) -> list[TaskEvent]:
+        """The task's timeline, oldest first: queued, started, abort requested (who, why),
+        delivered, retried, expired, superseded, ended (see :class:`TaskEvent`). Each was
+        written with the change it describes; a purge removes them with the record.
+
+        :raises TaskNotFound: if there is no record.
+        """
+        runtime = self._runtime()
+        events = await runtime.store.events(self.id)
+        if not events and await runtime.store.get(self.id) is None:
+            raise TaskNotFound(self.id)
+        return events
 
     async def state(self) -> TaskState:
         """The task's :class:`TaskState`. :raises TaskNotFound: if there is no record."""
@@ -118,7 +134,7 @@ class AbortHandle(Generic[R]):
     async def is_aborted(self) -> bool:
         """True once an abort was requested (Celery's meaning), whatever the task did next.
         False for an id with no record (as :meth:`abort` answers there)."""
-        record = await self._runtime().store.get(self.id)
+        record = await _read(self._runtime(), self.id)
         return record is not None and record.reason is not None
 
     async def watch(
@@ -148,7 +164,9 @@ class AbortHandle(Generic[R]):
             await watcher.want_ends()  # the store pushes ends here before the first read
             while True:
                 changed = next_change()  # taken before reading: no change is lost
-                record = await watcher.shared_read(self.id, changed, runtime.store.get)
+                record = await watcher.shared_read(
+                    self.id, changed, functools.partial(_read, runtime)
+                )
                 if record is None:
                     raise TaskNotFound(self.id)
                 if record != last:
@@ -156,7 +174,7 @@ class AbortHandle(Generic[R]):
                     last = record
                 if record.state.is_terminal:
                     return
-                deadline = anyio.current_time() + net
+                deadline = anyio.current_time() + _until_expiry(record, net)
                 while not changed.is_set():
                     left = deadline - anyio.current_time()
                     if left <= 0:
@@ -201,3 +219,23 @@ class AbortHandle(Generic[R]):
         if record.state is TaskState.FAILURE:
             raise TaskFailed(self.id, record.error)
         return cast(R, record.result)
+
+
+async def _read(runtime: Runtime, task_id: str) -> TaskRecord | None:
+    """The record of ``task_id``; a queued one found past its ``expires_at`` is ended first
+    (code ``expired``: whichever process sees it first ends it, a waiter included)."""
+    record = await runtime.store.get(task_id)
+    expired = record is not None and is_expired(record, utcnow())
+    if expired and await _ending.expire(runtime.store, runtime.owner, [task_id]):
+        record = await runtime.store.get(task_id)
+    return record
+
+
+def _until_expiry(record: TaskRecord, longest: float) -> float:
+    """Seconds a waiter sleeps before it reads ``record`` again: at most ``longest``, and no
+    later than a queued record's expiry (which this waiter then writes, if nobody has; one
+    that could not be written is tried again a second later)."""
+    if record.state is not TaskState.PENDING or record.expires_at is None:
+        return longest
+    left = (record.expires_at - utcnow()).total_seconds()
+    return min(longest, left if left > 0 else 1.0)

@@ -10,6 +10,9 @@ moved for ``stale_after`` seconds of *its* monotonic clock (retryable ones go ba
 PENDING), by compare-and-set. The clock only picks whom to look at; judging by counters means
 a wall-clock jump cannot kill a live owner.
 
+The holder also ends the queued tasks past their ``expires_at`` at each round (one indexed
+statement), so they expire even where no worker runs.
+
 A holder that dies mid-count would make its heir start the count again: the heir instead
 carries it on, at its first round, from how long each owner has been quiet by the store's
 clock (what the dead holder had counted), but still watches the counter stand still itself
@@ -26,6 +29,7 @@ import logging
 import time
 from collections.abc import Mapping
 
+from . import _ending
 from ._backend import OwnerInfo, QuietOwner, Store
 from ._shield import shielded
 
@@ -176,6 +180,8 @@ class Liveness:
                     sweep=sweep,
                     counted=_counted(quiet, QUIET_BEATS * self._interval) if heir else None,
                 )
+                # Queued tasks past their expiry end even where no worker runs.
+                await _ending.expire(self._store, self._owner.id)
                 if sweep and self._retention is not None:
                     await self._purge(self._retention)
             except Exception:

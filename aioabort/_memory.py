@@ -13,30 +13,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
-import time
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any
 
 from ._backend import (
     AbortNotice,
     AbortOutcome,
     ChangeCallback,
-    OwnerInfo,
-    QuietOwner,
+    Due,
     StartResult,
-    Store,
     StoreStatistics,
-    Unclaimed,
     WatchedIds,
 )
 from ._errors import AppClosed, InvalidURL, TaskAlreadyExists
-from ._memory_records import NAMED, MemoryDatabase, claimable, matching, new_record
+from ._memory_liveness import MemoryLiveness
+from ._memory_records import NAMED, MemoryDatabase, claimable, due_at, matching, new_record
 from ._state import (
     ABORTABLE_STATES,
+    EXPIRED_MESSAGE,
     FINISHABLE_STATES,
     PARENT_ABORTED_STATES,
-    REAPABLE_STATES,
     REQUEUE_CLEARS,
     StartDecision,
     TaskRecord,
@@ -44,15 +41,15 @@ from ._state import (
     after_abort_request,
     cascades,
     decide_start,
+    is_expired,
     parent_reason,
-    reaped_error,
-    released_error,
-    requeue_after_loss,
+    superseded_reason,
 )
-from ._types import AbortReason, ErrorInfo, utcnow
+from ._timeline import TaskEvent, timeline
+from ._types import AbortReason, ErrorInfo, default_by, utcnow
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryLiveness):
     """The reference store: every record in memory, shared through a :class:`MemoryDatabase`.
 
     :param database: the database to share with other stores (a new one by default).
@@ -120,10 +117,20 @@ class MemoryStore(Store):
         parent_id: str | None = None,
         retryable: bool = False,
         labels: Mapping[str, str] | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+        time_limit: float | None = None,
+        key: str | None = None,
+        supersede: bool = False,
     ) -> TaskRecord:
         tasks = self._step()
         if task_id in tasks:
             raise TaskAlreadyExists(task_id)
+        earlier = [
+            r.id
+            for r in tasks.values()
+            if supersede and key is not None and r.key == key and r.state in ABORTABLE_STATES
+        ]
         record = new_record(
             task_id,
             name=name,
@@ -133,12 +140,19 @@ class MemoryStore(Store):
             args=None if args_json is None else json.loads(args_json),
             retryable=retryable,
             labels=dict(labels or {}),
+            not_before=not_before,
+            expires_at=expires_at,
+            time_limit=time_limit,
+            key=key,
         )
         self.db.insert(record)
         inherited = self._aborted_parent(parent_id)
         if inherited is not None:  # born into an aborted family: never runs
             record = self._abort(task_id, inherited)
             self.db.announce((), (AbortNotice(task_id, inherited, record.attempts),))
+        if earlier:  # the same step: producers racing on the key leave one live task
+            reason = superseded_reason(task_id, default_by())
+            self.db.announce((), tuple(n for i in earlier for n in self._abort_family(i, reason)))
         self._changed(task_id)
         return record
 
@@ -199,12 +213,11 @@ class MemoryStore(Store):
         limit: int,
         names: Collection[str] | None = None,
     ) -> list[TaskRecord]:
-        tasks = self._step()
+        tasks, now = self._step(), utcnow()
         waiting = sorted(
-            (r for r in tasks.values() if claimable(r, queues, names)),
-            key=lambda r: (r.created_at, self.db.order[r.id]),
+            (r for r in tasks.values() if claimable(r, queues, names, now)),
+            key=lambda r: (due_at(r), self.db.order[r.id]),
         )
-        now = utcnow()
         claimed = [
             self._put(
                 r, state=TaskState.STARTED, owner=owner, started_at=now, attempts=r.attempts + 1
@@ -218,8 +231,40 @@ class MemoryStore(Store):
     async def has_pending(
         self, queues: Collection[str], names: Collection[str] | None = None
     ) -> bool:
-        tasks = self._step()
-        return any(claimable(r, queues, names) for r in tasks.values())
+        tasks, now = self._step(), utcnow()
+        return any(claimable(r, queues, names, now) for r in tasks.values())
+
+    async def next_due(self, queues: Collection[str], names: Collection[str] | None) -> Due:
+        tasks, now = self._step(), utcnow()
+        queued = [r for r in tasks.values() if r.state is TaskState.PENDING]
+        due = [
+            due_at(r)
+            for r in queued
+            if claimable(r, queues, names, due_at(r)) and not is_expired(r, now)
+        ]
+        expiring = [r.expires_at for r in queued if r.expires_at is not None]
+
+        def seconds(times: list[datetime]) -> float | None:
+            return None if not times else (min(times) - now).total_seconds()
+
+        return Due(seconds(due), seconds(expiring))
+
+    async def expire(
+        self, task_ids: Collection[str] | None = None, *, by: str, limit: int = 1000
+    ) -> list[str]:
+        tasks, now = self._step(), utcnow()
+        wanted = tasks.values() if task_ids is None else (tasks.get(i) for i in set(task_ids))
+        expired = sorted(
+            (r for r in wanted if r is not None and is_expired(r, now)),
+            key=lambda r: (r.expires_at, self.db.order[r.id]),
+        )[:limit]
+        notices = []
+        for record in expired:
+            reason = AbortReason(AbortReason.EXPIRED, EXPIRED_MESSAGE, by, now)
+            notices.append(AbortNotice(record.id, reason, self._abort(record.id, reason).attempts))
+        if notices:
+            self.db.announce((), tuple(notices))
+        return [r.id for r in expired]
 
     async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
         tasks = self._step()
@@ -230,20 +275,25 @@ class MemoryStore(Store):
         self._changed(task_id)
         return record
 
+    async def retry(
+        self, task_id: str, *, owner: str, not_before: datetime, error: ErrorInfo
+    ) -> TaskRecord | None:
+        tasks = self._step()
+        current = tasks.get(task_id)
+        if current is None or current.owner != owner or current.state is not TaskState.STARTED:
+            return current
+        record = self._back_to_queue(current, not_before=not_before, error=error)
+        self._changed(task_id)
+        return record
+
     async def request_abort(self, task_id: str, reason: AbortReason) -> AbortOutcome:
         tasks = self._step()
         current = tasks.get(task_id)
         if current is None or current.state not in ABORTABLE_STATES:
             return AbortOutcome(False, current)
-        record = self._abort(task_id, reason)
-        child = parent_reason(task_id, reason)
-        family = self._descendants(task_id) if cascades(reason) else []
-        children = tuple(
-            AbortNotice(kid.id, child, kid.attempts)
-            for kid in (self._abort(d, child) for d in family)
-        )
-        self.db.announce((), (AbortNotice(task_id, reason, record.attempts), *children))
-        return AbortOutcome(True, record, children)
+        notices = self._abort_family(task_id, reason)
+        self.db.announce((), notices)
+        return AbortOutcome(True, self.db.tasks[task_id], notices[1:])
 
     async def finish(
         self,
@@ -271,6 +321,10 @@ class MemoryStore(Store):
     async def get(self, task_id: str) -> TaskRecord | None:
         return self._step().get(task_id)
 
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        tasks = self._step()
+        return timeline(list(self.db.events.get(task_id, ())), tasks.get(task_id))
+
     async def list_tasks(
         self,
         *,
@@ -280,8 +334,9 @@ class MemoryStore(Store):
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
-        wanted = matching(self._step().values(), states, name, labels, id_prefix)
+        wanted = matching(self._step().values(), states, name, labels, id_prefix, key)
         wanted.sort(key=lambda r: r.id)
         wanted.sort(key=lambda r: r.created_at, reverse=True)
         return wanted[offset : offset + limit]
@@ -332,136 +387,12 @@ class MemoryStore(Store):
         self._put(current, abort_delivered_at=utcnow())
         self._changed(task_id)
 
-    # -- liveness ----------------------------------------------------------------------------
-
-    async def heartbeat(
-        self, owner: OwnerInfo, *, lease: float | None = None, quiet: float = 0.0
-    ) -> dict[str, QuietOwner] | None:
-        self._step()
-        db, now = self.db, time.monotonic()
-        db.beats[owner.id] = db.beats.get(owner.id, 0) + 1
-        db.last_seen[owner.id] = now
-        if lease is None:
-            return None
-        if db.lease is not None and db.lease[0] != owner.id and db.lease[1] >= now:
-            return None
-        db.lease = (owner.id, now + lease)
-        seen = {o: db.last_seen.get(o, now) for o in db.beats}
-        return {
-            o: QuietOwner(n, now - seen[o]) for o, n in db.beats.items() if seen[o] < now - quiet
-        }
-
-    async def owner_beats(self) -> dict[str, int]:
-        self._step()
-        return dict(self.db.beats)
-
-    async def reap(self, dead: Collection[str]) -> list[str]:
-        tasks = self._step()
-        gone = set(dead)
-        lost = [
-            r
-            for r in tasks.values()
-            if r.state in REAPABLE_STATES
-            and (r.owner is None or r.owner in gone or r.owner not in self.db.beats)
-        ]
-        ids = []
-        for record in lost:
-            if requeue_after_loss(record):
-                self._back_to_queue(record)
-            else:
-                self._put(
-                    record,
-                    state=TaskState.FAILURE,
-                    error=reaped_error(record.owner),
-                    finished_at=utcnow(),
-                )
-            ids.append(record.id)
-        for owner in gone:
-            self.db.beats.pop(owner, None)
-            self.db.last_seen.pop(owner, None)
-            self.db.serving.pop(owner, None)
-        if ids:
-            self.db.announce(ids)
-        return ids
-
-    async def purge(self, older_than: float, *, limit: int) -> list[str]:
-        tasks = self._step()
-        cutoff = utcnow().timestamp() - older_than
-        old = sorted(
-            (
-                r
-                for r in tasks.values()
-                if r.state.is_terminal
-                and r.finished_at is not None
-                and r.finished_at.timestamp() < cutoff
-            ),
-            key=lambda r: r.finished_at or utcnow(),
-        )[:limit]
-        for record in old:
-            del tasks[record.id]
-            self.db.order.pop(record.id, None)
-        if old:
-            self.db.announce(r.id for r in old)
-        return [r.id for r in old]
-
-    async def serve(self, owner: str, *, queues: Collection[str], names: Collection[str]) -> None:
-        self._step()
-        self.db.serving.setdefault(owner, set()).update((q, n) for q in queues for n in names)
-
-    async def unserve(self, owner: str, *, queues: Collection[str]) -> None:
-        self._step()
-        stopped = set(queues)
-        mine = self.db.serving.get(owner, set())
-        mine.difference_update({pair for pair in mine if pair[0] in stopped})
-
-    async def unclaimed(self, *, queued_for: float, quiet: float) -> list[Unclaimed]:
-        tasks, db = self._step(), self.db
-        seen_after = time.monotonic() - quiet
-        served = {
-            pair
-            for owner, pairs in db.serving.items()
-            if db.last_seen.get(owner, -math.inf) >= seen_after
-            for pair in pairs
-        }
-        cutoff = utcnow().timestamp() - queued_for
-        groups: dict[tuple[str, str], list[TaskRecord]] = {}
-        for record in tasks.values():
-            if record.queue is None:  # made by create(): it waits for a scope, not a worker
-                continue
-            key = (record.queue, record.name or "")
-            if (
-                record.state is TaskState.PENDING
-                and record.created_at.timestamp() < cutoff
-                and key not in served
-            ):
-                groups.setdefault(key, []).append(record)
-        found = [
-            Unclaimed(queue, name, len(group), min(r.created_at for r in group))
-            for (queue, name), group in groups.items()
-        ]
-        return sorted(found, key=lambda u: (u.oldest, u.queue, u.name))
-
-    async def release_owner(self, owner: str) -> list[str]:
-        tasks = self._step()
-        mine = [r for r in tasks.values() if r.owner == owner and r.state in FINISHABLE_STATES]
-        for record in mine:
-            self._put(
-                record, state=TaskState.FAILURE, error=released_error(owner), finished_at=utcnow()
-            )
-        self.db.beats.pop(owner, None)
-        self.db.last_seen.pop(owner, None)
-        self.db.serving.pop(owner, None)
-        if self.db.lease is not None and self.db.lease[0] == owner:
-            self.db.lease = None
-        if mine:
-            self.db.announce(r.id for r in mine)
-        return [r.id for r in mine]
-
     # -- the rules, applied to records -------------------------------------------------------
 
     def _put(self, record: TaskRecord, **changes: Any) -> TaskRecord:
         updated = dataclasses.replace(record, **changes)
         self.db.tasks[record.id] = updated
+        self.db.log_events(record, updated)  # the timeline, in the same step
         return updated
 
     def _abort(self, task_id: str, reason: AbortReason) -> TaskRecord:
@@ -471,9 +402,21 @@ class MemoryStore(Store):
         finished = utcnow() if target.is_terminal else record.finished_at
         return self._put(record, state=target, reason=reason, finished_at=finished)
 
-    def _back_to_queue(self, record: TaskRecord) -> TaskRecord:
+    def _abort_family(self, task_id: str, reason: AbortReason) -> tuple[AbortNotice, ...]:
+        """Abort ``task_id`` and (unless the reason stays put) its unfinished descendants;
+        the notices, the task's first."""
+        record = self._abort(task_id, reason)
+        child = parent_reason(task_id, reason)
+        family = self._descendants(task_id) if cascades(reason) else []
+        children = tuple(
+            AbortNotice(kid.id, child, kid.attempts)
+            for kid in (self._abort(d, child) for d in family)
+        )
+        return (AbortNotice(task_id, reason, record.attempts), *children)
+
+    def _back_to_queue(self, record: TaskRecord, **more: Any) -> TaskRecord:
         cleared: dict[str, Any] = dict.fromkeys(REQUEUE_CLEARS)
-        return self._put(record, state=TaskState.PENDING, **cleared)
+        return self._put(record, state=TaskState.PENDING, **cleared, **more)
 
     def _aborted_parent(self, parent_id: str | None) -> AbortReason | None:
         parent = None if parent_id is None else self.db.tasks.get(parent_id)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Collection, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from ._backend import AbortNotice, Change, ChangeCallback
-from ._state import TaskRecord, TaskState
+from ._state import TaskRecord, TaskState, is_due
+from ._timeline import TaskEvent, stored_events
 from ._types import utcnow
 
 
@@ -41,11 +43,19 @@ class MemoryDatabase:
         self.lease: tuple[str, float] | None = None  # the reaper's: (holder, expires)
         self.serving: dict[str, set[tuple[str, str]]] = {}  # owner: its workers' (queue, name)
         self.watchers: list[tuple[asyncio.AbstractEventLoop, ChangeCallback]] = []
+        self.events: dict[str, list[TaskEvent]] = {}  # each task's timeline
         self._counter = itertools.count()
 
     def insert(self, record: TaskRecord) -> None:
         self.tasks[record.id] = record
         self.order[record.id] = next(self._counter)
+        self.log_events(None, record)
+
+    def log_events(self, old: TaskRecord | None, new: TaskRecord) -> None:
+        """Store the events of a change of a record that the record will not tell later."""
+        found = stored_events(old, new, utcnow())
+        if found:
+            self.events.setdefault(new.id, []).extend(found)
 
     def announce(self, ids: Iterable[str], notices: tuple[AbortNotice, ...] = ()) -> None:
         """Tell every watcher which records changed, on its own loop, after the current step
@@ -65,6 +75,7 @@ def matching(
     name: str | None,
     labels: Mapping[str, str] | None,
     id_prefix: str | None,
+    key: str | None = None,
 ) -> list[TaskRecord]:
     """The records a listing's filters find (every given label must match)."""
     need = dict(labels or {})
@@ -75,12 +86,19 @@ def matching(
         and (name is None or r.name == name)
         and all(r.labels.get(k) == v for k, v in need.items())
         and r.id.startswith(id_prefix or "")
+        and (key is None or r.key == key)
     ]
 
 
-def claimable(record: TaskRecord, queues: Collection[str], names: Collection[str] | None) -> bool:
+def claimable(
+    record: TaskRecord, queues: Collection[str], names: Collection[str] | None, now: datetime
+) -> bool:
+    """Whether a worker of ``queues`` running ``names`` may claim ``record`` at ``now``."""
     return (
-        record.state is TaskState.PENDING
-        and record.queue in queues
-        and (names is None or record.name in names)
+        is_due(record, now) and record.queue in queues and (names is None or record.name in names)
     )
+
+
+def due_at(record: TaskRecord) -> datetime:
+    """When a queued record may first be claimed: the order claims take them in."""
+    return record.created_at if record.not_before is None else record.not_before

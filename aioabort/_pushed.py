@@ -20,8 +20,9 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from . import _interest as interest
 from ._backend import (
@@ -29,6 +30,7 @@ from ._backend import (
     AbortOutcome,
     Change,
     ChangeCallback,
+    Due,
     OwnerInfo,
     QuietOwner,
     StartResult,
@@ -40,6 +42,7 @@ from ._backend import (
 from ._interest import Interest
 from ._push import Push
 from ._state import TaskRecord, TaskState
+from ._timeline import TaskEvent
 from ._types import AbortReason, ErrorInfo
 from .notifiers import Notifier, NotifierStatistics
 
@@ -156,7 +159,10 @@ class PushedStore(Store):
             on_change(Change(ids=frozenset()))
 
     def _spawn_check(self, task_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._check(task_id))
+        self._spawn(self._check(task_id))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
 
@@ -211,9 +217,7 @@ class PushedStore(Store):
             return
         self._published(outcome.record)
         if outcome.children:  # their owners are on their records: read them off the write path
-            task = asyncio.get_running_loop().create_task(self._children(outcome.children))
-            self._checks.add(task)
-            task.add_done_callback(self._checks.discard)
+            self._spawn(self._children(outcome.children))
 
     async def _children(self, children: Sequence[AbortNotice]) -> None:
         for child in children:
@@ -234,6 +238,11 @@ class PushedStore(Store):
         parent_id: str | None = None,
         retryable: bool = False,
         labels: Mapping[str, str] | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+        time_limit: float | None = None,
+        key: str | None = None,
+        supersede: bool = False,
     ) -> TaskRecord:
         record = await self.store.create(
             task_id,
@@ -243,7 +252,36 @@ class PushedStore(Store):
             parent_id=parent_id,
             retryable=retryable,
             labels=labels,
+            not_before=not_before,
+            expires_at=expires_at,
+            time_limit=time_limit,
+            key=key,
+            supersede=supersede,
         )
+        self._published(record)
+        if supersede and key is not None:  # the runs it superseded hear of it off the write path
+            self._spawn(self._superseded(key))
+        return record
+
+    async def _superseded(self, key: str) -> None:
+        try:
+            running = await self.store.list_tasks(states=[TaskState.ABORTING], key=key)
+        except Exception:  # noqa: BLE001 - a hint lost: the owners' polls find them
+            return
+        for record in running:
+            self._published(record)
+
+    async def expire(
+        self, task_ids: Collection[str] | None = None, *, by: str, limit: int = 1000
+    ) -> list[str]:
+        ids = await self.store.expire(task_ids, by=by, limit=limit)
+        self._ended(ids)
+        return ids
+
+    async def retry(
+        self, task_id: str, *, owner: str, not_before: datetime, error: ErrorInfo
+    ) -> TaskRecord | None:
+        record = await self.store.retry(task_id, owner=owner, not_before=not_before, error=error)
         self._published(record)
         return record
 
@@ -322,8 +360,14 @@ class PushedStore(Store):
     ) -> bool:
         return await self.store.has_pending(queues, names)
 
+    async def next_due(self, queues: Collection[str], names: Collection[str] | None) -> Due:
+        return await self.store.next_due(queues, names)
+
     async def get(self, task_id: str) -> TaskRecord | None:
         return await self.store.get(task_id)
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        return await self.store.events(task_id)
 
     async def list_tasks(
         self,
@@ -334,6 +378,7 @@ class PushedStore(Store):
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         return await self.store.list_tasks(
             states=states,
@@ -342,6 +387,7 @@ class PushedStore(Store):
             offset=offset,
             labels=labels,
             id_prefix=id_prefix,
+            key=key,
         )
 
     async def list_ids(

@@ -13,14 +13,16 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 
 from . import _ending, _runtime
 from ._errors import InvalidArguments, UsageError
 from ._handle import AbortHandle
+from ._queueing import enqueue, queue_options
+from ._retry import RetryPolicy, retry_policy
 from ._scope import AbortScope, _current_scope
 from ._settings import check_time_limit
-from ._shield import shielded
 from ._state import TaskRecord, TaskState
 from ._types import (
     MAX_TASK_NAME_LENGTH,
@@ -71,6 +73,7 @@ class Task(Generic[P, R]):
     :ivar time_limit: seconds before it is aborted with reason code ``timeout``, or ``None``.
     :ivar retryable: whether a run cut off by a worker's shutdown or a lost worker goes back
         to PENDING instead of ending.
+    :ivar retry: when a queued run that raised is tried again (``retry_on=``), or ``None``.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Task(Generic[P, R]):
         queue: str,
         time_limit: float | None,
         retryable: bool,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._host = host
         self.fn = fn
@@ -89,6 +93,7 @@ class Task(Generic[P, R]):
         self.queue = queue
         self.time_limit = time_limit
         self.retryable = retryable
+        self.retry = retry
         self._signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -103,6 +108,9 @@ class Task(Generic[P, R]):
         queue: str,
         time_limit: float | None,
         retryable: bool,
+        retry_on: object = None,
+        max_retries: object = 3,
+        retry_backoff: object = 1.0,
     ) -> Task[Any, Any]:
         """A task for ``fn`` with its settings checked (what ``@app.task`` registers).
 
@@ -120,6 +128,7 @@ class Task(Generic[P, R]):
             queue=_check_queue(queue),
             time_limit=check_time_limit(time_limit),
             retryable=bool(retryable),
+            retry=retry_policy(retry_on, max_retries, retry_backoff),
         )
 
     def __repr__(self) -> str:
@@ -155,8 +164,16 @@ class Task(Generic[P, R]):
         detached: bool = False,
         spawn: bool = False,
         labels: dict[str, str] | None = None,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        time_limit: float | None = None,
+        key: str | None = None,
+        supersede: bool = False,
     ) -> AbortHandle[R]:
         """``delay()``/``spawn()`` with options.
+
+        Example: ``await build_report.apply([42], countdown=600, expires=3600)``.
 
         :param task_id: the id (default: a random one).
         :param queue: another queue than the task's own.
@@ -164,35 +181,48 @@ class Task(Generic[P, R]):
         :param spawn: run it in this process instead of queueing it.
         :param labels: ``{"user": "alice"}``: for ``app.tasks(labels=...)`` and
             ``app.abort_many(labels=...)``.
+        :param countdown: seconds (or a ``timedelta``) before a worker may start it; or
+            ``eta``, an aware datetime.
+        :param expires: seconds or a ``timedelta`` from now, or an aware datetime: if it has
+            not started by then, it ends ABORTED (code ``expired``) and never runs.
+        :param time_limit: seconds for this run, over the task's own ``time_limit``.
+        :param key: a short text it is known by (``app.tasks(key=...)``); with
+            ``supersede=True`` the key's unfinished earlier tasks are aborted (code
+            ``superseded``) in the transaction that queues this one.
         :raises TaskAlreadyExists: if ``task_id`` is taken.
-        :raises UsageError: for bad labels (nothing is written).
+        :raises UsageError: for bad labels or options (``InvalidOption``); nothing is written.
         """
         checked = check_labels(labels)
-        kwargs = dict(kwargs or {})
-        try:
-            self._signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidArguments(f"wrong arguments for task {self.name!r}: {exc}") from None
-        args_json = dump_json({"args": list(args), "kwargs": kwargs}, f"arguments of {self.name!r}")
+        options = queue_options(countdown, eta, expires, time_limit, key, supersede, spawn=spawn)
+        args_json = self._arguments(args, kwargs)
         task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
         queue = None if spawn else _check_queue(self.queue if queue is None else queue)
         parent = None if detached else _current_scope.get()
         runtime = _runtime.resolve(self._host)
-        record = await shielded(
-            runtime.store.create(
-                task_id,
-                name=self.name,
-                queue=queue,
-                args_json=args_json,
-                parent_id=None if parent is None else parent.id,
-                retryable=self.retryable,
-                labels=checked,
-            )
+        record = await enqueue(
+            runtime,
+            task_id,
+            name=self.name,
+            queue=queue,
+            args_json=args_json,
+            parent_id=None if parent is None else parent.id,
+            retryable=self.retryable,
+            labels=checked,
+            options=options,
         )
         if spawn and record.state is TaskState.PENDING:
             scope = make_scope(self._host, self, record, claimed=False)
             runtime.spawn(execute(scope, self, record), f"aioabort-spawn-{task_id}")
         return AbortHandle(self._host, task_id)
+
+    def _arguments(self, args: Sequence[Any], kwargs: dict[str, Any] | None) -> str:
+        """The JSON arguments of a run, checked against the function's signature."""
+        kwargs = dict(kwargs or {})
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"wrong arguments for task {self.name!r}: {exc}") from None
+        return dump_json({"args": list(args), "kwargs": kwargs}, f"arguments of {self.name!r}")
 
 
 def decode_arguments(record: TaskRecord) -> tuple[list[Any], dict[str, Any]]:
@@ -220,10 +250,11 @@ def make_scope(
         app=host,
         suppress=True,
         name=task.name,
-        time_limit=task.time_limit,
+        time_limit=task.time_limit if record.time_limit is None else record.time_limit,
         detached=True,  # the parent link is on the record already
         _claimed=record if claimed else None,
         _retryable=task.retryable,
+        _retry=task.retry if record.queue is not None else None,  # a spawned run has no queue
     )
 
 

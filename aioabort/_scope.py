@@ -24,18 +24,12 @@ from . import _ending, _obedience, _runtime
 from ._aborting import stop_here
 from ._backend import StartResult
 from ._callbacks import Callbacks
-from ._errors import (
-    TaskAborted,
-    TaskAlreadyExists,
-    TaskAlreadyFinished,
-    TaskAlreadyStarted,
-    TaskStateError,
-    UsageError,
-)
+from ._errors import TaskAborted, TaskStateError, UsageError
 from ._progress import Progress, check_report
+from ._retry import RetryPolicy
 from ._settings import check_time_limit
 from ._shield import shielded
-from ._state import StartDecision, TaskRecord, TaskState
+from ._state import StartDecision, TaskRecord, TaskState, refuse_start
 from ._telemetry import TaskSpan
 from ._types import AbortReason, check_labels, check_name, check_task_id
 
@@ -80,22 +74,6 @@ def _enclosing_aborted(scope: AbortScope | None) -> bool:
     return False
 
 
-def _refuse(task_id: str, started: StartResult) -> None:
-    """Raise what entering a scope on this record must refuse (see :func:`abortable`)."""
-    decision, record = started.decision, started.record
-    if decision is StartDecision.ALREADY_FINISHED:
-        raise TaskAlreadyFinished(
-            task_id,
-            f"task {task_id!r} already finished ({record.state}); a finished task cannot run again",
-        )
-    if decision is StartDecision.ALREADY_STARTED:
-        raise TaskAlreadyStarted(
-            task_id, f"task {task_id!r} is already running (owner {record.owner})"
-        )
-    if decision is StartDecision.TAKEN:
-        raise TaskAlreadyExists(task_id)
-
-
 @final
 class AbortScope:
     """An abortable block of code, tied to a task id; see :func:`abortable`.
@@ -131,6 +109,7 @@ class AbortScope:
         "_progress",
         "_requested",
         "_result_json",
+        "_retry",
         "_retryable",
         "_runtime",
         "_suppress",
@@ -158,6 +137,7 @@ class AbortScope:
         labels: dict[str, str] | None = None,
         _claimed: TaskRecord | None = None,
         _retryable: bool = False,
+        _retry: RetryPolicy | None = None,
     ) -> None:
         self.id: str = check_task_id(task_id)
         time_limit = check_time_limit(time_limit)
@@ -176,6 +156,7 @@ class AbortScope:
         self._claimed = _claimed
         self._result_json: str | None = None
         self._retryable = _retryable or (_claimed is not None and _claimed.retryable)
+        self._retry = _retry
         self._suppress = suppress
         self._name = None if name is None else check_name(name)
         self._detached = detached
@@ -319,7 +300,7 @@ class AbortScope:
         for reason, attempt in early:
             self._deliver_abort(reason, attempt)
         try:
-            _refuse(self.id, started)
+            refuse_start(self.id, started.decision, started.record)
         except TaskStateError:
             runtime.watcher.unregister(self)
             raise
@@ -448,6 +429,8 @@ class AbortScope:
             retryable=self._retryable,
             reason_code=self.reason.code if self.reason is not None else None,
             result_json=self._result_json,
+            retry=self._retry,
+            attempts=self.record.attempts if self.record is not None else 0,
         )
         if written.requeued:
             self.requeued = True

@@ -19,11 +19,24 @@ worker's shutdown or by the loss of its owner goes back from STARTED/ABORTING to
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ._types import AbortReason, ErrorInfo, JSONValue, utcnow
+from ._errors import TaskAlreadyExists, TaskAlreadyFinished, TaskAlreadyStarted, UsageError
+from ._types import (
+    MAX_OFFSET,
+    MAX_TASK_ID_LENGTH,
+    AbortReason,
+    ErrorInfo,
+    JSONValue,
+    check_key,
+    check_labels,
+    check_name,
+    check_text,
+    utcnow,
+)
 
 
 class TaskState(enum.StrEnum):
@@ -188,6 +201,35 @@ REQUEUE_CLEARS: tuple[str, ...] = (
     "message",
 )
 
+#: The message of the reason a queued task that expired ends with (code ``expired``).
+EXPIRED_MESSAGE = "it was still queued when it expired"
+
+
+def is_due(record: TaskRecord, now: datetime) -> bool:
+    """Whether a worker may claim ``record`` at ``now``: PENDING, past its ``not_before``, and
+    not expired (an expired one is ended, never run)."""
+    return (
+        record.state is TaskState.PENDING
+        and (record.not_before is None or record.not_before <= now)
+        and not is_expired(record, now)
+    )
+
+
+def is_expired(record: TaskRecord, now: datetime) -> bool:
+    """Whether ``record`` is a queued task past its ``expires_at``: it ends ABORTED (code
+    ``expired``) whichever process sees it first."""
+    return (
+        record.state is TaskState.PENDING
+        and record.expires_at is not None
+        and record.expires_at <= now
+    )
+
+
+def superseded_reason(new_id: str, by: str) -> AbortReason:
+    """The reason an unfinished task of a key is aborted with when ``new_id`` supersedes it."""
+    return AbortReason(AbortReason.SUPERSEDED, f"superseded by task {new_id}", by)
+
+
 #: The messages of a lost task's error; ``{owner}`` is the owner's id (``?`` if none).
 REAPED_MESSAGE = "owner {owner} stopped heartbeating"
 RELEASED_MESSAGE = "owner {owner} closed while the task was running"
@@ -245,6 +287,14 @@ class TaskRecord:
         ``None``.
     :ivar labels: the labels it was created with (``{"user": "alice"}``), for filters and bulk
         aborts.
+    :ivar not_before: no worker claims it before this time (``countdown=``/``eta=``), or
+        ``None``.
+    :ivar expires_at: still queued at this time, it ends ABORTED (code ``expired``) and never
+        runs (``expires=``), or ``None``.
+    :ivar time_limit: this call's time limit in seconds (``apply(time_limit=)``, over the
+        task's own), or ``None``.
+    :ivar key: the key it was queued with (``apply(key=...)``): with ``supersede=True``, a
+        new task of the key aborts the unfinished earlier ones (code ``superseded``).
     """
 
     id: str
@@ -266,6 +316,10 @@ class TaskRecord:
     attempts: int = 0
     abort_delivered_at: datetime | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    time_limit: float | None = None
+    key: str | None = None
 
     @property
     def is_finished(self) -> bool:
@@ -313,6 +367,10 @@ class TaskRecord:
             "labels": dict(self.labels),
             "retryable": self.retryable,
             "attempts": self.attempts,
+            "not_before": iso(self.not_before),
+            "expires_at": iso(self.expires_at),
+            "time_limit": self.time_limit,
+            "key": self.key,
         }
 
     @property
@@ -334,3 +392,62 @@ def abort_verdict(recorded: bool, state: TaskState | None) -> AbortVerdict:
     if recorded:
         return "aborted"
     return "already_finished" if state.is_terminal else "already_aborting"
+
+
+def check_states(states: Collection[TaskState | str]) -> list[TaskState]:
+    """The states of a filter. :raises UsageError: for one that is not a state."""
+    try:
+        return [TaskState(s) for s in states]
+    except ValueError as exc:
+        raise UsageError(
+            f"unknown state in {list(states)!r}; states are "
+            + ", ".join(s.value for s in TaskState)
+        ) from exc
+
+
+def listing_filters(
+    states: Collection[TaskState | str] | None,
+    name: str | None,
+    limit: int,
+    offset: int,
+    labels: dict[str, str] | None,
+    id_prefix: str | None,
+    key: str | None,
+) -> dict[str, Any]:
+    """A listing's filters (``App.tasks()``), checked, as ``Store.list_tasks()`` takes them.
+
+    :raises UsageError: for bad states, labels, key, limit or offset.
+    :raises InvalidText: for a ``name`` or ``id_prefix`` no store holds.
+    """
+    wanted_labels = check_labels(labels)
+    if not 1 <= limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
+        raise UsageError(f"limit must be within 1..10000 and offset within 0..{MAX_OFFSET}")
+    if name is not None:
+        check_name(name)
+    if id_prefix is not None:
+        check_text(id_prefix, "id_prefix", MAX_TASK_ID_LENGTH)
+    return {
+        "states": None if states is None else check_states(states),
+        "name": name,
+        "limit": limit,
+        "offset": offset,
+        "labels": wanted_labels or None,
+        "id_prefix": id_prefix or None,
+        "key": None if key is None else check_key(key),
+    }
+
+
+def refuse_start(task_id: str, decision: StartDecision, record: TaskRecord) -> None:
+    """Raise what entering a scope on ``record`` must refuse (see :func:`aioabort.abortable`):
+    a finished task, one running elsewhere, an id taken by a record of another kind."""
+    if decision is StartDecision.ALREADY_FINISHED:
+        raise TaskAlreadyFinished(
+            task_id,
+            f"task {task_id!r} already finished ({record.state}); a finished task cannot run again",
+        )
+    if decision is StartDecision.ALREADY_STARTED:
+        raise TaskAlreadyStarted(
+            task_id, f"task {task_id!r} is already running (owner {record.owner})"
+        )
+    if decision is StartDecision.TAKEN:
+        raise TaskAlreadyExists(task_id)

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
-from ._errors import InvalidReason, InvalidTaskId, InvalidText, NotJSONSerializable, UsageError
+from ._errors import (
+    InvalidOption,
+    InvalidReason,
+    InvalidTaskId,
+    InvalidText,
+    NotJSONSerializable,
+    UsageError,
+)
 
 #: What aioabort stores as arguments, results and error details: plain JSON values.
 JSONValue: TypeAlias = (
@@ -144,6 +151,23 @@ def check_text(
     return value
 
 
+#: Longest task key accepted (``apply(key=...)``), in characters.
+MAX_KEY_LENGTH = 200
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a usable task key: a ``str`` of 1 to :data:`MAX_KEY_LENGTH`
+    printable characters (``"report:alice"``).
+
+    :raises InvalidOption: otherwise (before anything is written).
+    """
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidOption(
+            f"a key must be a str of 1-{MAX_KEY_LENGTH} printable characters, got {key!r}"
+        )
+    return key
+
+
 def check_name(name: object) -> str:
     """A task name (given to a task, a record, or a filter), checked by :func:`check_text`."""
     return check_text(name, "a task name", MAX_TASK_NAME_LENGTH)
@@ -154,7 +178,7 @@ class AbortReason:
     """Why a task was asked to stop: structured data, stored on the record.
 
     :param code: a short machine-readable word; aioabort itself uses ``user``, ``timeout``,
-        ``shutdown``, ``disconnect`` and ``parent``.
+        ``shutdown``, ``disconnect``, ``parent``, ``expired`` and ``superseded``.
     :param message: free text for people.
     :param by: who asked (a user, a host and pid); filled in by :meth:`AbortHandle.abort`.
     :param at: when the abort was requested, an aware UTC datetime.
@@ -174,6 +198,8 @@ class AbortReason:
     SHUTDOWN = "shutdown"
     DISCONNECT = "disconnect"
     PARENT = "parent"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
 
     def __post_init__(self) -> None:
         if not isinstance(self.code, str) or not _CODE_RE.fullmatch(self.code):

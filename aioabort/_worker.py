@@ -4,7 +4,8 @@ One worker per process (``aioabort worker MODULE:APP``), or embedded with
 ``await Worker(app).run()``. It claims PENDING records of its queues atomically (``BEGIN
 IMMEDIATE`` on SQLite, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), as many as it has free
 slots, and wakes on new work through the App's watcher (a NOTIFY on PostgreSQL, the change
-detector on SQLite), with a slow poll only as a safety net.
+detector on SQLite), with a slow poll only as a safety net. Between claims it sleeps until the
+next queued task is due (its ``not_before``) or expires, as the store says in one indexed read.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class Worker:
     async def run(self) -> None:
         """Claim and run tasks until :meth:`stop`; then shut down gracefully and return."""
         runtime = self.app.runtime
-        store, watcher = runtime.store, runtime.watcher
+        watcher = runtime.watcher
         logger.info(
             "worker started",
             extra={
@@ -183,16 +184,8 @@ class Worker:
                     await self._wait_any(self._slot.wait(), None)
                     continue
                 changed = watcher.change_event()  # taken before we look, so no wake-up is lost
-                records = []
                 try:
-                    # Only tasks this worker can run (another version's stay queued).
-                    names = list(self.app.registry)
-                    if await store.has_pending(self.queues, names):
-                        records = await shielded(
-                            store.claim(
-                                owner=runtime.owner, queues=self.queues, limit=free, names=names
-                            )
-                        )
+                    records, wait = await self._claim(runtime, free)
                 except AioabortError as exc:
                     logger.warning(
                         "claim failed; retrying",
@@ -204,11 +197,28 @@ class Worker:
                     self._counts["claimed"] += 1
                     self._start(record)
                 if len(records) < free:
-                    await self._wait_any(changed.wait(), self.poll_interval)
+                    # Until new work is pushed, the next task is due or expires, or the poll.
+                    await self._wait_any(changed.wait(), wait)
         finally:
             watcher.drop_queues(self.queues)
             await self._shutdown()
             await self._publish(runtime, serving=False)
+
+    async def _claim(self, runtime: Runtime, free: int) -> tuple[list[TaskRecord], float]:
+        """Claim up to ``free`` due tasks (and end the expired ones first); with how long to
+        sleep if that was not enough: until the next task is due or expires (the store's
+        earliest ``not_before``/``expires_at``), at most the poll interval."""
+        store = runtime.store
+        names = list(self.app.registry)  # only what it can run: another version's stay queued
+        due = await store.next_due(self.queues, names)
+        if due.expiring is not None and due.expiring <= 0:
+            await _ending.expire(store, runtime.owner)
+        records: list[TaskRecord] = []
+        if due.claimable is not None and due.claimable <= 0:
+            records = await shielded(
+                store.claim(owner=runtime.owner, queues=self.queues, limit=free, names=names)
+            )
+        return records, due.wait(self.poll_interval)
 
     async def _publish(self, runtime: Runtime, *, serving: bool) -> None:
         """Tell the store what this worker claims (or that it stopped): what

@@ -86,9 +86,13 @@ def test_tasks_json_and_filters(populated: str) -> None:
 def test_show(populated: str) -> None:
     out = run_cli("--db", populated, "show", "done-1", "--json")
     assert out.returncode == 0
-    assert json.loads(out.stdout)["state"] == "SUCCESS"
+    shown = json.loads(out.stdout)
+    assert shown["state"] == "SUCCESS"
+    assert [e["kind"] for e in shown["events"]][-1] == "ended"  # the timeline, oldest first
+    assert shown["events"][-1]["detail"] == "SUCCESS"
     out = run_cli("--db", populated, "show", "done-1")
     assert "state" in out.stdout and "SUCCESS" in out.stdout
+    assert "timeline" in out.stdout and "ended" in out.stdout
     out = run_cli("--db", populated, "show", "missing")
     assert out.returncode == 1
     assert "no task" in out.stderr

@@ -294,6 +294,10 @@ async def test_paging_search_details_and_live_updates_at_10000(
             await row.locator('button[data-action="details"]').click()
             detail = page.locator(f'tr[data-detail-of="{wanted}"]')
             assert await detail.locator(".whole-id").inner_text() == wanted
+            # Its timeline, read from the task route when the details open.
+            await detail.locator("ol.timeline li").first.wait_for()
+            first_event = await detail.locator("ol.timeline li").first.inner_text()
+            assert " · queued" in first_event or " · started" in first_event, first_event
             await layout_holds(page)
             await detail.locator('button[data-action="copy"]').click()
             await detail.locator('button[data-action="copy"]', has_text="Copied").wait_for()

@@ -13,41 +13,45 @@ import pytest
 
 import aioabort
 from aioabort import TaskState
-from aioabort.backends._ddl import table_columns
+from aioabort.backends._ddl import statements, table_columns
 from aioabort.backends._sqlbase import SCHEMA_VERSION
 from aioabort.backends.postgres import PostgresStore, parse_url
 from aioabort.backends.sqlite import QUERIES
 
 OLD = Path(__file__).parent / "data" / "old_schemas"
-#: What the upgrade before this fix left of the oldest stores: stamped with the current
-#: version, but without the beats, retryable and attempts columns (every open then failed).
+#: What the upgrade before this fix left of the oldest stores: stamped with the version of
+#: that time (7), but without the beats, retryable and attempts columns (every open then failed).
 BROKEN = "1a-stamped-current"
+#: The schema of the release that made them (the last one of version 7).
+BROKEN_BY = "7b"
 CASES = [*sorted(path.stem.split("-", 1)[1] for path in OLD.glob("sqlite-*.sql")), BROKEN]
 
 
 def old_script(dialect: str, case: str, schema: str = "") -> str:
     """The statements that make the old store of ``case`` (with one finished record)."""
     if dialect == "sqlite":
-        today, tasks, meta, time = QUERIES["schema"], "aioabort_tasks", "aioabort_meta", "REAL"
+        tasks, meta, time = "aioabort_tasks", "aioabort_meta", "REAL"
         record = (
             "INSERT INTO aioabort_tasks (id, name, state, result, created_at, updated_at, "
             "finished_at) VALUES ('old-done', 'old', 'SUCCESS', '42', 1.7e9, 1.7e9, 1.7e9)"
         )
     else:
-        today = PostgresStore(f"postgresql://h/d?aioabort_schema={schema}").queries["schema"]
         tasks, meta, time = f"{schema}.tasks", f"{schema}.meta", "timestamptz"
         record = (
             f"INSERT INTO {tasks} (id, name, state, result, finished_at) "
             "VALUES ('old-done', 'old', 'SUCCESS', '42', now())"
         )
-    version = "1a" if case == BROKEN else case
-    statements = [(OLD / f"{dialect}-{version}.sql").read_text().replace("{schema}", schema)]
-    if case == BROKEN:  # the two columns it knew to add, today's statements, today's stamp
+
+    def script(version: str) -> str:
+        return (OLD / f"{dialect}-{version}.sql").read_text().replace("{schema}", schema)
+
+    statements = [script("1a" if case == BROKEN else case)]
+    if case == BROKEN:  # the two columns it knew to add, that release's statements and stamp
         statements += [
             f"ALTER TABLE {tasks} ADD COLUMN abort_delivered_at {time};",
             f"ALTER TABLE {tasks} ADD COLUMN labels text;",
-            f"{today};",
-            f"UPDATE {meta} SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';",
+            *(line for line in script(BROKEN_BY).splitlines() if "INSERT" not in line),
+            f"UPDATE {meta} SET value = '7' WHERE key = 'schema_version';",
         ]
     return "\n".join([*statements, f"{record};"])
 
@@ -64,6 +68,13 @@ async def works_today(url: str) -> None:
             return a + b
 
         assert await (await add.spawn(1, 2)).result(timeout=10) == 3
+        later = await add.apply([1, 1], countdown=3600, expires=7200, time_limit=5)
+        queued = await later.record()
+        assert queued.not_before is not None and queued.expires_at is not None
+        assert queued.time_limit == 5
+        assert (await app.runtime.store.next_due(["default"], None)).claimable is not None
+        await later.abort()
+        assert [e.kind for e in await later.events()] == ["queued", "abort_requested", "ended"]
         entered = asyncio.Event()
 
         async def running() -> None:
@@ -141,3 +152,30 @@ def test_the_columns_of_a_schema_are_read_from_its_create_table_statements() -> 
         },
         "u": {"key": "key TEXT", "value": "value TEXT"},
     }
+
+
+def test_a_schema_is_split_into_statements_but_not_inside_a_body() -> None:
+    schema = """CREATE TABLE IF NOT EXISTS t (a text);
+CREATE INDEX IF NOT EXISTS t_a ON t (a)
+    WHERE a IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS t_log AFTER INSERT ON t
+BEGIN
+    INSERT INTO log VALUES (NEW.a);
+    INSERT INTO log VALUES (NEW.a);
+END;
+CREATE OR REPLACE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO log VALUES (NEW.a);
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS g ON t"""
+    found = statements(schema)
+    assert [s.split()[0:2] for s in found] == [
+        ["CREATE", "TABLE"],
+        ["CREATE", "INDEX"],
+        ["CREATE", "TRIGGER"],
+        ["CREATE", "OR"],
+        ["DROP", "TRIGGER"],
+    ]
+    assert found[2].endswith("END") and found[3].endswith("$$")

@@ -15,7 +15,7 @@ from aioabort.backends.sqlite import QUERIES as SQLITE_QUERIES
 #: PostgresStore's named overrides (request_abort, heartbeat) and a fragment of its own.
 POSTGRES_ONLY = {"beat_and_lease", "notify_ended", "request_abort"}
 #: SQLiteStore's named override of purge.
-SQLITE_ONLY = {"purge_abort_log", "purge_labels"}
+SQLITE_ONLY = {"purge_abort_log", "purge_labels", "purge_events"}
 
 _DECLARED = re.compile(r"^-- dialect-only: (.*)$", re.MULTILINE)
 

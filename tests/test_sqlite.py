@@ -276,6 +276,9 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
     async with aioabort.App(sqlite_url) as app:
         await app.create("kept", name="from version 1")
     conn = sqlite3.connect(path_of(sqlite_url))
+    conn.execute("DROP TRIGGER aioabort_timeline_queued")  # what version 7 had not
+    conn.execute("DROP TRIGGER aioabort_timeline_requeued")
+    conn.execute("DROP TABLE aioabort_events")
     conn.execute("DROP INDEX aioabort_tasks_updated")  # what version 1 had not
     conn.execute("DROP INDEX aioabort_owners_last_seen")  # nor version 2
     conn.execute("DROP TABLE aioabort_leases")
@@ -305,7 +308,7 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_records(sqlite_url: s
         row[1]
         for row in sqlite3.connect(path_of(sqlite_url)).execute("PRAGMA table_info(aioabort_tasks)")
     }
-    assert version == str(SCHEMA_VERSION) == "7"
+    assert version == str(SCHEMA_VERSION) == "8"
     assert {"abort_delivered_at", "labels"} <= columns
     assert made == {
         "aioabort_tasks_updated",
@@ -350,7 +353,7 @@ def test_a_page_of_the_newest_reads_through_the_created_index(sqlite_url: str) -
     conn = sqlite3.connect(path_of(sqlite_url))
     try:
         for states in (None, '["PENDING"]'):
-            params = [states, None, 51, 0, None, None]
+            params = [states, None, 51, 0, None, None, None]
             rows = list(conn.execute("EXPLAIN QUERY PLAN " + QUERIES["list_tasks"], params))
             top = " | ".join(row[3] for row in rows if row[1] == 0)  # not the subqueries'
             assert "USING INDEX aioabort_tasks_created" in top, top
@@ -373,7 +376,7 @@ def test_a_page_of_ids_walks_the_primary_key_from_its_cursor(sqlite_url: str) ->
     conn = sqlite3.connect(path_of(sqlite_url))
     try:
         for states in (None, '["PENDING", "STARTED"]'):
-            params = [states, None, 500, "some-id", None, None]
+            params = [states, None, 500, "some-id", None, None, None]
             rows = list(conn.execute("EXPLAIN QUERY PLAN " + QUERIES["list_ids"], params))
             top = " | ".join(row[3] for row in rows if row[1] == 0)
             assert "SEARCH aioabort_tasks USING INDEX sqlite_autoindex_aioabort_tasks_1 (id>?)" in (

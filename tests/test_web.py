@@ -165,7 +165,8 @@ async def test_router_list_show_abort_codes(site: Site) -> None:
         assert (await client.get("/aioabort/tasks", params={"limit": 0})).status_code == 400
         assert (await client.get("/aioabort/tasks", params={"limit": "x"})).status_code == 400
         assert (await client.get("/aioabort/tasks", params={"state": "NOPE"})).status_code == 400
-        assert (await client.get("/aioabort/tasks/queued-1")).json()["state"] == "PENDING"
+        one = (await client.get("/aioabort/tasks/queued-1")).json()
+        assert one["state"] == "PENDING" and [e["kind"] for e in one["events"]] == ["queued"]
         assert (await client.get("/aioabort/tasks/missing")).status_code == 404
         aborted = await client.post("/aioabort/tasks/queued-1/abort", json={})
         assert aborted.status_code == 202 and aborted.json()["task"]["state"] == "ABORTED"

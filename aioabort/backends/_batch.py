@@ -1,10 +1,15 @@
-"""Group commit for the SQL stores: writes that arrive while a batch is written go in the next."""
+"""Group commit for the SQL stores: writes that arrive while a batch is written go in the next;
+and the items of the two batched writes (a new task, a task's end)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
+
+from .._state import TaskState
 
 I = TypeVar("I")
 O = TypeVar("O")
@@ -55,3 +60,30 @@ class GroupCommit(Generic[I, O]):
                         future.set_result(result)
         finally:
             self._flusher = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One end-state write (see :meth:`Store.finish`)."""
+
+    task_id: str
+    owner: str
+    state: TaskState
+    result_json: str | None
+    error_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """One PENDING record to create (see :meth:`Store.create`), with no parent."""
+
+    task_id: str
+    name: str | None
+    queue: str | None
+    args_json: str | None
+    retryable: bool
+    labels: Mapping[str, str] | None = None
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    time_limit: float | None = None
+    key: str | None = None

@@ -1,5 +1,6 @@
 """What a schema's ``CREATE TABLE`` statements say each table's columns are: the check that
-an existing store has every column today's statements read, whatever its version stamp says.
+an existing store has every column today's statements read, whatever its version stamp says;
+and the schema's statements, one by one.
 
 Pure text work on the dialect's own ``schema`` query (never on input), unit-tested alone.
 """
@@ -49,3 +50,23 @@ def _split_top_level(body: str) -> list[str]:
             start = at + 1
     parts.append(body[start:])
     return parts
+
+
+def statements(schema: str) -> list[str]:
+    """The statements of ``schema``, split at the semicolons that end them: not those inside
+    a trigger's ``BEGIN ... END`` (SQLite) or a function's ``$$ ... $$`` (PostgreSQL)."""
+    found, current, depth, quoted = [], [], 0, False
+    for line in schema.splitlines():
+        current.append(line)
+        words = line.strip().upper()
+        if line.count("$$") % 2:
+            quoted = not quoted
+        if words == "BEGIN" or words.endswith(" BEGIN"):
+            depth += 1
+        elif words in ("END;", "END"):
+            depth = max(0, depth - 1)
+        if line.rstrip().endswith(";") and not quoted and depth == 0:
+            found.append("\n".join(current).strip().rstrip(";"))
+            current = []
+    rest = "\n".join(current).strip().rstrip(";")
+    return [*(f for f in found if f), *([rest] if rest else [])]

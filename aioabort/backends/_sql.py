@@ -48,7 +48,7 @@ RUNNING = in_list(FINISHABLE_STATES)
 COLUMNS = (
     "id, name, queue, parent_id, state, args, result, error, abort_code, abort_message, "
     "abort_by, abort_at, progress, message, owner, created_at, started_at, finished_at, "
-    "retryable, attempts, abort_delivered_at, labels"
+    "retryable, attempts, abort_delivered_at, labels, not_before, expires_at, time_limit, key"
 )
 
 
@@ -130,6 +130,10 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         attempts,
         delivered_at,
         labels,
+        not_before,
+        expires_at,
+        time_limit,
+        key,
     ) = row
     created = ts(created_at)
     assert created is not None
@@ -153,4 +157,38 @@ def record_from_row(row: Sequence[Any], ts: Callable[[Any], datetime | None]) ->
         attempts=int(attempts or 0),
         abort_delivered_at=ts(delivered_at),
         labels={} if labels is None else json.loads(labels),
+        not_before=ts(not_before),
+        expires_at=ts(expires_at),
+        time_limit=None if time_limit is None else float(time_limit),
+        key=key,
     )
+
+
+def timeline_requeued(error_type: str) -> str:
+    """A query of the events (n, at, kind, actor, detail) a run that goes back to the queue
+    (``OLD`` running, ``NEW`` PENDING) stores: the attempt's own, which the requeue clears from
+    the record, then ``retried``: :func:`aioabort._timeline.stored_events` in SQL.
+
+    :param error_type: the dialect's expression for the type in ``NEW.error`` (JSON text).
+    """
+    named = ", ".join(f"'{c}'" for c in (AbortReason.EXPIRED, AbortReason.SUPERSEDED))
+    started = (
+        "SELECT 1 AS n, OLD.started_at AS at, 'started' AS kind, OLD.owner AS actor, "
+        "NULL AS detail WHERE OLD.started_at IS NOT NULL"
+    )
+    requested = (
+        f"SELECT 2, OLD.abort_at, CASE WHEN OLD.abort_code IN ({named}) THEN OLD.abort_code "
+        "ELSE 'abort_requested' END, OLD.abort_by, OLD.abort_code || CASE WHEN "
+        "COALESCE(OLD.abort_message, '') = '' THEN '' ELSE ': ' || OLD.abort_message END "
+        "WHERE OLD.abort_code IS NOT NULL"
+    )
+    delivered = (
+        "SELECT 3, OLD.abort_delivered_at, 'abort_delivered', OLD.owner, NULL "
+        "WHERE OLD.abort_delivered_at IS NOT NULL"
+    )
+    retried = (
+        "SELECT 4, NEW.updated_at, 'retried', OLD.owner, "
+        f"COALESCE(NULLIF({error_type}, ''), OLD.abort_code)"
+    )
+    parts = (started, requested, delivered, retried)
+    return " UNION ALL ".join(parts)

@@ -20,7 +20,7 @@ from .._errors import StoreUnavailable
 from .._state import TaskRecord
 from .._types import AbortReason
 from . import _sql, redact
-from ._ddl import table_columns
+from ._ddl import statements, table_columns
 
 T = TypeVar("T")
 
@@ -31,8 +31,11 @@ T = TypeVar("T")
 #: ``finished_at`` (retention). 6: labels (a column, and the ``task_labels`` table their
 #: filters go through). 7: the ``workers`` table (what each live
 #: worker claims, for :meth:`~aioabort.Store.unclaimed`), and an index on ``created_at`` (a
-#: page of the newest records reads 51 rows, not the table).
-SCHEMA_VERSION = 7
+#: page of the newest records reads 51 rows, not the table). 8: ``not_before``,
+#: ``expires_at`` and ``time_limit`` (columns), the index on the due time that claims and a
+#: worker's timer read (it replaces the index of queued tasks by ``created_at``), and one on
+#: the expiry of queued tasks.
+SCHEMA_VERSION = 8
 
 Row = Sequence[Any]
 
@@ -182,10 +185,9 @@ class SQLBase(Store, abc.ABC):
                 for table, definition in missing:  # (DDL from the dialect's own file)
                     self._statements += 1
                     await conn.fetch(f"ALTER TABLE {table} ADD COLUMN {definition}", [])
-            for statement in self.queries["schema"].split(";"):
-                if statement.strip():
-                    self._statements += 1
-                    await conn.fetch(statement, [])
+            for statement in statements(self.queries["schema"]):
+                self._statements += 1
+                await conn.fetch(statement, [])
             await self._rows(conn, "set_schema_version", str(SCHEMA_VERSION))
 
         await self._transaction(body, retry=True)

@@ -7,8 +7,9 @@ transaction, a single statement, and how timestamps come back. Rules that
 :mod:`aioabort._state` owns (guards, the requeue rule, the lost-task error, the columns a
 requeue clears) are put into the statements at load time (:mod:`.sql`), never retyped in SQL.
 
-This module holds the flows of a task's record (create, start, abort, finish, claim, read);
-:mod:`._sqlliveness` those of liveness and retention. A dialect may override an operation
+This module holds the flows of a task's record (create, start, abort, finish, read);
+:mod:`._sqlqueue` those of the queue (next due, claim, expire, requeue); :mod:`._sqlliveness`
+those of liveness and retention. A dialect may override an operation
 where one statement of its own beats the shared flow, as a named exception that runs a query
 only its file has (declared in the file's header): PostgreSQL's one-round-trip
 :meth:`request_abort` and its one-statement heartbeat, SQLite's purge.
@@ -19,19 +20,30 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 
-from .._backend import AbortNotice, AbortOutcome, Finish, NewTask, StartResult
+from .._backend import AbortNotice, AbortOutcome, StartResult
 from .._errors import TaskAlreadyExists
-from .._state import StartDecision, TaskRecord, TaskState, cascades, decide_start, parent_reason
-from .._types import AbortReason, ErrorInfo
-from ._batch import GroupCommit
+from .._state import (
+    StartDecision,
+    TaskRecord,
+    TaskState,
+    cascades,
+    decide_start,
+    parent_reason,
+    superseded_reason,
+)
+from .._timeline import TaskEvent, timeline
+from .._types import AbortReason, ErrorInfo, default_by, utcnow
+from ._batch import Finish, GroupCommit, NewTask
 from ._sqlbase import SCHEMA_VERSION, Connection, Row
 from ._sqlliveness import LivenessFlows
+from ._sqlqueue import QueueFlows
 
 __all__ = ["SCHEMA_VERSION", "Connection", "Row", "SQLStore"]
 
 
-class SQLStore(LivenessFlows):
+class SQLStore(LivenessFlows, QueueFlows):
     """A store over SQL: the flows of every operation; a driver subclass connects.
 
     A subclass sets :attr:`dialect`, fills :attr:`queries` (``sql/<dialect>.sql``, loaded by
@@ -61,33 +73,81 @@ class SQLStore(LivenessFlows):
         parent_id: str | None = None,
         retryable: bool = False,
         labels: Mapping[str, str] | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+        time_limit: float | None = None,
+        key: str | None = None,
+        supersede: bool = False,
     ) -> TaskRecord:
-        if parent_id is None:
-            return await self._creates(
-                NewTask(task_id, name, queue, args_json, retryable, labels or None)
-            )
+        new = NewTask(
+            task_id,
+            name,
+            queue,
+            args_json,
+            retryable,
+            labels or None,
+            not_before,
+            expires_at,
+            time_limit,
+            key,
+        )
+        if parent_id is None and not supersede:
+            return await self._creates(new)
+        touched: list[str] = []
 
         async def body(conn: Connection) -> TaskRecord:
+            touched.clear()
+            earlier: list[str] = []
+            if supersede and key is not None:  # one producer of the key at a time
+                await self._rows(conn, "lock_key", key)
+                earlier = [row[0] for row in await self._rows(conn, "keyed_live", key, task_id)]
             inherited = await self._parent_abort(conn, parent_id)
-            row = await self._row(
-                conn, "insert_pending", task_id, name, queue, parent_id, args_json, retryable
-            )
+            row = await self._row(conn, "insert_pending", task_id, *_pending_values(new, parent_id))
             if row is None:
                 raise TaskAlreadyExists(task_id)
             record = await self._labelled(conn, self._record(row), labels)
             if inherited is not None:  # born into an aborted family: never runs
                 record = await self._abort_one(conn, task_id, inherited) or record
+            if earlier:
+                touched.extend(await self._supersede(conn, earlier, task_id))
             return record
 
         # A lost reply could hide a commit: the caller gets a clear error, never a duplicate.
-        return await self._write(body, retry=False, changed=lambda r: (r.id,))
+        return await self._write(body, retry=False, changed=lambda r: (r.id, *touched))
+
+    async def _supersede(self, conn: Connection, earlier: list[str], new_id: str) -> list[str]:
+        """Abort the unfinished tasks ``earlier`` of a key (and their children): ``new_id``
+        supersedes them. The ids it changed."""
+        reason = superseded_reason(new_id, default_by())
+        rows = await self._rows(
+            conn, "abort_tasks", earlier, reason.code, reason.message, reason.by, reason.at
+        )
+        records = {row[0]: self._record(row) for row in rows}
+        parents = []
+        if records:
+            parents = [row[0] for row in await self._rows(conn, "parents_among", list(records))]
+        outcomes = await self._cascade(conn, records, parents, reason)
+        return [i for outcome in outcomes.values() for i in _abort_ids(outcome)]
 
     async def _create_batch(self, items: list[NewTask]) -> list[TaskRecord | BaseException]:
         # An id twice in one batch (producers racing on it): the first is the one inserted,
         # with its own labels; the others are refused as if they came a moment later.
         first = {i.task_id: i for i in reversed(items)}
         unique = [i for i in items if first[i.task_id] is i]
-        batch = [[i.task_id, i.name, i.queue, i.args_json, i.retryable] for i in unique]
+        batch = [
+            [
+                i.task_id,
+                i.name,
+                i.queue,
+                i.args_json,
+                i.retryable,
+                _epoch(i.not_before),
+                _epoch(i.expires_at),
+                i.time_limit,
+                i.key,
+            ]
+            for i in unique
+        ]
         if not any(i.labels for i in unique):  # one statement
             rows = await self._one("insert_pending_batch", batch, write=True)
             made = {row[0]: self._record(row) for row in rows}
@@ -296,34 +356,14 @@ class SQLStore(LivenessFlows):
             results.append(record if record is not None else await self.get(item.task_id))
         return results
 
-    async def claim(
-        self,
-        *,
-        owner: str,
-        queues: Collection[str],
-        limit: int,
-        names: Collection[str] | None = None,
-    ) -> list[TaskRecord]:
-        # Not retried: a lost reply could hide a claim; the worker claims again later.
-        wanted = None if names is None else list(names)
-        rows = await self._one("claim", owner, list(queues), limit, wanted, write=True)
-        return sorted((self._record(row) for row in rows), key=lambda r: r.created_at)
-
-    async def has_pending(
-        self, queues: Collection[str], names: Collection[str] | None = None
-    ) -> bool:
-        rows = await self._one("has_pending", list(queues), None if names is None else list(names))
-        return bool(rows[0][0])
-
-    async def requeue(self, task_id: str, *, owner: str) -> TaskRecord | None:
-        rows = await self._one(
-            "requeue", task_id, owner, write=True, retry=True, changed=lambda _: (task_id,)
-        )
-        return self._record(rows[0]) if rows else await self.get(task_id)
-
     async def get(self, task_id: str) -> TaskRecord | None:
         rows = await self._one("get_task", task_id)
         return self._record(rows[0]) if rows else None
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        rows = await self._one("events", task_id)
+        stored = [TaskEvent(self._timestamp(at) or utcnow(), k, by, d) for at, k, by, d in rows]
+        return timeline(stored, await self.get(task_id))
 
     async def list_tasks(
         self,
@@ -334,6 +374,7 @@ class SQLStore(LivenessFlows):
         offset: int = 0,
         labels: Mapping[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         wanted = [TaskState(s).value for s in states] if states else None
         rows = await self._one(
@@ -344,6 +385,7 @@ class SQLStore(LivenessFlows):
             offset,
             json.dumps(dict(labels)) if labels else None,
             id_prefix or None,
+            key,
         )
         return [self._record(row) for row in rows]
 
@@ -365,6 +407,7 @@ class SQLStore(LivenessFlows):
             after or "",  # every id sorts after ""
             json.dumps(dict(labels)) if labels else None,
             None,
+            None,
             retry=True,  # a read, safe to repeat: a lost connection costs a retry, not the call
         )
         return [row[0] for row in rows]
@@ -382,6 +425,26 @@ class SQLStore(LivenessFlows):
             "report", task_id, owner, progress, message, write=True, retry=True
         )  # its waiters wake (a stream shows the progress)
         return bool(rows)
+
+
+def _pending_values(new: NewTask, parent_id: str | None) -> list[object]:
+    """``insert_pending``'s parameters after the id."""
+    return [
+        new.name,
+        new.queue,
+        parent_id,
+        new.args_json,
+        new.retryable,
+        new.not_before,
+        new.expires_at,
+        new.time_limit,
+        new.key,
+    ]
+
+
+def _epoch(value: datetime | None) -> float | None:
+    """A time as seconds since the epoch, as the stores' JSON batches carry it."""
+    return None if value is None else value.timestamp()
 
 
 def _abort_ids(outcome: AbortOutcome) -> list[str]:

@@ -49,7 +49,7 @@ _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 QUERIES = load_queries(
     "sqlite",
     {
-        **rule_values("json_object({})"),
+        **rule_values("json_object({})", "(NEW.error ->> '$.type')"),
         "now": _NOW,
         "qualified_columns": _sql.columns("aioabort_tasks"),
     },
@@ -290,14 +290,15 @@ class SQLiteStore(SQLStore):
 
     async def purge(self, older_than: float, *, limit: int) -> list[str]:
         """A named exception to the generic flow: a SQLite ``DELETE`` reaches one table, so
-        the purged records' abort-log rows and labels go in two more statements
-        (``purge_abort_log``, ``purge_labels``) of the same transaction."""
+        the purged records' abort-log rows, labels and timelines go in three more statements
+        (``purge_abort_log``, ``purge_labels``, ``purge_events``) of the same transaction."""
 
         async def body(conn: Connection) -> list[str]:
             ids = [row[0] for row in await self._rows(conn, "purge", older_than, limit)]
             if ids:
                 await self._rows(conn, "purge_abort_log", ids)
                 await self._rows(conn, "purge_labels", ids)
+                await self._rows(conn, "purge_events", ids)
             return ids
 
         return await self._write(body, retry=True, changed=lambda ids: ids)

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._state import TaskRecord, TaskState
+from .._timeline import TaskEvent
 from .._types import utcnow
 
 STATE_STYLES = {
@@ -193,3 +194,13 @@ def record_details(record: TaskRecord) -> list[tuple[str, str]]:
             value = json.dumps(value, ensure_ascii=False)
         rows.append((key, printable(value)))
     return rows
+
+
+def event_line(event: TaskEvent) -> str:
+    """One event of a timeline, for a terminal: when, what, who, and the detail."""
+    parts = [event.at.isoformat(timespec="milliseconds"), event.kind]
+    if event.by is not None:
+        parts.append(f"by {event.by}")
+    if event.detail is not None:
+        parts.append(event.detail)
+    return printable("  ".join(parts))

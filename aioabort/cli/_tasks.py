@@ -15,6 +15,7 @@ from .._app import App
 from .._backend import Unclaimed
 from .._errors import TaskNotFound
 from .._state import TaskRecord
+from .._timeline import TaskEvent
 from . import _live, _output
 from ._common import (
     EXIT_NOT_FOUND,
@@ -231,7 +232,7 @@ def _watch_lines(app: App, query: Query, as_json: bool) -> None:
 )
 @click.pass_context
 def show(ctx: click.Context, task_id: str, as_json: bool, follow: bool) -> None:
-    """Show one task's record. Exits 1 if there is no such task.
+    """Show one task's record and its timeline. Exits 1 if there is no such task.
 
     With --follow it exits when the task has ended: 0 SUCCESS, 5 FAILURE, 6 ABORTED
     (1 no such task, 3 a store error, 130 Ctrl-C).
@@ -241,20 +242,26 @@ def show(ctx: click.Context, task_id: str, as_json: bool, follow: bool) -> None:
         _follow(app, task_id, as_json)
         return
 
-    async def go() -> TaskRecord | None:
+    async def go() -> tuple[TaskRecord, list[TaskEvent]] | None:
         async with app:
+            handle = app.handle(task_id)
             try:
-                return await app.handle(task_id).record()
+                return await handle.record(), await handle.events()
             except TaskNotFound:
                 return None
 
-    record = run(go)
-    if record is None:
+    found = run(go)
+    if found is None:
         _no_such_task(task_id, as_json)
+    record, events = found
     if as_json:
-        dump(_output.record_to_json(record))
+        dump({**_output.record_to_json(record), "events": [e.to_dict() for e in events]})
         return
     _print_details(record)
+    if events:
+        click.echo("timeline (oldest first)")
+        for event in events:
+            click.echo(f"  {_output.event_line(event)}")
 
 
 def _follow(app: App, task_id: str, as_json: bool) -> None:

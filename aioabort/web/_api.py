@@ -210,11 +210,13 @@ async def list_tasks(
 
 
 async def show(aborts: App, task_id: str) -> Answer:
+    """One record, with its timeline (``events``: oldest first)."""
+    handle = aborts.handle(task_id)
     try:
-        record = await aborts.handle(task_id).record()
+        record, events = await handle.record(), await handle.events()
     except TaskNotFound:
         return Answer(404, {"error": "not_found", "task_id": task_id})
-    return Answer(200, record_json(aborts, record))
+    return Answer(200, {**record_json(aborts, record), "events": [e.to_dict() for e in events]})
 
 
 async def abort(aborts: App, task_id: str, raw: bytes | None, by: str) -> Answer:

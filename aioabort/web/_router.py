@@ -135,7 +135,7 @@ def router(
     GET     ``/tasks``               a page: ``state`` and ``label=KEY=VALUE``
                                      (repeatable), ``name``, ``id_prefix``, ``limit``,
                                      ``offset``; ``has_more`` says a next page exists
-    GET     ``/tasks/{id}``          one record; 404 if unknown
+    GET     ``/tasks/{id}``          one record, with its timeline (``events``); 404
     POST    ``/tasks/{id}/abort``    202 (also when already aborting); 404; 409 finished.
                                      ``content-type: application/json``; optional body
                                      ``{"reason": "...", "create": true}`` (400 for

@@ -138,7 +138,7 @@ class PostgresStore(SQLStore):
         self.queries = load_queries(
             "postgres",
             {
-                **rule_values("json_build_object({})::text"),
+                **rule_values("json_build_object({})::text", "(NEW.error::json ->> 'type')"),
                 "schema": self.schema,
                 "abort_channel": self.abort_channel,
                 "end_channel": self.end_channel,

@@ -13,7 +13,8 @@ import re
 from importlib import resources
 from typing import LiteralString
 
-from ..._state import TaskState
+from ..._state import EXPIRED_MESSAGE, TaskState
+from ..._types import AbortReason
 from .. import _sql
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -47,11 +48,13 @@ def load_queries(dialect: str, values: dict[str, str]) -> dict[str, LiteralStrin
     return queries
 
 
-def rule_values(json_object: str) -> dict[str, str]:
-    """The placeholders both dialects share, generated from :mod:`aioabort._state`.
+def rule_values(json_object: str, error_type: str) -> dict[str, str]:
+    """The placeholders both dialects share, generated from :mod:`aioabort._state` (and the
+    timeline's rule, :mod:`aioabort._timeline`).
 
     :param json_object: the dialect's JSON object constructor, ``{}`` standing for its
         arguments (``json_object({})``, ``json_build_object({})::text``).
+    :param error_type: the dialect's expression for the type in a trigger's ``NEW.error``.
     """
     return {
         "all_states": _sql.in_list(list(TaskState)),
@@ -67,4 +70,7 @@ def rule_values(json_object: str) -> dict[str, str]:
         "requeue_when": _sql.requeue_when(),
         "reaped_error": _sql.lost_error(json_object, reaped=True),
         "released_error": _sql.lost_error(json_object, reaped=False),
+        "expired_code": f"'{AbortReason.EXPIRED}'",
+        "expired_message": f"'{EXPIRED_MESSAGE}'",
+        "timeline_requeued": _sql.timeline_requeued(error_type),
     }

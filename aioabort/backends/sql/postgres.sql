@@ -39,10 +39,18 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
     retryable boolean NOT NULL DEFAULT false,
     attempts integer NOT NULL DEFAULT 0,
     abort_delivered_at timestamptz,
-    labels text
+    labels text,
+    not_before timestamptz,
+    expires_at timestamptz,
+    time_limit double precision,
+    key text
 );
-CREATE INDEX IF NOT EXISTS tasks_pending ON {schema}.tasks (queue, created_at)
-    WHERE state = 'PENDING';
+DROP INDEX IF EXISTS {schema}.tasks_pending;
+CREATE INDEX IF NOT EXISTS tasks_due
+    ON {schema}.tasks ((COALESCE(not_before, created_at))) WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS tasks_expiring ON {schema}.tasks (expires_at)
+    WHERE state = 'PENDING' AND expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_key ON {schema}.tasks (key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_state ON {schema}.tasks (state, created_at);
 CREATE INDEX IF NOT EXISTS tasks_created ON {schema}.tasks (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS tasks_running_owner ON {schema}.tasks (owner)
@@ -85,6 +93,36 @@ CREATE TABLE IF NOT EXISTS {schema}.leases (
     holder text NOT NULL,
     expires timestamptz NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {schema}.events (
+    seq bigserial PRIMARY KEY,
+    task_id text NOT NULL,
+    at timestamptz NOT NULL,
+    kind text NOT NULL,
+    actor text,
+    detail text
+);
+CREATE INDEX IF NOT EXISTS events_task ON {schema}.events (task_id, seq);
+-- The timeline's rows: what a record will not tell later (aioabort._timeline.stored_events).
+CREATE OR REPLACE FUNCTION {schema}.timeline() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {schema}.events (task_id, at, kind, actor, detail)
+        VALUES (NEW.id, NEW.updated_at, 'queued', NULL, NEW.queue);
+    ELSE
+        INSERT INTO {schema}.events (task_id, at, kind, actor, detail)
+        SELECT NEW.id, e.at, e.kind, e.actor, e.detail FROM ({timeline_requeued}) AS e
+        ORDER BY e.n;
+    END IF;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS timeline_queued ON {schema}.tasks;
+CREATE TRIGGER timeline_queued AFTER INSERT ON {schema}.tasks
+    FOR EACH ROW WHEN (NEW.state = 'PENDING') EXECUTE FUNCTION {schema}.timeline();
+DROP TRIGGER IF EXISTS timeline_requeued ON {schema}.tasks;
+CREATE TRIGGER timeline_requeued AFTER UPDATE OF state ON {schema}.tasks
+    FOR EACH ROW WHEN (OLD.state IN {running} AND NEW.state = 'PENDING')
+    EXECUTE FUNCTION {schema}.timeline();
 
 -- name: columns
 -- aioabort's tables and their columns: a store is judged by them, not only by its version.
@@ -112,9 +150,11 @@ SELECT {columns} FROM {schema}.tasks WHERE id = $1;
 SELECT {columns} FROM {schema}.tasks WHERE id = $1 FOR UPDATE;
 
 -- name: insert_pending
+-- $7, $8: not_before and expires_at or NULL; $9: the time limit; $10: the key.
 WITH ins AS (
-    INSERT INTO {schema}.tasks (id, name, queue, parent_id, state, args, retryable)
-    VALUES ($1, $2, $3, $4, 'PENDING', $5, $6)
+    INSERT INTO {schema}.tasks (id, name, queue, parent_id, state, args, retryable,
+        not_before, expires_at, time_limit, key)
+    VALUES ($1, $2, $3, $4, 'PENDING', $5, $6, $7, $8, $9, $10)
     ON CONFLICT (id) DO NOTHING
     RETURNING {columns}
 ), notified AS (
@@ -124,14 +164,19 @@ WITH ins AS (
 SELECT ins.*, (SELECT count(*) FROM notified) AS notified FROM ins;
 
 -- name: insert_pending_batch
--- $1: a JSON array of [id, name, queue, args, retryable]; one NOTIFY per queue with work.
+-- $1: a JSON array of [id, name, queue, args, retryable, not_before, expires_at, time_limit,
+-- key] (times in seconds since the epoch); one NOTIFY per queue with work.
 WITH v AS (
     SELECT e ->> 0 AS id, e ->> 1 AS name, e ->> 2 AS queue, e ->> 3 AS args,
-        (e ->> 4)::boolean AS retryable, n
+        (e ->> 4)::boolean AS retryable, to_timestamp((e ->> 5)::float8) AS not_before,
+        to_timestamp((e ->> 6)::float8) AS expires_at, (e ->> 7)::float8 AS time_limit,
+        e ->> 8 AS key, n
     FROM json_array_elements($1::json) WITH ORDINALITY AS x(e, n)
 ), ins AS (
-    INSERT INTO {schema}.tasks (id, name, queue, state, args, retryable, created_at, updated_at)
-    SELECT id, name, queue, 'PENDING', args, retryable, clock_timestamp(), clock_timestamp()
+    INSERT INTO {schema}.tasks (id, name, queue, state, args, retryable, created_at, updated_at,
+        not_before, expires_at, time_limit, key)
+    SELECT id, name, queue, 'PENDING', args, retryable, clock_timestamp(), clock_timestamp(),
+        not_before, expires_at, time_limit, key
     FROM v ORDER BY n
     ON CONFLICT (id) DO NOTHING
     RETURNING {columns}
@@ -164,6 +209,15 @@ UPDATE {schema}.tasks SET state = 'STARTED', owner = $2, started_at = clock_time
     updated_at = clock_timestamp(), name = COALESCE(name, $3), attempts = attempts + 1
 WHERE id = $1 AND state = 'PENDING'
 RETURNING {columns};
+
+-- name: lock_key
+-- Producers of one key queue one at a time: the second waits here until the first commits,
+-- then sees its task (READ COMMITTED: each statement reads what was committed before it).
+SELECT pg_advisory_xact_lock(hashtext('aioabort:{schema}:key:' || $1::text));
+
+-- name: keyed_live
+-- The unfinished tasks of the key $1 that a new task $2 supersedes (through the key index).
+SELECT id FROM {schema}.tasks WHERE key = $1 AND state IN {abortable} AND id <> $2;
 
 -- name: parent_abort
 SELECT abort_code, abort_message, abort_by, abort_at FROM {schema}.tasks
@@ -279,25 +333,55 @@ WITH v AS (
 ), {notify_ended}
 SELECT ended.*, (SELECT count(*) FROM notified) AS notified FROM ended;
 
+-- name: due
+-- A fragment, not a statement: a queued task a worker may claim now (past its not_before,
+-- through the index on the due time; not expired). statement_timestamp(), not the volatile
+-- clock_timestamp(): only a stable bound can be an index condition.
+state = 'PENDING' AND COALESCE(not_before, created_at) <= statement_timestamp()
+    AND (expires_at IS NULL OR expires_at > statement_timestamp())
+
 -- name: claim
+-- The earliest due first (by not_before, else by when they were queued).
 UPDATE {schema}.tasks SET state = 'STARTED', owner = $1, started_at = clock_timestamp(),
     updated_at = clock_timestamp(), attempts = attempts + 1
 WHERE id IN (
     SELECT id FROM {schema}.tasks
-    WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($2::json))
+    WHERE {due} AND queue IN (SELECT json_array_elements_text($2::json))
         AND ($4::json IS NULL OR name IN (SELECT json_array_elements_text($4::json)))
-    ORDER BY created_at LIMIT $3
+    ORDER BY COALESCE(not_before, created_at) LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 RETURNING {columns};
 
--- name: has_pending
--- $2: a JSON array of the names the worker runs, or NULL for any name.
-SELECT EXISTS (
-    SELECT 1 FROM {schema}.tasks
-    WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($1::json))
-        AND ($2::json IS NULL OR name IN (SELECT json_array_elements_text($2::json)))
-);
+-- name: next_due
+-- Seconds until the first task of the queues $1 (of the names $2, or NULL for any) may be
+-- claimed, and until the first queued task of any queue expires (NULL: none): the first
+-- entries of two indexes, however many tasks wait for later.
+SELECT
+    extract(epoch FROM (
+        SELECT COALESCE(not_before, created_at) FROM {schema}.tasks
+        WHERE state = 'PENDING' AND queue IN (SELECT json_array_elements_text($1::json))
+            AND (expires_at IS NULL OR expires_at > statement_timestamp())
+            AND ($2::json IS NULL OR name IN (SELECT json_array_elements_text($2::json)))
+        ORDER BY COALESCE(not_before, created_at) LIMIT 1
+    ) - statement_timestamp())::float8,
+    extract(epoch FROM (SELECT min(expires_at) FROM {schema}.tasks
+        WHERE state = 'PENDING' AND expires_at IS NOT NULL) - statement_timestamp())::float8;
+
+-- name: expire_tasks
+-- Queued tasks past their expires_at end ABORTED (code expired) and never run: those of $1
+-- (a JSON array of ids), or any (NULL), the $3 that expired first; $2: who saw it.
+UPDATE {schema}.tasks SET state = 'ABORTED', finished_at = clock_timestamp(),
+    updated_at = clock_timestamp(), abort_code = {expired_code},
+    abort_message = {expired_message}, abort_by = $2, abort_at = clock_timestamp()
+WHERE id IN (
+    SELECT id FROM {schema}.tasks
+    WHERE state = 'PENDING' AND expires_at IS NOT NULL AND expires_at <= statement_timestamp()
+        AND ($1::json IS NULL OR id IN (SELECT json_array_elements_text($1::json)))
+    ORDER BY expires_at LIMIT $3
+    FOR UPDATE SKIP LOCKED
+) AND state = 'PENDING'
+RETURNING id;
 
 -- name: requeue
 WITH back AS (
@@ -307,11 +391,24 @@ WITH back AS (
 )
 SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
 
+-- name: retry
+-- Another attempt of a STARTED task (never an ABORTING one: an abort is never retried), not
+-- before $3, with the attempt's error $4; its queue's workers are told (to set their timer).
+WITH back AS (
+    UPDATE {schema}.tasks SET {requeue_reset}, updated_at = clock_timestamp(),
+        not_before = $3, error = $4
+    WHERE id = $1 AND owner = $2 AND state = 'STARTED'
+    RETURNING {columns}
+)
+SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
+
 -- name: task_filter
 -- A fragment, not a statement: the filters of list_tasks and list_ids. $1: a JSON array of
 -- states, or NULL for every state; $2: a name, or NULL; $5: a JSON object of labels that
--- must all match (through the label index), or NULL; $6: the start of the id, or NULL.
+-- must all match (through the label index), or NULL; $6: the start of the id, or NULL; $7: a
+-- key, or NULL.
 ($1::json IS NULL OR state IN (SELECT json_array_elements_text($1::json)))
+    AND ($7::text IS NULL OR key = $7::text)
     AND ($2::text IS NULL OR name = $2::text)
     AND ($6::text IS NULL OR starts_with(id, $6::text))
     AND ($5::json IS NULL OR (id IN (
@@ -476,7 +573,7 @@ ORDER BY min(t.created_at), t.queue, t.name;
 
 -- name: purge
 -- Up to $2 finished records that ended before $1 seconds ago, oldest first, and their
--- abort-log rows and labels, in one statement; never a running or queued one. The ids are
+-- abort-log rows, labels and timelines, in one statement; never a running or queued one. The ids are
 -- locked first (a materialized CTE), then deleted by id: a plan that ran the subquery per
 -- row of the table (stale statistics) took seconds.
 WITH doomed AS (
@@ -491,8 +588,14 @@ WITH doomed AS (
     DELETE FROM {schema}.abort_log WHERE task_id IN (SELECT id FROM gone)
 ), unlabelled AS (
     DELETE FROM {schema}.task_labels WHERE task_id IN (SELECT id FROM gone)
+), forgotten AS (
+    DELETE FROM {schema}.events WHERE task_id IN (SELECT id FROM gone)
 )
 SELECT id FROM gone;
+
+-- name: events
+-- The timeline of $1, oldest first (the trigger of the schema writes it).
+SELECT at, kind, actor, detail FROM {schema}.events WHERE task_id = $1 ORDER BY seq;
 
 -- name: prune_abort_log
 DELETE FROM {schema}.abort_log WHERE seq <= (SELECT MAX(seq) FROM {schema}.abort_log) - $1;

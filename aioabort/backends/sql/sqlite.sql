@@ -1,9 +1,10 @@
 -- The SQLite dialect of aioabort's store: every statement the SQL store runs, by name.
 -- postgres.sql has the same names with the same numbered parameters, so the two can be read
 -- side by side, apart from the names each file declares as its own:
--- dialect-only: purge_abort_log, purge_labels
+-- dialect-only: purge_abort_log, purge_labels, purge_events
 -- (SQLiteStore's named override of purge: a SQLite DELETE reaches one table, so the purged
--- records' abort-log rows and labels go in two more statements of the same transaction.)
+-- records' abort-log rows, labels and timelines go in three more statements of the same
+-- transaction.)
 -- {placeholders} are filled once at load time from aioabort._state (guards, the requeue
 -- rule, the lost-task error), from the dialect ({now}) or from a fragment named earlier in
 -- the file; never from input. Times are REAL seconds since the epoch, from SQLite's own
@@ -37,10 +38,18 @@ CREATE TABLE IF NOT EXISTS aioabort_tasks (
     retryable INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     abort_delivered_at REAL,
-    labels TEXT
+    labels TEXT,
+    not_before REAL,
+    expires_at REAL,
+    time_limit REAL,
+    key TEXT
 );
-CREATE INDEX IF NOT EXISTS aioabort_tasks_pending ON aioabort_tasks (queue, created_at)
-    WHERE state = 'PENDING';
+DROP INDEX IF EXISTS aioabort_tasks_pending;
+CREATE INDEX IF NOT EXISTS aioabort_tasks_due
+    ON aioabort_tasks (COALESCE(not_before, created_at)) WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS aioabort_tasks_expiring ON aioabort_tasks (expires_at)
+    WHERE state = 'PENDING' AND expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS aioabort_tasks_key ON aioabort_tasks (key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS aioabort_tasks_state ON aioabort_tasks (state, created_at);
 CREATE INDEX IF NOT EXISTS aioabort_tasks_created ON aioabort_tasks (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS aioabort_tasks_running_owner ON aioabort_tasks (owner)
@@ -83,6 +92,28 @@ CREATE TABLE IF NOT EXISTS aioabort_leases (
     holder TEXT NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS aioabort_events (
+    task_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS aioabort_events_task ON aioabort_events (task_id);
+-- The timeline's rows: what a record will not tell later (aioabort._timeline.stored_events).
+CREATE TRIGGER IF NOT EXISTS aioabort_timeline_queued AFTER INSERT ON aioabort_tasks
+    WHEN NEW.state = 'PENDING'
+BEGIN
+    INSERT INTO aioabort_events (task_id, at, kind, actor, detail)
+    VALUES (NEW.id, NEW.updated_at, 'queued', NULL, NEW.queue);
+END;
+CREATE TRIGGER IF NOT EXISTS aioabort_timeline_requeued AFTER UPDATE OF state ON aioabort_tasks
+    WHEN OLD.state IN {running} AND NEW.state = 'PENDING'
+BEGIN
+    INSERT INTO aioabort_events (task_id, at, kind, actor, detail)
+    SELECT NEW.id, e.at, e.kind, e.actor, e.detail FROM ({timeline_requeued}) AS e
+    ORDER BY e.n;
+END;
 
 -- name: columns
 -- aioabort's tables and their columns: a store is judged by them, not only by its version.
@@ -111,16 +142,21 @@ SELECT {columns} FROM aioabort_tasks WHERE id = ?1;
 SELECT {columns} FROM aioabort_tasks WHERE id = ?1;
 
 -- name: insert_pending
+-- ?7, ?8: not_before and expires_at (seconds since the epoch) or NULL; ?9: the time limit;
+-- ?10: the key.
 INSERT INTO aioabort_tasks (id, name, queue, parent_id, state, args, retryable, created_at,
-    updated_at)
-VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, {now}, {now})
+    updated_at, not_before, expires_at, time_limit, key)
+VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, {now}, {now}, ?7, ?8, ?9, ?10)
 ON CONFLICT (id) DO NOTHING
 RETURNING {columns};
 
 -- name: insert_pending_batch
--- ?1: a JSON array of [id, name, queue, args, retryable]; the rowid keeps their order.
-INSERT INTO aioabort_tasks (id, name, queue, state, args, retryable, created_at, updated_at)
-SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, {now}, {now}
+-- ?1: a JSON array of [id, name, queue, args, retryable, not_before, expires_at,
+-- time_limit, key]; the rowid keeps their order.
+INSERT INTO aioabort_tasks (id, name, queue, state, args, retryable, created_at, updated_at,
+    not_before, expires_at, time_limit, key)
+SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, {now}, {now},
+    value ->> 5, value ->> 6, value ->> 7, value ->> 8
 FROM json_each(?1) WHERE true
 ON CONFLICT (id) DO NOTHING
 RETURNING {columns};
@@ -148,6 +184,15 @@ UPDATE aioabort_tasks SET state = 'STARTED', owner = ?2, started_at = {now}, upd
     name = COALESCE(name, ?3), attempts = attempts + 1
 WHERE id = ?1 AND state = 'PENDING'
 RETURNING {columns};
+
+-- name: lock_key
+-- Producers of one key queue one at a time (BEGIN IMMEDIATE already holds the database's
+-- write lock).
+SELECT ?1;
+
+-- name: keyed_live
+-- The unfinished tasks of the key ?1 that a new task ?2 supersedes (through the key index).
+SELECT id FROM aioabort_tasks WHERE key = ?1 AND +state IN {abortable} AND id <> ?2;
 
 -- name: parent_abort
 SELECT abort_code, abort_message, abort_by, abort_at FROM aioabort_tasks
@@ -206,36 +251,73 @@ WHERE aioabort_tasks.id = v.id AND aioabort_tasks.owner = v.owner
     AND aioabort_tasks.state IN {running}
 RETURNING {qualified_columns};
 
+-- name: due
+-- A fragment, not a statement: a queued task a worker may claim now (past its not_before,
+-- through the index on the due time; not expired).
+state = 'PENDING' AND COALESCE(not_before, created_at) <= {now}
+    AND (expires_at IS NULL OR expires_at > {now})
+
 -- name: claim
+-- The earliest due first (by not_before, else by when they were queued).
 UPDATE aioabort_tasks SET state = 'STARTED', owner = ?1, started_at = {now}, updated_at = {now},
     attempts = attempts + 1
 WHERE id IN (
-    SELECT id FROM aioabort_tasks
-    WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?2))
+    -- (the due index: the state index would read every queued task, due or not)
+    SELECT id FROM aioabort_tasks INDEXED BY aioabort_tasks_due
+    WHERE {due} AND queue IN (SELECT value FROM json_each(?2))
         AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
-    ORDER BY created_at, rowid LIMIT ?3
+    ORDER BY COALESCE(not_before, created_at), rowid LIMIT ?3
 ) AND +state = 'PENDING'
 RETURNING {columns};
 
--- name: has_pending
--- ?2: a JSON array of the names the worker runs, or NULL for any name.
-SELECT EXISTS (
-    SELECT 1 FROM aioabort_tasks
-    WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?1))
-        AND (?2 IS NULL OR name IN (SELECT value FROM json_each(?2)))
-);
+-- name: next_due
+-- Seconds until the first task of the queues ?1 (of the names ?2, or NULL for any) may be
+-- claimed, and until the first queued task of any queue expires (NULL: none): the first
+-- entries of two indexes, however many tasks wait for later (the indexes are named: without
+-- statistics the planner would read the state index, every queued task).
+SELECT
+    (SELECT COALESCE(not_before, created_at) FROM aioabort_tasks INDEXED BY aioabort_tasks_due
+        WHERE state = 'PENDING' AND queue IN (SELECT value FROM json_each(?1))
+            AND (expires_at IS NULL OR expires_at > {now})
+            AND (?2 IS NULL OR name IN (SELECT value FROM json_each(?2)))
+        ORDER BY COALESCE(not_before, created_at) LIMIT 1) - {now},
+    (SELECT MIN(expires_at) FROM aioabort_tasks INDEXED BY aioabort_tasks_expiring
+        WHERE state = 'PENDING' AND expires_at IS NOT NULL) - {now};
+
+-- name: expire_tasks
+-- Queued tasks past their expires_at end ABORTED (code expired) and never run: those of ?1
+-- (a JSON array of ids), or any (NULL), the ?3 that expired first; ?2: who saw it.
+UPDATE aioabort_tasks SET state = 'ABORTED', finished_at = {now}, updated_at = {now},
+    abort_code = {expired_code}, abort_message = {expired_message}, abort_by = ?2,
+    abort_at = {now}
+WHERE id IN (
+    SELECT id FROM aioabort_tasks INDEXED BY aioabort_tasks_expiring
+    WHERE state = 'PENDING' AND expires_at IS NOT NULL AND expires_at <= {now}
+        AND (?1 IS NULL OR id IN (SELECT value FROM json_each(?1)))
+    ORDER BY expires_at LIMIT ?3
+) AND +state = 'PENDING'
+RETURNING id;
 
 -- name: requeue
 UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}
 WHERE id = ?1 AND owner = ?2 AND state IN {running}
 RETURNING {columns};
 
+-- name: retry
+-- Another attempt of a STARTED task (never an ABORTING one: an abort is never retried), not
+-- before ?3, with the attempt's error ?4.
+UPDATE aioabort_tasks SET {requeue_reset}, updated_at = {now}, not_before = ?3, error = ?4
+WHERE id = ?1 AND owner = ?2 AND state = 'STARTED'
+RETURNING {columns};
+
 -- name: task_filter
 -- A fragment, not a statement: the filters of list_tasks and list_ids. ?1: a JSON array of
 -- states, or NULL for every state; ?2: a name, or NULL; ?5: a JSON object of labels that
 -- must all match (through the label index), or NULL; ?6: the start of the id, or NULL (the
--- lower bound lets the primary key's index find it).
+-- lower bound lets the primary key's index find it); ?7: a key, or NULL (through the key
+-- index).
 (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
+    AND (?7 IS NULL OR id IN (SELECT k.id FROM aioabort_tasks AS k WHERE k.key = ?7))
     AND (?2 IS NULL OR name = ?2)
     AND (?6 IS NULL OR (id >= ?6 AND substr(id, 1, length(?6)) = ?6))
     AND (?5 IS NULL OR id IN (
@@ -377,6 +459,13 @@ DELETE FROM aioabort_abort_log WHERE task_id IN (SELECT value FROM json_each(?1)
 
 -- name: purge_labels
 DELETE FROM aioabort_task_labels WHERE task_id IN (SELECT value FROM json_each(?1));
+
+-- name: purge_events
+DELETE FROM aioabort_events WHERE task_id IN (SELECT value FROM json_each(?1));
+
+-- name: events
+-- The timeline of ?1, oldest first (the triggers of the schema write it).
+SELECT at, kind, actor, detail FROM aioabort_events WHERE task_id = ?1 ORDER BY rowid;
 
 -- name: prune_abort_log
 DELETE FROM aioabort_abort_log WHERE seq <= (SELECT MAX(seq) FROM aioabort_abort_log) - ?1;
