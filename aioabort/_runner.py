@@ -11,22 +11,19 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 
 from . import _ending, _runtime
 from ._errors import InvalidArguments, UsageError
 from ._handle import AbortHandle
-from ._scope import AbortScope, _current_scope
+from ._queueing import check_queue, queue_task
+from ._scope import AbortScope
 from ._settings import check_time_limit
-from ._shield import shielded
 from ._state import TaskRecord, TaskState
 from ._types import (
     MAX_TASK_NAME_LENGTH,
-    check_labels,
     check_name,
-    check_task_id,
     dump_json,
 )
 
@@ -37,15 +34,6 @@ logger = logging.getLogger("aioabort.runner")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: The queue tasks go to unless they name another.
-DEFAULT_QUEUE = "default"
-
-
-def _check_queue(queue: object) -> str:
-    if not isinstance(queue, str) or not 0 < len(queue) <= 100 or not queue.isprintable():
-        raise UsageError(f"a queue name must be a printable str of 1-100 characters: {queue!r}")
-    return queue
 
 
 @final
@@ -117,7 +105,7 @@ class Task(Generic[P, R]):
             host,
             fn,
             name=task_name(fn, name),
-            queue=_check_queue(queue),
+            queue=check_queue(queue),
             time_limit=check_time_limit(time_limit),
             retryable=bool(retryable),
         )
@@ -167,32 +155,29 @@ class Task(Generic[P, R]):
         :raises TaskAlreadyExists: if ``task_id`` is taken.
         :raises UsageError: for bad labels (nothing is written).
         """
-        checked = check_labels(labels)
         kwargs = dict(kwargs or {})
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"wrong arguments for task {self.name!r}: {exc}") from None
-        args_json = dump_json({"args": list(args), "kwargs": kwargs}, f"arguments of {self.name!r}")
-        task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
-        queue = None if spawn else _check_queue(self.queue if queue is None else queue)
-        parent = None if detached else _current_scope.get()
-        runtime = _runtime.resolve(self._host)
-        record = await shielded(
-            runtime.store.create(
-                task_id,
-                name=self.name,
-                queue=queue,
-                args_json=args_json,
-                parent_id=None if parent is None else parent.id,
-                retryable=self.retryable,
-                labels=checked,
-            )
+        record = await queue_task(
+            self._host,
+            self.name,
+            args,
+            kwargs,
+            task=self,
+            task_id=task_id,
+            queue=queue,
+            detached=detached,
+            spawn=spawn,
+            labels=labels,
         )
         if spawn and record.state is TaskState.PENDING:
             scope = make_scope(self._host, self, record, claimed=False)
-            runtime.spawn(execute(scope, self, record), f"aioabort-spawn-{task_id}")
-        return AbortHandle(self._host, task_id)
+            _runtime.resolve(self._host).spawn(
+                execute(scope, self, record), f"aioabort-spawn-{record.id}"
+            )
+        return AbortHandle(self._host, record.id)
 
 
 def decode_arguments(record: TaskRecord) -> tuple[list[Any], dict[str, Any]]:
