@@ -128,6 +128,12 @@ class App:
                 _open.add(self)
             return self._app
 
+    def _opened(self) -> AsyncApp | None:
+        """The async App if it is open in this process (no I/O, no check of the caller)."""
+        if self._state == "open" and self._pid == os.getpid():
+            return self._app
+        return None
+
     def _forked(self) -> None:
         with _loop.fork_lock():
             if self._pid == os.getpid():
