@@ -305,7 +305,10 @@ WITH back AS (
     WHERE id = $1 AND owner = $2 AND state IN {running}
     RETURNING {columns}
 )
-SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
+-- (a record with no queue, started by a scope, has no queue's workers to wake)
+SELECT back.*, CASE WHEN back.queue IS NOT NULL THEN
+    pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text
+END AS notified FROM back;
 
 -- name: task_filter
 -- A fragment, not a statement: the filters of list_tasks and list_ids. $1: a JSON array of
@@ -428,7 +431,9 @@ WITH back AS (
     )
     RETURNING id, queue
 )
-SELECT back.id, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
+SELECT back.id, CASE WHEN back.queue IS NOT NULL THEN
+    pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text
+END AS notified FROM back;
 
 -- name: reap_fail
 WITH ended AS (
