@@ -34,10 +34,11 @@ from ..sync import App as SyncApp, _loop
 
 logger = logging.getLogger("aioabort.celery")
 
-#: How long a task waits, at its start, for its scope to be entered before it runs untracked.
-START_WAIT = 10.0
+#: How long a task waits, at its start, for its scope to be entered before it runs untracked
+#: (a store that answers takes milliseconds; one that is down retries for longer).
+START_WAIT = 2.0
 #: How long a task waits, at its end, for its end to be recorded before Celery goes on.
-END_WAIT = 5.0
+END_WAIT = 2.0
 #: The longest pause between two attempts to enter the scope of a run the store missed.
 CATCH_UP_MAX_PAUSE = 2.0
 
@@ -50,6 +51,7 @@ class Run:
         "ended",
         "entered",
         "error",
+        "handed",
         "id",
         "labels",
         "name",
@@ -74,6 +76,8 @@ class Run:
         self.error: tuple[str, str] | None = None
         #: Celery will run the task again (``self.retry()``): the record goes back to PENDING
         self.retry = False
+        #: the outcome was handed over (once: a retry hands it before Celery's own exception)
+        self.handed = False
 
     def is_aborted(self) -> bool:
         scope = self.scope
@@ -109,6 +113,7 @@ class Bridge:
         try:
             run.entered.result(timeout=START_WAIT)
         except concurrent.futures.TimeoutError:
+            run.entered.cancel()  # no longer waited for: the scope enters when it can
             logger.warning(
                 "task %s (%s) runs without its aioabort record: the store did not answer within "
                 "%gs (the record catches up once it does)",
@@ -123,6 +128,9 @@ class Bridge:
         """Hand the task's outcome to its run (from the task's thread) and wait, a bounded
         time, until its end is recorded. With ``retry`` (Celery runs it again) the record goes
         back to PENDING, for the next attempt to start."""
+        if run.handed:
+            return
+        run.handed = True
         if retry:
             run.retry = True
         elif isinstance(outcome, TaskAborted) and outcome.task_id == run.id:
@@ -148,10 +156,8 @@ class Bridge:
             await self._enter_until_it_lands(run)
         finally:
             self._holders.discard(task)
-            if not run.entered.done():
-                run.entered.set_result(None)
-            if not run.ended.done():
-                run.ended.set_result(None)
+            _settle(run.entered, None)
+            _settle(run.ended, None)
 
     async def _enter_until_it_lands(self, run: Run) -> None:
         pause = 0.05
@@ -168,7 +174,7 @@ class Bridge:
             except TaskAborted as exc:
                 if run.scope is not None:
                     return  # the task's own abort, recorded ABORTED
-                run.entered.set_exception(exc)  # aborted before it started: it never runs
+                _settle(run.entered, exc)  # aborted before it started: it never runs
                 return
             except TaskStateError as exc:  # a redelivery of a run aioabort already has
                 self._refused(run, exc)
@@ -191,11 +197,9 @@ class Bridge:
     async def _one_run(self, app: AsyncApp, scope: AbortScope, run: Run) -> None:
         async with scope:
             run.scope = scope
-            if not run.entered.done():
-                run.entered.set_result(scope)
-            elif not run.done.is_set():
+            if not _settle(run.entered, scope):
                 logger.warning(
-                    "task %s (%s): its aioabort record caught up; aborts reach it from now on",
+                    "task %s (%s): its aioabort record caught up",
                     run.id,
                     run.name,
                     extra={"action": "celery_caught_up", "task_id": run.id},
@@ -208,12 +212,10 @@ class Bridge:
                 raise run.outcome
             if run.error is not None:
                 raise _stand_in(*run.error)
-        if not run.ended.done():
-            run.ended.set_result(None)
+        _settle(run.ended, None)
 
     def _refused(self, run: Run, exc: TaskStateError) -> None:
-        if not run.entered.done():
-            run.entered.set_result(None)
+        _settle(run.entered, None)
         logger.warning(
             "task %s (%s) runs without aioabort: %s",
             run.id,
@@ -223,8 +225,7 @@ class Bridge:
         )
 
     def _store_down(self, run: Run, exc: StoreError) -> None:
-        if not run.entered.done():
-            run.entered.set_result(None)
+        if _settle(run.entered, None):
             logger.warning(
                 "task %s (%s) runs without its aioabort record: the store is unavailable "
                 "(%s); retrying in the background, the record catches up",
@@ -233,6 +234,19 @@ class Bridge:
                 exc,
                 extra={"action": "celery_untracked", "task_id": run.id},
             )
+
+
+def _settle(future: concurrent.futures.Future[Any], value: object) -> bool:
+    """Give ``future`` its result (an exception is raised by it); False if it already had
+    one, or the task's thread stopped waiting for it (cancelled)."""
+    try:
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        return False
+    return True
 
 
 class _Failed(Exception):
@@ -298,6 +312,7 @@ def close_all() -> None:
     """Close this process's bridges (a worker process's end)."""
     with _lock:
         bridges = [b for b in _bridges.values() if b.pid == os.getpid()]
+        _bridges.clear()
     for bridge in bridges:
         try:
             bridge.close()

@@ -116,6 +116,14 @@ class AbortableTask(Task):  # type: ignore[misc]
             scope = run.scope
             raise TaskAborted(run.id, None if scope is None else scope.reason)
 
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``retry()``; the run's record goes back to PENDING first, so the next
+        attempt (in whatever process) starts it again under the same id."""
+        run: Run | None = getattr(_current, "run", None)
+        if run is not None and run.id == self.request.id:
+            _bridge.bridge_for(self.app).end(run, None, retry=True)
+        return super().retry(*args, **kwargs)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         if request.called_directly or not request.id:

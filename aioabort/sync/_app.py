@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 - see _register below
 import functools
 import logging
 import os
@@ -288,10 +289,16 @@ class AbortHandle:
         return self._call("result()", lambda h: h.result(timeout))
 
 
-@atexit.register
 def _close_at_exit() -> None:
     for app in list(_open):
         try:
             app.close()
         except Exception:
             logger.warning("closing %r at exit failed", app, exc_info=True)
+
+
+# Closing a store uses its loop's executor: close before concurrent.futures stops executors
+# at exit. Its hook is registered when concurrent.futures.thread is imported (here, first),
+# and the hooks run in reverse order.
+_register = getattr(threading, "_register_atexit", atexit.register)
+_register(_close_at_exit)
