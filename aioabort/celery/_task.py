@@ -7,7 +7,7 @@ import logging
 import threading
 from typing import Any
 
-from celery import Task
+from celery import Task, current_app
 from celery.exceptions import Ignore, Retry
 from celery.result import AsyncResult
 
@@ -61,6 +61,21 @@ class AbortableAsyncResult(AsyncResult):  # type: ignore[misc]
         return recorded
 
 
+class _OnTheInstance:
+    """A method that also works on a class-based task's class, as Celery 3.1 allowed
+    (``MyLongRunningTask.delay()``): called on the class, it is the registered instance's."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        if obj is None:
+            obj = owner.__dict__.get("_aioabort_instance")
+            if obj is None:
+                return self.fn
+        return self.fn.__get__(obj, owner)
+
+
 class AbortableTask(Task):  # type: ignore[misc]
     """A Celery task that can be aborted: ``@app.task(bind=True, base=AbortableTask)``, or a
     subclass with a ``run()`` method.
@@ -76,13 +91,20 @@ class AbortableTask(Task):  # type: ignore[misc]
 
     abstract = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__ and not cls.__dict__.get("_decorated"):
+            # A class-based task (Celery 3.1 style): registered with the current app, as
+            # Celery 3.1 did, so that ``MyTask.delay()`` and workers find it.
+            cls._aioabort_instance = current_app._get_current_object().register_task(cls())
+
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AbortableAsyncResult:
         """An :class:`AbortableAsyncResult` for ``task_id``."""
         return AbortableAsyncResult(
             task_id, backend=self.backend, task_name=self.name, app=self.app, **kwargs
         )
 
-    def apply_async(
+    def _apply_async(
         self,
         args: Any = None,
         kwargs: Any = None,
@@ -96,6 +118,9 @@ class AbortableTask(Task):  # type: ignore[misc]
         if task_id is not None:
             _bridge.checked_id(task_id)
         return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+    apply_async = _OnTheInstance(_apply_async)
+    delay = _OnTheInstance(Task.delay)
 
     def is_aborted(self, **kwargs: Any) -> bool:
         """Whether an abort of this run was asked for: a local read of a flag the abort sets
