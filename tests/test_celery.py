@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"),
 ]
 
-POOLS = ["prefork", "threads"]
+POOLS = ["prefork", "threads", "solo"]
 
 
 @dataclass
@@ -101,6 +101,9 @@ async def test_an_abort_stops_a_running_task(lab: Lab, app: aioabort.App, pool: 
         assert await asyncio.to_thread(result.abort, "the user cancelled", by="alice")
         await lab.celery_state(result, ABORTED)
         assert await asyncio.to_thread(result.is_aborted)
+        with pytest.raises(aioabort.TaskAborted) as stopped:
+            await asyncio.to_thread(result.get, timeout=30)
+        assert stopped.value.reason is not None and stopped.value.reason.by == "alice"
         meta = result.backend.get_task_meta(result.id)["result"]
         assert (meta["code"], meta["message"], meta["by"]) == (
             "user",

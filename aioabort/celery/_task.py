@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from datetime import datetime
 from typing import Any
 
 from celery import Task, current_app
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Retry, TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from .._errors import InvalidTaskId, TaskAborted
@@ -21,6 +23,23 @@ logger = logging.getLogger("aioabort.celery")
 
 #: The state Celery's abortable writes, and this bridge writes for a task stopped by its abort.
 ABORTED = "ABORTED"
+
+#: How often ``get()`` looks for ``ABORTED`` (one result-backend read) while it waits.
+_GET_SLICE = 0.5
+
+
+def _reason(meta: dict[str, Any]) -> AbortReason | None:
+    """The reason the worker stored as the result of an ABORTED task."""
+    try:
+        return AbortReason(
+            str(meta["code"]),
+            str(meta.get("message") or ""),
+            meta.get("by"),
+            datetime.fromisoformat(str(meta["at"])),
+        )
+    except (KeyError, TypeError, ValueError):  # not a reason the bridge wrote
+        return None
+
 
 #: The run of the task this thread is running (Celery runs one task at a time per thread).
 _current = threading.local()
@@ -36,6 +55,31 @@ class AbortableAsyncResult(AsyncResult):  # type: ignore[misc]
         aborted before it started). ``app.handle(id).is_aborted()`` says whether an abort was
         asked for."""
         return bool(self.state == ABORTED)
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> Any:
+        """Celery's ``get()``, which also returns for a task stopped by its abort: ``ABORTED``
+        is not one of Celery's ready states, so Celery's own would wait until ``timeout``.
+
+        :raises aioabort.TaskAborted: when the task ended ``ABORTED`` (with ``propagate=False``
+            its reason, as a dict, is returned instead).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.state == ABORTED:
+                meta = self.result if isinstance(self.result, dict) else None
+                if not propagate:
+                    return meta
+                raise TaskAborted(self.id, None if meta is None else _reason(meta))
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                return super().get(
+                    timeout=_GET_SLICE if left is None else max(0.0, min(left, _GET_SLICE)),
+                    propagate=propagate,
+                    **kwargs,
+                )
+            except CeleryTimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     def abort(self, reason: str | AbortReason | None = None, *, by: str | None = None) -> bool:
         """Ask the task to stop, with a reason kept on its aioabort record. Sync; the request
