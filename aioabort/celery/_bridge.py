@@ -90,8 +90,6 @@ class Bridge:
     def __init__(self, url: str, settings: dict[str, Any]) -> None:
         self.pid = os.getpid()
         self.app = SyncApp(url, **settings)
-        self._holders: set[asyncio.Task[None]] = set()
-        self._warned = False
 
     def open(self) -> None:
         self.app.open()
@@ -149,13 +147,9 @@ class Bridge:
             )
 
     async def _hold(self, run: Run) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._holders.add(task)
         try:
             await self._enter_until_it_lands(run)
         finally:
-            self._holders.discard(task)
             _settle(run.entered, None)
             _settle(run.ended, None)
 
