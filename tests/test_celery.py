@@ -251,3 +251,29 @@ async def test_a_store_down_never_fails_a_task(
     finally:
         _bridge.close_all()
         lab.celery.close()
+
+
+@pytest.mark.postgres
+async def test_a_worker_starts_and_runs_tasks_while_the_store_is_down(
+    cluster: Cluster, redis_server: Broker, tmp_path: Path
+) -> None:
+    url, broker_url = cluster.url, f"{redis_server.url}/0"
+    lab = Lab(url, broker_url, tmp_path / "progress", producer(broker_url, url))
+    await asyncio.to_thread(cluster.stop)
+    try:
+        async with worker(lab, concurrency=2) as process:
+            result = lab.send("steps", 2)
+            assert await asyncio.to_thread(result.get, timeout=60) == 2
+            await asyncio.to_thread(cluster.start)
+            async with aioabort.App(url) as app:
+                await wait_until(lambda: has_state(app, result.id, TaskState.SUCCESS), timeout=60)
+            await process.said("its aioabort record caught up")
+            later = lab.send("steps", 100_000)  # and aborts reach the tasks again
+            await lab.started(later)
+            async with aioabort.App(url) as app:
+                await wait_until(lambda: has_state(app, later.id, TaskState.STARTED), timeout=60)
+                assert await app.handle(later.id).abort(reason="store is back")
+            await lab.celery_state(later, ABORTED)
+    finally:
+        _bridge.close_all()
+        lab.celery.close()

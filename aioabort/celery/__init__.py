@@ -26,6 +26,7 @@ record with Celery's task id, so ``aioabort abort ID``, the dashboard and
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from celery import current_app, signals
@@ -89,10 +90,17 @@ def _open_in_a_threads_worker(sender: Any = None, **_: Any) -> None:
 
 
 def _open_if_set_up(celery_app: Any) -> None:
-    if not celery_app.conf.get("aioabort_url") or not _abortable_names(celery_app):
-        return
+    """Open the store in the background: a child that has not said it is up within seconds
+    is replaced by the pool, so the process's start never waits on the store (its first task
+    waits for the open, a bounded time)."""
+    if celery_app.conf.get("aioabort_url") and _abortable_names(celery_app):
+        bridge = _bridge.bridge_for(celery_app)
+        threading.Thread(target=_open, args=(bridge,), name="aioabort-open", daemon=True).start()
+
+
+def _open(bridge: _bridge.Bridge) -> None:
     try:
-        _bridge.bridge_for(celery_app).open()
+        bridge.open()
     except Exception:  # noqa: BLE001 - tasks run all the same; each run tries again
         _bridge.logger.warning(
             "the aioabort store could not be opened; tasks run and their records catch up",
