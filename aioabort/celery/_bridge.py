@@ -157,9 +157,7 @@ class Bridge:
         pause = 0.05
         while True:
             try:
-                app = self.app._opened()
-                if app is None:  # opened off the loop: the open itself runs on it
-                    app = await asyncio.to_thread(self.app._async_app, "open")
+                app = self.app._opened() or await self.app._opened_on_loop()
                 scope = AbortScope(run.id, app=app, name=run.name, labels=run.labels, detached=True)
                 await self._one_run(app, scope, run)
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures.thread  # noqa: F401 - see _register below
 import functools
@@ -63,6 +64,7 @@ class App:
         self._pid = os.getpid()
         self._state = "new"
         self._lock = threading.Lock()
+        self._opening: asyncio.Future[None] | None = None
 
     @property
     def url(self) -> str | None:
@@ -120,20 +122,30 @@ class App:
             return self._app
         if self._pid != os.getpid():  # a forked child: the parent's App is not ours
             self._forked()
-        with self._lock:
-            if self._state == "closed":
-                raise AppClosed(f"{self!r}: {what} was called after close()")
-            if self._state == "new":
-                _loop.loop_thread().run(self._open_here(), what)
-                self._state = "open"
-                _open.add(self)
-            return self._app
+        return _loop.loop_thread().run(self._opened_on_loop(what), what)
 
     def _opened(self) -> AsyncApp | None:
         """The async App if it is open in this process (no I/O, no check of the caller)."""
         if self._state == "open" and self._pid == os.getpid():
             return self._app
         return None
+
+    async def _opened_on_loop(self, what: str = "a call") -> AsyncApp:
+        """The open async App, opened if need be: on the loop thread, where every opener (the
+        threads' calls, the Celery bridge's runs) waits for the one opening. Nothing here
+        blocks a thread the open itself may need."""
+        if self._state == "closed":
+            raise AppClosed(f"{self!r}: {what} was called after close()")
+        if self._state != "open":
+            opening = self._opening
+            if opening is None:
+                opening = self._opening = asyncio.ensure_future(self._open_here())
+            try:
+                await asyncio.shield(opening)
+            finally:
+                if opening.done() and (opening.cancelled() or opening.exception() is not None):
+                    self._opening = None  # failed: the next call tries again
+        return self._app
 
     def _forked(self) -> None:
         with _loop.fork_lock():
@@ -142,6 +154,7 @@ class App:
             _loop.inherit(self._app)  # the parent's: kept, never used or closed here
             self._app = self._make()
             self._lock = threading.Lock()
+            self._opening = None
             self._pid = os.getpid()
             if self._state == "open":
                 self._state = "new"
@@ -153,6 +166,11 @@ class App:
         from .. import _runtime
 
         _runtime.remove_default(app)
+        if self._state == "closed":  # closed while it opened
+            await app.aclose()
+            raise AppClosed(f"{self!r} was closed while it opened")
+        self._state = "open"
+        _open.add(self)
 
     def _call(self, what: str, make: Callable[[AsyncApp], Coroutine[Any, Any, T]]) -> T:
         app = self._async_app(what)
