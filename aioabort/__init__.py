@@ -12,6 +12,7 @@ Layout, lowest first; imports point one way:
   _liveness, _app, _runner, _worker
                     heartbeat and reaping, the App (composition root), tasks, the worker
   web, aiohttp, cli integrations on top
+  sync, celery      sync callers and the Celery bridge: the async core on a loop thread
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ._backend import Store, Unclaimed
 from ._errors import (
     AioabortError,
     AppClosed,
+    BlockingCallInEventLoop,
     InvalidArguments,
     InvalidOption,
     InvalidReason,
@@ -65,6 +67,7 @@ __all__ = [
     "AioabortError",
     "App",
     "AppClosed",
+    "BlockingCallInEventLoop",
     "ErrorInfo",
     "InvalidArguments",
     "InvalidOption",

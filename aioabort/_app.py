@@ -17,12 +17,13 @@ import anyio
 from . import _runtime
 from ._aborting import abort_matching
 from ._backend import OwnerInfo, Store, Unclaimed
-from ._errors import InvalidURL, UnknownTask, UsageError
+from ._errors import InvalidURL, UsageError
 from ._handle import AbortHandle
 from ._lifecycle import choose_store, close_parts, open_parts
 from ._liveness import Liveness
+from ._queueing import DEFAULT_QUEUE, queue_task
 from ._redo import Redo
-from ._runner import DEFAULT_QUEUE, Task
+from ._runner import Task
 from ._settings import AppSettings, notifier_url
 from ._shield import shielded
 from ._state import (
@@ -307,21 +308,20 @@ class App:
     async def send_task(
         self,
         name: str,
-        args: Sequence[Any] = (),
+        args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AbortHandle:
-        """Queue the registered task ``name`` (``Task.apply`` by name).
+        """Queue a run of ``name`` without importing the task (:meth:`Task.apply`'s options).
+        A name not registered here waits on its queue (``queue=``, default ``default``) for a
+        worker that knows it (``aioabort tasks --unclaimed`` lists what waits).
 
-        :raises UnknownTask: when no task of that name is registered (nothing is written).
+        :raises NotJSONSerializable: for arguments that are not JSON (nothing is written).
         """
         task = self._tasks.get(name)
-        if task is None:
-            raise UnknownTask(
-                f"no task named {name!r} is registered on this App "
-                f"(registered: {', '.join(sorted(self._tasks)) or 'none'})"
-            )
-        return await task.apply(args, kwargs, **options)
+        if task is not None:
+            return await task.apply(args or (), kwargs, **options)
+        return AbortHandle(self, (await queue_task(self, name, args, kwargs, **options)).id)
 
     @asynccontextmanager
     async def lifespan(self, asgi_app: object = None) -> AsyncIterator[dict[str, Any]]:

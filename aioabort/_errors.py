@@ -16,7 +16,8 @@
     │   ├── NoAppOpen               abortable() / handle() with no App open
     │   ├── AppClosed               using an App that is not open (or already closed)
     │   ├── NoCurrentScope          current_scope() outside any abortable()
-    │   └── ScopeAlreadyEntered     the same task id entered twice in one process
+    │   ├── ScopeAlreadyEntered     the same task id entered twice in one process
+    │   └── BlockingCallInEventLoop a sync (blocking) call made on a running event loop
     ├── TaskStateError              the task's record does not allow the operation
     │   ├── TaskNotFound            no record with that id
     │   ├── TaskAlreadyExists       create() with an id that is taken
@@ -102,6 +103,11 @@ class NoCurrentScope(UsageError):
 
 class ScopeAlreadyEntered(UsageError):
     """A scope with this task id is already open in this process."""
+
+
+class BlockingCallInEventLoop(UsageError):
+    """A blocking call of ``aioabort.sync`` made from code that runs on an event loop: it would
+    stop that loop until the call is done (and deadlock it if the call needs the loop)."""
 
 
 class TaskStateError(AioabortError):

@@ -1,30 +1,47 @@
-"""Queueing a run: the options a call may give (``countdown``, ``eta``, ``expires``,
-``time_limit``), their checks, and the one function that writes the queued record.
+"""Queueing a run: the one place a task's PENDING record is written — by ``Task.apply()`` (and
+so ``delay()`` and ``spawn()``) and by ``App.send_task()`` with a name alone — and the options a
+call may give (``countdown``, ``eta``, ``expires``, ``time_limit``, ``key``, ``supersede``) with
+their checks.
 
-``Task.apply()`` (and every other way of queueing a task by its name) checks its options here
-and queues through :func:`enqueue`, so each option means the same wherever it is given, and
-bad input is refused at the call before anything is written.
+Every option of ``apply()`` is an option of :func:`queue_task`, so a producer that queues by name
+(a service that never imports the task) has exactly the options of one that holds the task, each
+option means the same wherever it is given, and bad input is refused at the call before
+anything is written.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import _runtime
 from ._errors import InvalidOption, UsageError
+from ._scope import _current_scope
 from ._settings import check_time_limit
 from ._shield import shielded
 from ._state import TaskRecord
-from ._types import check_key, utcnow
+from ._types import check_key, check_labels, check_name, check_task_id, dump_json, utcnow
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from ._runner import Task
+    from ._runtime import Host, Runtime
+
+#: The queue tasks go to unless they name another.
+DEFAULT_QUEUE = "default"
 
 #: The furthest ahead a task may be put off or expire, in seconds (about ten years).
 MAX_DELAY = 10 * 365 * 86400.0
+
+
+def check_queue(queue: object) -> str:
+    """:raises UsageError: for a queue name that is not a printable str of 1-100 characters."""
+    if not isinstance(queue, str) or not 0 < len(queue) <= 100 or not queue.isprintable():
+        raise UsageError(f"a queue name must be a printable str of 1-100 characters: {queue!r}")
+    return queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,4 +193,73 @@ async def enqueue(
             key=options.key,
             supersede=options.supersede,
         )
+    )
+
+
+def _arguments_json(name: str, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> str:
+    """The stored JSON of a run's arguments; raises for arguments that are not a list and a
+    dict of JSON values."""
+    if args is not None and (isinstance(args, str | bytes) or not isinstance(args, Sequence)):
+        raise UsageError(f"args must be a list or tuple of arguments, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise UsageError(f"kwargs must be a dict of arguments, got {type(kwargs).__name__}")
+    arguments = {"args": list(args or ()), "kwargs": dict(kwargs or {})}
+    return dump_json(arguments, f"arguments of {name!r}")
+
+
+async def queue_task(
+    host: Host,
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: dict[str, Any] | None,
+    *,
+    task: Task[Any, Any] | None = None,
+    task_id: str | None = None,
+    queue: str | None = None,
+    detached: bool = False,
+    spawn: bool = False,
+    labels: dict[str, str] | None = None,
+    countdown: float | timedelta | None = None,
+    eta: datetime | None = None,
+    expires: float | timedelta | datetime | None = None,
+    time_limit: float | None = None,
+    key: str | None = None,
+    supersede: bool = False,
+) -> TaskRecord:
+    """Write the PENDING record of a run of ``name``, for any worker that registered the name
+    (with ``spawn``, for the caller to run here: on no queue); every argument is checked
+    before anything is written. Returns the record written (or, for an id aborted before it
+    was queued, the record found). The options are :meth:`Task.apply`'s (the time ones:
+    :func:`queue_options`).
+
+    :param task: the registered task, when the caller holds it (its queue, its retry setting,
+        and the function ``spawn`` runs); without it the run goes to ``queue`` or the default
+        queue, and waits there for a worker that knows ``name``.
+
+    :raises TaskAlreadyExists: if ``task_id`` is taken.
+    :raises NotJSONSerializable: for arguments that are not JSON.
+    :raises UsageError: for bad labels, options, a bad queue or name, or ``spawn`` without
+        the task (``InvalidOption`` for the options).
+    """
+    check_name(name)
+    checked = check_labels(labels)
+    checked_options = queue_options(
+        countdown, eta, expires, time_limit, key, supersede, spawn=spawn
+    )
+    if spawn and task is None:
+        raise UsageError(f"spawn=True runs the task here, but {name!r} is not registered here")
+    args_json = _arguments_json(name, args, kwargs)
+    task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
+    own_queue = DEFAULT_QUEUE if task is None else task.queue
+    parent = None if detached else _current_scope.get()
+    return await enqueue(
+        _runtime.resolve(host),
+        task_id,
+        name=name,
+        queue=None if spawn else check_queue(own_queue if queue is None else queue),
+        args_json=args_json,
+        parent_id=None if parent is None else parent.id,
+        retryable=False if task is None else task.retryable,
+        labels=checked,
+        options=checked_options,
     )

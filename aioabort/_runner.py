@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
@@ -19,16 +18,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 from . import _ending, _runtime
 from ._errors import InvalidArguments, UsageError
 from ._handle import AbortHandle
-from ._queueing import enqueue, queue_options
+from ._queueing import check_queue, queue_task
 from ._retry import RetryPolicy, retry_policy
-from ._scope import AbortScope, _current_scope
+from ._scope import AbortScope
 from ._settings import check_time_limit
 from ._state import TaskRecord, TaskState
 from ._types import (
     MAX_TASK_NAME_LENGTH,
-    check_labels,
     check_name,
-    check_task_id,
     dump_json,
 )
 
@@ -39,15 +36,6 @@ logger = logging.getLogger("aioabort.runner")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: The queue tasks go to unless they name another.
-DEFAULT_QUEUE = "default"
-
-
-def _check_queue(queue: object) -> str:
-    if not isinstance(queue, str) or not 0 < len(queue) <= 100 or not queue.isprintable():
-        raise UsageError(f"a queue name must be a printable str of 1-100 characters: {queue!r}")
-    return queue
 
 
 @final
@@ -125,7 +113,7 @@ class Task(Generic[P, R]):
             host,
             fn,
             name=task_name(fn, name),
-            queue=_check_queue(queue),
+            queue=check_queue(queue),
             time_limit=check_time_limit(time_limit),
             retryable=bool(retryable),
             retry=retry_policy(retry_on, max_retries, retry_backoff),
@@ -171,9 +159,7 @@ class Task(Generic[P, R]):
         key: str | None = None,
         supersede: bool = False,
     ) -> AbortHandle[R]:
-        """``delay()``/``spawn()`` with options.
-
-        Example: ``await build_report.apply([42], countdown=600, expires=3600)``.
+        """``delay()``/``spawn()`` with options: ``apply([42], countdown=600, expires=3600)``.
 
         :param task_id: the id (default: a random one).
         :param queue: another queue than the task's own.
@@ -181,48 +167,41 @@ class Task(Generic[P, R]):
         :param spawn: run it in this process instead of queueing it.
         :param labels: ``{"user": "alice"}``: for ``app.tasks(labels=...)`` and
             ``app.abort_many(labels=...)``.
-        :param countdown: seconds (or a ``timedelta``) before a worker may start it; or
-            ``eta``, an aware datetime.
-        :param expires: seconds or a ``timedelta`` from now, or an aware datetime: if it has
-            not started by then, it ends ABORTED (code ``expired``) and never runs.
-        :param time_limit: seconds for this run, over the task's own ``time_limit``.
-        :param key: a short text it is known by (``app.tasks(key=...)``); with
-            ``supersede=True`` the key's unfinished earlier tasks are aborted (code
-            ``superseded``) in the transaction that queues this one.
+        :param countdown: seconds before a worker may start it, or ``eta`` (aware datetime);
+            ``expires``: unstarted then, it ends ABORTED (code ``expired``); ``time_limit``:
+            for this run; ``key`` (+ ``supersede``): see :func:`~aioabort._queueing.queue_options`.
         :raises TaskAlreadyExists: if ``task_id`` is taken.
         :raises UsageError: for bad labels or options (``InvalidOption``); nothing is written.
         """
-        checked = check_labels(labels)
-        options = queue_options(countdown, eta, expires, time_limit, key, supersede, spawn=spawn)
-        args_json = self._arguments(args, kwargs)
-        task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
-        queue = None if spawn else _check_queue(self.queue if queue is None else queue)
-        parent = None if detached else _current_scope.get()
-        runtime = _runtime.resolve(self._host)
-        record = await enqueue(
-            runtime,
-            task_id,
-            name=self.name,
-            queue=queue,
-            args_json=args_json,
-            parent_id=None if parent is None else parent.id,
-            retryable=self.retryable,
-            labels=checked,
-            options=options,
-        )
-        if spawn and record.state is TaskState.PENDING:
-            scope = make_scope(self._host, self, record, claimed=False)
-            runtime.spawn(execute(scope, self, record), f"aioabort-spawn-{task_id}")
-        return AbortHandle(self._host, task_id)
-
-    def _arguments(self, args: Sequence[Any], kwargs: dict[str, Any] | None) -> str:
-        """The JSON arguments of a run, checked against the function's signature."""
         kwargs = dict(kwargs or {})
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"wrong arguments for task {self.name!r}: {exc}") from None
-        return dump_json({"args": list(args), "kwargs": kwargs}, f"arguments of {self.name!r}")
+        record = await queue_task(
+            self._host,
+            self.name,
+            args,
+            kwargs,
+            task=self,
+            task_id=task_id,
+            queue=queue,
+            detached=detached,
+            spawn=spawn,
+            labels=labels,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            time_limit=time_limit,
+            key=key,
+            supersede=supersede,
+        )
+        if spawn and record.state is TaskState.PENDING:
+            scope = make_scope(self._host, self, record, claimed=False)
+            _runtime.resolve(self._host).spawn(
+                execute(scope, self, record), f"aioabort-spawn-{record.id}"
+            )
+        return AbortHandle(self._host, record.id)
 
 
 def decode_arguments(record: TaskRecord) -> tuple[list[Any], dict[str, Any]]:

@@ -22,7 +22,8 @@ import anyio
 from . import _ending
 from ._aborting import stop_here
 from ._errors import AioabortError, UsageError
-from ._runner import DEFAULT_QUEUE, _check_queue, execute, fail_unknown, make_scope
+from ._queueing import DEFAULT_QUEUE, check_queue
+from ._runner import execute, fail_unknown, make_scope
 from ._scope import AbortScope
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
@@ -110,7 +111,7 @@ class Worker:
             )
         self.app = app
         self.concurrency = concurrency
-        self.queues = [_check_queue(q) for q in queues]
+        self.queues = [check_queue(q) for q in queues]
         self.grace = grace
         self.poll_interval = poll_interval
         self.kill_after = kill_after

@@ -175,3 +175,15 @@ async def test_a_stubborn_retryable_task_a_user_aborted_is_not_requeued(
     assert record.state is TaskState.FAILURE
     assert record.error is not None and record.error.cause == ErrorInfo.KILLED
     assert record.reason is not None and record.reason.code == "user"
+
+
+async def test_a_run_started_by_a_scope_goes_back_to_pending(app: aioabort.App) -> None:
+    """A record a scope made has no queue: requeueing it wakes no queue's workers (on
+    PostgreSQL there is no channel to notify) and the scope's own end then writes nothing."""
+    from aioabort import _ending
+
+    async with aioabort.abortable("no-queue", app=app):
+        written = await _ending.requeue(app.runtime, "no-queue")
+        assert written.landed and written.record is not None
+        assert written.record.state is TaskState.PENDING
+    assert await app.handle("no-queue").state() is TaskState.PENDING

@@ -87,3 +87,24 @@ def test_names_never_released_are_gone() -> None:
     """``TaskError`` and ``App.registered_tasks`` were renamed before any release: no shims."""
     assert not hasattr(aioabort, "TaskError")
     assert not hasattr(aioabort.App("sqlite:///unused.db"), "registered_tasks")
+
+
+def test_the_core_never_imports_the_sync_app_or_the_celery_bridge() -> None:
+    """They sit on top of the core: the core imports neither, and `import aioabort` loads no
+    Celery."""
+    import pathlib
+
+    root = pathlib.Path(aioabort.__file__).parent
+    for path in [*root.glob("_*.py"), *root.glob("backends/**/*.py"), *root.glob("web/*.py")]:
+        text = path.read_text()
+        for banned in (
+            "from .sync",
+            "from .celery",
+            "import celery",
+            "from celery",
+            "import aioabort.",
+        ):
+            assert banned not in text, f"{path.relative_to(root)} must not contain {banned!r}"
+    code = "import sys, aioabort, aioabort.sync; print('celery' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

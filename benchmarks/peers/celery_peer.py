@@ -45,3 +45,22 @@ def steps(self: Any, n: int) -> str:
 @app.task(name="noop")
 def noop() -> None:
     return None
+
+
+@app.task(bind=True, base=AbortableTask, name="spin")
+def spin(self: Any, step: float) -> str:
+    """The bridge benchmark's task, on Celery's own abortable (``benchmarks.celery_bridge``)."""
+    print(f"READY {self.request.id}", flush=True)
+    while not self.is_aborted():
+        time.sleep(step)
+    print(f"CANCELLED {self.request.id} {time.perf_counter()!r}", flush=True)
+    return "aborted"
+
+
+@app.task(bind=True, base=AbortableTask, name="check_cost")
+def check_cost(self: Any, n: int) -> float:
+    """Seconds per ``self.is_aborted()`` call (a result-backend read), over ``n`` calls."""
+    start = time.perf_counter()
+    for _ in range(n):
+        self.is_aborted()
+    return (time.perf_counter() - start) / n

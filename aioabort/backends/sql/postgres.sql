@@ -389,7 +389,10 @@ WITH back AS (
     WHERE id = $1 AND owner = $2 AND state IN {running}
     RETURNING {columns}
 )
-SELECT back.*, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
+-- (a record with no queue, started by a scope, has no queue's workers to wake)
+SELECT back.*, CASE WHEN back.queue IS NOT NULL THEN
+    pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text
+END AS notified FROM back;
 
 -- name: retry
 -- Another attempt of a STARTED task (never an ABORTING one: an abort is never retried), not
@@ -525,7 +528,9 @@ WITH back AS (
     )
     RETURNING id, queue
 )
-SELECT back.id, pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text AS notified FROM back;
+SELECT back.id, CASE WHEN back.queue IS NOT NULL THEN
+    pg_notify('{queue_prefix}' || left(md5('{schema}:' || back.queue), 20), back.queue)::text
+END AS notified FROM back;
 
 -- name: reap_fail
 WITH ended AS (

@@ -1,0 +1,1 @@
+"""A Django project for the tests: its views abort tasks through ``aioabort.sync``."""
