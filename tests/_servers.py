@@ -1,5 +1,6 @@
 """Real web servers on loopback for the tests: a uvicorn process of its own (the example
-application, or any ASGI target of the repository), or a uvicorn in this process."""
+application, or any ASGI target of the repository), an aiohttp server process of its own, or
+a uvicorn in this process."""
 
 from __future__ import annotations
 
@@ -33,12 +34,12 @@ class Server:
 
 @asynccontextmanager
 async def uvicorn(
-    target: str, store_url: str, *, ready: str, ready_status: int
+    target: str, store_url: str, *, ready: str, ready_status: int, **env: str
 ) -> AsyncIterator[Server]:
     """``uvicorn TARGET`` in a process of its own on a free loopback port, with
-    ``AIOABORT_URL=store_url``; yields once ``GET ready`` answers ``ready_status`` (within
-    30 s), and stops it after (SIGTERM; killed, and a failure, if it is still running 30 s
-    later)."""
+    ``AIOABORT_URL=store_url`` (and ``env``); yields once ``GET ready`` answers
+    ``ready_status`` (within 30 s), and stops it after (SIGTERM; killed, and a failure, if it
+    is still running 30 s later)."""
     port = free_port()
     command = module(
         "uvicorn",
@@ -46,9 +47,30 @@ async def uvicorn(
         *("--host", "127.0.0.1", "--port", str(port)),
         *("--log-level", "warning", "--no-access-log"),
     )
-    async with started(command, env=environment(store_url), name=f"uvicorn {target}") as process:
+    async with _serving(command, port, store_url, ready, ready_status, env) as server:
+        yield server
+
+
+@asynccontextmanager
+async def aiohttp_server(
+    target: str, store_url: str, *, ready: str, ready_status: int, **env: str
+) -> AsyncIterator[Server]:
+    """``python -m aiohttp.web TARGET`` (an application factory ``module:function``) in a
+    process of its own, as :func:`uvicorn` runs an ASGI target."""
+    port = free_port()
+    command = module("aiohttp.web", "-H", "127.0.0.1", "-P", str(port), target)
+    async with _serving(command, port, store_url, ready, ready_status, env) as server:
+        yield server
+
+
+@asynccontextmanager
+async def _serving(
+    command: list[str], port: int, store_url: str, ready: str, status: int, env: dict[str, str]
+) -> AsyncIterator[Server]:
+    name = " ".join(command[2:])
+    async with started(command, env=environment(store_url, **env), name=name) as process:
         base = f"http://127.0.0.1:{port}"
-        await _answering(process, base, ready, ready_status)
+        await _answering(process, base, ready, status)
         yield Server(base, process)
         await process.stop()
 
