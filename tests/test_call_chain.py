@@ -111,7 +111,11 @@ async def test_the_two_service_example(store_url: str) -> None:
         call = asyncio.create_task(
             client.get("/report", params={"rows": 6000}, headers={"x-request-id": "r-1"})
         )
-        await wait_until(lambda: _child_of(reader, "r-1:b"), timeout=30, what="B's request")
+
+        async def b_called() -> bool:
+            return await _child_of(reader, "r-1:b") is not None
+
+        await wait_until(b_called, timeout=30, what="B's request")
         on_b = await _child_of(reader, "r-1:b")
         assert on_b is not None
         await wait_until(lambda: has_state(reader, on_b, TaskState.STARTED), timeout=30)
