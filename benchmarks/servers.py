@@ -51,6 +51,15 @@ async def uvicorn(
         yield server
 
 
+#: ``python -c AIOHTTP_RUN module:factory PORT``: an aiohttp server on loopback, quiet.
+AIOHTTP_RUN = (
+    "import importlib, sys; from aiohttp import web; "
+    "module, factory = sys.argv[1].split(':'); "
+    "app = getattr(importlib.import_module(module), factory)([]); "
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[2]), print=None)"
+)
+
+
 @asynccontextmanager
 async def aiohttp_web(
     app: str,
@@ -61,9 +70,11 @@ async def aiohttp_web(
     stdout: bool = False,
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[Server]:
-    """``python -m aiohttp.web`` of the application factory ``app``, as :func:`uvicorn`."""
+    """aiohttp's ``web.run_app()`` of the application factory ``app`` (``module:function``,
+    called with ``[]``), as :func:`uvicorn` runs an ASGI app. (``python -m aiohttp.web``
+    would log every statement of the store at DEBUG.)"""
     port = free_port()
-    command = ["-m", "aiohttp.web", "-H", "127.0.0.1", "-P", str(port), app]
+    command = ["-c", AIOHTTP_RUN, app, str(port)]
     async with _serving(command, port, store_url, ready, ready_status, stdout, env) as server:
         yield server
 

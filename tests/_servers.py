@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ._processes import Process, environment, module, started
+from ._processes import Process, environment, module, python, started
 from .conftest import wait_until
 
 
@@ -47,27 +47,46 @@ async def uvicorn(
         *("--host", "127.0.0.1", "--port", str(port)),
         *("--log-level", "warning", "--no-access-log"),
     )
-    async with _serving(command, port, store_url, ready, ready_status, env) as server:
+    async with _serving(
+        command, f"uvicorn {target}", port, store_url, ready, ready_status, env
+    ) as server:
         yield server
+
+
+#: ``python -c AIOHTTP_RUN module:factory PORT``: an aiohttp server on loopback, quiet.
+AIOHTTP_RUN = (
+    "import importlib, sys; from aiohttp import web; "
+    "module, factory = sys.argv[1].split(':'); "
+    "app = getattr(importlib.import_module(module), factory)([]); "
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[2]), print=None)"
+)
 
 
 @asynccontextmanager
 async def aiohttp_server(
     target: str, store_url: str, *, ready: str, ready_status: int, **env: str
 ) -> AsyncIterator[Server]:
-    """``python -m aiohttp.web TARGET`` (an application factory ``module:function``) in a
-    process of its own, as :func:`uvicorn` runs an ASGI target."""
+    """aiohttp's ``web.run_app()`` of ``TARGET`` (an application factory ``module:function``,
+    called with ``[]``) in a process of its own, as :func:`uvicorn` runs an ASGI target.
+    (``python -m aiohttp.web`` would log every statement of the store at DEBUG.)"""
     port = free_port()
-    command = module("aiohttp.web", "-H", "127.0.0.1", "-P", str(port), target)
-    async with _serving(command, port, store_url, ready, ready_status, env) as server:
+    command = python("-c", AIOHTTP_RUN, target, str(port))
+    async with _serving(
+        command, f"aiohttp {target}", port, store_url, ready, ready_status, env
+    ) as server:
         yield server
 
 
 @asynccontextmanager
 async def _serving(
-    command: list[str], port: int, store_url: str, ready: str, status: int, env: dict[str, str]
+    command: list[str],
+    name: str,
+    port: int,
+    store_url: str,
+    ready: str,
+    status: int,
+    env: dict[str, str],
 ) -> AsyncIterator[Server]:
-    name = " ".join(command[2:])
     async with started(command, env=environment(store_url, **env), name=name) as process:
         base = f"http://127.0.0.1:{port}"
         await _answering(process, base, ready, status)
