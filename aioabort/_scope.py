@@ -204,7 +204,7 @@ class AbortScope:
         left: float | None = None
         while scope is not None:
             if scope._timer is not None and scope._loop is not None:
-                ahead = scope._timer.when() - scope._loop.time()
+                ahead = max(0.0, scope._timer.when() - scope._loop.time())
                 left = ahead if left is None else min(left, ahead)
             scope = scope._enclosing
         return left

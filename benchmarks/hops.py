@@ -48,28 +48,13 @@ async def _servers(stack: AsyncExitStack, url: str) -> dict[str, Server]:
     return {"A": a, "B": b, "C": c}
 
 
-async def _started(app: Any, task_id: str) -> None:
-    import aioabort
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if await app.handle(task_id).state() is aioabort.TaskState.STARTED:
-                return
-        except aioabort.TaskNotFound:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{task_id} did not start")
-        await asyncio.sleep(0.005)
-
-
-async def _cancelled(server: Server) -> list[str]:
-    """The next ``CANCELLED`` line of a server (aiohttp prints a banner first)."""
+async def _next(server: Server, kind: str) -> list[str]:
+    """The server's next line of ``kind`` (``ENTERED``, ``CANCELLED``), the others skipped."""
     stdout = server.proc.stdout
     assert stdout is not None
     while True:
         line = (await asyncio.wait_for(stdout.readline(), 30)).decode().split()
-        if line[:1] == ["CANCELLED"]:
+        if line[:1] == [kind]:
             return line
 
 
@@ -94,12 +79,13 @@ async def measure(url: str, count: int) -> dict[str, Any]:
                     client.get("/wait", params=params, headers={"x-request-id": request_id})
                 )
                 hops = SERVICES if chained else SERVICES[:1]
-                await _started(app, request_id + ".next" * (len(hops) - 1))
+                last = request_id + ".next" * (len(hops) - 1)
+                assert await _next(servers[hops[-1]], "ENTERED") == ["ENTERED", hops[-1], last]
                 await asyncio.sleep(0.003 + (i % 7) * 0.001)  # land anywhere in a 10 ms step
                 start = time.perf_counter()
                 assert await app.handle(request_id).abort("benchmark") is True
                 for depth, service in enumerate(hops):
-                    line = await _cancelled(servers[service])
+                    line = await _next(servers[service], "CANCELLED")
                     assert line[:3] == ["CANCELLED", service, request_id + ".next" * depth], line
                     latency = float(line[3]) - start
                     (chain[service] if chained else single).append(latency)

@@ -2,6 +2,7 @@
 (aiohttp, ``trust_parent=True``) with httpx's ``propagate`` hook; B calls C (Starlette on
 uvicorn, ``trust_parent=True``) with aiohttp's ``propagation()``. ``GET /wait`` on C, and on A
 without ``?chain``, awaits in 10 ms steps until cancelled (a single hop). Each handler prints
+``ENTERED <service> <request id>`` when its work or call begins, and
 ``CANCELLED <service> <request id> <perf_counter>`` when its ``CancelledError`` arrives. The
 store is ``AIOABORT_URL``, the next service ``NEXT_URL``, the service's letter ``SERVICE``.
 """
@@ -37,7 +38,8 @@ SERVICE = os.environ.get("SERVICE", "?")
 
 
 async def noting(request_id: str, work: Callable[[], Awaitable[T]]) -> T:
-    """``work()``, printing the moment its cancellation arrives."""
+    """``work()``, printing when it begins and the moment its cancellation arrives."""
+    print(f"ENTERED {SERVICE} {request_id}", flush=True)
     try:
         return await work()
     except asyncio.CancelledError:
