@@ -29,7 +29,13 @@ from ._scope import AbortScope
 from .web import _api, _requests
 
 try:
-    from aiohttp import ClientSession, TraceConfig, TraceRequestStartParams, web
+    from aiohttp import (
+        ClientSession,
+        TraceConfig,
+        TraceRequestEndParams,
+        TraceRequestStartParams,
+        web,
+    )
     from aiohttp.typedefs import Middleware
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingDriver(
@@ -217,11 +223,19 @@ async def _add_call_headers(
     params.headers.update(_requests.call_headers())
 
 
+async def _answered(
+    session: ClientSession, context: SimpleNamespace, params: TraceRequestEndParams
+) -> None:
+    await _requests.call_answered(params.response.status)
+
+
 def propagation() -> TraceConfig:
     """An aiohttp client ``TraceConfig`` that makes each request sent inside a scope carry it:
     ``aioabort-parent`` (the scope's task id) and, while a time limit runs,
     ``aioabort-timeout`` (the seconds left of it). Outside a scope it adds nothing. A
-    service with ``trust_parent=True`` makes the request a child of that task::
+    service with ``trust_parent=True`` makes the request a child of that task. A call
+    answered 499 because the caller's own task was aborted stops the caller there, before
+    its code sees the answer (the called service may hear of the abort first)::
 
         async with ClientSession(trace_configs=[aioabort.aiohttp.propagation()]) as session:
             async with session.get("http://reports/build") as response:
@@ -229,6 +243,7 @@ def propagation() -> TraceConfig:
     """
     config = TraceConfig()
     config.on_request_start.append(_add_call_headers)
+    config.on_request_end.append(_answered)
     return config
 
 

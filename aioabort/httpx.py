@@ -7,7 +7,8 @@ they call.
 ``trust_parent=True`` makes the request a child of that task (aborting the caller stops it)
 and takes the time left as its time limit::
 
-    async with httpx.AsyncClient(event_hooks={"request": [aioabort.httpx.propagate]}) as client:
+    hooks = {"request": [aioabort.httpx.propagate], "response": [aioabort.httpx.propagate]}
+    async with httpx.AsyncClient(event_hooks=hooks) as client:
         await client.get("http://reports/build")
 """
 
@@ -26,7 +27,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 __all__ = ["propagate"]
 
 
-async def propagate(request: httpx.Request) -> None:
-    """An :class:`httpx.AsyncClient` request hook: add the calling scope's headers (see the
-    module's docstring) to ``request``; outside a scope, nothing."""
-    request.headers.update(_requests.call_headers())
+async def propagate(message: httpx.Request | httpx.Response) -> None:
+    """An :class:`httpx.AsyncClient` event hook. As a ``"request"`` hook it adds the calling
+    scope's headers (see the module's docstring) to the request; outside a scope, nothing. As
+    a ``"response"`` hook too, a call answered 499 because the caller's own task was aborted
+    stops the caller there (its abort is read from the store), before its code sees the
+    answer: the called service may hear of the abort before the caller's process does."""
+    if isinstance(message, httpx.Response):
+        await _requests.call_answered(message.status_code)
+    else:
+        message.headers.update(_requests.call_headers())

@@ -53,7 +53,10 @@ async def _next(server: Server, kind: str) -> list[str]:
     stdout = server.proc.stdout
     assert stdout is not None
     while True:
-        line = (await asyncio.wait_for(stdout.readline(), 30)).decode().split()
+        try:
+            line = (await asyncio.wait_for(stdout.readline(), 30)).decode().split()
+        except TimeoutError:
+            raise TimeoutError(f"no {kind} line from {server.base} within 30 s") from None
         if line[:1] == [kind]:
             return line
 
@@ -85,20 +88,52 @@ async def measure(url: str, count: int) -> dict[str, Any]:
                 start = time.perf_counter()
                 assert await app.handle(request_id).abort("benchmark") is True
                 for depth, service in enumerate(hops):
-                    line = await _next(servers[service], "CANCELLED")
+                    try:
+                        line = await _next(servers[service], "CANCELLED")
+                    except TimeoutError:
+                        records = [
+                            await app.handle(last.rsplit(".next", d)[0]).record()
+                            for d in range(len(hops))
+                        ]
+                        raise TimeoutError(f"{service} of {request_id}: {records}") from None
                     assert line[:3] == ["CANCELLED", service, request_id + ".next" * depth], line
                     latency = float(line[3]) - start
                     (chain[service] if chained else single).append(latency)
                 assert (await waiting).status_code == 499
+        parent = await app.create(f"parent-{os.getpid()}")  # queued, never aborted
+        cost = await _request_cost(servers["C"], parent=parent.id, count=count)
     result: dict[str, Any] = {
         "single_hop": summary_ms(single),
         "chain": {service: summary_ms(samples) for service, samples in chain.items()},
+        "request": cost,
     }
     base = result["single_hop"]["p50_ms"] or 1e-9
     result["p50_ratio_to_single_hop"] = {
         service: round(result["chain"][service]["p50_ms"] / base, 2) for service in SERVICES
     }
     return result
+
+
+async def _request_cost(server: Server, *, parent: str, count: int) -> dict[str, Any]:
+    """What a trusted parent costs a request: ``GET /fast`` on C (``trust_parent=True``)
+    without the headers, and naming a parent the store holds (one more read), alternating."""
+    import httpx
+
+    plain: list[float] = []
+    parented: list[float] = []
+    headers = {"aioabort-parent": parent, "aioabort-timeout": "30"}
+    async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+        for _ in range(count):
+            for samples, sent in ((plain, {}), (parented, headers)):
+                start = time.perf_counter()
+                assert (await client.get("/fast", headers=sent)).status_code == 200
+                samples.append(time.perf_counter() - start)
+    without, named = summary_ms(plain), summary_ms(parented)
+    return {
+        "without_headers": without,
+        "naming_a_parent": named,
+        "p50_ratio": round(named["p50_ms"] / (without["p50_ms"] or 1e-9), 2),
+    }
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -113,6 +148,17 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         ratio = row["p50_ratio_to_single_hop"]
         cells.append(f"{ratio['B']}, {ratio['C']}")
         lines.append(f"| {store} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| store | a request on C, p50: without the headers | naming a parent | ratio |",
+        "|---|---|---|---|",
+    ]
+    for store, row in results.items():
+        cost = row["request"]
+        lines.append(
+            f"| {store} | {cost['without_headers']['p50_ms']} | "
+            f"{cost['naming_a_parent']['p50_ms']} | {cost['p50_ratio']} |"
+        )
     return "\n".join(lines)
 
 

@@ -57,17 +57,21 @@ async def wait_asgi(request: Request) -> JSONResponse:
     if "chain" not in request.query_params:
         await noting(scope.id, work_forever)
         return JSONResponse({})
-    hooks = {"request": [aioabort.httpx.propagate]}
+    hooks = {"request": [aioabort.httpx.propagate], "response": [aioabort.httpx.propagate]}
     async with httpx.AsyncClient(base_url=NEXT_URL, timeout=None, event_hooks=hooks) as client:
         headers = {"x-request-id": f"{scope.id}.next"}
         answer = await noting(scope.id, lambda: client.get("/wait", headers=headers))
     return JSONResponse(answer.json())
 
 
+async def fast(request: Request) -> JSONResponse:
+    """A request that only runs in its scope (what trusting a parent costs per request)."""
+    return JSONResponse({"time_left": request_scope(request).time_left()})
+
+
 def asgi(*, trust_parent: bool) -> Starlette:
-    app = Starlette(
-        lifespan=aborts.lifespan, routes=[Route("/wait", wait_asgi), Route("/health", health)]
-    )
+    routes = [Route("/wait", wait_asgi), Route("/fast", fast), Route("/health", health)]
+    app = Starlette(lifespan=aborts.lifespan, routes=routes)
     app.add_middleware(
         AbortMiddleware, aborts=aborts, trust_parent=trust_parent, exclude=("/health",)
     )

@@ -46,7 +46,7 @@ async def health(request: Request) -> JSONResponse:
 async def work_a(request: Request) -> JSONResponse:
     scope = request_scope(request)
     limit = request.query_params.get("limit")
-    hooks = {"request": [aioabort.httpx.propagate]}
+    hooks = {"request": [aioabort.httpx.propagate], "response": [aioabort.httpx.propagate]}
     async with (
         httpx.AsyncClient(base_url=NEXT_URL, timeout=120, event_hooks=hooks) as client,
         aioabort.abortable(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -215,9 +216,8 @@ def serve(request: pytest.FixtureRequest) -> Serve:
 
 
 def propagating(site: Site) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=site.base, timeout=30, event_hooks={"request": [aioabort.httpx.propagate]}
-    )
+    hooks = {"request": [aioabort.httpx.propagate], "response": [aioabort.httpx.propagate]}
+    return httpx.AsyncClient(base_url=site.base, timeout=30, event_hooks=hooks)
 
 
 async def _abort_the_caller(app: aioabort.App, how: str) -> None:
@@ -370,3 +370,51 @@ async def test_aiohttp_clients_propagate_too(store_url: str) -> None:
                 left: Any = (await inside.json())["time_left"]
         record = await site.aborts.handle("call-6").wait(timeout=20)
     assert 0 < left <= 10 and record.parent_id == "caller-6"
+
+
+async def _get_with_aiohttp(site: Site, path: str, headers: dict[str, str]) -> object:
+    from aiohttp import ClientSession
+
+    from aioabort.aiohttp import propagation
+
+    async with (
+        ClientSession(site.base, trace_configs=[propagation()]) as session,
+        session.get(path, headers=headers) as answer,
+    ):
+        return answer.status
+
+
+async def _get_with_httpx(site: Site, path: str, headers: dict[str, str]) -> object:
+    async with propagating(site) as http:
+        return (await http.get(path, headers=headers)).status_code
+
+
+@pytest.mark.parametrize("get", [_get_with_httpx, _get_with_aiohttp], ids=["httpx", "aiohttp"])
+async def test_a_caller_that_hears_of_its_abort_last_stops_at_the_answer(
+    get: Callable[[Site, str, dict[str, str]], Any],
+) -> None:
+    """The called service can hear of the caller's abort first (the store aborts the family
+    in one write; each process hears of it in its own time). Here the caller's App hears of
+    no change at all: the 499 answer makes it read its own record, so it stops where it
+    awaited the call, and its code never sees that answer."""
+    store_url = f"memory://deaf-{uuid.uuid4().hex}"
+    async with starlette_site(store_url, trust_parent=True) as site:
+        caller_app = aioabort.App(store_url)
+        async with caller_app:
+            store: Any = caller_app.runtime.store
+            store.db.watchers.remove(store._watching)  # deaf: only the answer can tell it
+
+            async def abort_the_caller() -> None:
+                await site.running("call-7").wait()
+                await site.aborts.handle("caller-7").abort("stop the caller", by="ops")
+
+            aborter = asyncio.create_task(abort_the_caller())
+            answers = []
+            async with abortable("caller-7", app=caller_app, suppress=True) as caller:
+                answers.append(await get(site, "/slow", {"x-request-id": "call-7"}))
+            await asyncio.wait_for(aborter, 20)
+            record = await caller_app.handle("caller-7").record()
+    assert answers == []
+    assert caller.aborted and caller.reason is not None
+    assert caller.reason.message == "stop the caller"
+    assert record.state is TaskState.ABORTED

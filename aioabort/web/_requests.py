@@ -18,7 +18,8 @@ The rules, in the order a request meets them:
 * with ``trust_parent``, a call made inside another service's scope (:func:`call_headers`)
   is that task's child here, and the caller's time left is the request's time limit
   (:func:`read_call`; :func:`serve` links it): a bad or untrusted header is ignored, logged
-  at debug, never an error, and a parent this store does not hold is never linked.
+  at debug, never an error, and a parent this store does not hold is never linked; a caller
+  answered 499 stops at once if its own task was aborted (:func:`call_answered`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .._aborting import catch_up
 from .._app import App
 from .._errors import (
     ScopeAlreadyEntered,
@@ -132,6 +134,18 @@ def call_headers() -> dict[str, str]:
     if left is not None:
         headers[TIMEOUT_HEADER] = f"{max(left, MIN_TIMEOUT):.3f}"
     return headers
+
+
+async def call_answered(status: int) -> None:
+    """A call made here was answered ``status``. A 499 may be the called service's request
+    stopped by this scope's own abort: the store aborts a family in one write, and the callee
+    can hear of it before this process does. Then the abort recorded on this scope's task is
+    taken in now (one read), so the caller stops here, before its code sees that answer."""
+    scope = _current_scope.get()
+    if scope is None or status != ABORTED_STATUS or scope.is_aborted():
+        return
+    await catch_up(scope)
+    await scope.checkpoint()  # aborted: its cancellation arrives here
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,9 @@ api.add_middleware(AbortMiddleware, aborts=aborts, header="x-request-id")
 @api.get("/report")
 async def report(request: Request, rows: int = 100, deadline: float | None = None) -> Any:
     scope = request_scope(request)  # this request's scope: its id is the x-request-id
-    # Calls sent in a scope carry its task id and time left (aioabort-parent, aioabort-timeout).
-    hooks = {"request": [aioabort.httpx.propagate]}
+    # Calls sent in a scope carry its task id and time left (aioabort-parent, aioabort-timeout);
+    # as a response hook, it stops this request at once when B answers that A's abort stopped it.
+    hooks = {"request": [aioabort.httpx.propagate], "response": [aioabort.httpx.propagate]}
     try:
         async with (
             httpx.AsyncClient(base_url=SERVICE_B, event_hooks=hooks, timeout=None) as client,
