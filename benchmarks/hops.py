@@ -95,7 +95,10 @@ async def measure(url: str, count: int) -> dict[str, Any]:
                             await app.handle(last.rsplit(".next", d)[0]).record()
                             for d in range(len(hops))
                         ]
-                        raise TimeoutError(f"{service} of {request_id}: {records}") from None
+                        answer = (await waiting).text
+                        raise TimeoutError(
+                            f"{service} of {request_id}: {answer} {records}"
+                        ) from None
                     assert line[:3] == ["CANCELLED", service, request_id + ".next" * depth], line
                     latency = float(line[3]) - start
                     (chain[service] if chained else single).append(latency)

@@ -58,10 +58,13 @@ async def wait_asgi(request: Request) -> JSONResponse:
         await noting(scope.id, work_forever)
         return JSONResponse({})
     hooks = {"request": [aioabort.httpx.propagate], "response": [aioabort.httpx.propagate]}
-    async with httpx.AsyncClient(base_url=NEXT_URL, timeout=None, event_hooks=hooks) as client:
-        headers = {"x-request-id": f"{scope.id}.next"}
-        answer = await noting(scope.id, lambda: client.get("/wait", headers=headers))
-    return JSONResponse(answer.json())
+    headers = {"x-request-id": f"{scope.id}.next"}
+
+    async def call() -> object:
+        async with httpx.AsyncClient(base_url=NEXT_URL, timeout=None, event_hooks=hooks) as client:
+            return (await client.get("/wait", headers=headers)).json()
+
+    return JSONResponse(await noting(scope.id, call))
 
 
 async def fast(request: Request) -> JSONResponse:
@@ -85,14 +88,16 @@ c = asgi(trust_parent=True)
 async def wait_b(request: web.Request) -> web.Response:
     scope = request[aioabort.aiohttp.SCOPE]
     trace = [aioabort.aiohttp.propagation()]
-    async with aiohttp.ClientSession(NEXT_URL, trace_configs=trace) as session:
+    headers = {"x-request-id": f"{scope.id}.next"}
 
-        async def call() -> object:
-            headers = {"x-request-id": f"{scope.id}.next"}
-            async with session.get("/wait", headers=headers) as answer:
-                return await answer.json()
+    async def call() -> object:
+        async with (
+            aiohttp.ClientSession(NEXT_URL, trace_configs=trace) as session,
+            session.get("/wait", headers=headers) as answer,
+        ):
+            return await answer.json()
 
-        return web.json_response(await noting(scope.id, call))
+    return web.json_response(await noting(scope.id, call))
 
 
 async def health_b(request: web.Request) -> web.Response:

@@ -142,10 +142,10 @@ async def call_answered(status: int) -> None:
     can hear of it before this process does. Then the abort recorded on this scope's task is
     taken in now (one read), so the caller stops here, before its code sees that answer."""
     scope = _current_scope.get()
-    if scope is None or status != ABORTED_STATUS or scope.is_aborted():
+    if scope is None or status != ABORTED_STATUS:
         return
-    await catch_up(scope)
-    await scope.checkpoint()  # aborted: its cancellation arrives here
+    await catch_up(scope)  # (no read when its abort already arrived)
+    await scope.checkpoint()  # aborted: its cancellation arrives here, at the answer
 
 
 @dataclass(frozen=True, slots=True)
