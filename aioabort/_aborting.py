@@ -116,16 +116,19 @@ async def stop_here(runtime: Runtime, task_id: str, reason: AbortReason) -> None
     _deliver(watcher, task_id, reason, outcome)
 
 
-async def catch_up(scope: AbortScope) -> None:
-    """Deliver to ``scope`` an abort already recorded on its task (one read), without waiting
-    for the watcher to see it: for when another process told of it first (a called service
-    answered that the abort stopped it)."""
-    runtime = scope._runtime
-    if runtime is None or scope.is_aborted():
-        return
-    record = await shielded(runtime.store.get(scope.id))
-    if record is not None and record.reason is not None and not record.state.is_terminal:
-        runtime.watcher.deliver(scope.id, record.reason, record.attempts)
+async def catch_up(scope: AbortScope | None) -> None:
+    """Deliver to ``scope``, and to the scopes around it, an abort already recorded on their
+    tasks, without waiting for the watcher to see it: for when another process told of it
+    first (a called service answered that the abort stopped it). One read per scope not yet
+    aborted, up to the first whose task has no abort (an abort reaches the children)."""
+    while scope is not None:
+        runtime = scope._runtime
+        if runtime is not None and not scope.is_aborted():
+            record = await shielded(runtime.store.get(scope.id))
+            if record is None or record.reason is None or record.state.is_terminal:
+                return
+            runtime.watcher.deliver(scope.id, record.reason, record.attempts)
+        scope = scope._enclosing
 
 
 def _deliver(watcher: Watcher, task_id: str, reason: AbortReason, outcome: AbortOutcome) -> None:

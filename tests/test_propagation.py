@@ -395,8 +395,9 @@ async def test_a_caller_that_hears_of_its_abort_last_stops_at_the_answer(
 ) -> None:
     """The called service can hear of the caller's abort first (the store aborts the family
     in one write; each process hears of it in its own time). Here the caller's App hears of
-    no change at all: the 499 answer makes it read its own record, so it stops where it
-    awaited the call, and its code never sees that answer."""
+    no change at all: the 499 answer makes it read its records (the call is made in a scope
+    inside the aborted one), so both stop where the call was awaited, ABORTED, and the
+    caller's code never sees that answer."""
     store_url = f"memory://deaf-{uuid.uuid4().hex}"
     async with starlette_site(store_url, trust_parent=True) as site:
         caller_app = aioabort.App(store_url)
@@ -410,11 +411,14 @@ async def test_a_caller_that_hears_of_its_abort_last_stops_at_the_answer(
 
             aborter = asyncio.create_task(abort_the_caller())
             answers = []
-            async with abortable("caller-7", app=caller_app, suppress=True) as caller:
+            async with (
+                abortable("caller-7", app=caller_app, suppress=True) as caller,
+                abortable("inner-7", app=caller_app),
+            ):
                 answers.append(await get(site, "/slow", {"x-request-id": "call-7"}))
             await asyncio.wait_for(aborter, 20)
-            record = await caller_app.handle("caller-7").record()
+            records = [await caller_app.handle(i).record() for i in ("caller-7", "inner-7")]
     assert answers == []
     assert caller.aborted and caller.reason is not None
     assert caller.reason.message == "stop the caller"
-    assert record.state is TaskState.ABORTED
+    assert [r.state for r in records] == [TaskState.ABORTED] * 2
