@@ -190,6 +190,7 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="write results/hops.{json,md}")
     args = parser.parse_args()
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="aioabort-hops-") as tmp:
         results = asyncio.run(run(stores, args.count, tmp))
     print(json.dumps(results, indent=2))
@@ -199,7 +200,10 @@ def main() -> int:
         (RESULTS / "hops.md").write_text(
             "# Abort latency along a chain of calls\n\n"
             f"`python -m benchmarks.hops --count {args.count}`, ms, from `abort()` of A's "
-            "request to each handler's `CancelledError`.\n\n" + table(results) + "\n"
+            f"request to each handler's `CancelledError`; {time.strftime('%Y-%m-%d')}, "
+            f"{os.cpu_count()} CPUs, load average {load:.1f} at the start.\n\n"
+            + table(results)
+            + "\n"
         )
     return 0
 
