@@ -196,7 +196,7 @@ def read_call(parent: str | None, timeout: str | None, *, trusted: bool) -> Call
     if not trusted:
         for header, raw in ((PARENT_HEADER, parent), (TIMEOUT_HEADER, timeout)):
             if raw is not None:
-                _ignored(header, raw, "this server does not trust its clients' (trust_parent)")
+                _ignored(header, raw, "trust_parent is off")
         return None
     call = Call(_parent(parent), _seconds(timeout))
     return None if call.parent is None and call.timeout is None else call
