@@ -4,7 +4,7 @@ The request commits before anything is cancelled, so the record never lags the b
 the scope open in this process for that id (if any) and the scopes of every unfinished child
 the store aborted with it are cancelled at once, without waiting for the watcher to see the
 change. Used by :meth:`AbortHandle.abort`, a scope's time limit, the worker's and the App's
-shutdown.
+shutdown. :func:`catch_up` delivers an abort that another process heard of first.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ._watcher import Watcher
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
+    from ._scope import AbortScope
 
 logger = logging.getLogger("aioabort")
 
@@ -113,6 +114,21 @@ async def stop_here(runtime: Runtime, task_id: str, reason: AbortReason) -> None
     if outcome.recorded:
         abort_requested(reason.code)
     _deliver(watcher, task_id, reason, outcome)
+
+
+async def catch_up(scope: AbortScope | None) -> None:
+    """Deliver to ``scope``, and to the scopes around it, an abort already recorded on their
+    tasks, without waiting for the watcher to see it: for when another process told of it
+    first (a called service answered that the abort stopped it). One read per scope not yet
+    aborted, up to the first whose task has no abort (an abort reaches the children)."""
+    while scope is not None:
+        runtime = scope._runtime
+        if runtime is not None and not scope.is_aborted():
+            record = await shielded(runtime.store.get(scope.id))
+            if record is None or record.reason is None or record.state.is_terminal:
+                return
+            runtime.watcher.deliver(scope.id, record.reason, record.attempts)
+        scope = scope._enclosing
 
 
 def _deliver(watcher: Watcher, task_id: str, reason: AbortReason, outcome: AbortOutcome) -> None:

@@ -103,8 +103,10 @@ class AbortScope:
         "_enclosing",
         "_ignored",
         "_labels",
+        "_limit_message",
         "_loop",
         "_name",
+        "_parent_id",
         "_preaborted",
         "_progress",
         "_requested",
@@ -138,6 +140,8 @@ class AbortScope:
         _claimed: TaskRecord | None = None,
         _retryable: bool = False,
         _retry: RetryPolicy | None = None,
+        _parent_id: str | None = None,
+        _limit_message: str | None = None,
     ) -> None:
         self.id: str = check_task_id(task_id)
         time_limit = check_time_limit(time_limit)
@@ -160,6 +164,8 @@ class AbortScope:
         self._suppress = suppress
         self._name = None if name is None else check_name(name)
         self._detached = detached
+        self._parent_id = _parent_id  # a detached scope's parent named by id (a caller's task)
+        self._limit_message = _limit_message  # what its time limit's abort says, if not the usual
         self._requested = False
         self._early: list[tuple[AbortReason, int]] = []
         self._enclosing: AbortScope | None = None
@@ -184,6 +190,18 @@ class AbortScope:
     async def checkpoint(self) -> None:
         """An await point for loops that have none: raises ``CancelledError`` once aborted."""
         await anyio.lowlevel.checkpoint()
+
+    def time_left(self) -> float | None:
+        """Seconds left before a time limit stops this block (its own or an enclosing
+        scope's, whichever comes first), or ``None`` when no limit runs."""
+        scope: AbortScope | None = self
+        left: float | None = None
+        while scope is not None:
+            if scope._timer is not None and scope._loop is not None:
+                ahead = max(0.0, scope._timer.when() - scope._loop.time())
+                left = ahead if left is None else min(left, ahead)
+            scope = scope._enclosing
+        return left
 
     def raise_if_aborted(self) -> None:
         """Raise :class:`TaskAborted` once an abort was requested: for code that cannot await
@@ -338,7 +356,7 @@ class AbortScope:
                 self.id,
                 owner=runtime.owner,
                 name=self._name,
-                parent_id=parent.id if parent is not None else None,
+                parent_id=parent.id if parent is not None else self._parent_id,
                 adopt=self._adopt,
                 labels=self._labels or None,
             )
@@ -471,7 +489,7 @@ class AbortScope:
             return
         reason = AbortReason(
             AbortReason.TIMEOUT,
-            f"time limit of {self._time_limit:g}s exceeded",
+            self._limit_message or f"time limit of {self._time_limit:g}s exceeded",
             by=f"time_limit@{runtime.owner}",
         )
         task = asyncio.get_running_loop().create_task(stop_here(runtime, self.id, reason))

@@ -4,7 +4,9 @@
 typed key :data:`AIOABORT`, and adds :func:`abort_middleware`: each request runs inside
 ``abortable(request_id)`` and can be aborted from any process. :func:`router` is the same
 JSON API, event streams and dashboard as :func:`aioabort.web.router`, as a sub-application:
-``app.add_subapp("/aioabort", router(aborts, authorize=...))``.
+``app.add_subapp("/aioabort", router(aborts, authorize=...))``. On the client side,
+:func:`propagation` makes calls made inside a scope carry it to the service they call
+(``setup(..., trust_parent=True)`` there).
 
 On ``handler_cancellation``: since aiohttp 3.7 a handler keeps running when its client
 disconnects (``run_app(..., handler_cancellation=True)`` brings the old cancellation back).
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from ._app import App
 from ._errors import MissingDriver
@@ -26,14 +29,20 @@ from ._scope import AbortScope
 from .web import _api, _requests
 
 try:
-    from aiohttp import web
+    from aiohttp import (
+        ClientSession,
+        TraceConfig,
+        TraceRequestEndParams,
+        TraceRequestStartParams,
+        web,
+    )
     from aiohttp.typedefs import Middleware
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingDriver(
         'aioabort.aiohttp needs aiohttp, which is not installed: pip install "aioabort[aiohttp]"'
     ) from exc
 
-__all__ = ["AIOABORT", "SCOPE", "abort_middleware", "router", "setup"]
+__all__ = ["AIOABORT", "SCOPE", "abort_middleware", "propagation", "router", "setup"]
 
 #: Where :func:`setup` keeps the App: ``request.app[AIOABORT]``.
 AIOABORT = web.AppKey("aioabort", App)
@@ -101,6 +110,14 @@ async def _run_handler(
             await watch
 
 
+def _call(request: web.Request, trusted: bool) -> _requests.Call | None:
+    """The call between services that the request's headers describe (``trust_parent``)."""
+    headers = request.headers
+    return _requests.read_call(
+        headers.get(_requests.PARENT_HEADER), headers.get(_requests.TIMEOUT_HEADER), trusted=trusted
+    )
+
+
 def abort_middleware(
     aborts: App,
     *,
@@ -108,6 +125,7 @@ def abort_middleware(
     status: int = _requests.ABORTED_STATUS,
     exclude: Sequence[str] = (),
     abort_on_disconnect: bool = False,
+    trust_parent: bool = False,
 ) -> Middleware:
     """Run each request inside ``abortable(request_id)`` (id from ``header``, or generated),
     by the same rules as the ASGI :class:`aioabort.web.AbortMiddleware`.
@@ -116,6 +134,8 @@ def abort_middleware(
         router's sub-application).
     :param abort_on_disconnect: abort the request (reason code ``disconnect``) when its client
         disconnects before the handler is done.
+    :param trust_parent: as the ASGI middleware's: a call from another service's scope is
+        its task's child here (off by default: only for services behind your own edge).
 
     An aborted request is answered ``status`` (499) with
     ``{"error": "aborted", "task_id": ..., "reason": {...}}``; one whose handler had begun a
@@ -135,6 +155,7 @@ def abort_middleware(
         request_id = _requests.request_id(request.headers.get(header), header)
         if isinstance(request_id, _api.Answer):
             return _response(request_id)
+        call = _call(request, trust_parent)
 
         async def run(scope: AbortScope) -> web.StreamResponse:
             request[SCOPE] = scope
@@ -143,7 +164,7 @@ def abort_middleware(
             return await handler(request)
 
         name = _requests.request_name(request.method, request.path)
-        response = await _requests.serve(aborts, request_id, name, run, status=status)
+        response = await _requests.serve(aborts, request_id, name, run, status=status, call=call)
         if not isinstance(response, _api.Answer):
             if not response.prepared:
                 response.headers[header] = request_id
@@ -167,9 +188,11 @@ def setup(
     header: str = "X-Request-Id",
     exclude: Sequence[str] = (),
     abort_on_disconnect: bool = False,
+    trust_parent: bool = False,
 ) -> None:
     """Open ``aborts`` with the aiohttp app, keep it under :data:`AIOABORT`, and (by default)
-    add :func:`abort_middleware` (with ``header``, ``exclude`` and ``abort_on_disconnect``)."""
+    add :func:`abort_middleware` (with ``header``, ``exclude``, ``abort_on_disconnect`` and
+    ``trust_parent``)."""
     app[AIOABORT] = aborts
 
     async def lifetime(_: web.Application) -> AsyncIterator[None]:
@@ -185,9 +208,43 @@ def setup(
     if middleware:
         app.middlewares.append(
             abort_middleware(
-                aborts, header=header, exclude=exclude, abort_on_disconnect=abort_on_disconnect
+                aborts,
+                header=header,
+                exclude=exclude,
+                abort_on_disconnect=abort_on_disconnect,
+                trust_parent=trust_parent,
             )
         )
+
+
+async def _add_call_headers(
+    session: ClientSession, context: SimpleNamespace, params: TraceRequestStartParams
+) -> None:
+    params.headers.update(_requests.call_headers())
+
+
+async def _answered(
+    session: ClientSession, context: SimpleNamespace, params: TraceRequestEndParams
+) -> None:
+    await _requests.call_answered(params.response.status)
+
+
+def propagation() -> TraceConfig:
+    """An aiohttp client ``TraceConfig`` that makes each request sent inside a scope carry it:
+    ``aioabort-parent`` (the scope's task id) and, while a time limit runs,
+    ``aioabort-timeout`` (the seconds left of it). Outside a scope it adds nothing. A
+    service with ``trust_parent=True`` makes the request a child of that task. A call
+    answered 499 because the caller's own task was aborted stops the caller there, before
+    its code sees the answer (the called service may hear of the abort first)::
+
+        async with ClientSession(trace_configs=[aioabort.aiohttp.propagation()]) as session:
+            async with session.get("http://reports/build") as response:
+                ...
+    """
+    config = TraceConfig()
+    config.on_request_start.append(_add_call_headers)
+    config.on_request_end.append(_answered)
+    return config
 
 
 # -- the router ------------------------------------------------------------------------------

@@ -30,30 +30,72 @@ class Server:
 
 @asynccontextmanager
 async def uvicorn(
-    app: str, store_url: str, *, ready: str, ready_status: int, stdout: bool = False
+    app: str,
+    store_url: str,
+    *,
+    ready: str,
+    ready_status: int,
+    stdout: bool = False,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Server]:
-    """One ``uvicorn app`` process on a free loopback port, with ``AIOABORT_URL=store_url``;
-    yields once ``GET ready`` answers ``ready_status`` (within 30 s), and stops it after.
+    """One ``uvicorn app`` process on a free loopback port, with ``AIOABORT_URL=store_url``
+    (and ``env``); yields once ``GET ready`` answers ``ready_status`` (within 30 s), and stops
+    it after.
 
     :param stdout: capture the server's standard output (``server.proc.stdout``).
     """
+    port = free_port()
+    command = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--log-level", "warning", "--no-access-log"]
+    async with _serving(command, port, store_url, ready, ready_status, stdout, env) as server:
+        yield server
+
+
+#: ``python -c AIOHTTP_RUN module:factory PORT``: an aiohttp server on loopback, quiet.
+AIOHTTP_RUN = (
+    "import importlib, sys; from aiohttp import web; "
+    "module, factory = sys.argv[1].split(':'); "
+    "app = getattr(importlib.import_module(module), factory)([]); "
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[2]), print=None)"
+)
+
+
+@asynccontextmanager
+async def aiohttp_web(
+    app: str,
+    store_url: str,
+    *,
+    ready: str,
+    ready_status: int,
+    stdout: bool = False,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Server]:
+    """aiohttp's ``web.run_app()`` of the application factory ``app`` (``module:function``,
+    called with ``[]``), as :func:`uvicorn` runs an ASGI app. (``python -m aiohttp.web``
+    would log every statement of the store at DEBUG.)"""
+    port = free_port()
+    command = ["-c", AIOHTTP_RUN, app, str(port)]
+    async with _serving(command, port, store_url, ready, ready_status, stdout, env) as server:
+        yield server
+
+
+@asynccontextmanager
+async def _serving(
+    command: list[str],
+    port: int,
+    store_url: str,
+    ready: str,
+    ready_status: int,
+    stdout: bool,
+    env: dict[str, str] | None,
+) -> AsyncIterator[Server]:
     import httpx
 
-    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
+        *command,
         stdout=asyncio.subprocess.PIPE if stdout else None,
-        env={**os.environ, "AIOABORT_URL": store_url, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "AIOABORT_URL": store_url, "PYTHONPATH": str(REPO), **(env or {})},
         cwd=REPO,
     )
     base = f"http://127.0.0.1:{port}"
@@ -67,7 +109,7 @@ async def uvicorn(
                 except httpx.TransportError:
                     pass
                 if proc.returncode is not None or time.monotonic() > deadline:
-                    raise TimeoutError(f"uvicorn {app} did not start on port {port}")
+                    raise TimeoutError(f"{' '.join(command)} did not start on port {port}")
                 await asyncio.sleep(0.02)
         yield Server(base, proc)
     finally:

@@ -1,5 +1,6 @@
 """Real web servers on loopback for the tests: a uvicorn process of its own (the example
-application, or any ASGI target of the repository), or a uvicorn in this process."""
+application, or any ASGI target of the repository), an aiohttp server process of its own, or
+a uvicorn in this process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ._processes import Process, environment, module, started
+from ._processes import Process, environment, module, python, started
 from .conftest import wait_until
 
 
@@ -33,12 +34,12 @@ class Server:
 
 @asynccontextmanager
 async def uvicorn(
-    target: str, store_url: str, *, ready: str, ready_status: int
+    target: str, store_url: str, *, ready: str, ready_status: int, **env: str
 ) -> AsyncIterator[Server]:
     """``uvicorn TARGET`` in a process of its own on a free loopback port, with
-    ``AIOABORT_URL=store_url``; yields once ``GET ready`` answers ``ready_status`` (within
-    30 s), and stops it after (SIGTERM; killed, and a failure, if it is still running 30 s
-    later)."""
+    ``AIOABORT_URL=store_url`` (and ``env``); yields once ``GET ready`` answers
+    ``ready_status`` (within 30 s), and stops it after (SIGTERM; killed, and a failure, if it
+    is still running 30 s later)."""
     port = free_port()
     command = module(
         "uvicorn",
@@ -46,9 +47,49 @@ async def uvicorn(
         *("--host", "127.0.0.1", "--port", str(port)),
         *("--log-level", "warning", "--no-access-log"),
     )
-    async with started(command, env=environment(store_url), name=f"uvicorn {target}") as process:
+    async with _serving(
+        command, f"uvicorn {target}", port, store_url, ready, ready_status, env
+    ) as server:
+        yield server
+
+
+#: ``python -c AIOHTTP_RUN module:factory PORT``: an aiohttp server on loopback, quiet.
+AIOHTTP_RUN = (
+    "import importlib, sys; from aiohttp import web; "
+    "module, factory = sys.argv[1].split(':'); "
+    "app = getattr(importlib.import_module(module), factory)([]); "
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[2]), print=None)"
+)
+
+
+@asynccontextmanager
+async def aiohttp_server(
+    target: str, store_url: str, *, ready: str, ready_status: int, **env: str
+) -> AsyncIterator[Server]:
+    """aiohttp's ``web.run_app()`` of ``TARGET`` (an application factory ``module:function``,
+    called with ``[]``) in a process of its own, as :func:`uvicorn` runs an ASGI target.
+    (``python -m aiohttp.web`` would log every statement of the store at DEBUG.)"""
+    port = free_port()
+    command = python("-c", AIOHTTP_RUN, target, str(port))
+    async with _serving(
+        command, f"aiohttp {target}", port, store_url, ready, ready_status, env
+    ) as server:
+        yield server
+
+
+@asynccontextmanager
+async def _serving(
+    command: list[str],
+    name: str,
+    port: int,
+    store_url: str,
+    ready: str,
+    status: int,
+    env: dict[str, str],
+) -> AsyncIterator[Server]:
+    async with started(command, env=environment(store_url, **env), name=name) as process:
         base = f"http://127.0.0.1:{port}"
-        await _answering(process, base, ready, ready_status)
+        await _answering(process, base, ready, status)
         yield Server(base, process)
         await process.stop()
 

@@ -35,7 +35,7 @@ def test_every_error_shares_one_root() -> None:
 def test_import_loads_no_driver_or_web_framework() -> None:
     code = (
         "import sys, aioabort; "
-        "print(sorted(m for m in ('asyncpg', 'aiosqlite', 'starlette', 'fastapi', 'aiohttp') "
+        "print(sorted(m for m in ('asyncpg', 'aiosqlite', 'starlette', 'fastapi', 'aiohttp', 'httpx') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -41,6 +41,16 @@ NOT_OPEN = Answer(
 )
 
 
+_PARENT = _requests.PARENT_HEADER.encode()
+_TIMEOUT = _requests.TIMEOUT_HEADER.encode()
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of the header ``name`` (lower case), or ``None``."""
+    raw = next((v for k, v in headers if k == name), None)
+    return None if raw is None else raw.decode("latin-1")
+
+
 async def _send_json(
     send: Send, answer: Answer, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
@@ -179,6 +189,13 @@ class AbortMiddleware:
         from outside: for frameworks that run the view in a task of their own and cancel it
         on a disconnect — Django's ASGI handler. The scope records ABORTED all the same,
         unless the application still answered in full (then SUCCESS, the abort kept).
+    :param trust_parent: take in the ``aioabort-parent`` and ``aioabort-timeout`` headers of
+        a call made inside another service's scope (``aioabort.httpx.propagate``,
+        ``aioabort.aiohttp.propagation()``): the request becomes the child of that task when
+        this store holds it (aborting the caller stops it: 499, the reason naming the
+        parent), and the caller's time left becomes its time limit (code ``timeout``). Off by
+        default: turn it on only for services that only your own services can reach. Bad
+        headers are ignored (logged at debug), never an error.
     """
 
     def __init__(
@@ -192,6 +209,7 @@ class AbortMiddleware:
         exclude: Sequence[str] = (),
         lazy_open: bool = False,
         abort_as_disconnect: bool = False,
+        trust_parent: bool = False,
     ) -> None:
         if not isinstance(aborts, App):
             raise UsageError("AbortMiddleware needs aborts=aioabort.App(...)")
@@ -204,6 +222,7 @@ class AbortMiddleware:
         self.exclude = tuple(exclude)
         self.lazy_open = lazy_open
         self.abort_as_disconnect = abort_as_disconnect
+        self.trust_parent = trust_parent
         self._mode: Mode = (
             _as_disconnect
             if abort_as_disconnect
@@ -224,16 +243,24 @@ class AbortMiddleware:
             async with self._opening:
                 if not self.aborts.is_open:
                     await self.aborts.open()
-        raw = next((v for k, v in scope.get("headers", []) if k == self._header_bytes), None)
-        request_id = _requests.request_id(
-            None if raw is None else raw.decode("latin-1"), self.header
-        )
+        headers = scope.get("headers", [])
+        request_id = _requests.request_id(_header(headers, self._header_bytes), self.header)
         if isinstance(request_id, Answer):
             await _send_json(send, request_id)
             return
-        await self._run(scope, receive, send, request_id)
+        call = _requests.read_call(
+            _header(headers, _PARENT), _header(headers, _TIMEOUT), trusted=self.trust_parent
+        )
+        await self._run(scope, receive, send, request_id, call)
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _run(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        call: _requests.Call | None,
+    ) -> None:
         exchange = _Exchange(
             self.aborts, request_id, scope, receive, send, (self._header_bytes, request_id.encode())
         )
@@ -243,7 +270,9 @@ class AbortMiddleware:
             await self._mode(self.app, abort_scope, exchange)
 
         name = _requests.request_name(scope.get("method", "HTTP"), scope.get("path", ""))
-        answer = await _requests.serve(self.aborts, request_id, name, run, status=self.status_code)
+        answer = await _requests.serve(
+            self.aborts, request_id, name, run, status=self.status_code, call=call
+        )
         if answer is None:
             return  # the application answered
         if exchange.started:
