@@ -322,3 +322,31 @@ async def test_an_outage_is_counted_in_opentelemetry(store_url: str, redis_serve
     assert [(p.value, dict(p.attributes or {})) for p in points] == [
         (1, {"notifier": redis_server.url})
     ]
+
+
+async def test_a_superseded_run_hears_of_it_through_the_notifier(
+    postgres_url: str, notifier: Broker
+) -> None:
+    """On PostgreSQL with a notifier nothing is NOTIFYed and the poll is a minute away: the
+    run that a new task of its key supersedes stops because the producer told its owner."""
+    key = f"report:{uuid.uuid4().hex[:8]}"
+    runner = aioabort.App(postgres_url, notifier=notifier.url, poll_interval=NO_POLL)
+
+    @runner.task(name="tests.superseded_report")
+    async def report() -> None:
+        await asyncio.Event().wait()
+
+    async with (
+        runner,
+        aioabort.App(postgres_url, notifier=notifier.url, poll_interval=NO_POLL) as producer,
+    ):
+        running = await report.apply(key=key, spawn=True)
+        await wait_until(
+            lambda: has_state(runner, running.id, aioabort.TaskState.STARTED), what="the run"
+        )
+        newer = await producer.send_task("tests.superseded_report", key=key, supersede=True)
+        record = await running.wait(timeout=20)
+        assert stats(runner).received >= 1
+    assert record.state is aioabort.TaskState.ABORTED
+    assert record.reason is not None and record.reason.code == "superseded"
+    assert newer.id in record.reason.message
