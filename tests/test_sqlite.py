@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -385,3 +386,22 @@ def test_a_page_of_ids_walks_the_primary_key_from_its_cursor(sqlite_url: str) ->
             assert "TEMP B-TREE" not in top, top
     finally:
         conn.close()
+
+
+async def test_the_watcher_checks_once_per_commit_not_once_per_file_event(
+    sqlite_url: str,
+) -> None:
+    """One commit writes the WAL and its index in several file events; the watcher checks
+    them together. Its checks stay within one per commit plus one per poll interval of the
+    time the commits took (each file event had a check of its own: three per commit)."""
+    async with aioabort.App(sqlite_url) as app:
+        store = app.runtime.store
+        await app.create("warm-up")
+        await asyncio.sleep(0.3)  # the warm-up's burst of checks is over
+        before, started = app.watcher.statistics().polls, time.monotonic()
+        for i in range(20):
+            await app.create(f"commit-{i}")
+        await asyncio.sleep(0.05)  # the last commit's burst
+        elapsed = time.monotonic() - started
+        checks = app.watcher.statistics().polls - before
+    assert checks <= 20 + elapsed / store.poll_interval + 5, (checks, elapsed)
