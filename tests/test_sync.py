@@ -50,6 +50,8 @@ def test_the_producer_calls_without_await(store_url: str) -> None:
         with pytest.raises(TimeoutError):
             app.send_task("reports.build").wait(timeout=0.05)
         assert app.handle(queued.id) == queued
+        keyed = app.send_task("reports.build", key="report:carol", countdown=60)
+        assert [r.id for r in app.tasks(key="report:carol")] == [keyed.id]
 
 
 def test_bad_input_is_refused_at_the_call(store_url: str) -> None:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
-from typing import NamedTuple
 from urllib.parse import unquote_plus, urlsplit
 
 from .._backend import Store
-from .._errors import InvalidURL, MissingDriver, UsageError
+from .._errors import InvalidURL, UsageError
+from .._schemes import Scheme, load
 
 #: scheme -> where its store lives; filled by register_scheme().
-_SCHEMES: dict[str, _Scheme] = {}
-
-
-class _Scheme(NamedTuple):
-    target: str  # "module:ClassName", imported when the scheme is first used
-    extra: str | None  # the aioabort extra that installs its driver
-    driver: str | None  # the driver's module, checked first for a clear MissingDriver
+_SCHEMES: dict[str, Scheme] = {}
 
 
 def register_scheme(
@@ -35,7 +28,7 @@ def register_scheme(
         raise UsageError(f"a URL scheme is lowercase letters, digits, '+', '.', '-': {scheme!r}")
     if not re.fullmatch(r"[\w.]+:\w+", target or ""):
         raise UsageError(f"a store target looks like 'package.module:ClassName': {target!r}")
-    _SCHEMES[scheme] = _Scheme(target, extra, driver)
+    _SCHEMES[scheme] = Scheme(target, extra, driver)
 
 
 register_scheme("sqlite", "aioabort.backends.sqlite:SQLiteStore", driver="aiosqlite")
@@ -116,19 +109,7 @@ def store_factory(url: object) -> Callable[[float | None], Store]:
     if scheme not in _SCHEMES:
         known = ", ".join(sorted({"sqlite:///path.db", "postgresql://user@host/db"}))
         raise InvalidURL(f"unknown store URL {redact(url)!r}: expected one of {known}")
-    target, extra, driver = _SCHEMES[scheme]
-    if driver is not None:
-        try:
-            importlib.import_module(driver)
-        except ImportError as exc:
-            hint = f'pip install "aioabort[{extra}]"' if extra else f"pip install {driver}"
-            raise MissingDriver(
-                f"the {scheme} store needs the {driver} driver, which is not installed: {hint}"
-            ) from exc
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, Store)):
-        raise InvalidURL(f"{target} (registered for {scheme}://) is not an aioabort Store")
+    cls: type[Store] = load(scheme, _SCHEMES[scheme], what="store", driver_is="driver", base=Store)
     cls.check_url(url)
 
     def make(poll_interval: float | None) -> Store:

@@ -17,12 +17,11 @@ reconnect, buffer, or decide what is published: aioabort does that once for ever
 from __future__ import annotations
 
 import abc
-import importlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from .._errors import InvalidURL, MissingDriver, UsageError
+from .._errors import InvalidURL, UsageError
+from .._schemes import Scheme, load
 
 __all__ = [
     "Notifier",
@@ -110,13 +109,7 @@ class NotifierStatistics:
     held_back: int = 0
 
 
-class _Scheme(NamedTuple):
-    target: str  # "module:ClassName", imported when the scheme is first used
-    extra: str | None
-    driver: str | None
-
-
-_SCHEMES: dict[str, _Scheme] = {}
+_SCHEMES: dict[str, Scheme] = {}
 
 
 def register_scheme(
@@ -131,7 +124,7 @@ def register_scheme(
     """
     if ":" not in target:
         raise UsageError(f"a notifier target looks like 'package.module:ClassName': {target!r}")
-    _SCHEMES[scheme] = _Scheme(target, extra, driver)
+    _SCHEMES[scheme] = Scheme(target, extra, driver)
 
 
 register_scheme("redis", "aioabort.notifiers.redis:RedisNotifier", extra="redis", driver="redis")
@@ -149,19 +142,9 @@ def _load(url: object) -> type[Notifier]:
     if scheme not in _SCHEMES:
         known = ", ".join(sorted(_SCHEMES))
         raise InvalidURL(f"unknown notifier URL scheme {scheme!r}: expected one of {known}")
-    target, extra, driver = _SCHEMES[scheme]
-    if driver is not None:
-        try:
-            importlib.import_module(driver)
-        except ImportError as exc:
-            hint = f'pip install "aioabort[{extra}]"' if extra else f"pip install {driver}"
-            raise MissingDriver(
-                f"the {scheme} notifier needs the {driver} package, which is not installed: {hint}"
-            ) from exc
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, Notifier)):
-        raise InvalidURL(f"{target} (registered for {scheme}://) is not an aioabort Notifier")
+    cls: type[Notifier] = load(
+        scheme, _SCHEMES[scheme], what="notifier", driver_is="package", base=Notifier
+    )
     return cls
 
 

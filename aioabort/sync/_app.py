@@ -206,6 +206,7 @@ class App:
         offset: int = 0,
         labels: dict[str, str] | None = None,
         id_prefix: str | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         """Task records, newest first: :meth:`aioabort.App.tasks`."""
         return self._call(
@@ -217,6 +218,7 @@ class App:
                 offset=offset,
                 labels=labels,
                 id_prefix=id_prefix,
+                key=key,
             ),
         )
 
