@@ -472,8 +472,8 @@ class App:
         )
 
     async def purge(self, *, older_than: timedelta) -> int:
-        """Delete finished records (SUCCESS, FAILURE, ABORTED) that ended more than
-        ``older_than`` ago, with their abort-log rows, in batches; never a running or queued
+        """Delete finished records (SUCCESS, FAILURE, ABORTED) that ended ``older_than``
+        ago or earlier (``timedelta(0)``: every finished one), with their abort-log rows, in batches; never a running or queued
         one. Returns how many were deleted.
 
         :raises UsageError: when ``older_than`` is not a non-negative timedelta.

@@ -98,7 +98,7 @@ class MemoryLiveness(Store, abc.ABC):
                 for r in tasks.values()
                 if r.state.is_terminal
                 and r.finished_at is not None
-                and r.finished_at.timestamp() < cutoff
+                and r.finished_at.timestamp() <= cutoff
             ),
             key=lambda r: r.finished_at or utcnow(),
         )[:limit]

@@ -149,6 +149,17 @@ async def test_purge_deletes_finished_records_only(app: aioabort.App) -> None:
         await app.purge(older_than=3600)  # type: ignore[arg-type]
 
 
+async def test_purge_of_zero_takes_what_ended_this_instant(app: aioabort.App) -> None:
+    """``older_than=0`` purges a record that ended in the same clock tick as the purge (a
+    store's clock reads whole milliseconds): "ended at or before the cutoff"."""
+    from datetime import timedelta
+
+    for n in range(40):
+        await app.create(f"t{n}")
+        await app.handle(f"t{n}").abort("not needed")
+        assert await app.purge(older_than=timedelta(0)) == 1, n
+
+
 async def test_retention_purges_in_the_background(store_url: str) -> None:
     from datetime import timedelta
 

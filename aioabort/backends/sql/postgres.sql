@@ -577,14 +577,14 @@ GROUP BY t.queue, t.name
 ORDER BY min(t.created_at), t.queue, t.name;
 
 -- name: purge
--- Up to $2 finished records that ended before $1 seconds ago, oldest first, and their
+-- Up to $2 finished records that ended $1 seconds ago or earlier, oldest first, and their
 -- abort-log rows, labels and timelines, in one statement; never a running or queued one. The ids are
 -- locked first (a materialized CTE), then deleted by id: a plan that ran the subquery per
 -- row of the table (stale statistics) took seconds.
 WITH doomed AS (
     SELECT id FROM {schema}.tasks
     WHERE finished_at IS NOT NULL AND state IN {terminal}
-        AND finished_at < clock_timestamp() - make_interval(secs => $1)
+        AND finished_at <= clock_timestamp() - make_interval(secs => $1)
     ORDER BY finished_at LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), gone AS (

@@ -445,11 +445,11 @@ GROUP BY t.queue, t.name
 ORDER BY MIN(t.created_at), t.queue, t.name;
 
 -- name: purge
--- Up to ?2 finished records that ended before ?1 seconds ago, oldest first; never a running
+-- Up to ?2 finished records that ended ?1 seconds ago or earlier, oldest first; never a running
 -- or queued one. (Their abort-log rows and labels: purge_abort_log, purge_labels.)
 DELETE FROM aioabort_tasks WHERE id IN (
     SELECT id FROM aioabort_tasks
-    WHERE finished_at IS NOT NULL AND finished_at < {now} - ?1 AND +state IN {terminal}
+    WHERE finished_at IS NOT NULL AND finished_at <= {now} - ?1 AND +state IN {terminal}
     ORDER BY finished_at LIMIT ?2
 ) AND +state IN {terminal}
 RETURNING id;
