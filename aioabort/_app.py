@@ -247,6 +247,7 @@ class App:
         retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
         max_retries: int = 3,
         retry_backoff: float = 1.0,
+        abort_grace: float | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], Task[P, R]]: ...
 
     def task(
@@ -261,6 +262,7 @@ class App:
         retry_on: type[Exception] | tuple[type[Exception], ...] | None = None,
         max_retries: int = 3,
         retry_backoff: float = 1.0,
+        abort_grace: float | None = None,
     ) -> Any:
         """Register an ``async def`` function as a task: ``@app.task`` or
         ``@app.task(name=..., queue=..., time_limit=..., retryable=...)``.
@@ -273,21 +275,16 @@ class App:
         :param retry_on: exception classes a queued run is retried on: the same record goes
             back to the queue up to ``max_retries`` times, the first retry ``retry_backoff``
             seconds later, each later one twice as long. An abort is never retried.
+        :param abort_grace: seconds a run may go on after its abort reached it before it is
+            marked as ignoring it (default: the App's ``ignored_abort_after``).
         :raises UsageError: for a function that is not ``async def``, a name taken, or a bad
-            retry setting.
+            setting; ``TypeError`` for an unknown one.
         """
-        retries = {"retry_on": retry_on, "max_retries": max_retries, "retry_backoff": retry_backoff}
+        settings: dict[str, Any] = {"retry_on": retry_on, "abort_grace": abort_grace}
+        settings.update(retryable=retryable, max_retries=max_retries, retry_backoff=retry_backoff)
 
         def register(func: Callable[..., Awaitable[Any]]) -> Task[Any, Any]:
-            task = Task.of(
-                self,
-                func,
-                name=name,
-                queue=queue,
-                time_limit=time_limit,
-                retryable=retryable,
-                **retries,
-            )
+            task = Task.of(self, func, name=name, queue=queue, time_limit=time_limit, **settings)
             if task.name in self._tasks:
                 raise UsageError(f"a task named {task.name!r} is already registered")
             self._tasks[task.name] = task

@@ -391,6 +391,12 @@ class Store(abc.ABC):
         (``abort_delivered_at``: [G16](semantics.md#g16) shows a task that ignores its
         abort). A store that does not keep it leaves the field ``None``: the default."""
 
+    async def note_event(self, task_id: str, *, owner: str, kind: str, detail: str) -> bool:
+        """Add an event of ``kind`` (``abort_ignored``, ``escalated``) to the timeline of
+        ``task_id`` if ``owner`` runs it; whether it was added. A store without a timeline
+        adds none: the default."""
+        return False
+
     @abc.abstractmethod
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None

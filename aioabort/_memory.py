@@ -35,6 +35,7 @@ from ._state import (
     FINISHABLE_STATES,
     PARENT_ABORTED_STATES,
     REQUEUE_CLEARS,
+    RUNNING_STATES,
     StartDecision,
     TaskRecord,
     TaskState,
@@ -386,6 +387,13 @@ class MemoryStore(MemoryLiveness):
             return
         self._put(current, abort_delivered_at=utcnow())
         self._changed(task_id)
+
+    async def note_event(self, task_id: str, *, owner: str, kind: str, detail: str) -> bool:
+        current = self._step().get(task_id)
+        if current is None or current.owner != owner or current.state not in RUNNING_STATES:
+            return False
+        self.db.events.setdefault(task_id, []).append(TaskEvent(utcnow(), kind, owner, detail))
+        return True
 
     # -- the rules, applied to records -------------------------------------------------------
 

@@ -8,6 +8,7 @@ ends SUCCESS, its JSON result. The worker (``_worker``) claims queued records an
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 from . import _ending, _runtime
 from ._errors import InvalidArguments, UsageError
 from ._handle import AbortHandle
-from ._queueing import check_queue, queue_task
+from ._obedience import Escalation
+from ._queueing import DEFAULT_QUEUE, check_queue, queue_task
 from ._retry import RetryPolicy, retry_policy
 from ._scope import AbortScope
 from ._settings import check_time_limit
@@ -62,6 +64,8 @@ class Task(Generic[P, R]):
     :ivar retryable: whether a run cut off by a worker's shutdown or a lost worker goes back
         to PENDING instead of ending.
     :ivar retry: when a queued run that raised is tried again (``retry_on=``), or ``None``.
+    :ivar abort_grace: seconds a run may go on after its abort reached it before it is marked
+        as ignoring it, or ``None`` (the App's ``ignored_abort_after``).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Task(Generic[P, R]):
         time_limit: float | None,
         retryable: bool,
         retry: RetryPolicy | None = None,
+        abort_grace: float | None = None,
     ) -> None:
         self._host = host
         self.fn = fn
@@ -82,6 +87,7 @@ class Task(Generic[P, R]):
         self.time_limit = time_limit
         self.retryable = retryable
         self.retry = retry
+        self.abort_grace = abort_grace
         self._signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -92,13 +98,14 @@ class Task(Generic[P, R]):
         host: Host,
         fn: Callable[..., Awaitable[Any]],
         *,
-        name: str | None,
-        queue: str,
-        time_limit: float | None,
-        retryable: bool,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        time_limit: float | None = None,
+        retryable: bool = False,
         retry_on: object = None,
         max_retries: object = 3,
         retry_backoff: object = 1.0,
+        abort_grace: object = None,
     ) -> Task[Any, Any]:
         """A task for ``fn`` with its settings checked (what ``@app.task`` registers).
 
@@ -117,6 +124,7 @@ class Task(Generic[P, R]):
             time_limit=check_time_limit(time_limit),
             retryable=bool(retryable),
             retry=retry_policy(retry_on, max_retries, retry_backoff),
+            abort_grace=check_time_limit(abort_grace, "abort_grace"),
         )
 
     def __repr__(self) -> str:
@@ -219,11 +227,18 @@ def decode_arguments(record: TaskRecord) -> tuple[list[Any], dict[str, Any]]:
 
 
 def make_scope(
-    host: Host, task: Task[Any, Any], record: TaskRecord, *, claimed: bool
+    host: Host,
+    task: Task[Any, Any],
+    record: TaskRecord,
+    *,
+    claimed: bool,
+    escalation: Escalation | None = None,
 ) -> AbortScope:
     """The scope a run of ``task`` for ``record`` runs in. With ``claimed`` the record was
     already moved to STARTED for this process (a worker's claim); otherwise entering the scope
-    starts it."""
+    starts it. ``escalation``: a worker's, which gives up on a stubborn run."""
+    if task.abort_grace is not None:
+        escalation = dataclasses.replace(escalation or Escalation(), grace=task.abort_grace)
     return AbortScope(
         record.id,
         app=host,
@@ -234,6 +249,7 @@ def make_scope(
         _claimed=record if claimed else None,
         _retryable=task.retryable,
         _retry=task.retry if record.queue is not None else None,  # a spawned run has no queue
+        _escalation=escalation,
     )
 
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -31,6 +31,7 @@ from ._settings import check_time_limit
 from ._shield import shielded
 from ._state import StartDecision, TaskRecord, TaskState, refuse_start
 from ._telemetry import TaskSpan
+from ._threads import Interruptible, thread_calls
 from ._types import AbortReason, check_labels, check_name, check_task_id
 
 T = TypeVar("T")
@@ -45,19 +46,6 @@ _background: set[asyncio.Task[None]] = set()
 
 _current_scope: contextvars.ContextVar[AbortScope | None] = contextvars.ContextVar(
     "aioabort_current_scope", default=None
-)
-
-
-class ThreadCalls(Protocol):
-    """Told of each ``to_thread`` call as it starts: wraps it to learn when it returns."""
-
-    def __call__(self, call: Callable[[], T], /) -> Callable[[], T]: ...
-
-
-#: Set by the abort sweep around a body it runs (``None`` everywhere else): the sweep reports
-#: a ``to_thread`` call still running when the body has ended.
-_thread_calls: contextvars.ContextVar[ThreadCalls | None] = contextvars.ContextVar(
-    "aioabort_thread_calls", default=None
 )
 
 
@@ -101,6 +89,7 @@ class AbortScope:
         "_detached",
         "_early",
         "_enclosing",
+        "_escalation",
         "_ignored",
         "_labels",
         "_limit_message",
@@ -142,6 +131,7 @@ class AbortScope:
         _retry: RetryPolicy | None = None,
         _parent_id: str | None = None,
         _limit_message: str | None = None,
+        _escalation: _obedience.Escalation | None = None,
     ) -> None:
         self.id: str = check_task_id(task_id)
         time_limit = check_time_limit(time_limit)
@@ -156,7 +146,8 @@ class AbortScope:
         self._labels = check_labels(labels)
         self._telemetry = TaskSpan()
         self._timer: asyncio.TimerHandle | None = None
-        self._ignored: asyncio.TimerHandle | None = None
+        self._ignored: _obedience.Watch | None = None
+        self._escalation = _escalation
         self._claimed = _claimed
         self._result_json: str | None = None
         self._retryable = _retryable or (_claimed is not None and _claimed.retryable)
@@ -210,22 +201,31 @@ class AbortScope:
         if self._requested:
             raise TaskAborted(self.id, self.reason)
 
-    async def to_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def to_thread(
+        self, fn: Callable[..., T], /, *args: Any, interrupt: bool = False, **kwargs: Any
+    ) -> T:
         """Run ``fn(*args, **kwargs)`` in a worker thread and return its result.
 
-        The thread sees this scope (:func:`current_scope` works there, so ``fn`` can call
-        :meth:`raise_if_aborted` or :meth:`is_aborted`). No abort can stop a thread, so this
-        call waits for ``fn`` to return, whatever happens meanwhile — an abort, or a
-        cancellation from outside (``asyncio.timeout``, a TaskGroup) — and the cancellation
-        arrives at the body's next await after it: the record never says ABORTED while the
-        thread still runs. (``asyncio.to_thread`` returns at once when cancelled, leaving the
-        thread running behind an ABORTED record.)
+        The thread sees this scope (:func:`current_scope` works there). This call waits for
+        ``fn`` to return, whatever happens meanwhile (an abort, ``asyncio.timeout``, a
+        TaskGroup), and the cancellation arrives at the body's next await after it: the record
+        never says ABORTED while the thread runs (``asyncio.to_thread`` would leave it running).
+
+        With ``interrupt=True`` the abort raises :class:`TaskAborted` inside the thread, at
+        the next line of Python it runs (a blocking C call, such as a socket read, returns
+        first); an abort requested before the call raises it as the thread starts.
         """
         call = functools.partial(fn, *args, **kwargs)
-        track = _thread_calls.get()
-        # In a task of its own, waited for to its end: an anyio shield alone holds off an
-        # abort but not a native Task.cancel().
-        return await shielded(anyio.to_thread.run_sync(call if track is None else track(call)))
+        interruptible = Interruptible(self.id) if interrupt else None
+        if interruptible is not None:
+            call = interruptible.wrap(call)  # type: ignore[assignment]
+        stop = None if interruptible is None else self.on_abort(interruptible.interrupt)
+        track = thread_calls.get()
+        try:  # in a task of its own, waited for: a shield alone holds off no Task.cancel()
+            return await shielded(anyio.to_thread.run_sync(call if track is None else track(call)))
+        finally:
+            if stop is not None:
+                stop()
 
     def on_abort(self, callback: Callable[[AbortReason], object]) -> Callable[[], bool]:
         """Run ``callback(reason)`` on the event loop when an abort arrives.
@@ -296,7 +296,8 @@ class AbortScope:
                 self._runtime,
                 self.id,
                 lambda: self._body_running,
-                lambda: self.reason.code if self.reason else None,
+                lambda: self.reason,
+                self._escalation,
             )
         if self._body_running and self._cancel_scope is not None:
             self._cancel_scope.cancel(f"aioabort: task {self.id!r} aborted: {self.reason}")

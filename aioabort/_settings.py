@@ -14,8 +14,9 @@ from ._state import IGNORED_ABORT_AFTER
 MAX_TIME_LIMIT = 10**7
 
 
-def check_time_limit(time_limit: object) -> float | None:
-    """Return ``time_limit`` if it is ``None`` or a usable number of seconds.
+def check_time_limit(time_limit: object, what: str = "time_limit") -> float | None:
+    """Return ``time_limit`` if it is ``None`` or a usable number of seconds (``what``: the
+    setting's name in the error, ``time_limit`` or ``abort_grace``).
 
     :raises UsageError: otherwise (before anything is written).
     """
@@ -26,7 +27,7 @@ def check_time_limit(time_limit: object) -> float | None:
         or not isinstance(time_limit, int | float)
         or not 0 < time_limit < MAX_TIME_LIMIT
     ):
-        raise UsageError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+        raise UsageError(f"{what} must be a positive number of seconds, got {time_limit!r}")
     return float(time_limit)
 
 

@@ -35,7 +35,7 @@ from ._app import App
 from ._errors import TaskAborted, TaskNotFound, UsageError
 from ._memory import MemoryStore
 from ._progress import Progress
-from ._scope import AbortScope, _current_scope, _thread_calls
+from ._scope import AbortScope, _current_scope
 from ._state import TaskState
 from ._sweep_asgi import AsgiRequest
 from ._sweep_frames import (
@@ -49,6 +49,7 @@ from ._sweep_frames import (
     where,
 )
 from ._sweep_report import SweepError, SweepReport, SweepRun, _count
+from ._threads import thread_calls
 from ._types import AbortReason
 
 Body = Callable[[AbortScope], Awaitable[Any]]
@@ -268,7 +269,7 @@ class _Sweep:
         run = _Run(task_id, self.app, self.rule, started, self.outer, point)
         context = self.outer.copy()
         context.run(current_run.set, started)
-        context.run(_thread_calls.set, started.track_thread)
+        context.run(thread_calls.set, started.track_thread)
         coro = self.target.run(self.app, task_id)
         task = loop.create_task(_drive(run, coro), context=context)
         hung = not await _finished(task, self.timeout)

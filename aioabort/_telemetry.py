@@ -9,6 +9,8 @@ Instruments (public names: docs/observability.md):
 * ``aioabort.tasks.started`` — counter: a scope started its task in this process.
 * ``aioabort.tasks.finished`` — counter, attribute ``state``: a scope recorded its task's end.
 * ``aioabort.aborts.requested`` — counter, attribute ``code``: this process recorded an abort.
+* ``aioabort.aborts.ignored`` — counter, attribute ``code``: a task of this process still ran
+  its ``abort_grace`` after its abort reached it.
 * ``aioabort.notifier.outages`` — counter, attribute ``notifier`` (its URL without password):
   the notifier was found down (at start, or its connection lost).
 * ``aioabort.abort.duration`` — histogram, seconds from the abort request (its ``at``) to the
@@ -67,6 +69,11 @@ class _Instruments:
         self.aborts = meter.create_counter(
             "aioabort.aborts.requested", unit="{abort}", description="Abort requests recorded"
         )
+        self.ignored = meter.create_counter(
+            "aioabort.aborts.ignored",
+            unit="{abort}",
+            description="Aborts a running task still ignored after its grace",
+        )
         self.outages = meter.create_counter(
             "aioabort.notifier.outages",
             unit="{outage}",
@@ -88,6 +95,11 @@ _INSTRUMENTS: _Instruments | None = _Instruments() if _metrics is not None else 
 def abort_requested(code: str) -> None:
     if _INSTRUMENTS is not None:
         _INSTRUMENTS.aborts.add(1, {"code": code})
+
+
+def abort_ignored(code: str) -> None:
+    if _INSTRUMENTS is not None:
+        _INSTRUMENTS.ignored.add(1, {"code": code})
 
 
 def notifier_outage(url: str) -> None:

@@ -4,7 +4,8 @@ Every event is written in the transaction of the change it describes, at no cost
 path: the current attempt's events are the record's own fields (``started_at``, the reason,
 ``abort_delivered_at``, ``finished_at``), and only what the record will not tell later is
 stored as rows (:func:`stored_events`: its creation as a queued task, and an attempt that a
-retry or requeue clears from the record). MemoryStore applies that rule to each change; the
+retry or requeue clears from the record; and the marks of a run that ignores its abort,
+``abort_ignored`` and ``escalated``, each its own write: ``Store.note_event``). MemoryStore applies that rule to each change; the
 SQL stores' triggers mirror it. A purge removes the rows with their record.
 """
 
@@ -38,7 +39,8 @@ class TaskEvent:
 
     :ivar at: when, an aware UTC datetime (the store's clock).
     :ivar kind: ``queued``, ``started``, ``abort_requested``, ``abort_delivered``,
-        ``retried``, ``expired``, ``superseded`` or ``ended``.
+        ``abort_ignored``, ``escalated``, ``retried``, ``expired``, ``superseded`` or
+        ``ended``.
     :ivar by: who: the process that ran or ended it (its owner id), or who asked for the
         abort; ``None`` where nobody is known.
     :ivar detail: what: the queue, the abort's code and message, the state it ended in, the
@@ -92,6 +94,23 @@ def stored_events(old: TaskRecord | None, new: TaskRecord, at: datetime) -> list
     return []
 
 
+#: The marks of a run that ignores its abort: rows written while it runs (``note_event``).
+NOTED = ("abort_ignored", "escalated")
+
+
 def timeline(stored: list[TaskEvent], record: TaskRecord | None) -> list[TaskEvent]:
-    """A task's timeline, oldest first: its stored events, then its current attempt's."""
-    return [*stored, *([] if record is None else _attempt(record))]
+    """A task's timeline, oldest first: its stored events, then its current attempt's; a
+    mark of :data:`NOTED` goes at the end of the attempt it was written in (before its
+    ``ended`` or ``retried``), not where its row falls. (Ordered by kind, not by time: an
+    abort request's time may come from another clock than the store's.)"""
+    ordered: list[TaskEvent] = []
+    held: list[TaskEvent] = []
+    for event in [*stored, *([] if record is None else _attempt(record))]:
+        if event.kind in NOTED:
+            held.append(event)
+            continue
+        if event.kind in ("ended", "retried"):
+            ordered.extend(held)
+            held.clear()
+        ordered.append(event)
+    return ordered + held

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
-from . import _ending
+from . import _ending, _obedience
 from ._aborting import stop_here
 from ._errors import AioabortError, UsageError
+from ._obedience import Escalation
 from ._queueing import DEFAULT_QUEUE, check_queue
 from ._runner import execute, fail_unknown, make_scope
 from ._scope import AbortScope
+from ._settings import check_time_limit
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
 from ._types import AbortReason
@@ -85,6 +87,12 @@ class Worker:
     :param grace: on :meth:`stop`, seconds running tasks get to finish before they are aborted
         with reason code ``shutdown``.
     :param poll_interval: the safety-net poll for new work, in seconds.
+    :param kill_after: after the shutdown's abort, seconds tasks get to stop before the worker
+        gives up on them.
+    :param kill_stubborn: give up on a task still running this many seconds after its abort
+        reached it: stop claiming, drain the rest as :meth:`stop` does, end it FAILURE
+        (cause ``killed``) and leave it behind in :attr:`stubborn` (the CLI then exits 75,
+        for its supervisor to restart it). ``None``: never.
     """
 
     def __init__(
@@ -96,6 +104,7 @@ class Worker:
         grace: float = 10.0,
         poll_interval: float = 1.0,
         kill_after: float = 30.0,
+        kill_stubborn: float | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise UsageError(f"concurrency must be a positive int, got {concurrency!r}")
@@ -109,6 +118,10 @@ class Worker:
             raise UsageError(
                 f"kill_after must be a non-negative number of seconds, got {kill_after!r}"
             )
+        kill_stubborn = check_time_limit(kill_stubborn, "kill_stubborn")
+        self._escalation = None
+        if kill_stubborn is not None:
+            self._escalation = Escalation(give_up_after=kill_stubborn, give_up=self._give_up_on)
         self.app = app
         self.concurrency = concurrency
         self.queues = [check_queue(q) for q in queues]
@@ -119,6 +132,10 @@ class Worker:
         #: ignored their abort): recorded FAILURE (cause ``killed``) or requeued, and left
         #: behind. When there are any, the process should exit: they may never end.
         self.abandoned: list[str] = []
+        #: Ids of the tasks this worker gave up on for ignoring their abort ``kill_stubborn``
+        #: seconds (also in :attr:`abandoned`).
+        self.stubborn: list[str] = []
+        self._escalating: list[asyncio.Task[None]] = []
         self._running: dict[str, _Running] = {}
         self._killed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -255,7 +272,7 @@ class Worker:
                 extra={"action": "unknown_task", "task_id": record.id, "task_name": record.name},
             )
         else:
-            scope = make_scope(self.app, task, record, claimed=True)
+            scope = make_scope(self.app, task, record, claimed=True, escalation=self._escalation)
             coro = execute(scope, task, record)
         running = asyncio.get_running_loop().create_task(coro, name=f"aioabort-task-{record.id}")
         self._running[record.id] = _Running(running, record, scope)
@@ -285,8 +302,48 @@ class Worker:
     def _tasks(self) -> set[asyncio.Task[Any]]:
         return {running.task for running in self._running.values()}
 
+    def _give_up_on(self, task_id: str) -> None:
+        """A task still runs ``kill_stubborn`` seconds after its abort reached it: leave it
+        behind (its end recorded), stop claiming and drain the rest."""
+        running = self._running.pop(task_id, None)
+        if running is None:
+            return
+        self.stubborn.append(task_id)
+        self.abandoned.append(task_id)
+        self._slot.set()
+        self._escalating.append(asyncio.get_running_loop().create_task(self._escalate(running)))
+        self.stop()
+
+    async def _escalate(self, running: _Running) -> None:
+        runtime, task_id = self.app.runtime, running.record.id
+        after = self._escalation.give_up_after if self._escalation is not None else None
+        reason = running.scope.reason if running.scope is not None else None
+        logger.error(
+            "task %s ignored its abort (%s) for %gs: the worker gives up on it (FAILURE, cause "
+            "killed), drains the other tasks and exits",
+            task_id,
+            _obedience.describe(reason),
+            after,
+            extra={"action": "task_escalated", "task_id": task_id, "seconds": after},
+        )
+        detail = f"given up after {after:g}s: ended FAILURE (killed), its worker exits"
+        await _obedience.note(runtime, task_id, "escalated", detail)
+        await _ending.conclude(
+            runtime,
+            task_id,
+            TaskState.FAILURE,
+            retryable=False,
+            stopped_by_abort=True,
+            reason_code=None if reason is None else reason.code,
+            error=_ending.KILLED,
+        )
+        runtime.watcher.forget(task_id)
+        running.task.cancel()  # one more chance; nobody waits for it
+
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):
+            if self._escalating:  # the stubborn tasks' ends are written before anything else
+                await asyncio.gather(*self._escalating, return_exceptions=True)
             if self._running and not self._hurry.is_set():
                 logger.info(
                     "worker stopping: waiting for running tasks",

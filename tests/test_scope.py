@@ -784,6 +784,11 @@ async def test_a_task_that_ignores_its_abort_is_visible(
             what="the warning",
         )
         assert record_to_json(record)["ignoring_abort_for"] is None  # the CLI's 30 s: not yet
+
+        async def marked() -> bool:  # the App's ignored_abort_after: on the timeline too
+            return "abort_ignored" in [e.kind for e in await handle.events()]
+
+        await wait_until(marked, what="abort_ignored on the timeline")
         release.set()
         await asyncio.wait_for(task, 10)
         final = await handle.record()

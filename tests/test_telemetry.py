@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -17,6 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import aioabort
 from aioabort import TaskState
+
+from .conftest import has_state, wait_until
 
 READER = InMemoryMetricReader()
 SPANS = InMemorySpanExporter()
@@ -107,3 +110,23 @@ async def test_an_abort_is_counted_timed_and_an_event(app: aioabort.App) -> None
     (event,) = [e for e in span.events if e.name == "aioabort.abort"]
     assert event.attributes["code"] == "user" and event.attributes["message"] == "enough"
     assert (await app.handle("stopped").state()) is TaskState.ABORTED
+
+
+async def test_an_ignored_abort_is_counted(store_url: str) -> None:
+    """``aioabort.aborts.ignored``: a scope still running its grace after the abort."""
+    release = asyncio.Event()
+    before = measured("aioabort.aborts.ignored", code="user")
+    async with aioabort.App(store_url, ignored_abort_after=0.1) as app:
+
+        async def body() -> None:
+            async with aioabort.abortable("deaf", app=app, suppress=True):
+                with anyio.CancelScope(shield=True):
+                    await release.wait()
+
+        task = asyncio.create_task(body())
+        await wait_until(lambda: has_state(app, "deaf", TaskState.STARTED))
+        await app.handle("deaf").abort("stop")
+        await wait_until(lambda: measured("aioabort.aborts.ignored", code="user") > before)
+        release.set()
+        await task
+    assert measured("aioabort.aborts.ignored", code="user") == before + 1

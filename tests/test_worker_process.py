@@ -228,6 +228,34 @@ async def test_kill_after_frees_the_worker_without_a_second_signal(
     assert record.error is not None and record.error.cause == "killed"
 
 
+async def test_kill_stubborn_gives_up_drains_and_exits_75(
+    producer: aioabort.App, store_url: str
+) -> None:
+    """``--kill-stubborn``: a task still running 1.5 s after its abort reached it is given up
+    on with no signal sent: FAILURE (cause ``killed``), ``escalated`` on its timeline; the
+    retryable task beside it is drained back to the queue; exit 75 (EX_TEMPFAIL)."""
+    async with worker(store_url, "--grace", "0", "--kill-stubborn", "1.5") as proc:
+        held = await worker_app.deaf.delay()
+        beside = await worker_app.retryable_count.delay(100_000)
+        for task_id in (held.id, beside.id):
+            await wait_until(functools.partial(has_state, producer, task_id, TaskState.STARTED))
+        await held.abort("stop it", by="ops")
+        code = await proc.exit_code(timeout=30)
+    assert code == 75, proc.stderr
+    record = await held.record()
+    assert record.state is TaskState.FAILURE, record
+    assert record.error is not None and record.error.cause == "killed"
+    assert [e.kind for e in await held.events()][-4:] == [
+        "abort_delivered",
+        "abort_ignored",
+        "escalated",
+        "ended",
+    ]
+    assert await beside.state() is TaskState.PENDING
+    assert f"task {held.id} ignores its abort (user: stop it)" in proc.stderr
+    assert f"task {held.id} ignored its abort (user: stop it) for 1.5s" in proc.stderr
+
+
 async def test_the_worker_logs_each_task_with_its_id_and_name(
     producer: aioabort.App, store_url: str
 ) -> None:

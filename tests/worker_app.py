@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
+
 import aioabort
 
 app = aioabort.App(heartbeat_interval=0.2, stale_after=2.0, shutdown_grace=5.0)
@@ -65,3 +67,10 @@ async def retryable_hostage() -> None:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             pass
+
+
+@app.task(abort_grace=0.2)
+async def deaf() -> None:
+    """Ignores its abort, without spinning: marked ignored after 0.2 s."""
+    with anyio.CancelScope(shield=True):
+        await asyncio.sleep(3600)

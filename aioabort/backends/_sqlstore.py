@@ -418,6 +418,9 @@ class SQLStore(LivenessFlows, QueueFlows):
     async def mark_delivered(self, task_id: str, *, owner: str) -> None:
         await self._one("mark_delivered", task_id, owner, write=True, retry=True)
 
+    async def note_event(self, task_id: str, *, owner: str, kind: str, detail: str) -> bool:
+        return bool(await self._one("note_event", task_id, owner, kind, detail, write=True))
+
     async def report(
         self, task_id: str, *, owner: str, progress: float | None, message: str | None
     ) -> bool:

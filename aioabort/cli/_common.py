@@ -49,6 +49,9 @@ EXIT_ENDED_FAILURE = 5
 EXIT_ENDED_ABORTED = 6
 #: ``abort --wait``: the timeout passed with tasks still running.
 EXIT_TIMEOUT = 7
+#: ``worker --kill-stubborn``: it gave up on a task that ignored its abort, drained and left,
+#: for its supervisor to start it again (``EX_TEMPFAIL``).
+EXIT_STUBBORN = 75
 #: Ctrl-C (``worker``: a second signal).
 EXIT_INTERRUPTED = 130
 

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import click
@@ -21,7 +21,7 @@ from .._backoff import Backoff
 from .._errors import StoreUnavailable
 from .._worker import Worker
 from . import _output
-from ._common import EXIT_ABANDONED, EXIT_INTERRUPTED, cli, run
+from ._common import EXIT_ABANDONED, EXIT_INTERRUPTED, EXIT_STUBBORN, cli, run
 
 #: Seconds between flushes of the worker's batched log lines (warnings go out at once).
 LOG_FLUSH = 0.5
@@ -93,6 +93,15 @@ def _load_app(target: str) -> App:
     "(records them FAILURE, cause 'killed', or requeues the retryable ones) and exits.",
 )
 @click.option(
+    "--kill-stubborn",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True, max=86400),
+    metavar="SECONDS",
+    help="Give up on a task still running SECONDS after its abort reached it: stop claiming, "
+    "drain the other tasks as on SIGTERM, record it FAILURE (cause 'killed') and exit 75 for "
+    "the supervisor to restart the worker. Default: never.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -114,6 +123,7 @@ def worker(
     queues: tuple[str, ...],
     grace: float,
     kill_after: float,
+    kill_stubborn: float | None,
     log_level: str,
     wait_for_store: float,
 ) -> None:
@@ -125,6 +135,8 @@ def worker(
     second signal aborts them at once and exits within seconds. Tasks that ignored their abort
     are recorded FAILURE (cause 'killed'), or back on the queue if retryable, and the process
     exits without waiting for them (exit code 130 after a second signal, 1 otherwise).
+    With --kill-stubborn, a task that ignores its abort that long ends the same way, and the
+    worker drains the others and exits 75, for its supervisor to start it again.
     """
     if ctx.obj.get("db"):
         os.environ["AIOABORT_URL"] = ctx.obj["db"]
@@ -137,7 +149,12 @@ def worker(
         await _open_when_reachable(app, wait_for_store)
         async with _closing(app):
             runner = Worker(
-                app, concurrency=concurrency, queues=queues, grace=grace, kill_after=kill_after
+                app,
+                concurrency=concurrency,
+                queues=queues,
+                grace=grace,
+                kill_after=kill_after,
+                kill_stubborn=kill_stubborn,
             )
             signals = _stop_on_signals(runner)
             async with _flushing(logs):
@@ -154,7 +171,7 @@ def worker(
                 err=True,
             )
             if runner.abandoned:
-                await _leave_without(app, runner.abandoned, interrupted=len(signals) > 1)
+                await _leave_without(app, runner, interrupted=len(signals) > 1)
 
     run(go)
 
@@ -207,9 +224,11 @@ def _stop_on_signals(runner: Worker) -> list[int]:
     return signals
 
 
-async def _leave_without(app: App, abandoned: Sequence[str], *, interrupted: bool) -> NoReturn:
+async def _leave_without(app: App, runner: Worker, *, interrupted: bool) -> NoReturn:
     """Tasks that ignore their abort may never end, and ``asyncio.run()`` would wait for them:
-    close the App (bounded), then leave without them (exit 130 after a second signal, else 1)."""
+    close the App (bounded), then leave without them (exit 75 after --kill-stubborn gave up
+    on one, 130 after a second signal, else 1)."""
+    abandoned = runner.abandoned
     click.echo(
         f"aioabort worker: gave up on {len(abandoned)} task(s) that ignored "
         f"their abort: {_output.printable(', '.join(abandoned))}",
@@ -219,7 +238,9 @@ async def _leave_without(app: App, abandoned: Sequence[str], *, interrupted: boo
         await asyncio.wait_for(app.aclose(), 10)
     sys.stderr.flush()
     sys.stdout.flush()
-    os._exit(EXIT_INTERRUPTED if interrupted else EXIT_ABANDONED)
+    os._exit(
+        EXIT_STUBBORN if runner.stubborn else EXIT_INTERRUPTED if interrupted else EXIT_ABANDONED
+    )
 
 
 async def _open_when_reachable(app: App, patience: float) -> None:

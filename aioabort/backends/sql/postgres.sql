@@ -456,6 +456,13 @@ UPDATE {schema}.tasks SET abort_delivered_at = clock_timestamp(), updated_at = c
 WHERE id = $1 AND owner = $2 AND state = 'ABORTING' AND abort_delivered_at IS NULL
 RETURNING id;
 
+-- name: note_event
+-- An event $3 (abort_ignored, escalated) on the timeline of $1, while owner $2 runs it.
+INSERT INTO {schema}.events (task_id, at, kind, actor, detail)
+SELECT id, clock_timestamp(), $3, owner, $4 FROM {schema}.tasks
+WHERE id = $1 AND owner = $2 AND state IN {running}
+RETURNING task_id;
+
 -- name: report
 -- Progress is notified on the channel of task ends, which only processes with waiters
 -- LISTEN to; a scope writes it at most once per progress interval.

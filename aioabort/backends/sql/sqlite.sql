@@ -367,6 +367,13 @@ UPDATE aioabort_tasks SET abort_delivered_at = {now}, updated_at = {now}
 WHERE id = ?1 AND owner = ?2 AND state = 'ABORTING' AND abort_delivered_at IS NULL
 RETURNING id;
 
+-- name: note_event
+-- An event ?3 (abort_ignored, escalated) on the timeline of ?1, while owner ?2 runs it.
+INSERT INTO aioabort_events (task_id, at, kind, actor, detail)
+SELECT id, {now}, ?3, owner, ?4 FROM aioabort_tasks
+WHERE id = ?1 AND owner = ?2 AND state IN {running}
+RETURNING task_id;
+
 -- name: report
 UPDATE aioabort_tasks SET progress = COALESCE(?3, progress), message = COALESCE(?4, message),
     updated_at = {now}
