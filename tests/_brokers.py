@@ -51,6 +51,8 @@ class Broker:
     def __init__(self, kind: str, program: str, workdir: Path) -> None:
         self.kind = kind
         self.port = _free_port()
+        #: NATS: the HTTP monitoring port (``/connz`` counts the connected clients).
+        self.monitor_port = _free_port()
         self._program = program
         self._workdir = workdir
         self._process: subprocess.Popen[bytes] | None = None
@@ -70,7 +72,10 @@ class Broker:
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
                 *("--save", "", "--appendonly", "no", "--dir", str(self._workdir)),
             ]
-        return [self._program, "-a", "127.0.0.1", "-p", str(self.port)]
+        return [
+            self._program,
+            *("-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port)),
+        ]
 
     def start(self, timeout: float = 20.0) -> None:
         """Starts the server and returns once its port accepts connections."""

@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import nats
+from nats.aio.client import Client as NatsClient
 
 from .._errors import InvalidURL
 from ..backends import redact
@@ -62,7 +62,10 @@ class NatsNotifier(Notifier):
         async def quiet(exc: Exception) -> None:
             """Errors are reported once, as the connection lost (closed_cb)."""
 
-        self._client = await nats.connect(
+        # The client is ours before it connects: a connect cancelled half way (an abort
+        # while the App opens) is closed by close(), not left with its socket open.
+        self._client = client = NatsClient()
+        await client.connect(
             self.url,
             allow_reconnect=False,
             max_reconnect_attempts=0,
