@@ -116,7 +116,7 @@ async def close_parts(
     finally:
         try:
             await liveness.stop()
-            runtime.watcher.stop()
+            await runtime.watcher.stop()
             await _release(runtime, owner)
         finally:
             await runtime.store.aclose()

@@ -109,11 +109,18 @@ class Watcher:
     async def start(self) -> None:
         await self._store.start_watching(self._on_change, self._scopes.keys)
 
-    def stop(self) -> None:
-        """Wake every waiter one last time (the store stops watching when it closes)."""
+    async def stop(self) -> None:
+        """Wake every waiter one last time (the store stops watching when it closes), and end
+        the subscriptions still under way: nothing of the watcher runs once the App closed."""
         if self._ends_off is not None:
             self._ends_off.cancel()
         self._pulse()
+        pending: list[asyncio.Future[None]] = [*self._background]
+        if self._subscribing is not None:
+            pending.append(self._subscribing)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # -- what the store pushes ---------------------------------------------------------------
 

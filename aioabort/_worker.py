@@ -142,6 +142,8 @@ class Worker:
         self._hurry = asyncio.Event()
         self._slot = asyncio.Event()
         self._started = asyncio.Event()
+        #: The last claim took all it asked for (see :meth:`_claim`).
+        self._busy = False
         self._counts = {"claimed": 0, "succeeded": 0, "failed": 0, "aborted": 0, "requeued": 0}
 
     def __repr__(self) -> str:
@@ -225,18 +227,30 @@ class Worker:
     async def _claim(self, runtime: Runtime, free: int) -> tuple[list[TaskRecord], float]:
         """Claim up to ``free`` due tasks (and end the expired ones first); with how long to
         sleep if that was not enough: until the next task is due or expires (the store's
-        earliest ``not_before``/``expires_at``), at most the poll interval."""
+        earliest ``not_before``/``expires_at``), at most the poll interval. After a full
+        claim, more is likely queued: it claims first and reads only if that came back short
+        (expired tasks are ended then, or by the fleet's reaper; a claim never takes one)."""
         store = runtime.store
         names = list(self.app.registry)  # only what it can run: another version's stay queued
+        if self._busy:
+            records = await self._take(runtime, free, names)
+            if len(records) == free:
+                return records, 0.0
+            return records, (await store.next_due(self.queues, names)).wait(self.poll_interval)
         due = await store.next_due(self.queues, names)
         if due.expiring is not None and due.expiring <= 0:
             await _ending.expire(store, runtime.owner)
-        records: list[TaskRecord] = []
+        records = []
         if due.claimable is not None and due.claimable <= 0:
-            records = await shielded(
-                store.claim(owner=runtime.owner, queues=self.queues, limit=free, names=names)
-            )
+            records = await self._take(runtime, free, names)
         return records, due.wait(self.poll_interval)
+
+    async def _take(self, runtime: Runtime, free: int, names: list[str]) -> list[TaskRecord]:
+        records = await shielded(
+            runtime.store.claim(owner=runtime.owner, queues=self.queues, limit=free, names=names)
+        )
+        self._busy = len(records) == free
+        return records
 
     async def _publish(self, runtime: Runtime, *, serving: bool) -> None:
         """Tell the store what this worker claims (or that it stopped): what

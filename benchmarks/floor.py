@@ -11,10 +11,10 @@ distance between this and ``throughput`` is what aioabort itself costs per task.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import multiprocessing
 import sqlite3
-import sys
 import tempfile
 import time
 import uuid
@@ -114,4 +114,9 @@ def run(count: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(run(int(sys.argv[1]) if len(sys.argv) > 1 else 20000))
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.floor",
+        description="The bare two-process loop doing SQLite's writes per task: tasks/s.",
+    )
+    parser.add_argument("count", nargs="?", type=int, default=20000, help="tasks (20000)")
+    print(run(parser.parse_args().count))

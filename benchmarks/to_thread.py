@@ -8,6 +8,7 @@ side by side in one run: the extra cost is per call, whatever the thread does.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import time
@@ -46,6 +47,10 @@ async def run(rounds: int = 7) -> dict[str, float]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        prog="python -m benchmarks.to_thread",
+        description="scope.to_thread against anyio.to_thread.run_sync, a call that returns at once.",
+    ).parse_args()
     r = asyncio.run(run())
     print(
         f"a call that returns at once: anyio.to_thread.run_sync {r['run_sync_us']} us, "

@@ -209,6 +209,7 @@ async def test_waiters_on_one_task_share_one_read(
     # Nothing but the abort below may wake the waiters: a change of "shared" this App's
     # watcher has yet to report (SQLite's poller sees the create's write a moment later)
     # would make them read again. A change made after it, once reported, is behind it.
+    await watcher.want_ends()  # as a waiter does before it reads
     with watcher.waiting("later") as next_change:
         reported = next_change()
         await other_app.handle("later").abort("a later change", create=True)

@@ -229,23 +229,31 @@ def _retry_app(
     return app
 
 
-async def test_stale_shutdown_abort_does_not_hit_the_next_run(store_url: str) -> None:
+@pytest.mark.parametrize("listening", [True, False], ids=["b_listens", "b_reads_it_later"])
+async def test_stale_shutdown_abort_does_not_hit_the_next_run(
+    store_url: str, listening: bool
+) -> None:
     """Worker A shuts down; its retryable task goes back to the queue. Worker B's watcher saw
     A's shutdown abort go by (no scope of its own for it) and must not deliver it to the run
-    B then claims: that run was never asked to stop."""
+    B then claims: that run was never asked to stop. B's watcher sees it as it happens (B has
+    a waiter), or, with nothing to tell, reads it only once B's worker starts, as its run
+    starts."""
     ran: list[str] = []
     hold = asyncio.Event()
     a = _retry_app(store_url, ran, hold)
     b = _retry_app(store_url, ran, hold, poll_interval=0.05)
     async with a, b:
+        if listening:
+            await b.watcher.want_ends()  # as a waiter does: B reads every change
         handle = await a.send_task("reliability.retry_me")
         worker_a = aioabort.Worker(a, grace=0.05)
         run_a = asyncio.create_task(worker_a.run())
         await wait_until(lambda: len(ran) == 1, what="worker A to start the task")
         worker_a.stop()  # after the grace: an abort with code shutdown
-        await wait_until(
-            lambda: b.watcher.statistics().notices >= 1, what="B's watcher to see the abort"
-        )
+        if listening:
+            await wait_until(
+                lambda: b.watcher.statistics().notices >= 1, what="B's watcher to see the abort"
+            )
         hold.set()
         await asyncio.wait_for(run_a, 10)
         assert (await handle.record()).state is TaskState.PENDING
@@ -261,6 +269,11 @@ async def test_stale_shutdown_abort_does_not_hit_the_next_run(store_url: str) ->
             ended = await handle.wait(timeout=10)
             assert ended.state is TaskState.ABORTED
             assert ended.reason is not None and ended.reason.code == "user"
+            # Listening, B's watcher saw both aborts: the stale one went by without hitting its
+            # run. Read later, the stale one is not even there: the record, requeued, no longer
+            # carries it (a watcher reads the reason on the record as it is now).
+            seen = 2 if listening else 1
+            await wait_until(lambda: b.watcher.statistics().notices >= seen, what="the aborts")
         finally:
             worker_b.stop()
             await asyncio.wait_for(run_b, 10)

@@ -81,7 +81,11 @@ async def test_sqlite_reads_which_records_changed_only_while_something_waits(
     """A worker or a producer that waits on no task reads no rows of the other processes'
     writes: each change costs it the abort log's read alone. A waiter adds the changed-ids
     read, from the moment it starts waiting, and loses no change."""
-    async with watched_app(sqlite_url) as app, watched_app(sqlite_url) as producer:
+    async with (
+        watched_app(sqlite_url) as app,
+        watched_app(sqlite_url) as producer,
+        aioabort.abortable("held", app=app),  # a scope here: aborts are read
+    ):
         alone, seen_alone = await statements_and_changes(app, producer, "alone")
         await producer.create("waited")
         waiter = asyncio.create_task(app.handle("waited").wait(timeout=60))
@@ -93,6 +97,30 @@ async def test_sqlite_reads_which_records_changed_only_while_something_waits(
     # statistics are read, so each count may be off by one.)
     assert alone <= seen_alone + 1
     assert waiting >= 2 * seen_waiting - 1
+
+
+async def test_sqlite_reads_nothing_of_other_writes_with_nothing_to_tell(
+    sqlite_url: str,
+) -> None:
+    """A process with no scope, no waiter and no worker (a producer that only queues) runs no
+    statement for other processes' commits; once it opens a scope it reads from where it
+    left off, so an abort written before the scope's own start is not lost."""
+    async with watched_app(sqlite_url) as app, watched_app(sqlite_url) as producer:
+        before = app.watcher.statistics()
+        for i in range(20):  # 40 commits
+            await producer.create(f"noise-{i}")
+            await producer.handle(f"noise-{i}").abort()
+        async with aioabort.abortable("late", app=app, suppress=True) as scope:
+            await producer.handle("late").abort("read from where it left off")
+            await asyncio.sleep(30)  # bounded: cancelled by the abort
+        assert scope.aborted
+        after = app.watcher.statistics()
+    # Only while the scope was open: the checks after its start, the abort and its end (a
+    # commit may take two), each data_version and the abort log; the first of them read the
+    # 20 aborts it had not seen. (A process that read them would check once per commit: 40.)
+    assert after.polls - before.polls <= 10, (before, after)
+    assert after.statements - before.statements <= 2 * (after.polls - before.polls)
+    assert after.notices - before.notices == 21
 
 
 async def statements_and_changes(

@@ -25,7 +25,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -155,10 +155,13 @@ class ChangePoller(threading.Thread):
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Change], None],
         on_lost: Callable[[], None],
+        watched: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         """:param connected: :func:`connect_watcher`'s connection and data version.
         :param cursor: the abort log's last sequence number and the newest change time, read
-            when watching started."""
+            when watching started.
+        :param watched: the ids of the scopes open in this process (read from this thread:
+            with none, no waiter and no worker, a change is not even read)."""
         super().__init__(name="aioabort-sqlite-watcher", daemon=True)
         self._conn, self._version = connected
         self._path, self._identity = path, identity
@@ -170,6 +173,9 @@ class ChangePoller(threading.Thread):
         #: Whether changed ids are read; and a new start for them, handed over by want_ids().
         self._ids_wanted = False
         self._ids_from: tuple[float, list[tuple[Any, ...]]] | None = None
+        #: Whether a worker here claims from a queue (every change wakes it).
+        self._queues_wanted = False
+        self._watched = watched
         self._handover = threading.Lock()
         self._queries, self._notices = queries, notices
         self._loop, self._deliver, self._on_lost = loop, deliver, on_lost
@@ -194,6 +200,17 @@ class ChangePoller(threading.Thread):
     @property
     def ids_wanted(self) -> bool:
         return self._ids_wanted
+
+    def want_queues(self, wanted: bool) -> None:
+        """A worker here claims from a queue (``True``), or none does any more. Any thread."""
+        self._queues_wanted = wanted
+
+    def _interested(self) -> bool:
+        """Whether anything here is told of a change: a scope (aborts), a waiter (ends), a
+        worker (new work). A process with none (a producer that only queues) reads nothing
+        of other processes' commits: what it starts to watch later is read from where it
+        left off (the abort log's sequence, the data version), so nothing is missed."""
+        return self._ids_wanted or self._queues_wanted or bool(self._watched())
 
     def stop(self) -> None:
         self._stopping.set()
@@ -235,6 +252,8 @@ class ChangePoller(threading.Thread):
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._on_lost)
                 return
+            if not self._interested():
+                continue
             self.polls += 1
             try:
                 change = self._check()

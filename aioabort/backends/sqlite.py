@@ -332,6 +332,7 @@ class SQLiteStore(SQLStore):
             loop=asyncio.get_running_loop(),
             deliver=on_change,
             on_lost=self._report_lost,
+            watched=watched,
         )
         poller.start()
         self._poller = poller
@@ -342,6 +343,7 @@ class SQLiteStore(SQLStore):
         poller = self._poller
         if poller is None:
             return
+        poller.want_queues(bool(queues))
         if not ends:
             poller.want_ids(None)
         elif not poller.ids_wanted:
