@@ -473,6 +473,12 @@ class Store(abc.ABC):
         a change naming every id, ``Change()``, once it can). A store that sees every change
         anyway (a poll, a shared memory) has nothing to do: the default."""
 
+    def scopes_open(self, any_open: bool) -> None:  # noqa: B027 - optional
+        """This process now has a scope open (``True``: called before the first one's start is
+        written) or none any more. A store that reads other processes' changes may read
+        none while it has nothing to tell: no scope, no waiter, no worker (:meth:`subscribe`
+        says the last two). The default: it reads them anyway."""
+
     def push_elsewhere(self) -> None:  # noqa: B027 - optional: most stores push nothing
         """A notifier carries this store's pushes from now on (``App(notifier=...)``; called
         before :meth:`open`): a store that pushes through its database (PostgreSQL NOTIFY)

@@ -409,6 +409,9 @@ class PushedStore(Store):
     async def mark_delivered(self, task_id: str, *, owner: str) -> None:
         await self.store.mark_delivered(task_id, owner=owner)
 
+    def scopes_open(self, any_open: bool) -> None:
+        self.store.scopes_open(any_open)
+
     async def note_event(self, task_id: str, *, owner: str, kind: str, detail: str) -> bool:
         return await self.store.note_event(task_id, owner=owner, kind=kind, detail=detail)
 

@@ -178,6 +178,8 @@ class Watcher:
                 f"a scope for task {target.id!r} is already open in this process"
             )
         self._scopes[target.id] = target
+        if len(self._scopes) == 1:
+            self._store.scopes_open(True)
         self._idle.clear()
         recent = self._recent.pop(target.id, None)
         if recent is not None and time.monotonic() - recent[2] < _RECENT_SECONDS:
@@ -195,6 +197,7 @@ class Watcher:
         if self._scopes.get(target.id) is target:
             del self._scopes[target.id]
             if not self._scopes:
+                self._store.scopes_open(False)
                 self._idle.set()
 
     async def wait_idle(self) -> None:

@@ -25,7 +25,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -83,6 +83,7 @@ class _FileEvents:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
 
     @classmethod
     def open(cls, directory: str) -> _FileEvents | None:
@@ -121,6 +122,15 @@ class _FileEvents:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
+    def idle(self, timeout: float) -> None:
+        """Block until a wake-up or ``timeout``, leaving the file events queued: a watcher
+        with nothing to tell reads them only once it has (one wake-up then, not one per
+        write)."""
+        ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        if ready:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+
     def close(self) -> None:
         for fd in (self._fd, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
@@ -155,13 +165,10 @@ class ChangePoller(threading.Thread):
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Change], None],
         on_lost: Callable[[], None],
-        watched: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         """:param connected: :func:`connect_watcher`'s connection and data version.
         :param cursor: the abort log's last sequence number and the newest change time, read
-            when watching started.
-        :param watched: the ids of the scopes open in this process (read from this thread:
-            with none, no waiter and no worker, a change is not even read)."""
+            when watching started."""
         super().__init__(name="aioabort-sqlite-watcher", daemon=True)
         self._conn, self._version = connected
         self._path, self._identity = path, identity
@@ -173,9 +180,10 @@ class ChangePoller(threading.Thread):
         #: Whether changed ids are read; and a new start for them, handed over by want_ids().
         self._ids_wanted = False
         self._ids_from: tuple[float, list[tuple[Any, ...]]] | None = None
-        #: Whether a worker here claims from a queue (every change wakes it).
-        self._queues_wanted = False
-        self._watched = watched
+        #: Whether a worker here claims from a queue (every change wakes it), and whether a
+        #: scope is open here (aborts are delivered to it).
+        self._queues_wanted = self._scopes_open = False
+        self._resume = threading.Event()  # where there are no file events to wake it
         self._handover = threading.Lock()
         self._queries, self._notices = queries, notices
         self._loop, self._deliver, self._on_lost = loop, deliver, on_lost
@@ -196,6 +204,7 @@ class ChangePoller(threading.Thread):
                 self._ids_wanted, self._ids_from = False, None
             elif not self._ids_wanted:  # already reading: its place in the changes stays
                 self._ids_wanted, self._ids_from = True, start
+        self._wake()
 
     @property
     def ids_wanted(self) -> bool:
@@ -204,13 +213,27 @@ class ChangePoller(threading.Thread):
     def want_queues(self, wanted: bool) -> None:
         """A worker here claims from a queue (``True``), or none does any more. Any thread."""
         self._queues_wanted = wanted
+        self._wake()
+
+    def want_scopes(self, any_open: bool) -> None:
+        """A scope is open here (``True``: its aborts are read from now on), or none is any
+        more. Called before the first scope's start is written. Any thread."""
+        self._scopes_open = any_open
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._interested():
+            self._resume.set()
+            if self._events is not None:
+                self._events.wake()
 
     def _interested(self) -> bool:
         """Whether anything here is told of a change: a scope (aborts), a waiter (ends), a
-        worker (new work). A process with none (a producer that only queues) reads nothing
-        of other processes' commits: what it starts to watch later is read from where it
-        left off (the abort log's sequence, the data version), so nothing is missed."""
-        return self._ids_wanted or self._queues_wanted or bool(self._watched())
+        worker (new work). A process with none (a producer that only queues) sleeps through
+        other processes' commits and reads none of them: once it has something to tell, it
+        reads on from where it left off (the abort log's sequence, the data version), so
+        nothing is missed."""
+        return self._ids_wanted or self._queues_wanted or self._scopes_open
 
     def stop(self) -> None:
         self._stopping.set()
@@ -242,10 +265,21 @@ class ChangePoller(threading.Thread):
         events.wait(0)  # the rest of the commit's events: this check covers them
         return time.monotonic() + self._BURST
 
+    def _idle(self) -> None:
+        """Nothing to tell: sleep until there is (or the file's identity is due)."""
+        if self._events is not None:
+            self._events.idle(self._SAFETY)
+        else:
+            self._resume.wait(self._SAFETY)
+        self._resume.clear()
+
     def _loop_forever(self) -> None:
         burst_until = 0.0
         while True:
-            burst_until = self._sleep(burst_until)
+            if self._interested():
+                burst_until = self._sleep(burst_until)
+            else:
+                self._idle()
             if self._stopping.is_set():
                 return
             if self._lost():

@@ -332,10 +332,13 @@ class SQLiteStore(SQLStore):
             loop=asyncio.get_running_loop(),
             deliver=on_change,
             on_lost=self._report_lost,
-            watched=watched,
         )
         poller.start()
         self._poller = poller
+
+    def scopes_open(self, any_open: bool) -> None:
+        if self._poller is not None:
+            self._poller.want_scopes(any_open)
 
     async def subscribe(self, *, ends: bool, queues: frozenset[str]) -> None:
         # Ends: the ids of changed records are read while this process has waiters, from
