@@ -123,6 +123,26 @@ async def test_sqlite_reads_nothing_of_other_writes_with_nothing_to_tell(
     assert after.notices - before.notices == 21
 
 
+async def test_sqlite_watcher_woken_while_watching_does_not_spin(sqlite_url: str) -> None:
+    """Scopes opening and closing tell the store each time the first opens and the last
+    closes; a watcher that already watches (here for a waiter) is not woken by it, and does
+    not check over and over: one external change costs it a check or two."""
+    async with watched_app(sqlite_url) as app, watched_app(sqlite_url) as producer:
+        await app.watcher.want_ends()  # as a waiter does: it watches from now on
+        for i in range(5):
+            async with aioabort.abortable(f"opened-{i}", app=app):
+                pass
+        await producer.create("marker")
+        await producer.create("marker-2")
+        before = app.watcher.statistics()
+        await abort_seen(app, producer.handle("marker"))
+        await abort_seen(app, producer.handle("marker-2"))
+        after = app.watcher.statistics()
+    # Two commits (each may take two checks), and the bursts' checks after them (one every
+    # poll interval for 20 ms); a watcher that spins checks hundreds of times meanwhile.
+    assert after.polls - before.polls <= 20, (before, after)
+
+
 async def statements_and_changes(
     app: aioabort.App, producer: aioabort.App, tag: str
 ) -> tuple[int, int]:

@@ -111,6 +111,9 @@ class _FileEvents:
     def wait(self, timeout: float) -> bool:
         """Block until a file event (True), a wake-up, or ``timeout`` (False)."""
         ready, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
+        if self._wake_r in ready:  # drained, or every wait after would return at once
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
         if self._fd in ready:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._fd, 65536):
@@ -199,12 +202,13 @@ class ChangePoller(threading.Thread):
         ``start`` is the store's newest change time and its ``changed_since`` rows from it,
         read before this process's first waiter reads its record: what they show is known
         to the waiter, and what comes after is read here. Any thread."""
+        idle = not self._interested()
         with self._handover:
             if start is None:
                 self._ids_wanted, self._ids_from = False, None
             elif not self._ids_wanted:  # already reading: its place in the changes stays
                 self._ids_wanted, self._ids_from = True, start
-        self._wake()
+        self._wake(idle)
 
     @property
     def ids_wanted(self) -> bool:
@@ -212,17 +216,21 @@ class ChangePoller(threading.Thread):
 
     def want_queues(self, wanted: bool) -> None:
         """A worker here claims from a queue (``True``), or none does any more. Any thread."""
+        idle = not self._interested()
         self._queues_wanted = wanted
-        self._wake()
+        self._wake(idle)
 
     def want_scopes(self, any_open: bool) -> None:
         """A scope is open here (``True``: its aborts are read from now on), or none is any
         more. Called before the first scope's start is written. Any thread."""
+        idle = not self._interested()
         self._scopes_open = any_open
-        self._wake()
+        self._wake(idle)
 
-    def _wake(self) -> None:
-        if self._interested():
+    def _wake(self, was_idle: bool) -> None:
+        """Wake the thread from its idle sleep, if it was idle and now has something to tell
+        (once: a busy watcher is not woken, it waits on the file's events)."""
+        if was_idle and self._interested():
             self._resume.set()
             if self._events is not None:
                 self._events.wake()
