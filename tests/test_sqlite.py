@@ -405,3 +405,20 @@ async def test_the_watcher_checks_once_per_commit_not_once_per_file_event(
         elapsed = time.monotonic() - started
         checks = app.watcher.statistics().polls - before
     assert checks <= 20 + elapsed / store.poll_interval + 5, (checks, elapsed)
+
+
+async def test_without_file_events_the_watcher_polls_and_is_woken(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where there is no inotify (macOS, Windows) the watcher polls: idle with nothing to tell,
+    it is woken by the first scope and delivers an abort from another App, round after round."""
+    from aioabort.backends import _sqlitewatch
+
+    monkeypatch.setattr(_sqlitewatch._FileEvents, "open", classmethod(lambda cls, d: None))
+    async with aioabort.App(sqlite_url) as app, aioabort.App(sqlite_url) as other:
+        for round_ in range(3):  # idle, woken by the scope, idle again
+            task_id = f"polled-{round_}"
+            async with aioabort.abortable(task_id, app=app, suppress=True) as scope:
+                await other.handle(task_id).abort("no inotify here")
+                await asyncio.sleep(10)  # bounded: cancelled by the abort
+            assert scope.aborted

@@ -245,6 +245,7 @@ class ChangePoller(threading.Thread):
 
     def stop(self) -> None:
         self._stopping.set()
+        self._resume.set()  # an idle watcher without file events sleeps on it
         if self._events is not None:
             self._events.wake()
 
