@@ -137,7 +137,7 @@ class MemoryLiveness(Store, abc.ABC):
             key = (record.queue, record.name or "")
             if (
                 record.state is TaskState.PENDING
-                and record.created_at.timestamp() < cutoff
+                and record.created_at.timestamp() <= cutoff
                 and key not in served
             ):
                 groups.setdefault(key, []).append(record)

@@ -58,6 +58,16 @@ async def test_a_name_no_worker_knows_waits_and_is_listed_as_unclaimed(app: aioa
     assert await handle.state() is TaskState.ABORTED  # queued, so it never runs
 
 
+async def test_unclaimed_of_zero_lists_what_was_queued_this_instant(app: aioabort.App) -> None:
+    """``queued_for=0`` lists a task queued in the same clock tick (a store's clock reads whole
+    milliseconds): "queued at or before the cutoff"."""
+    for n in range(40):
+        handle = await app.send_task("nobody.knows", queue=f"q{n}")
+        groups = await app.unclaimed(queued_for=timedelta(0))
+        assert (f"q{n}", "nobody.knows", 1) in [(g.queue, g.name, g.count) for g in groups], n
+        await handle.abort("listed")
+
+
 async def test_send_task_takes_the_options_of_apply(app: aioabort.App) -> None:
     async with aioabort.abortable("parent-1"):
         child = await app.send_task("any.name", task_id="by-name-1", labels={"user": "bob"})

@@ -574,7 +574,7 @@ WHERE owner = $1 AND queue IN (SELECT json_array_elements_text($2::json));
 -- queued work counts: a record with no queue (create()) waits for a scope, not a worker.
 SELECT t.queue, t.name, count(*), min(t.created_at) FROM {schema}.tasks AS t
 WHERE t.state = 'PENDING' AND t.queue IS NOT NULL
-    AND t.created_at < clock_timestamp() - make_interval(secs => $1)
+    AND t.created_at <= clock_timestamp() - make_interval(secs => $1)
     AND NOT EXISTS (
         SELECT 1 FROM {schema}.workers AS w JOIN {schema}.owners AS o ON o.id = w.owner
         WHERE w.queue = t.queue AND w.name = t.name

@@ -443,7 +443,7 @@ DELETE FROM aioabort_workers WHERE owner = ?1 AND queue IN (SELECT value FROM js
 -- name (the workers table has a row per queue, name and owner: a handful per worker). Only
 -- queued work counts: a record with no queue (create()) waits for a scope, not a worker.
 SELECT t.queue, t.name, COUNT(*), MIN(t.created_at) FROM aioabort_tasks AS t
-WHERE t.state = 'PENDING' AND t.queue IS NOT NULL AND t.created_at < {now} - ?1
+WHERE t.state = 'PENDING' AND t.queue IS NOT NULL AND t.created_at <= {now} - ?1
     AND NOT EXISTS (
         SELECT 1 FROM aioabort_workers AS w JOIN aioabort_owners AS o ON o.id = w.owner
         WHERE w.queue = t.queue AND w.name = t.name AND o.last_seen >= {now} - ?2
