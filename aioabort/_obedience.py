@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import _telemetry
 from ._errors import AioabortError
 from ._shield import shielded
+from ._types import reason_text
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -101,13 +102,6 @@ async def note(runtime: Runtime, task_id: str, kind: str, detail: str) -> None:
         logger.debug("could not record %s on the timeline", kind, exc_info=True)
 
 
-def describe(reason: AbortReason | None) -> str:
-    """``code: message`` (or the code alone) of an abort, for a log line or an event."""
-    if reason is None:
-        return "unknown"
-    return reason.code if not reason.message else f"{reason.code}: {reason.message}"
-
-
 def _ignored(
     runtime: Runtime,
     task_id: str,
@@ -122,12 +116,12 @@ def _ignored(
     logger.warning(
         "task %s ignores its abort (%s): still running %gs after it was delivered",
         task_id,
-        describe(why),
+        reason_text(why),
         after,
         extra={"action": "abort_ignored", "task_id": task_id, "seconds": after, "code": code},
     )
     _telemetry.abort_ignored(code or "unknown")
-    detail = f"still running {after:g}s after the abort reached it ({describe(why)})"
+    detail = f"still running {after:g}s after the abort reached it ({reason_text(why)})"
     _spawn(asyncio.get_running_loop(), note(runtime, task_id, "abort_ignored", detail))
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ._state import RUNNING_STATES, TaskRecord, TaskState
-from ._types import AbortReason
+from ._types import AbortReason, reason_text
 
 #: The kinds of event, in the order they usually happen.
 KINDS = (
@@ -71,8 +71,7 @@ def _attempt(record: TaskRecord) -> list[TaskEvent]:
         found.append(TaskEvent(record.started_at, "started", record.owner, None))
     reason = record.reason
     if reason is not None:
-        detail = reason.code if not reason.message else f"{reason.code}: {reason.message}"
-        found.append(TaskEvent(reason.at, _abort_kind(reason), reason.by, detail))
+        found.append(TaskEvent(reason.at, _abort_kind(reason), reason.by, reason_text(reason)))
     if record.abort_delivered_at is not None:
         found.append(TaskEvent(record.abort_delivered_at, "abort_delivered", record.owner, None))
     if record.finished_at is not None and record.state.is_terminal:

@@ -223,8 +223,16 @@ class AbortReason:
         }
 
     def __str__(self) -> str:
-        text = self.code if not self.message else f"{self.code}: {self.message}"
+        text = reason_text(self)
         return text if self.by is None else f"{text} (by {self.by})"
+
+
+def reason_text(reason: AbortReason | None) -> str:
+    """``code: message`` of an abort (the code alone without a message; ``unknown`` for
+    none): what a log line, a timeline event and ``str(reason)`` say of it."""
+    if reason is None:
+        return "unknown"
+    return reason.code if not reason.message else f"{reason.code}: {reason.message}"
 
 
 def coerce_reason(reason: str | AbortReason | None, by: str | None) -> AbortReason:

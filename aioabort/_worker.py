@@ -29,7 +29,7 @@ from ._scope import AbortScope
 from ._settings import check_time_limit
 from ._shield import shielded
 from ._state import TaskRecord, TaskState
-from ._types import AbortReason
+from ._types import AbortReason, reason_text
 
 #: Seconds a worker told to give up (:meth:`Worker.kill`) still waits for its tasks to stop.
 KILL_WAIT = 2.0
@@ -336,23 +336,13 @@ class Worker:
             "task %s ignored its abort (%s) for %gs: the worker gives up on it (FAILURE, cause "
             "killed), drains the other tasks and exits",
             task_id,
-            _obedience.describe(reason),
+            reason_text(reason),
             after,
             extra={"action": "task_escalated", "task_id": task_id, "seconds": after},
         )
         detail = f"given up after {after:g}s: ended FAILURE (killed), its worker exits"
         await _obedience.note(runtime, task_id, "escalated", detail)
-        await _ending.conclude(
-            runtime,
-            task_id,
-            TaskState.FAILURE,
-            retryable=False,
-            stopped_by_abort=True,
-            reason_code=None if reason is None else reason.code,
-            error=_ending.KILLED,
-        )
-        runtime.watcher.forget(task_id)
-        running.task.cancel()  # one more chance; nobody waits for it
+        await _leave_behind(runtime, running, retryable=False, reason_code=None)
 
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -393,23 +383,38 @@ class Worker:
         to the queue where the requeue rule says so (a retryable task stopped by this
         shutdown), else FAILURE with cause ``killed``."""
         for task_id, running in list(self._running.items()):
-            reason = running.scope.reason if running.scope is not None else None
-            await _ending.conclude(
+            await _leave_behind(
                 runtime,
-                task_id,
-                TaskState.FAILURE,
+                running,
                 retryable=running.record.retryable,
-                stopped_by_abort=True,
-                reason_code=AbortReason.SHUTDOWN if reason is None else reason.code,
-                error=_ending.KILLED,
+                reason_code=AbortReason.SHUTDOWN,
             )
-            runtime.watcher.forget(task_id)  # the App's shutdown must not abort it again
-            running.task.cancel()  # one more chance; nobody waits for it
             self.abandoned.append(task_id)
         logger.error(
             "worker gave up on tasks that ignored their abort",
             extra={"action": "tasks_killed", "task_ids": list(self.abandoned)},
         )
+
+
+async def _leave_behind(
+    runtime: Runtime, running: _Running, *, retryable: bool, reason_code: str | None
+) -> None:
+    """Record the end of a run that ignored its abort (FAILURE, cause ``killed``; back to the
+    queue where the requeue rule says so) and leave it running behind: the App's shutdown
+    must not abort it again, and nobody waits for it. ``reason_code``: its abort's code when
+    the scope saw none."""
+    reason = running.scope.reason if running.scope is not None else None
+    await _ending.conclude(
+        runtime,
+        running.record.id,
+        TaskState.FAILURE,
+        retryable=retryable,
+        stopped_by_abort=True,
+        reason_code=reason_code if reason is None else reason.code,
+        error=_ending.KILLED,
+    )
+    runtime.watcher.forget(running.record.id)
+    running.task.cancel()  # one more chance
 
 
 async def _first_of(*awaitables: Awaitable[Any], timeout: float | None) -> None:
